@@ -1,0 +1,84 @@
+"""Typed, frozen configuration objects of the ingest, index and search stages.
+
+Model architecture and preprocessing configs live in :mod:`vidsearch.schemas.model_config`.
+CLI flags override these defaults; the resolved ingest config is written into the manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class IngestCfg:
+    """How videos become clips. Changing a field that affects clip spans changes clip_ids."""
+
+    # Segmentation: fixed windows, or shots cut at scene changes then split/merged by the window.
+    segment: Literal["fixed", "shots"] = "fixed"
+    # Window length and step in seconds. stride < clip_seconds overlaps clips; > leaves gaps.
+    clip_seconds: float = 4.0
+    stride: float = 4.0
+    # ffmpeg scene score above which a frame starts a new shot (segment="shots" only).
+    scene_threshold: float = 0.3
+    # Shots shorter than this are merged into their neighbour (segment="shots" only).
+    min_shot_seconds: float = 1.0
+    # Drop clips whose sampled frames barely change and repeat the previous clip (near-static).
+    skip_static: bool = False
+    # Mean absolute pixel difference (0-255, at 64x64 grey) below which a clip counts as static.
+    static_threshold: float = 2.0
+    # Wall-clock limit for decoding one video in its worker process; past it: DecodeTimeout.
+    decode_timeout_s: float = 300.0
+    # Decoded/expected frame ratio under which a video is "partial", never "done" (rule 2).
+    min_coverage: float = 0.95
+    # Probe limits (RELIABILITY.md B13/B23/S7): refuse rather than exhaust memory.
+    max_pixels: int = 16384 * 16384
+    max_frames: int = 10_000_000
+    max_streams: int = 32
+    # Container formats the probe accepts (ffmpeg format_name parts). Playlists (hls, concat)
+    # are refused: decoders follow references inside them (rule 3).
+    allowed_formats: tuple[str, ...] = (
+        "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpegts",
+        "mpeg", "flv", "asf", "ogg", "gif", "h264", "hevc", "m4v", "mpegvideo", "mxf", "nut",
+    )
+    # File extensions discovery picks up in folders; other files are kept only by content sniff.
+    extensions: tuple[str, ...] = (
+        ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts",
+        ".m2ts", ".flv", ".wmv", ".3gp", ".ogv", ".gif",
+    )
+    # Clips per embed batch (GPU actors fill batches across videos).
+    batch_size: int = 32
+    # Clip rows per shard; a commit also happens at the end of the run.
+    shard_rows: int = 4096
+    # Commit at least this often (seconds) so that a kill loses little work.
+    commit_interval_s: float = 60.0
+    # Decode worker processes (CPU actors); None = number of CPUs.
+    decode_workers: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IndexCfg:
+    """How the FAISS index is chosen and built (vidsearch.indexer)."""
+
+    # A FAISS factory string overrides the automatic choice ("Flat", "IVF4096,Flat", "HNSW32").
+    factory: str | None = None
+    # Memory budget for the index in bytes; drives the choice between Flat/IVF/IVF-PQ.
+    memory_budget_bytes: int = 4 << 30
+    # Use GPU FAISS when present.
+    use_gpu: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchCfg:
+    """Defaults of a search (vidsearch.search)."""
+
+    k: int = 10
+    # Merge hits of the same video closer than this gap (s) into one moment...
+    merge_gap_s: float = 2.0
+    # ...but never into a moment longer than this (no chaining of separate events).
+    max_moment_s: float = 30.0
+    per_video: int | None = None

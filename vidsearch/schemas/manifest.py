@@ -1,0 +1,84 @@
+"""The library manifest: the source of truth of what a library holds.
+
+``manifest.json`` lists every committed shard with its row count and SHA-256, the model that made
+the embeddings (name + fingerprint, so embedding spaces never mix), the runs, and a generation
+number that grows by one at every commit. It is replaced atomically; readers trust only what it
+lists (RELIABILITY.md rules 4 and 5).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One committed shard pair: the clip rows and the video rows settled in the same commit."""
+
+    shard_id: int           # 1, 2, ...: also the number in the file names
+    clips_file: str         # relative to the library root, e.g. "shards/part-000001.parquet"
+    clips_rows: int
+    clips_sha256: str
+    videos_file: str        # e.g. "shards/videos-000001.parquet"
+    videos_rows: int
+    videos_sha256: str
+    run_id: str
+    created_at: str         # ISO 8601 UTC
+    min_clip_id: int | None = None
+    max_clip_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The embedding space of a library: every shard must carry the same fingerprint."""
+
+    name: str
+    fingerprint: str
+    embed_dim: int
+    num_frames: int
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    is_test_model: bool = False
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Parsed ``manifest.json``."""
+
+    library_id: str
+    generation: int = 0
+    model: ModelInfo | None = None
+    shards: tuple[ShardEntry, ...] = ()
+    runs: tuple[dict[str, Any], ...] = ()
+    ingest_settings: dict[str, Any] = field(default_factory=dict)
+    updated_at: str = ""
+    format: int = MANIFEST_FORMAT
+
+    @property
+    def total_clips(self) -> int:
+        return sum(s.clips_rows for s in self.shards)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        """Parse and validate; raises ValueError on an unknown format or a malformed file."""
+        raw = json.loads(text)
+        if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"unsupported manifest format {raw.get('format') if isinstance(raw, dict) else raw!r}")
+        model = ModelInfo(**raw["model"]) if raw.get("model") else None
+        shards = tuple(ShardEntry(**s) for s in raw.get("shards", []))
+        return cls(
+            library_id=raw["library_id"],
+            generation=int(raw.get("generation", 0)),
+            model=model,
+            shards=shards,
+            runs=tuple(raw.get("runs", [])),
+            ingest_settings=dict(raw.get("ingest_settings", {})),
+            updated_at=raw.get("updated_at", ""),
+            format=raw["format"],
+        )
