@@ -82,7 +82,7 @@ def crash_point(name: str) -> None:
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -327,7 +327,7 @@ class Library:
         tmps: list[Path] = []
         digests: list[str] = []
         try:
-            for name, table in zip(names, (clips, videos)):
+            for name, table in zip(names, (clips, videos), strict=True):
                 schema = table.schema.with_metadata({**(table.schema.metadata or {}),
                                                      **{k.encode(): v.encode() for k, v in file_meta.items()}})
                 tmp = self.tmp_dir / f"{name}.{uuid.uuid4().hex}.tmp"
@@ -338,7 +338,7 @@ class Library:
                 digests.append(sha256_file(tmp))
             crash_point("after_shard_tmp_write")
             crash_point("before_rename")
-            for tmp, name in zip(tmps, names):
+            for tmp, name in zip(tmps, names, strict=True):
                 os.replace(tmp, self.shards_dir / name)
             _fsync_dir(self.shards_dir)
             crash_point("after_rename_before_manifest")

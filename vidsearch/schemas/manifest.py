@@ -65,7 +65,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         """Parse and validate; raises ValueError on an unknown format or a malformed file."""
         raw = json.loads(text)
         if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
