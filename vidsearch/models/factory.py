@@ -1,0 +1,201 @@
+"""Model registry and factory (open_clip ``factory.py`` style).
+
+Named variants are JSON files in ``vidsearch/models/configs/``; ``add_model_config`` registers
+more (a file or a folder). ``create_model`` builds the model, loads and maps weights, and places it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vidsearch.schemas.model_config import ModelCfg, PreprocessCfg, TextCfg, VisionCfg
+
+from .errors import WeightsNotFoundError
+from .hub import resolve_checkpoint, resolve_vocab
+from .model import InternVideo2Model
+from .text import TextTokenizer
+from .weights import load_checkpoint
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["list_models", "add_model_config", "get_model_config", "create_model", "build_model_skeleton"]
+
+_CONFIG_DIR = Path(__file__).parent / "configs"
+_MODEL_CONFIGS: dict[str, dict[str, Any]] = {}  # name -> parsed JSON (validated on registration)
+
+# Shortcuts accepted by create_model(**overrides) that set more than one field.
+_SHORTCUTS = ("num_frames", "img_size", "gelu_approx", "attn_impl", "embed_dim", "init_seed")
+
+
+def add_model_config(path: str | os.PathLike[str]) -> None:
+    """Register the JSON config file ``path``, or every ``*.json`` in the folder ``path``."""
+    p = Path(path)
+    files = sorted(p.glob("*.json")) if p.is_dir() else [p]
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            d = json.load(fh)
+        cfg = ModelCfg.from_dict(d)  # validate now, so a bad file fails at registration
+        if cfg.name != f.stem:
+            raise ValueError(f"config {f} declares name {cfg.name!r}; the file must be named {cfg.name}.json")
+        _MODEL_CONFIGS[cfg.name] = d
+
+
+def list_models() -> list[str]:
+    """Names of all registered model variants, sorted."""
+    return sorted(_MODEL_CONFIGS)
+
+
+def get_model_config(name: str, **overrides: Any) -> ModelCfg:
+    """The resolved config of ``name`` with ``overrides`` applied.
+
+    Overrides:
+        ``vision_<field>`` / ``text_<field>``: any ``VisionCfg`` / ``TextCfg`` field, e.g.
+        ``vision_depth=2``, ``vision_embed_dim=64``, ``text_hidden_size=32``.
+        Shortcuts: ``num_frames`` and ``img_size`` (vision and preprocess together),
+        ``gelu_approx`` and ``attn_impl`` (vision), ``embed_dim`` and ``init_seed`` (encoder),
+        ``interpolation``, ``sampling`` (preprocess), ``description``.
+
+    Raises:
+        ValueError: unknown model or override, or an invalid value.
+    """
+    if name not in _MODEL_CONFIGS:
+        raise ValueError(f"unknown model {name!r}; available: {list_models()}")
+    d = copy.deepcopy(_MODEL_CONFIGS[name])
+    enc, vis, txt, pre = (
+        d["encoder"],
+        d["encoder"].setdefault("vision", {}),
+        d["encoder"].setdefault("text", {}),
+        d["preprocess"],
+    )
+    vis_fields = {f.name for f in dataclasses.fields(VisionCfg)}
+    txt_fields = {f.name for f in dataclasses.fields(TextCfg)}
+    pre_fields = {f.name for f in dataclasses.fields(PreprocessCfg)}
+    for key, value in overrides.items():
+        if key in ("num_frames", "img_size"):
+            vis[key] = value
+            pre[key] = value
+        elif key in ("gelu_approx", "attn_impl"):
+            vis[key] = value
+        elif key in ("embed_dim", "init_seed", "itm_vision_width"):
+            enc[key] = value
+        elif key in ("interpolation", "sampling", "mean", "std") and key in pre_fields:
+            pre[key] = list(value) if isinstance(value, tuple) else value
+        elif key == "description":
+            d["description"] = value
+        elif key.startswith("vision_") and key.removeprefix("vision_") in vis_fields:
+            vis[key.removeprefix("vision_")] = value
+        elif key.startswith("text_") and key.removeprefix("text_") in txt_fields:
+            txt[key.removeprefix("text_")] = value
+        else:
+            raise ValueError(
+                f"unknown override {key!r}; use vision_<field> ({sorted(vis_fields)}), text_<field> "
+                f"({sorted(txt_fields)}) or one of num_frames, img_size, gelu_approx, attn_impl, "
+                "embed_dim, init_seed, itm_vision_width, interpolation, sampling, description"
+            )
+    return ModelCfg.from_dict(d)
+
+
+def build_model_skeleton(
+    cfg: ModelCfg, *, with_text: bool = True, with_itm: bool = False, tokenizer: TextTokenizer | None = None
+) -> InternVideo2Model:
+    """Instantiate the architecture with its deterministic random init (seed ``init_seed``).
+
+    The global RNG state is saved and restored, so building a model does not disturb callers.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.encoder.init_seed)
+        return InternVideo2Model(cfg, with_text=with_text, with_itm=with_itm, tokenizer=tokenizer)
+
+
+def create_model(
+    name: str,
+    checkpoint: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
+    with_itm: bool = False,
+    dtype: torch.dtype | None = None,
+    *,
+    pretrained: bool = True,
+    vision_only: bool = False,
+    weights_sha256: str | None = None,
+    **overrides: Any,
+) -> InternVideo2Model:
+    """Build an InternVideo2 model, load its weights and move it to ``device``.
+
+    Args:
+        name: a name from ``list_models()``.
+        checkpoint: weights file or folder; default: env vars, then the HF cache/hub.
+        device: target device (default CPU).
+        tokenizer: vocab.txt file or folder holding it; default: ``VIDSEARCH_TOKENIZER``, then the
+            config's source (HF cache/hub or a built-in test vocab).
+        with_itm: also build and load the ITM fusion layers and ``itm_head``.
+        dtype: parameter dtype (default float32; ``torch.bfloat16`` is meant for CUDA).
+        pretrained: False builds the random-init architecture without looking for weights (test
+            models never have weights; an explicit ``checkpoint`` is still loaded).
+        vision_only: skip the text tower and the tokenizer (video embedding only, e.g. benchmarks).
+        weights_sha256: require this SHA-256 of the weights file (default: the registry's, if any).
+        **overrides: architecture/preprocessing overrides, see ``get_model_config``.
+
+    Raises:
+        ValueError: unknown name or override.
+        WeightsNotFoundError: weights or vocabulary not found (the message says how to get them).
+        CheckpointError: the weights file is unsafe, corrupt or does not fit.
+    """
+    cfg = get_model_config(name, **overrides)
+    tok: TextTokenizer | None = None
+    if not vision_only:
+        vocab = resolve_vocab(cfg, tokenizer)
+        tok = TextTokenizer(vocab, cfg.encoder.text.context_length, cfg.encoder.text.do_lower_case)
+        if tok.vocab_size != cfg.encoder.text.vocab_size:
+            raise ValueError(
+                f"tokenizer {vocab} has {tok.vocab_size} tokens but {name} expects {cfg.encoder.text.vocab_size}"
+            )
+    ckpt_path: Path | None = None
+    if checkpoint is not None or (pretrained and cfg.pretrained is not None):
+        ckpt_path = resolve_checkpoint(cfg, checkpoint)
+    elif pretrained and cfg.pretrained is None and not cfg.is_test_model:
+        raise WeightsNotFoundError(f"{name} has no pretrained entry; pass checkpoint=... or pretrained=False")
+
+    if ckpt_path is None:
+        model = build_model_skeleton(cfg, with_text=not vision_only, with_itm=with_itm, tokenizer=tok)
+    else:
+        # Every persistent tensor comes from the checkpoint: skip the random init (25 s for 1B on
+        # two cores) by building on the meta device and allocating empty storage.
+        with torch.device("meta"):
+            model = build_model_skeleton(cfg, with_text=not vision_only, with_itm=with_itm, tokenizer=tok)
+        model.to_empty(device="cpu")
+        _reset_nonpersistent_buffers(model)
+        expected = weights_sha256 or (cfg.pretrained.sha256 if cfg.pretrained is not None else None)
+        model.weights_id = load_checkpoint(model, ckpt_path, expected_sha256=expected)
+        model.weights_source = str(ckpt_path)
+    if cfg.is_test_model:
+        _logger.warning("%s is a TEST MODEL with random weights: not for real search", name)
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    model.eval()
+    return model
+
+
+def _reset_nonpersistent_buffers(model: InternVideo2Model) -> None:
+    """Refill the buffers that state dicts do not carry after ``to_empty`` (garbage otherwise)."""
+    persistent = set(model.state_dict())
+    for name, buf in model.named_buffers():
+        if name in persistent:
+            continue
+        # Only HF BertEmbeddings has such buffers: position ids 0..max_pos-1 and token type 0.
+        assert name in ("text_encoder.embeddings.position_ids", "text_encoder.embeddings.token_type_ids"), name
+        if name.endswith("position_ids"):
+            buf.copy_(torch.arange(buf.shape[-1], device=buf.device).expand_as(buf))
+        else:
+            buf.zero_()
+
+
+add_model_config(_CONFIG_DIR)
