@@ -69,6 +69,20 @@ class IndexCfg:
     memory_budget_bytes: int = 4 << 30
     # Use GPU FAISS when present.
     use_gpu: bool = True
+    # Up to this many vectors the index is exact (Flat): brute force is fast enough and perfect.
+    flat_max_vectors: int = 50_000
+    # Up to this many vectors HNSW is chosen (no training, best CPU latency); build time grows
+    # roughly linearly, so past this IVF builds much faster on few cores.
+    hnsw_max_vectors: int = 300_000
+    # recall@10 against exact search that nprobe / efSearch are tuned to reach.
+    target_recall: float = 0.95
+    # Held-out clip embeddings used as queries by the quality report (recall, latency).
+    quality_queries: int = 200
+    # Suggest `--rebuild` when vectors added since training exceed this multiple of trained_n
+    # (IVF centroids fitted on a small library become unbalanced as it grows).
+    rebuild_ratio: float = 1.0
+    # Vectors sampled to train IVF centroids / PQ codebooks (FAISS wants 39..256 per centroid).
+    max_train_vectors: int = 256 * 1024
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,3 +96,16 @@ class SearchCfg:
     # ...but never into a moment longer than this (no chaining of separate events).
     max_moment_s: float = 30.0
     per_video: int | None = None
+    # Filters matching at most this many clips are answered by exact search over exactly those
+    # clips (vectors gathered from the index's vector cache): exact and fast for selective filters.
+    exact_subset_max: int = 20_000
+    # Filters matching at least this fraction of the library are answered by over-fetching ANN
+    # results and dropping the non-matching ones; in between, a FAISS ID selector is used.
+    overfetch_min_selectivity: float = 0.2
+    # First ANN fetch = (k + offset) * this; widened x4 until enough moments survive.
+    overfetch: int = 4
+    # Wall-clock limit (s) of the user's SQL (`vidsearch sql`, `--where`); interrupted past it.
+    sql_timeout_s: float = 30.0
+    # Memory and threads the user-SQL sandbox may use.
+    sql_memory_limit: str = "2GB"
+    sql_threads: int = 2

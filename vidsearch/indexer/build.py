@@ -1,0 +1,547 @@
+"""Build, extend, load and measure the FAISS index of a library.
+
+The index maps ``clip_id`` (int64) to an embedding, inner product on L2-normalised vectors.
+Its type is chosen from the number of vectors, the dimension and a memory budget (autofaiss's
+idea, simplified): exact ``Flat`` for small libraries, ``HNSW32`` up to a few hundred thousand
+vectors, ``IVF<nlist>,Flat`` while the vectors fit the budget, ``IVF<nlist>,PQ<m>`` with exact
+re-ranking from the vector cache beyond. ``nprobe`` / ``efSearch`` are tuned on held-out clip
+embeddings until recall@10 against exact search reaches ``IndexCfg.target_recall``.
+
+New shards are added without retraining; a rebuild is suggested once the vectors added since
+training outnumber ``rebuild_ratio`` x the training set, and done with ``rebuild=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import faiss
+import numpy as np
+
+from vidsearch.indexer.store import (
+    CoveredShard,
+    IndexCorrupt,
+    IndexMeta,
+    IndexMissing,
+    IndexStale,
+    VectorStore,
+    check_file,
+    cleanup_unreferenced,
+    index_dir_is_safe,
+    new_index_name,
+    read_meta,
+    stale_reasons,
+    uncovered_shards,
+    vectors_names,
+    write_meta,
+    write_npy_atomic,
+)
+from vidsearch.library import Library, LibraryError, atomic_replace, sha256_file, utcnow
+from vidsearch.schemas.config import IndexCfg
+from vidsearch.schemas.manifest import Manifest, ShardEntry
+
+_logger = logging.getLogger(__name__)
+
+# Vectors examined per IVF-PQ result before exact re-ranking (PQ distances are approximate).
+PQ_RERANK_FACTOR = 10
+
+
+# ---- choice ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IndexPlan:
+    """The index type chosen for a library."""
+
+    factory: str
+    kind: str      # flat / hnsw / ivf_flat / ivf_pq / custom
+    reason: str
+
+
+def _nlist_for(n: int) -> int:
+    # ~4 sqrt(n) lists (FAISS guideline), power of two, and >= 39 training points per list.
+    nlist = 2 ** round(math.log2(max(16.0, 4 * math.sqrt(max(n, 1)))))
+    return int(max(16, min(nlist, 65536, max(16, n // 39))))
+
+
+def choose_index(n: int, dim: int, cfg: IndexCfg | None = None) -> IndexPlan:
+    """Pick a FAISS factory string for ``n`` vectors of ``dim`` floats under ``cfg``'s budget."""
+    cfg = cfg or IndexCfg()
+    if cfg.factory:
+        return IndexPlan(cfg.factory, _kind_of_factory(cfg.factory), "factory string given")
+    flat_bytes = n * dim * 4
+    if n <= cfg.flat_max_vectors:
+        return IndexPlan("IDMap2,Flat", "flat", f"{n} <= {cfg.flat_max_vectors} vectors: exact search")
+    hnsw_bytes = n * (dim * 4 + 32 * 2 * 4 + 16)
+    if n <= cfg.hnsw_max_vectors and hnsw_bytes <= cfg.memory_budget_bytes:
+        return IndexPlan("IDMap2,HNSW32,Flat", "hnsw", f"{n} vectors: graph index, no training")
+    nlist = _nlist_for(n)
+    if flat_bytes * 1.05 <= cfg.memory_budget_bytes:
+        return IndexPlan(f"IVF{nlist},Flat", "ivf_flat",
+                         f"{flat_bytes / 2**30:.1f} GiB of vectors fit the budget")
+    # PQ: the largest code (bytes per vector) that fits; m must divide dim.
+    per_vec = cfg.memory_budget_bytes / max(n, 1) - 8 - 8  # id + inverted-list overhead
+    m = max((m for m in range(1, dim + 1) if dim % m == 0 and m <= per_vec and m <= dim // 2),
+            default=0)
+    if m < 4:
+        raise LibraryError(f"{n} vectors of dim {dim} cannot fit a {cfg.memory_budget_bytes} byte "
+                           "index budget; raise --memory-budget")
+    return IndexPlan(f"IVF{nlist},PQ{m}", "ivf_pq",
+                     f"{flat_bytes / 2**30:.1f} GiB of vectors exceed the budget: PQ{m} codes + exact re-ranking")
+
+
+def _kind_of_factory(factory: str) -> str:
+    f = factory.upper()
+    if "IVF" in f:
+        return "ivf_pq" if "PQ" in f else ("ivf_flat" if f.endswith(",FLAT") else "custom")
+    if "HNSW" in f:
+        return "hnsw"
+    if f.replace("IDMAP2,", "").replace("IDMAP,", "") == "FLAT":
+        return "flat"
+    return "custom"
+
+
+def _make_index(factory: str, dim: int) -> faiss.Index:
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if faiss.try_extract_index_ivf(index) is None and not isinstance(index, faiss.IndexIDMap):
+        index = faiss.IndexIDMap2(index)  # Flat / HNSW store no ids of their own
+    return index
+
+
+def _inner(index: faiss.Index) -> faiss.Index:
+    if isinstance(index, faiss.IndexIDMap):
+        return faiss.downcast_index(index.index)
+    return index
+
+
+# ---- reports -----------------------------------------------------------------------------
+@dataclass
+class IndexReport:
+    """What :func:`update_index` did and how good the index is (saved in index.json)."""
+
+    action: str                    # built / rebuilt / extended / unchanged
+    kind: str
+    factory: str
+    vectors: int
+    index_bytes: int
+    build_seconds: float
+    added: int = 0                 # vectors added by this call
+    recall_at_1: float | None = None
+    recall_at_10: float | None = None
+    quality_queries: int = 0
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    search_params: dict[str, Any] = field(default_factory=dict)
+    rebuild_suggested: bool = False
+    notes: list[str] = field(default_factory=list)
+    gpu: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        """Human-readable summary, several lines."""
+        def f(x: float | None, spec: str) -> str:
+            return "n/a" if x is None else format(x, spec)
+        lines = [
+            f"index {self.action}: {self.kind} ({self.factory}), {self.vectors} vectors, "
+            f"{self.index_bytes / 2**20:.1f} MiB, {self.build_seconds:.1f} s"
+            + (f", +{self.added} added" if self.action == "extended" else "")
+            + (" [GPU]" if self.gpu else ""),
+            f"quality on {self.quality_queries} held-out clip embeddings: recall@1 "
+            f"{f(self.recall_at_1, '.3f')}, recall@10 {f(self.recall_at_10, '.3f')}; latency p50 "
+            f"{f(self.latency_p50_ms, '.2f')} ms, p99 {f(self.latency_p99_ms, '.2f')} ms"
+            + (f"; params {json.dumps(self.search_params)}" if self.search_params else ""),
+        ]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# ---- the loaded index ----------------------------------------------------------------------
+class LoadedIndex:
+    """A verified FAISS index with its vector cache; ``search`` applies the tuned parameters."""
+
+    def __init__(self, library: Library, meta: IndexMeta, index: faiss.Index) -> None:
+        self.library = library
+        self.meta = meta
+        self.index = index
+        self.vectors = VectorStore(library, meta.shards, meta.dim)
+        inner = _inner(index)
+        self._ivf = faiss.try_extract_index_ivf(inner)
+        self._hnsw = isinstance(inner, faiss.IndexHNSW)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int, sel_ids: np.ndarray | None = None,
+               boost: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, clip ids), rows per query; missing results have id -1.
+
+        Args:
+            queries: (nq, dim) float32, L2-normalised.
+            k: results per query.
+            sel_ids: restrict to these clip ids (FAISS ID selector).
+            boost: widen nprobe / efSearch by this factor (selective filters leave fewer
+                matching vectors in each probed list or graph neighbourhood).
+        """
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.ntotal == 0 or k <= 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        sp = self.meta.search_params
+        rerank = int(sp.get("rerank", 1))
+        kk = min(k * rerank, self.ntotal)
+        sel = faiss.IDSelectorBatch(np.ascontiguousarray(sel_ids, dtype=np.int64)) \
+            if sel_ids is not None else None
+        if self._ivf is not None:
+            nprobe = min(int(self._ivf.nlist), max(1, math.ceil(sp.get("nprobe", 1) * boost)))
+            params: faiss.SearchParameters = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe) \
+                if sel is not None else faiss.SearchParametersIVF(nprobe=nprobe)
+        elif self._hnsw:
+            ef = min(4096, max(kk, math.ceil(sp.get("efSearch", 64) * boost)))
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=ef) if sel is not None \
+                else faiss.SearchParametersHNSW(efSearch=ef)
+        else:
+            params = faiss.SearchParameters(sel=sel) if sel is not None else None
+        scores, labels = self.index.search(q, kk, params=params)
+        if rerank > 1:
+            scores, labels = self._rerank(q, labels, k)
+        return scores[:, :k], labels[:, :k]
+
+    def _rerank(self, q: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        # PQ scores are approximate: rescore the candidates with their exact vectors.
+        outD = np.full((len(q), k), -np.inf, np.float32)
+        outI = np.full((len(q), k), -1, np.int64)
+        for i in range(len(q)):
+            cand = labels[i][labels[i] >= 0]
+            found, vecs = self.vectors.gather(cand)
+            cand = cand[found]
+            s = vecs @ q[i]
+            order = np.argsort(-s, kind="stable")[:k]
+            outD[i, :len(order)] = s[order]
+            outI[i, :len(order)] = cand[order]
+        return outD, outI
+
+
+def _writer_check(library: Library) -> None:
+    try:
+        holder = json.loads(library.lock_path.read_text() or "{}")
+    except (OSError, ValueError):
+        holder = {}
+    if holder.get("pid") != os.getpid():
+        raise LibraryError("update_index() needs the writer lock held by this process (Library.lock())")
+
+
+def load_index(library: Library, manifest: Manifest | None = None, *,
+               meta: IndexMeta | None = None) -> LoadedIndex:
+    """Load the index after checking it against the manifest and its SHA-256.
+
+    Shards added after the index was built are allowed (see
+    :func:`vidsearch.indexer.store.uncovered_shards`); the caller searches them separately.
+
+    Raises:
+        IndexMissing: no index yet.
+        IndexStale: another model or library, or it covers shards the manifest lacks.
+        IndexCorrupt: a file is missing, truncated or altered.
+    """
+    manifest = manifest or library.read_manifest()
+    meta = meta or read_meta(library)
+    reasons = stale_reasons(meta, manifest)
+    if reasons:
+        raise IndexStale(f"{library.index_dir}: " + "; ".join(reasons) +
+                         f"; rebuild with `vidsearch index --rebuild --library {library.root}`")
+    # The digest first: FAISS reads a bit-flipped file without complaint (RELIABILITY F9).
+    p = check_file(library, meta.index_file, meta.index_sha256)
+    try:
+        index = faiss.read_index(str(p))
+    except RuntimeError as e:
+        raise IndexCorrupt(f"{p}: FAISS cannot read it ({str(e).splitlines()[0]})") from e
+    if index.ntotal != meta.n or index.d != meta.dim:
+        raise IndexCorrupt(f"{p}: holds {index.ntotal} vectors of dim {index.d}, "
+                           f"index.json says {meta.n} of dim {meta.dim}")
+    return LoadedIndex(library, meta, index)
+
+
+# ---- building ------------------------------------------------------------------------------
+def read_shard_vectors(library: Library, entry: ShardEntry, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(clip ids, (rows, dim) float32 L2-normalised embeddings) of a shard, SHA-256 checked."""
+    t = library.read_shard(entry, "clips", columns=["clip_id", "embedding"], verify=True)
+    ids = t.column("clip_id").to_numpy().astype(np.int64, copy=False)
+    emb = t.column("embedding").combine_chunks()
+    vecs = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+    norms = np.linalg.norm(vecs, axis=1)
+    if len(norms) and np.abs(norms - 1).max() > 1e-3:
+        _logger.warning("%s: embeddings are not L2-normalised; normalising them for the index",
+                        entry.clips_file)
+        vecs = vecs / np.maximum(norms, 1e-12)[:, None]
+    return ids, np.ascontiguousarray(vecs, dtype=np.float32)
+
+
+def _cache_shard(library: Library, entry: ShardEntry, dim: int,
+                 seen: set[int]) -> tuple[CoveredShard, np.ndarray, np.ndarray]:
+    """Write a shard's vectors into the cache, minus clip ids already in ``seen`` (updated)."""
+    ids, vecs = read_shard_vectors(library, entry, dim)
+    # A clip id already indexed (a video redone in a later run) is kept once: the first copy.
+    keep = np.ones(len(ids), bool)
+    for i, cid in enumerate(ids.tolist()):
+        if cid in seen:
+            keep[i] = False
+        else:
+            seen.add(cid)
+    if not keep.all():
+        _logger.info("%s: %d clip ids already indexed from earlier shards; kept once",
+                     entry.clips_file, int((~keep).sum()))
+        ids, vecs = ids[keep], vecs[keep]
+    vrel, irel = vectors_names(entry.shard_id)
+    cov = CoveredShard(entry.shard_id, entry.clips_sha256, int(len(ids)), vrel,
+                       write_npy_atomic(library, vrel, vecs), irel, write_npy_atomic(library, irel, ids))
+    return cov, ids, vecs
+
+
+def _gpu_available(cfg: IndexCfg) -> bool:
+    return bool(cfg.use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0)
+
+
+def _train(index: faiss.Index, x: np.ndarray, cfg: IndexCfg, rng: np.random.Generator) -> tuple[int, bool]:
+    if index.is_trained:
+        return 0, False
+    sample = x if len(x) <= cfg.max_train_vectors else x[np.sort(rng.choice(len(x), cfg.max_train_vectors,
+                                                                            replace=False))]
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and _gpu_available(cfg):
+        # k-means of the coarse quantizer on GPU, the rest on CPU (GPU FAISS when present).
+        try:
+            clus = faiss.Clustering(ivf.d, ivf.nlist)
+            clus.niter = 20
+            gpu_q = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))
+            clus.train(sample, gpu_q)
+            ivf.quantizer.add(faiss.vector_float_to_array(clus.centroids).reshape(ivf.nlist, ivf.d))
+            index.train(sample)
+            return len(sample), True
+        except RuntimeError as e:  # pragma: no cover - GPU only
+            _logger.warning("GPU training failed (%s); training on CPU", e)
+    index.train(sample)
+    return len(sample), False
+
+
+def _quality(loaded: LoadedIndex, xb: np.ndarray, ids: np.ndarray, cfg: IndexCfg,
+             rng: np.random.Generator, tune: bool) -> dict[str, Any]:
+    """Tune nprobe/efSearch, then recall@1/10 and single-query latency on held-out embeddings."""
+    n = len(ids)
+    if n == 0:
+        return {}
+    nq = min(cfg.quality_queries, n)
+    qpos = rng.choice(n, nq, replace=False)
+    q = xb[qpos]
+    k = min(10, n)
+    _, gt_pos = faiss.knn(q, xb, k, metric=faiss.METRIC_INNER_PRODUCT)
+    gt = ids[gt_pos]
+
+    def recall(params: dict[str, Any]) -> tuple[float, float]:
+        loaded.meta = replace(loaded.meta, search_params=params)
+        _, got = loaded.search(q, k)
+        r1 = float(np.mean(got[:, 0] == gt[:, 0]))
+        r10 = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got.tolist(), gt.tolist(), strict=True)]))
+        return r1, r10
+
+    params = dict(loaded.meta.search_params)
+    if tune and loaded._ivf is not None:
+        for nprobe in [2 ** i for i in range(0, 17) if 2 ** i <= loaded._ivf.nlist]:
+            params["nprobe"] = nprobe
+            if recall(params)[1] >= cfg.target_recall:
+                break
+    elif tune and loaded._hnsw:
+        for ef in (16, 32, 64, 128, 256, 512, 1024):
+            params["efSearch"] = ef
+            if recall(params)[1] >= cfg.target_recall:
+                break
+    r1, r10 = recall(params)
+    times = []
+    for i in range(nq):
+        t0 = time.perf_counter()
+        loaded.search(q[i:i + 1], k)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"recall_at_1": r1, "recall_at_10": r10, "quality_queries": nq,
+            "latency_p50_ms": float(np.percentile(times, 50)),
+            "latency_p99_ms": float(np.percentile(times, 99)), "search_params": params}
+
+
+def _save(library: Library, loaded: LoadedIndex, meta: IndexMeta) -> IndexMeta:
+    name = new_index_name()
+    tmp = library.tmp_dir / f"{name}.tmp"
+    library.tmp_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        faiss.write_index(loaded.index, str(tmp))
+        digest, size = sha256_file(tmp), tmp.stat().st_size
+        atomic_replace(tmp, library.index_dir / name)
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta = replace(meta, index_file=name, index_sha256=digest, index_bytes=size)
+    write_meta(library, meta)  # the commit point: the new index is visible from here on
+    cleanup_unreferenced(library, meta)
+    return meta
+
+
+def update_index(library: Library, cfg: IndexCfg | None = None, *, rebuild: bool = False,
+                 progress: Callable[[str], None] | None = None) -> IndexReport:
+    """Bring the library's index up to date with its manifest (writer only).
+
+    Builds it when missing, rebuilds it when it is corrupt, stale (another model, shards the
+    manifest lacks), of another factory than asked, or when ``rebuild`` is set; otherwise adds
+    the shards committed since the last call without retraining.
+
+    Args:
+        library: the library; this process must hold ``library.lock()``.
+        cfg: index settings (defaults: :class:`IndexCfg`).
+        rebuild: retrain and rebuild from all shards.
+        progress: called with one-line progress messages.
+
+    Returns:
+        The report, also saved in ``index/index.json``.
+
+    Raises:
+        LibraryError: no writer lock, no model, or a shard whose SHA-256 differs.
+    """
+    cfg = cfg or IndexCfg()
+    say = progress or (lambda msg: _logger.info("%s", msg))
+    _writer_check(library)
+    index_dir_is_safe(library)
+    m = library.read_manifest()
+    if m.model is None:
+        raise LibraryError(f"{library.root}: the library has no model yet; nothing to index")
+    notes: list[str] = []
+    old: LoadedIndex | None = None
+    if not rebuild:
+        try:
+            old = load_index(library, m)
+        except IndexMissing:
+            pass
+        except (IndexStale, IndexCorrupt) as e:
+            _logger.warning("%s; rebuilding it from the shards", e)
+            notes.append(f"rebuilt because: {e}")
+        if old is not None and cfg.factory and cfg.factory != old.meta.factory:
+            notes.append(f"rebuilt with factory {cfg.factory} (was {old.meta.factory})")
+            old = None
+        if old is not None and not cfg.factory and old.meta.kind == "flat":
+            new_n = old.meta.n + sum(s.clips_rows for s in uncovered_shards(old.meta, m))
+            if choose_index(new_n, m.model.embed_dim, cfg).kind != "flat":
+                # An exact index has nothing to lose by a rebuild into the type this size needs.
+                notes.append(f"{new_n} vectors outgrow the exact index: rebuilt")
+                old = None
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    if old is not None:
+        return _extend(library, old, m, cfg, notes, t0, rng, say)
+    return _build(library, m, cfg, notes, t0, rng, say, action="rebuilt" if (rebuild or notes) else "built")
+
+
+def _build(library: Library, m: Manifest, cfg: IndexCfg, notes: list[str], t0: float,
+           rng: np.random.Generator, say: Callable[[str], None], action: str) -> IndexReport:
+    assert m.model is not None
+    dim = m.model.embed_dim
+    covered: list[CoveredShard] = []
+    all_ids: list[np.ndarray] = []
+    all_vecs: list[np.ndarray] = []
+    seen: set[int] = set()
+    for i, entry in enumerate(m.shards):
+        if entry.clips_rows == 0:
+            continue
+        cov, ids, vecs = _cache_shard(library, entry, dim, seen)
+        covered.append(cov)
+        all_ids.append(ids)
+        all_vecs.append(vecs)
+        if (i + 1) % 50 == 0:
+            say(f"read {i + 1}/{len(m.shards)} shards")
+    ids = np.concatenate(all_ids) if all_ids else np.empty(0, np.int64)
+    xb = np.concatenate(all_vecs) if all_vecs else np.empty((0, dim), np.float32)
+    del all_vecs
+    plan = choose_index(len(ids), dim, cfg)
+    say(f"building {plan.kind} index ({plan.factory}) over {len(ids)} vectors: {plan.reason}")
+    index = _make_index(plan.factory, dim)
+    trained_n, gpu = _train(index, xb, cfg, rng) if len(ids) else (0, False)
+    if len(ids) and not index.is_trained:
+        raise LibraryError(f"{plan.factory}: {len(ids)} vectors are too few to train this index")
+    index.add_with_ids(xb, ids)
+    sp: dict[str, Any] = {"rerank": PQ_RERANK_FACTOR} if plan.kind == "ivf_pq" else {}
+    meta = IndexMeta(
+        library_id=m.library_id, model_name=m.model.name, model_fingerprint=m.model.fingerprint,
+        dim=dim, factory=plan.factory, kind=plan.kind, n=int(index.ntotal), trained_n=trained_n,
+        added_since_training=0, index_file="", index_sha256="", index_bytes=0,
+        faiss_version=faiss.__version__, shards=tuple(covered), search_params=sp,
+        manifest_generation=m.generation, built_at=utcnow().isoformat(),
+    )
+    loaded = LoadedIndex(library, meta, index)
+    say("measuring recall and latency on held-out clip embeddings")
+    quality = _quality(loaded, xb, ids, cfg, rng, tune=True)
+    report = IndexReport(action=action, kind=plan.kind, factory=plan.factory, vectors=meta.n,
+                         index_bytes=0, build_seconds=0.0, added=meta.n, notes=notes, gpu=gpu,
+                         **quality)
+    return _finish(library, meta, loaded, report, t0)
+
+
+def _finish(library: Library, meta: IndexMeta, loaded: LoadedIndex, report: IndexReport,
+            t0: float) -> IndexReport:
+    report.build_seconds = time.perf_counter() - t0
+    meta = replace(meta, search_params=report.search_params or meta.search_params)
+    loaded.meta = meta
+    meta = _save(library, loaded, meta)
+    report.index_bytes = meta.index_bytes
+    meta = replace(meta, report=report.to_dict())
+    write_meta(library, meta)
+    return report
+
+
+def _extend(library: Library, old: LoadedIndex, m: Manifest, cfg: IndexCfg, notes: list[str],
+            t0: float, rng: np.random.Generator, say: Callable[[str], None]) -> IndexReport:
+    assert m.model is not None
+    dim = m.model.embed_dim
+    new = uncovered_shards(old.meta, m)
+    meta = old.meta
+    if not new:
+        report = IndexReport(action="unchanged", kind=meta.kind, factory=meta.factory, vectors=meta.n,
+                             index_bytes=meta.index_bytes, build_seconds=0.0,
+                             **{k: v for k, v in meta.report.items()
+                                if k in ("recall_at_1", "recall_at_10", "quality_queries",
+                                         "latency_p50_ms", "latency_p99_ms", "search_params")})
+        _suggest(meta, cfg, report)
+        return report
+    seen = set(old.vectors.all_ids().tolist())
+    covered = list(meta.shards)
+    added = 0
+    for entry in new:
+        cov, ids, vecs = _cache_shard(library, entry, dim, seen)
+        old.index.add_with_ids(vecs, ids)
+        covered.append(cov)
+        added += len(ids)
+    say(f"added {added} vectors from {len(new)} new shard(s) without retraining")
+    meta = replace(meta, shards=tuple(covered), n=int(old.index.ntotal),
+                   added_since_training=meta.added_since_training + (added if meta.trained_n else 0),
+                   manifest_generation=m.generation)
+    loaded = LoadedIndex(library, meta, old.index)
+    # Quality over every vector now indexed, read back from the (verified) vector cache.
+    xb = np.concatenate([loaded.vectors.vectors(s.shard_id) for s in meta.shards]) if meta.shards \
+        else np.empty((0, dim), np.float32)
+    ids = np.concatenate([loaded.vectors.ids(s.shard_id) for s in meta.shards]) if meta.shards \
+        else np.empty(0, np.int64)
+    quality = _quality(loaded, np.ascontiguousarray(xb), ids, cfg, rng, tune=False)
+    report = IndexReport(action="extended", kind=meta.kind, factory=meta.factory, vectors=meta.n,
+                         index_bytes=0, build_seconds=0.0, added=added, notes=notes, **quality)
+    _suggest(meta, cfg, report)
+    return _finish(library, meta, loaded, report, t0)
+
+
+def _suggest(meta: IndexMeta, cfg: IndexCfg, report: IndexReport) -> None:
+    reason = None
+    if meta.trained_n and meta.added_since_training > cfg.rebuild_ratio * meta.trained_n:
+        reason = (f"{meta.added_since_training} vectors were added since the index was trained on "
+                  f"{meta.trained_n}")
+    elif not cfg.factory and meta.kind != "custom" and choose_index(meta.n, meta.dim, cfg).kind != meta.kind:
+        reason = f"{meta.n} vectors are better served by a {choose_index(meta.n, meta.dim, cfg).kind} index"
+    if reason:
+        report.rebuild_suggested = True
+        report.notes.append(f"{reason}; rebuild with `vidsearch index --rebuild`")

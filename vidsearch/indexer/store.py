@@ -1,0 +1,292 @@
+"""The index folder: ``index.json``, the FAISS file it names, and the per-shard vector cache.
+
+Layout::
+
+    LIBRARY/index/
+      index.json                 IndexMeta: the commit point (written atomically, last)
+      faiss-<uuid>.index         the FAISS index named by index.json (ids = clip_id)
+      vectors/v-NNNNNN.f32.npy   shard NNNNNN's embeddings (rows, dim) float32, shard row order
+      vectors/v-NNNNNN.ids.npy   the matching clip ids (int64)
+
+``index.json`` is written after everything it names, so a kill at any point leaves the previous
+index valid (unnamed files are deleted by the next writer). It records the SHA-256 of every file
+it names; FAISS itself loads a bit-flipped file without complaint (RELIABILITY.md F9), so the
+digest is checked *before* ``faiss.read_index``.
+
+The vector cache is memory-mapped at search time: exact search over a filtered subset, exact
+re-ranking of IVF-PQ candidates and query-by-example read it instead of the Parquet shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vidsearch.library import Library, LibraryError, atomic_replace, atomic_write_bytes, sha256_file
+from vidsearch.schemas.manifest import Manifest, ShardEntry
+
+_logger = logging.getLogger(__name__)
+
+INDEX_FORMAT = 1
+METRIC = "inner_product"  # on L2-normalised vectors = cosine similarity
+
+
+class IndexError_(LibraryError):
+    """Base of index problems (named with a trailing underscore: ``IndexError`` is a builtin)."""
+
+
+class IndexMissing(IndexError_):
+    """No index has been built for this library yet."""
+
+
+class IndexCorrupt(IndexError_):
+    """An index file is truncated, bit-flipped or unreadable; rebuild it from the shards."""
+
+
+class IndexStale(IndexError_):
+    """The index belongs to another model, or covers shards the manifest no longer lists."""
+
+
+@dataclass(frozen=True)
+class CoveredShard:
+    """One shard whose vectors are in the index and in the vector cache."""
+
+    shard_id: int
+    clips_sha256: str       # the shard file the vectors came from (manifest digest)
+    rows: int               # vectors added from it (after dropping duplicate clip ids)
+    vectors_file: str       # relative to index/, e.g. "vectors/v-000001.f32.npy"
+    vectors_sha256: str
+    ids_file: str
+    ids_sha256: str
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    """Parsed ``index.json``."""
+
+    library_id: str
+    model_name: str
+    model_fingerprint: str
+    dim: int
+    factory: str
+    kind: str                       # flat / hnsw / ivf_flat / ivf_pq / custom
+    n: int                          # vectors in the index
+    trained_n: int                  # vectors the index was trained on (0: needs no training)
+    added_since_training: int       # vectors added incrementally since the last (re)build
+    index_file: str                 # relative to index/
+    index_sha256: str
+    index_bytes: int
+    faiss_version: str
+    shards: tuple[CoveredShard, ...] = ()
+    search_params: dict[str, Any] = field(default_factory=dict)   # nprobe / efSearch / rerank
+    report: dict[str, Any] = field(default_factory=dict)          # IndexReport.to_dict()
+    manifest_generation: int = 0
+    built_at: str = ""
+    metric: str = METRIC
+    format: int = INDEX_FORMAT
+
+    @property
+    def covered_ids(self) -> set[int]:
+        return {s.shard_id for s in self.shards}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> IndexMeta:
+        raw = json.loads(text)
+        if not isinstance(raw, dict) or raw.get("format") != INDEX_FORMAT:
+            raise ValueError("unsupported index.json format")
+        raw["shards"] = tuple(CoveredShard(**s) for s in raw.get("shards", []))
+        return cls(**raw)
+
+
+def meta_path(library: Library) -> Path:
+    return library.index_dir / "index.json"
+
+
+def read_meta(library: Library) -> IndexMeta:
+    """Read ``index.json``.
+
+    Raises:
+        IndexMissing: no index.json.
+        IndexCorrupt: it exists but cannot be parsed.
+    """
+    p = meta_path(library)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise IndexMissing(f"{library.root}: no index yet; build it with "
+                           f"`vidsearch index --library {library.root}`") from None
+    try:
+        return IndexMeta.from_json(text)
+    except (ValueError, TypeError, KeyError) as e:
+        raise IndexCorrupt(f"{p}: unreadable index metadata ({e})") from e
+
+
+def write_meta(library: Library, meta: IndexMeta) -> None:
+    atomic_write_bytes(meta_path(library), meta.to_json().encode(), library.tmp_dir)
+
+
+def stale_reasons(meta: IndexMeta, manifest: Manifest) -> list[str]:
+    """Why ``meta`` cannot serve ``manifest`` (empty: it can, maybe with uncovered new shards)."""
+    reasons: list[str] = []
+    if manifest.model is None:
+        return ["the library has no model"]
+    if meta.library_id != manifest.library_id:
+        reasons.append("the index belongs to another library")
+    if meta.model_fingerprint != manifest.model.fingerprint or meta.dim != manifest.model.embed_dim:
+        reasons.append(f"the index was built for model {meta.model_name} (fingerprint "
+                       f"{meta.model_fingerprint}, dim {meta.dim}), the library holds "
+                       f"{manifest.model.name} (fingerprint {manifest.model.fingerprint})")
+    listed = {s.shard_id: s for s in manifest.shards}
+    for c in meta.shards:
+        s = listed.get(c.shard_id)
+        if s is None:
+            reasons.append(f"the index covers shard {c.shard_id}, which the manifest lacks")
+        elif s.clips_sha256 != c.clips_sha256:
+            reasons.append(f"shard {c.shard_id} changed since it was indexed")
+    return reasons
+
+
+def uncovered_shards(meta: IndexMeta | None, manifest: Manifest) -> list[ShardEntry]:
+    """Manifest shards with clips that the index does not cover (added after the last build)."""
+    covered = meta.covered_ids if meta else set()
+    return [s for s in manifest.shards if s.shard_id not in covered and s.clips_rows > 0]
+
+
+def check_file(library: Library, rel: str, digest: str) -> Path:
+    """Path of an index-folder file after checking its SHA-256 against ``digest``.
+
+    Raises:
+        IndexCorrupt: missing or different file.
+    """
+    p = library.index_dir / rel
+    if not p.is_file():
+        raise IndexCorrupt(f"{p}: missing index file")
+    if sha256_file(p) != digest:
+        raise IndexCorrupt(f"{p}: SHA-256 differs from index.json (truncated or corrupted)")
+    return p
+
+
+def write_npy_atomic(library: Library, rel: str, array: np.ndarray) -> str:
+    """Write ``array`` as ``index/<rel>`` via temp file + fsync + rename; returns its SHA-256."""
+    final = library.index_dir / rel
+    final.parent.mkdir(parents=True, exist_ok=True)
+    library.tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = library.tmp_dir / f"{final.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+        digest = sha256_file(tmp)
+        atomic_replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return digest
+
+
+class VectorStore:
+    """Memory-mapped per-shard vectors of an index, looked up by clip id.
+
+    Each file's SHA-256 is checked the first time it is opened in this process, so a corrupt
+    cache raises :class:`IndexCorrupt` instead of returning wrong scores.
+    """
+
+    def __init__(self, library: Library, shards: tuple[CoveredShard, ...], dim: int) -> None:
+        self.library = library
+        self.dim = dim
+        self._shards = {s.shard_id: s for s in shards}
+        self._vecs: dict[int, np.ndarray] = {}
+        self._lookup: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def vectors(self, shard_id: int) -> np.ndarray:
+        """(rows, dim) float32 memory map of one covered shard."""
+        v = self._vecs.get(shard_id)
+        if v is None:
+            s = self._shards[shard_id]
+            p = check_file(self.library, s.vectors_file, s.vectors_sha256)
+            v = np.load(p, mmap_mode="r", allow_pickle=False)
+            if v.shape != (s.rows, self.dim) or v.dtype != np.float32:
+                raise IndexCorrupt(f"{p}: shape {v.shape} {v.dtype}, expected ({s.rows}, {self.dim}) float32")
+            self._vecs[shard_id] = v
+        return v
+
+    def ids(self, shard_id: int) -> np.ndarray:
+        s = self._shards[shard_id]
+        p = check_file(self.library, s.ids_file, s.ids_sha256)
+        ids = np.load(p, allow_pickle=False)
+        if ids.shape != (s.rows,):
+            raise IndexCorrupt(f"{p}: {ids.shape[0]} ids, expected {s.rows}")
+        return ids
+
+    def _table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # Sorted clip ids with (shard, row) of each: binary search instead of a dict of millions.
+        if self._lookup is None:
+            ids, shard, row = [], [], []
+            for sid in self._shards:
+                a = self.ids(sid)
+                ids.append(a)
+                shard.append(np.full(len(a), sid, dtype=np.int32))
+                row.append(np.arange(len(a), dtype=np.int64))
+            all_ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
+            order = np.argsort(all_ids, kind="stable")
+            self._lookup = (all_ids[order],
+                            (np.concatenate(shard) if shard else np.empty(0, np.int32))[order],
+                            (np.concatenate(row) if row else np.empty(0, np.int64))[order])
+        return self._lookup
+
+    def all_ids(self) -> np.ndarray:
+        """Every clip id in the store, sorted."""
+        return self._table()[0]
+
+    def gather(self, clip_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors of ``clip_ids``: returns (found mask, (found, dim) float32 in input order)."""
+        sorted_ids, shard, row = self._table()
+        clip_ids = np.asarray(clip_ids, dtype=np.int64)
+        pos = np.searchsorted(sorted_ids, clip_ids)
+        pos_c = np.minimum(pos, max(len(sorted_ids) - 1, 0))
+        found = (len(sorted_ids) > 0) & (sorted_ids[pos_c] == clip_ids) if len(sorted_ids) else \
+            np.zeros(len(clip_ids), bool)
+        pos_f = pos_c[found]
+        out = np.empty((len(pos_f), self.dim), dtype=np.float32)
+        sh, rw = shard[pos_f], row[pos_f]
+        for sid in np.unique(sh):
+            sel = np.nonzero(sh == sid)[0]
+            out[sel] = self.vectors(int(sid))[rw[sel]]
+        return found, out
+
+
+def cleanup_unreferenced(library: Library, meta: IndexMeta) -> None:
+    """Delete index-folder files that ``meta`` does not name (left by older builds or a kill)."""
+    keep = {meta.index_file} | {s.vectors_file for s in meta.shards} | {s.ids_file for s in meta.shards}
+    d = library.index_dir
+    for p in list(d.glob("faiss-*.index")) + list((d / "vectors").glob("v-*.npy")):
+        rel = p.relative_to(d).as_posix()
+        if rel not in keep:
+            try:
+                p.unlink()
+            except OSError as e:  # a reader on another OS may still hold it; harmless on Linux
+                _logger.debug("could not remove %s: %s", p, e)
+
+
+def new_index_name() -> str:
+    return f"faiss-{uuid.uuid4().hex[:16]}.index"
+
+
+def vectors_names(shard_id: int) -> tuple[str, str]:
+    return f"vectors/v-{shard_id:06d}.f32.npy", f"vectors/v-{shard_id:06d}.ids.npy"
+
+
+def index_dir_is_safe(library: Library) -> None:
+    """Refuse a symlinked ``index/`` (writes would land outside the library; RELIABILITY S4)."""
+    for d in (library.index_dir, library.index_dir / "vectors"):
+        if d.is_symlink():
+            raise LibraryError(f"{d} is a symbolic link; library folders must be real directories")
+    os.makedirs(library.index_dir / "vectors", exist_ok=True)
