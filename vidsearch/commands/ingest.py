@@ -1,0 +1,112 @@
+"""``vidsearch ingest PATH... --library DIR``: cut, embed and store a video library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "ingest", help="cut videos into clips, embed them and store them in a library",
+        description="Ingest folders (recursive), globs, files or @LIST files (one path per line) "
+                    "into a library folder. Rerunning the same command resumes: committed videos "
+                    "are skipped, failed ones retried up to twice.")
+    p.add_argument("paths", nargs="+", help="folders, files, globs, or @FILE listing paths")
+    p.add_argument("--library", required=True, help="library folder (created if missing)")
+    p.add_argument("--model", default="internvideo2-s2-1b",
+                   help="model name (default internvideo2-s2-1b; internvideo2-tiny for tests)")
+    p.add_argument("--checkpoint", help="weights file or folder (default: env vars, then HF cache)")
+    p.add_argument("--tokenizer", help="tokenizer vocab (not needed for ingest; kept for symmetry)")
+    p.add_argument("--device", help="embed device: cuda or cpu (default: cuda when present)")
+    p.add_argument("--batch-size", type=int, default=32, help="clips per embed batch (default 32)")
+    p.add_argument("--decode-workers", type=int, help="decode worker processes (default: CPUs - 1)")
+    p.add_argument("--embed-actors", type=int, help="embed actors (default: one per GPU, else 1)")
+    p.add_argument("--segment", choices=("fixed", "shots"), default="fixed",
+                   help="fixed windows, or shots cut at scene changes (default fixed)")
+    p.add_argument("--clip-seconds", type=float, default=4.0, help="window length in seconds (default 4)")
+    p.add_argument("--stride", type=float, default=None, help="window step in seconds (default = clip length)")
+    p.add_argument("--scene-threshold", type=float, default=0.3, help="ffmpeg scene score of a cut (shots)")
+    p.add_argument("--skip-static", action="store_true", help="drop near-static clips that repeat the previous one")
+    p.add_argument("--ext", help="comma-separated extensions to pick up in folders, e.g. .mp4,.mkv")
+    p.add_argument("--no-sniff", action="store_true",
+                   help="in folders, take only files with a video extension (no content sniffing)")
+    p.add_argument("--decode-timeout", type=float, default=300.0,
+                   help="seconds without progress before a decoder is killed (default 300)")
+    p.add_argument("--shard-rows", type=int, default=4096, help="clip rows per shard (default 4096)")
+    p.add_argument("--commit-interval", type=float, default=60.0, help="commit at least this often, seconds")
+    p.add_argument("--new-index", action="store_true",
+                   help="start the library over if it holds another model's embeddings")
+    p.add_argument("--retry-failed", action="store_true", help="retry quarantined (failed twice) videos")
+    p.add_argument("--break-lock", action="store_true", help="take over the writer lock of another process")
+    p.add_argument("--executor", choices=("ray", "local"), default="ray",
+                   help="ray (default) or local (same stages, no Ray; for debugging)")
+    p.add_argument("--ray-address", help="join this Ray cluster instead of starting one")
+    p.add_argument("--no-index", action="store_true", help="do not build/extend the FAISS index")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vidsearch.cli import UserError
+    from vidsearch.pipeline.runner import IngestOptions, run_ingest
+    from vidsearch.schemas.config import IngestCfg
+
+    if args.batch_size < 1 or args.clip_seconds <= 0 or (args.stride is not None and args.stride <= 0):
+        raise UserError("--batch-size, --clip-seconds and --stride must be positive")
+    if args.ray_address and "://" in args.library and not args.library.startswith("file://"):
+        raise UserError("remote library URIs are not supported yet; use a path every node can reach")
+    cfg = IngestCfg()
+    cfg = replace(cfg, segment=args.segment, clip_seconds=args.clip_seconds,
+                  stride=args.stride if args.stride is not None else args.clip_seconds,
+                  scene_threshold=args.scene_threshold, skip_static=args.skip_static,
+                  batch_size=args.batch_size, decode_workers=args.decode_workers,
+                  decode_timeout_s=args.decode_timeout, shard_rows=args.shard_rows,
+                  commit_interval_s=args.commit_interval)
+    if args.ext:
+        exts = tuple(e if e.startswith(".") else f".{e}" for e in (x.strip().lower() for x in args.ext.split(",")) if e)
+        cfg = replace(cfg, extensions=exts)
+    opts = IngestOptions(model=args.model, checkpoint=args.checkpoint, tokenizer=args.tokenizer,
+                         device=args.device, executor=args.executor, ray_address=args.ray_address,
+                         embed_actors=args.embed_actors, new_index=args.new_index,
+                         retry_failed=args.retry_failed, break_lock=args.break_lock,
+                         build_index=not args.no_index, sniff=not args.no_sniff,
+                         progress=not args.quiet)
+    s = run_ingest(args.paths, args.library, cfg, opts)
+    if args.json:
+        json.dump(s.to_dict(), sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_summary(s.to_dict()))
+    return s.exit_code
+
+
+def _esc(text: str) -> str:
+    # File names may hold control characters (RELIABILITY.md S8): never print them raw.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def format_summary(d: dict[str, Any]) -> str:
+    """One screen of text for the end of a run."""
+    lines = [
+        f"vidsearch ingest: {d['status']}  (run {d['run_id']})",
+        f"  library   {_esc(d['library'])}",
+        f"  videos    {d['videos_seen']} seen: {d['videos_done']} done, {d['videos_partial']} partial, "
+        f"{d['videos_failed']} failed, {d['videos_skipped']} already done, "
+        f"{d['videos_quarantined']} quarantined, {d['videos_failed_before']} failed before, "
+        f"{d['videos_moved']} moved, {d['videos_duplicate']} duplicates",
+        f"  clips     {d['clips']} in {d['elapsed_s']:.1f} s ({d['clips_per_s']:.1f} clips/s)",
+    ]
+    if d.get("index"):
+        lines.append(f"  index     {d['index']}")
+    fails = d.get("failures") or []
+    if fails:
+        lines.append(f"  problems  ({len(fails)}; `vidsearch status --library ...` lists them all)")
+        for f in fails[:10]:
+            lines.append(f"    {f['error_type']:<16} {_esc(str(f['error_message']))[:100]}")
+    if d["status"] == "interrupted":
+        lines.append("  interrupted: rerun the same command to finish (committed work is kept)")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,86 @@
+"""``vidsearch status --library DIR [--json]``: what a library holds and whether it is healthy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("status", help="summarise a library: videos, clips, failures, runs, health")
+    p.add_argument("--library", required=True, help="library folder")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def library_status(root: str, max_attempts: int = 2) -> dict[str, Any]:
+    """Status of the library at ``root`` as a JSON-able dict (read-only; never waits on a writer)."""
+    from vidsearch.library import Library
+
+    lib = Library(root)
+    m = lib.read_manifest()
+    out: dict[str, Any] = {
+        "library": str(lib.root), "library_id": m.library_id, "generation": m.generation,
+        "model": (None if m.model is None else {"name": m.model.name, "fingerprint": m.model.fingerprint,
+                                                 "embed_dim": m.model.embed_dim,
+                                                 "is_test_model": m.model.is_test_model}),
+        "shards": len(m.shards), "clips_in_shards": m.total_clips,
+    }
+    with lib.connect_catalog() as con:
+        def q(sql: str, *params: Any) -> list[tuple[Any, ...]]:
+            return con.execute(sql, list(params)).fetchall()
+
+        states = dict(q(
+            "SELECT CASE WHEN status = 'failed' AND attempts >= ? THEN 'quarantined' ELSE status END s, "
+            "count(*) FROM videos GROUP BY s", max_attempts))
+        out["videos"] = {k: states.get(k, 0) for k in ("done", "partial", "failed", "quarantined", "replaced")}
+        out["clips"] = q("SELECT count(*) FROM clips c JOIN videos v USING (video_id) "
+                         "WHERE v.status IN ('done', 'partial')")[0][0]
+        out["hours"] = round((q("SELECT coalesce(sum(duration_s), 0) FROM videos "
+                                "WHERE status IN ('done', 'partial')")[0][0] or 0) / 3600, 4)
+        out["failures_by_type"] = dict(q(
+            "SELECT error_type, count(*) FROM videos WHERE status IN ('failed', 'partial') "
+            "AND error_type IS NOT NULL GROUP BY error_type ORDER BY count(*) DESC, error_type"))
+        out["recent_failures"] = [
+            {"path": p, "stage": s, "error_type": t, "message": msg, "attempts": a}
+            for p, s, t, msg, a in q("SELECT path, stage, error_type, error_message, attempts FROM videos "
+                                     "WHERE status IN ('failed', 'partial') ORDER BY ingested_at DESC LIMIT 20")]
+        cur = con.execute("SELECT * FROM runs ORDER BY started_at")
+        names = [d[0] for d in cur.description]
+        out["runs"] = [{k: (str(v) if v is not None and k.endswith("_at") else v)
+                        for k, v in zip(names, r, strict=True)} for r in cur.fetchall()]
+    problems = lib.verify()
+    out["health"] = {"ok": not problems, "problems": problems}
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from vidsearch.commands.ingest import _esc
+
+    st = library_status(args.library)
+    if args.json:
+        json.dump(st, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return 0
+    v = st["videos"]
+    lines = [
+        f"library {_esc(st['library'])}  (generation {st['generation']}, {st['shards']} shards)",
+        f"model   {st['model']['name'] if st['model'] else '-'}"
+        + ("  [TEST MODEL]" if st["model"] and st["model"]["is_test_model"] else ""),
+        f"videos  {v['done']} done, {v['partial']} partial, {v['failed']} failed, "
+        f"{v['quarantined']} quarantined, {v['replaced']} replaced",
+        f"clips   {st['clips']} searchable ({st['hours']} h of video)",
+    ]
+    if st["failures_by_type"]:
+        lines.append("failures " + ", ".join(f"{k}: {n}" for k, n in st["failures_by_type"].items()))
+        for f in st["recent_failures"][:10]:
+            lines.append(f"  {f['error_type']:<16} {_esc(str(f['message']))[:110]}")
+    if st["runs"]:
+        r = st["runs"][-1]
+        lines.append(f"last run {r['run_id']} {r['status']}: {r['clips']} clips, {r['clips_per_s']} clips/s")
+    h = st["health"]
+    lines.append("health  ok" if h["ok"] else "health  PROBLEMS: " + "; ".join(h["problems"]))
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0 if h["ok"] else 2

@@ -1,0 +1,216 @@
+"""Probe stage: container checks and frame timestamps of one video, before any decoder opens it.
+
+Order of checks, each a failure branch (RELIABILITY.md §8.1):
+
+1. size 0 -> ``EmptyFile`` (B1);
+2. the first bytes must be a known video container (:func:`sniff_container`), else
+   ``NotAVideo`` (random bytes, text, PNG, HLS/concat playlists: B5, B6, B8, S6). The demuxer is
+   then forced to the sniffed format, so ffmpeg never runs a playlist demuxer that would follow
+   references inside the file (rule 3), and only the ``file`` protocol is allowed;
+3. the container must open -> else ``CorruptContainer`` (B2: moov atom missing);
+4. ``format_name`` allowlisted -> else ``NotAVideo``; stream count <= limit -> ``TooManyStreams``;
+5. at least one video stream, decided from the stream list -> else ``NoVideoStream`` (B9);
+6. pixel limit -> ``TooLarge``; a demux pass over the video packets (no decoding) collects every
+   frame's pts (VFR-exact times, B15) and counts frames -> ``TooManyFrames`` past the limit,
+   ``CorruptContainer`` when no frame has data; the first frame is decoded to read the rotation
+   from its display matrix (B16) and to prove the codec decodes -> ``UnsupportedCodec``.
+
+PyAV is imported lazily: this module is also imported by discovery (for the sniffer) in the
+driver, which must stay light.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from vidsearch.pipeline.types import ProbeInfo, VideoError
+from vidsearch.schemas.config import IngestCfg
+
+_logger = logging.getLogger(__name__)
+
+SNIFF_BYTES = 512
+_ASF_GUID = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
+
+
+def sniff_container(head: bytes) -> str | None:
+    """ffmpeg demuxer name for the container whose first bytes are ``head``, or None.
+
+    Only formats recognisable by their magic bytes are accepted; raw elementary streams and every
+    text format (HLS, ffconcat, SDP) are refused on purpose.
+    """
+    if len(head) >= 12 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+        return "mov"
+    if head[:4] == b"\x1aE\xdf\xa3":
+        return "matroska"
+    if head[:4] == b"RIFF" and head[8:12] in (b"AVI ", b"AVIX"):
+        return "avi"
+    if len(head) > 376 and head[0] == 0x47 and head[188] == 0x47 and head[376] == 0x47:
+        return "mpegts"
+    if head[:4] == b"\x00\x00\x01\xba":
+        return "mpeg"
+    if head[:3] == b"FLV":
+        return "flv"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:16] == _ASF_GUID:
+        return "asf"
+    return None
+
+
+def _describe_head(head: bytes) -> str:
+    if head.lstrip().startswith(b"#EXTM3U"):
+        return "an HLS playlist (format hls not allowed: it references other files)"
+    if head.startswith(b"ffconcat") or head.lstrip().startswith(b"file "):
+        return "an ffconcat list (format concat not allowed: it references other files)"
+    if head.startswith(b"\x89PNG") or head[:3] == b"\xff\xd8\xff":
+        return "a still image, not a video"
+    try:
+        head.decode("utf-8")
+        return "a text file, not a video"
+    except UnicodeDecodeError:
+        return "not a known video container"
+
+
+@contextmanager
+def open_path(path_bytes: bytes) -> Iterator[str]:
+    """A str path any decoder can open for ``path_bytes`` (non-UTF-8 names too, B17).
+
+    Names that do not round-trip through UTF-8 (decord raises ``UnicodeEncodeError``) are opened
+    once here and handed over as ``/proc/self/fd/N``.
+    """
+    try:
+        path = path_bytes.decode("utf-8")
+        if "\n" not in path and not path.startswith("-"):
+            yield path
+            return
+    except UnicodeDecodeError:
+        pass
+    fd = os.open(path_bytes, os.O_RDONLY)
+    try:
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def probe(path_bytes: bytes, cfg: IngestCfg) -> ProbeInfo:
+    """Probe one file.
+
+    Args:
+        path_bytes: the file.
+        cfg: limits and the container allowlist.
+
+    Returns:
+        ProbeInfo with per-frame timestamps.
+
+    Raises:
+        VideoError: EmptyFile, NotAVideo, CorruptContainer, NoVideoStream, TooManyStreams,
+            TooLarge, TooManyFrames, UnsupportedCodec, NotFound, PermissionDenied.
+    """
+    import av  # lazy: PyAV bundles its own ffmpeg
+
+    try:
+        size = os.stat(path_bytes).st_size
+        with open(path_bytes, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except FileNotFoundError:
+        raise VideoError("NotFound", "probe", "file vanished") from None
+    except PermissionError:
+        raise VideoError("PermissionDenied", "probe", "permission denied") from None
+    if size == 0:
+        raise VideoError("EmptyFile", "probe", "file is empty (0 bytes)")
+    demuxer = sniff_container(head)
+    if demuxer is None:
+        raise VideoError("NotAVideo", "probe", _describe_head(head))
+
+    with open_path(path_bytes) as path:
+        try:
+            container = av.open(path, format=demuxer, options={"protocol_whitelist": "file"})
+        except av.error.FFmpegError as e:
+            raise VideoError("CorruptContainer", "probe", f"container does not open ({_short(e)})") from None
+        try:
+            return _probe_open(container, cfg)
+        finally:
+            container.close()
+
+
+def _short(e: BaseException) -> str:
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+
+
+def _probe_open(container: object, cfg: IngestCfg) -> ProbeInfo:
+    import av
+
+    fmt = container.format.name  # type: ignore[attr-defined]
+    if not set(fmt.split(",")) & set(cfg.allowed_formats):
+        raise VideoError("NotAVideo", "probe", f"container format {fmt} not allowed")
+    streams = container.streams  # type: ignore[attr-defined]
+    if len(streams) > cfg.max_streams:
+        raise VideoError("TooManyStreams", "probe", f"{len(streams)} streams > limit {cfg.max_streams}")
+    videos = [s for s in streams.video if s.codec_context is not None]
+    if not videos:
+        kinds = sorted({s.type for s in streams}) or ["none"]
+        raise VideoError("NoVideoStream", "probe", f"no video stream (streams: {', '.join(kinds)})")
+    vs = videos[0]
+    codec = vs.codec_context.name
+    cw, ch = int(vs.codec_context.width or 0), int(vs.codec_context.height or 0)
+    if cw * ch > cfg.max_pixels:
+        raise VideoError("TooLarge", "probe", f"{cw}x{ch} frames exceed the {cfg.max_pixels}-pixel limit")
+    claimed = int(vs.frames or 0)
+    if claimed > cfg.max_frames:
+        raise VideoError("TooManyFrames", "probe", f"container claims {claimed} frames > limit {cfg.max_frames}")
+    vs.thread_type = "AUTO"
+    tb = float(vs.time_base) if vs.time_base else 1.0 / 90000
+    pts: list[int] = []
+    rotation: int | None = None
+    decode_error: str | None = None
+    try:
+        for packet in container.demux(vs):  # type: ignore[attr-defined]
+            if packet.size == 0:
+                continue  # flush packet
+            if packet.pts is not None:
+                pts.append(packet.pts)
+            elif packet.dts is not None:
+                pts.append(packet.dts)
+            else:
+                pts.append(pts[-1] + 1 if pts else 0)
+            if len(pts) > cfg.max_frames:
+                raise VideoError("TooManyFrames", "probe", f"more than {cfg.max_frames} frames")
+            if rotation is None and decode_error is None:
+                try:
+                    for frame in packet.decode():
+                        rotation = int(round(getattr(frame, "rotation", 0) or 0)) % 360
+                        cw, ch = frame.width, frame.height
+                        break
+                except av.error.FFmpegError as e:
+                    decode_error = _short(e)
+    except av.error.FFmpegError as e:
+        # A truncated file ends the demux early: keep the frames found; coverage catches it.
+        _logger.info("demux stopped early after %d frames: %s", len(pts), _short(e))
+    if not pts:
+        raise VideoError("CorruptContainer", "probe", "the video stream has no frames")
+    if rotation is None:
+        # Packets exist but not one decodes: the codec is the problem, not the container.
+        raise VideoError("UnsupportedCodec", "probe",
+                         f"codec {codec}: no frame decodes ({decode_error or 'decoder produced nothing'})")
+    pts.sort()  # packets come in decode order; frames are indexed in presentation order
+    t0 = pts[0]
+    times = tuple((p - t0) * tb for p in pts)
+    n = len(times)
+    if n > 1:
+        deltas = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+        frame_dur = deltas[len(deltas) // 2] or (times[-1] / (n - 1))
+    else:
+        rate = float(vs.average_rate or vs.guessed_rate or 25)
+        frame_dur = 1.0 / rate if rate > 0 else 0.04
+    duration = times[-1] + frame_dur
+    w, h = (ch, cw) if rotation in (90, 270) else (cw, ch)
+    return ProbeInfo(
+        container=fmt, codec=codec, width=w, height=h, coded_width=cw, coded_height=ch,
+        rotation=rotation, fps=n / duration if duration > 0 else 0.0, frame_count=n,
+        claimed_frames=claimed, duration_s=duration, pts_s=times, num_streams=len(streams),
+    )

@@ -1,0 +1,128 @@
+"""Rows that travel between the ingest stages (plain, picklable dataclasses; no Ray here).
+
+The flow of one video (``docs/ARCHITECTURE.md``)::
+
+    VideoTask --probe+segment--> VideoPlan --decode (chunks of clips)--> FramesChunk
+              --embed--> embeddings --write--> clip rows + one video row
+
+Per-video failures are data, not exceptions that cross stages: a stage raises
+:class:`VideoError` inside its own unit, and the runner turns it into a ``videos`` row with
+``status=failed`` (``stage``, ``error_type``, ``error_message``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+# Stable error_type names (RELIABILITY.md §8 vocabulary). Tests and users match on these.
+ERROR_TYPES = (
+    "EmptyFile", "CorruptContainer", "NotAVideo", "NoVideoStream", "UnsupportedCodec", "TooShort",
+    "TooLarge", "TooManyFrames", "TooManyStreams", "DecodeTimeout", "DecoderCrash", "DecodeError",
+    "NotFound", "PermissionDenied", "NotRegularFile", "Unstable", "EmbedOOM", "NoClips", "IOError",
+    "PartialDecode",
+)
+# Errors that depend only on the bytes of the file: the same video_id fails the same way again,
+# so a rerun does not retry them (``--retry-failed`` does). Others (timeouts, crashes, I/O) are
+# retried up to ``max_attempts`` times, then quarantined.
+DETERMINISTIC_ERRORS = frozenset({
+    "EmptyFile", "CorruptContainer", "NotAVideo", "NoVideoStream", "UnsupportedCodec", "TooShort",
+    "TooLarge", "TooManyFrames", "TooManyStreams", "NoClips", "PartialDecode",
+})
+
+
+class VideoError(Exception):
+    """A per-video failure: becomes a failure row, never stops the run.
+
+    Args:
+        error_type: one of :data:`ERROR_TYPES`.
+        stage: the stage that failed (discover, probe, segment, decode, embed).
+        message: one human line; the runner prefixes the file's display path.
+    """
+
+    def __init__(self, error_type: str, stage: str, message: str) -> None:
+        assert error_type in ERROR_TYPES, error_type
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+        self.stage = stage
+        self.message = message
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        # Travels between processes (decode child, Ray actors) as a value: errors are data.
+        return (VideoError, (self.error_type, self.stage, self.message))
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    """One discovered regular file to ingest."""
+
+    path_bytes: bytes             # exact os.fsencode(path): non-UTF-8 names round-trip
+    display_path: str             # ids.display_path(path_bytes)
+    video_id: str                 # ids.video_fingerprint() at discovery
+    size_bytes: int
+    mtime: dt.datetime
+    attempts: int = 1             # this run's attempt number for this video_id
+
+
+@dataclass(frozen=True)
+class ProbeInfo:
+    """What the probe learnt about a video (container metadata checked by a demux pass)."""
+
+    container: str                # ffmpeg format_name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    codec: str
+    width: int                    # display width (after rotation)
+    height: int                   # display height
+    coded_width: int
+    coded_height: int
+    rotation: int                 # degrees clockwise to display upright: 0/90/180/270
+    fps: float                    # average frame rate (frames / duration)
+    frame_count: int              # frames demuxed (packets with data), the decodable upper bound
+    claimed_frames: int           # the container's own claim (0 when it has none)
+    duration_s: float             # from the frame timestamps: last pts - first pts + one frame
+    pts_s: tuple[float, ...]      # presentation time of each frame in presentation order, from 0
+    num_streams: int
+
+
+@dataclass(frozen=True)
+class ClipSpan:
+    """One clip: frames ``[start_frame, end_frame)`` and the frames sampled for the model."""
+
+    clip_index: int
+    start_frame: int
+    end_frame: int
+    start_s: float
+    end_s: float
+    frame_indices: tuple[int, ...]
+    frame_times_s: tuple[float, ...]
+    padded: bool
+    segment: str                  # "fixed" or "shots"
+    shot_index: int | None = None
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """Probe + segmentation result of one video: what the decoder must produce."""
+
+    task: VideoTask
+    probe: ProbeInfo
+    clips: tuple[ClipSpan, ...]
+    expected_frames: int          # max(demuxed, claimed): the coverage denominator
+
+
+@dataclass
+class FramesChunk:
+    """Decoded, resized frames of consecutive clips ``[clip_lo, clip_hi)`` of one video.
+
+    ``frames`` is uint8 (n, T, S, S, 3) at the model's input size, so frames stay small in queues
+    and in Ray's object store (full-resolution frames never leave the decode process).
+    """
+
+    video_id: str
+    clip_lo: int
+    clip_hi: int                  # requested range end; clips >= decoded_hi were not decodable
+    frames: object                # numpy uint8 array; typed loosely to keep numpy out of this module
+    kept: list[int] = field(default_factory=list)   # clip indices present in ``frames`` (in order)
+    decoded_frames: int = 0       # frames the decoder could deliver up to the end of this range
+    truncated: bool = False       # the decoder stopped early (coverage < 1 for this video)
+    decoder: str = "decord"
+    error: str | None = None      # why the decoder stopped early

@@ -1,0 +1,142 @@
+"""Write stage: the one writer. Finished videos -> clip rows + video rows -> committed shard pairs.
+
+A video reaches the writer only when it is settled: every clip embedded (done/partial) or failed.
+Its clip rows and its video row go into the same :meth:`Library.commit`, so a video is marked done
+in the catalog only after its clips are committed, and a kill between commits loses only videos
+that were never marked done (they are redone by the next run).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vidsearch.library import Library, utcnow
+from vidsearch.pipeline.types import ClipSpan, ProbeInfo, VideoTask
+from vidsearch.schemas import ids
+from vidsearch.schemas.manifest import ModelInfo
+from vidsearch.schemas.tables import STATUS_FAILED, VIDEO_SCHEMA, clip_schema
+
+_logger = logging.getLogger(__name__)
+
+
+def video_row(task: VideoTask | None, *, status: str, run_id: str, attempts: int,
+              path_bytes: bytes | None = None, video_id: str | None = None,
+              probe: ProbeInfo | None = None, coverage: float | None = None, num_clips: int = 0,
+              stage: str | None = None, error_type: str | None = None,
+              error_message: str | None = None) -> dict[str, Any]:
+    """One ``videos`` row (VIDEO_SCHEMA) for a settled video."""
+    pb = task.path_bytes if task is not None else path_bytes
+    assert pb is not None
+    return {
+        "video_id": task.video_id if task is not None else video_id,
+        "path": ids.display_path(pb), "path_bytes": pb,
+        "size_bytes": task.size_bytes if task else None, "mtime": task.mtime if task else None,
+        "duration_s": probe.duration_s if probe else None, "fps": probe.fps if probe else None,
+        "frame_count": probe.frame_count if probe else None,
+        "width": probe.width if probe else None, "height": probe.height if probe else None,
+        "codec": probe.codec if probe else None, "container": probe.container if probe else None,
+        "rotation": probe.rotation if probe else None, "coverage": coverage,
+        "num_clips": num_clips, "status": status, "stage": stage, "error_type": error_type,
+        "error_message": error_message, "attempts": attempts, "run_id": run_id,
+        "ingested_at": utcnow(),
+    }
+
+
+def failure_row(task: VideoTask | None, error_type: str, stage: str, message: str, *, run_id: str,
+                attempts: int, path_bytes: bytes | None = None, video_id: str | None = None,
+                probe: ProbeInfo | None = None) -> dict[str, Any]:
+    """A failed video row; the message is one line naming the file."""
+    pb = task.path_bytes if task is not None else path_bytes
+    assert pb is not None
+    line = f"{ids.display_path(pb)!r}: {message}".replace("\n", " ")
+    return video_row(task, status=STATUS_FAILED, run_id=run_id, attempts=attempts, path_bytes=pb,
+                     video_id=video_id, probe=probe, stage=stage, error_type=error_type,
+                     error_message=line)
+
+
+@dataclass
+class PendingVideo:
+    """A settled video waiting for the next commit."""
+
+    row: dict[str, Any]
+    clips: list[ClipSpan] = field(default_factory=list)
+    embeddings: np.ndarray | None = None
+    extra_rows: list[dict[str, Any]] = field(default_factory=list)  # e.g. a "replaced" row
+
+
+class ShardWriter:
+    """Buffers settled videos and commits them as shard pairs (the only writer of the library)."""
+
+    def __init__(self, library: Library, model: ModelInfo, run_id: str, shard_rows: int,
+                 commit_interval_s: float) -> None:
+        self.library, self.model, self.run_id = library, model, run_id
+        self.shard_rows, self.commit_interval_s = shard_rows, commit_interval_s
+        self.schema = clip_schema(model.embed_dim)
+        self.pending: list[PendingVideo] = []
+        self.pending_clips = 0
+        self.last_commit = time.monotonic()
+        self.commits = 0
+        self.clips_committed = 0
+
+    def add(self, video: PendingVideo) -> None:
+        """Queue a settled video; commits when the shard is full or the interval has passed."""
+        self.pending.append(video)
+        self.pending_clips += len(video.clips)
+        if (self.pending_clips >= self.shard_rows
+                or time.monotonic() - self.last_commit >= self.commit_interval_s):
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit everything queued (no-op when nothing is queued)."""
+        if not self.pending:
+            return
+        clips, videos = self._tables(self.pending)
+        self.library.commit(clips, videos, self.run_id)
+        self.commits += 1
+        self.clips_committed += clips.num_rows
+        _logger.info("committed %d clips of %d videos", clips.num_rows, videos.num_rows)
+        self.pending, self.pending_clips = [], 0
+        self.last_commit = time.monotonic()
+
+    def _tables(self, items: list[PendingVideo]) -> tuple[pa.Table, pa.Table]:
+        cols: dict[str, list[Any]] = {f.name: [] for f in self.schema if f.name != "embedding"}
+        embs: list[np.ndarray] = []
+        rows: list[dict[str, Any]] = []
+        for v in items:
+            rows.extend(v.extra_rows)
+            rows.append(v.row)
+            if not v.clips:
+                continue
+            assert v.embeddings is not None and len(v.embeddings) == len(v.clips)
+            for c in v.clips:
+                cols["clip_id"].append(ids.clip_id(v.row["video_id"], c.start_frame, c.end_frame,
+                                                   self.model.fingerprint))
+                cols["video_id"].append(v.row["video_id"])
+                cols["path"].append(v.row["path"])
+                cols["clip_index"].append(c.clip_index)
+                cols["start_s"].append(c.start_s)
+                cols["end_s"].append(c.end_s)
+                cols["start_frame"].append(c.start_frame)
+                cols["end_frame"].append(c.end_frame)
+                cols["frame_indices"].append(list(c.frame_indices))
+                cols["frame_times_s"].append(list(c.frame_times_s))
+                cols["padded"].append(c.padded)
+                cols["segment"].append(c.segment)
+                cols["shot_index"].append(c.shot_index)
+                cols["model"].append(self.model.name)
+                cols["model_fingerprint"].append(self.model.fingerprint)
+                cols["run_id"].append(self.run_id)
+            embs.append(np.asarray(v.embeddings, dtype=np.float32))
+        dim = self.model.embed_dim
+        flat = np.concatenate(embs).reshape(-1) if embs else np.zeros(0, np.float32)
+        arrays = [pa.array(cols[f.name], type=f.type) for f in self.schema if f.name != "embedding"]
+        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim))
+        clips = pa.Table.from_arrays(arrays, schema=self.schema)
+        videos = pa.Table.from_pylist(rows, schema=VIDEO_SCHEMA)
+        return clips, videos
