@@ -34,8 +34,9 @@ def get_3d_sincos_pos_embed(embed_dim: int, grid_size: int, t_size: int, cls_tok
     The first D/4 dims encode t, the last 3D/4 a 2-D sincos whose first half comes from the
     column (w) index and the second half from the row index (MAE's "w goes first" meshgrid).
     """
-    if embed_dim % 4:
-        raise ValueError(f"embed_dim {embed_dim} must be divisible by 4 for the 3D sincos init")
+    if embed_dim % 16:
+        # D/4 temporal dims and 3D/8 dims per spatial axis must each split into sin/cos halves.
+        raise ValueError(f"embed_dim {embed_dim} must be divisible by 16 for the 3D sincos init")
     dim_t = embed_dim // 4
     dim_s = embed_dim // 4 * 3
     gh = np.arange(grid_size, dtype=np.float32)

@@ -61,21 +61,19 @@ class TextTokenizer:
         key = "vocab" if "vocab" in params else "vocab_file"
         self._tok = BertTokenizer(**{key: str(vocab_file)}, do_lower_case=do_lower_case)
         with open(vocab_file, encoding="utf-8") as f:
-            n_lines = sum(1 for line in f if line.rstrip("\n"))
-        if len(self._tok) < n_lines:
-            raise RuntimeError(f"tokenizer loaded {len(self._tok)} tokens from {vocab_file} ({n_lines} lines)")
+            vocab = {line.rstrip("\n"): i for i, line in enumerate(f) if line.rstrip("\n")}
+        missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]") if t not in vocab]
+        if missing:
+            # BertTokenizer would silently append them as new ids the checkpoint never saw.
+            raise ValueError(f"vocabulary {vocab_file} has no {', '.join(missing)} token")
+        if self._tok.convert_tokens_to_ids("[CLS]") != vocab["[CLS]"] or len(self._tok) < len(vocab):
+            raise RuntimeError(f"tokenizer did not load {vocab_file} ({len(self._tok)} tokens)")
         self.vocab_file = vocab_file
-        self.vocab_size = n_lines
+        self.vocab_size = len(vocab)
         self.context_length = context_length
-        self.cls_id = self._id("[CLS]")
-        self.pad_id = self._id("[PAD]")
-        self.sep_id = self._id("[SEP]")
-
-    def _id(self, token: str) -> int:
-        i = self._tok.convert_tokens_to_ids(token)
-        if not isinstance(i, int) or i == self._tok.unk_token_id and token != "[UNK]":
-            raise ValueError(f"vocabulary {self.vocab_file} has no {token} token")
-        return i
+        self.cls_id = vocab["[CLS]"]
+        self.pad_id = vocab["[PAD]"]
+        self.sep_id = vocab["[SEP]"]
 
     def tokenize(self, text: str) -> list[str]:
         """Word pieces of ``text`` (lower-cased, no special tokens)."""
