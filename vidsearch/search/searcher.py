@@ -1,0 +1,485 @@
+"""Search a library: query vector -> ANN (or exact) top-k -> DuckDB filters/metadata -> moments.
+
+One :class:`Searcher` serves many queries (the model, the index and the DuckDB sandbox are loaded
+once); the CLI and the web server both use it::
+
+    s = Searcher(Library(path))
+    result = s.search("dog playing in snow", k=10, filters=Filters(path_glob="*/pets/*"))
+
+How a filter is answered depends on how many clips match (counted by DuckDB first):
+
+- no filter: ANN top-m with over-fetch, hidden statuses dropped in the metadata join;
+- at most ``SearchCfg.exact_subset_max`` matches: exact search over exactly those clips, their
+  vectors gathered from the index's vector cache (exact, hence as good as brute force);
+- at least ``overfetch_min_selectivity`` of the library: ANN over-fetch, non-matching dropped;
+- in between: FAISS ``IDSelectorBatch`` with nprobe/efSearch widened by 1/selectivity.
+
+Every path widens (m x 4) until ``k`` moments survive merging and the per-video limit, or the
+candidates run out. Shards committed after the index was built are searched exactly and merged
+in, never dropped. A corrupt or stale index is rebuilt when no writer holds the library, or
+replaced by exact search over the shards (with a warning) when one does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vidsearch.indexer import (
+    IndexCorrupt,
+    IndexMissing,
+    IndexStale,
+    LoadedIndex,
+    load_index,
+    read_shard_vectors,
+    uncovered_shards,
+    update_index,
+)
+from vidsearch.library import Library, LibraryLocked
+from vidsearch.schemas.config import IndexCfg, SearchCfg
+from vidsearch.schemas.manifest import Manifest
+from vidsearch.schemas.tables import SEARCHABLE_STATUSES
+from vidsearch.search.sandbox import QueryFailed, QueryRefused, open_sandbox, run_query, validate_predicate
+from vidsearch.search.shaping import ClipHit, Moment, shape
+
+_logger = logging.getLogger(__name__)
+
+
+class SearchError(ValueError):
+    """A search the user asked for cannot be done (bad filter, unknown clip, wrong model)."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Metadata filters; every value is bound as a parameter, ``where`` is checked first."""
+
+    path_glob: str | None = None          # GLOB over videos.path, e.g. "*/pets/*.mp4"
+    min_duration_s: float | None = None   # video duration bounds
+    max_duration_s: float | None = None
+    from_s: float | None = None           # keep clips overlapping [from_s, to_s] inside their video
+    to_s: float | None = None
+    where: str | None = None              # a SQL predicate over clips/videos columns
+    video_id: str | None = None
+
+    def is_empty(self) -> bool:
+        return all(v is None for v in (self.path_glob, self.min_duration_s, self.max_duration_s,
+                                       self.from_s, self.to_s, self.where, self.video_id))
+
+
+@dataclass
+class Hit:
+    """One ranked result (a moment)."""
+
+    rank: int
+    score: float
+    clip_id: int                  # the best clip of the moment
+    video_id: str
+    path: str
+    start_s: float                # the moment's extent (all merged clips)
+    end_s: float
+    clip_ids: tuple[int, ...]     # merged clips in time order
+    rerank_score: float | None = None
+
+
+@dataclass
+class SearchResult:
+    """Hits plus how they were found (also what the search history records)."""
+
+    hits: list[Hit]
+    query: str | None
+    like_clip_id: int | None
+    k: int
+    offset: int
+    per_video: int | None
+    rerank: int
+    filters: Filters
+    strategy: str                 # ann / overfetch / selector / exact-subset, "+exact-new" suffix
+    matched: int | None           # clips matching the filters (None: no filter)
+    total_moments: int            # moments found before the [offset, offset+k) cut (lower bound)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    index_kind: str | None = None
+    generation: int = 0
+    model_name: str | None = None
+    model_fingerprint: str | None = None
+    search_id: str | None = None
+
+
+class Searcher:
+    """Searches one library; reusable across queries and reloads after each commit.
+
+    Args:
+        library: the library.
+        model: an encoder with ``encode_text`` and ``fingerprint``; loaded on the first text query
+            when None (``create_model(manifest.model.name, checkpoint, tokenizer, device)``).
+        cfg: search settings.
+        index_cfg: settings used if the index has to be rebuilt.
+        checkpoint, tokenizer, device, with_itm: passed to ``create_model`` (``with_itm`` for
+            ``rerank``).
+        auto_repair: rebuild a missing/corrupt/stale index when no writer holds the library.
+        record_history: save every search in ``history.duckdb``.
+    """
+
+    def __init__(self, library: Library, model: Any = None, *, cfg: SearchCfg | None = None,
+                 index_cfg: IndexCfg | None = None, checkpoint: str | None = None,
+                 tokenizer: str | None = None, device: str | None = None, with_itm: bool = False,
+                 auto_repair: bool = True, record_history: bool = True) -> None:
+        self.library = library
+        self.cfg = cfg or SearchCfg()
+        self.index_cfg = index_cfg or IndexCfg()
+        self._model = model
+        self._model_args = {"checkpoint": checkpoint, "tokenizer": tokenizer, "device": device,
+                            "with_itm": with_itm}
+        self.auto_repair = auto_repair
+        self.record_history = record_history
+        self.warnings: list[str] = []
+        self.manifest: Manifest = library.read_manifest()
+        if self.manifest.model is None:
+            raise SearchError(f"{library.root}: the library has no clips yet")
+        self.index: LoadedIndex | None = None
+        self._extra_ids = np.empty(0, np.int64)
+        self._extra_vecs = np.empty((0, self.manifest.model.embed_dim), np.float32)
+        self._con = None
+        self._open()
+
+    # ---- loading ---------------------------------------------------------------------------
+    def _open(self) -> None:
+        m = self.manifest
+        assert m.model is not None
+        self.warnings = []
+        try:
+            self.index = load_index(self.library, m)
+        except (IndexMissing, IndexStale, IndexCorrupt) as e:
+            self.index = self._repair(e)
+        covered = self.index.meta.covered_ids if self.index else set()
+        extra = [s for s in m.shards if s.shard_id not in covered and s.clips_rows > 0]
+        if self.index is not None and extra:
+            self.warnings.append(f"{sum(s.clips_rows for s in extra)} clips in {len(extra)} shard(s) are "
+                                 "not in the index yet; searched exactly (run `vidsearch index`)")
+        ids, vecs = [], []
+        for s in extra if self.index else uncovered_shards(None, m):
+            i, v = read_shard_vectors(self.library, s, m.model.embed_dim)
+            ids.append(i)
+            vecs.append(v)
+        self._extra_ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
+        self._extra_vecs = np.concatenate(vecs) if vecs else np.empty((0, m.model.embed_dim), np.float32)
+        if self.index is not None and len(self._extra_ids):
+            dup = np.isin(self._extra_ids, self.index.vectors.all_ids())
+            self._extra_ids, self._extra_vecs = self._extra_ids[~dup], self._extra_vecs[~dup]
+        if self._con is not None:
+            self._con.close()
+        # history.duckdb is not attached: this process writes it after each search, and DuckDB
+        # refuses a second handle on a file one connection already holds.
+        self._con = open_sandbox(self.library, memory_limit=self.cfg.sql_memory_limit,
+                                 threads=self.cfg.sql_threads, history=False)
+        if not self.library.catalog_is_current(m):
+            self.warnings.append("catalog.duckdb is behind the manifest; recent clips may be missing "
+                                 f"(run `vidsearch doctor --library {self.library.root}`)")
+        for w in self.warnings:
+            _logger.warning("%s", w)
+
+    def _repair(self, problem: Exception) -> LoadedIndex | None:
+        fix = f"vidsearch index --rebuild --library {self.library.root}"
+        if self.auto_repair:
+            try:
+                with self.library.lock():
+                    _logger.warning("%s; rebuilding the index from the shards", problem)
+                    update_index(self.library, self.index_cfg, rebuild=not isinstance(problem, IndexMissing))
+                self.manifest = self.library.read_manifest()
+                return load_index(self.library, self.manifest)
+            except LibraryLocked:
+                pass
+        self.warnings.append(f"{problem}; searching the shards exactly instead (slower). "
+                             f"Fix: `{fix}`")
+        return None
+
+    def refresh(self) -> bool:
+        """Reload if a writer committed since; returns True if it did (F12/F13: cheap check)."""
+        m = self.library.read_manifest()
+        if m.generation == self.manifest.generation and m.library_id == self.manifest.library_id:
+            return False
+        self.manifest = m
+        self._open()
+        return True
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def model(self) -> Any:
+        """The text encoder, loaded on first use and checked against the library's fingerprint."""
+        if self._model is None:
+            from vidsearch.models import create_model
+
+            assert self.manifest.model is not None
+            self._model = create_model(self.manifest.model.name, **self._model_args)
+        self._check_model(self._model)
+        return self._model
+
+    def _check_model(self, model: Any) -> None:
+        lib = self.manifest.model
+        assert lib is not None
+        if model.fingerprint != lib.fingerprint:
+            raise SearchError(
+                f"model {getattr(model, 'name', '?')} (fingerprint {model.fingerprint}) is not the "
+                f"embedding space of {self.library.root}, built with {lib.name} (fingerprint "
+                f"{lib.fingerprint}); pass the checkpoint/tokenizer the library was ingested with")
+
+    # ---- vectors ---------------------------------------------------------------------------
+    def encode_text(self, text: str) -> np.ndarray:
+        v = self.model.encode_text([text])
+        return np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v, np.float32).reshape(-1)
+
+    def vector_of(self, clip_id: int) -> np.ndarray:
+        """The stored embedding of ``clip_id`` (query by example)."""
+        if self.index is not None:
+            found, vecs = self.index.vectors.gather(np.array([clip_id], np.int64))
+            if found[0]:
+                return vecs[0]
+        pos = np.nonzero(self._extra_ids == clip_id)[0]
+        if len(pos):
+            return self._extra_vecs[pos[0]]
+        raise SearchError(f"clip {clip_id} is not in {self.library.root}")
+
+    def clip_at(self, video_id: str, at_s: float) -> int:
+        """The clip of ``video_id`` that contains second ``at_s`` (nearest when in a gap)."""
+        t = run_query(self._con, "SELECT clip_id FROM clips WHERE video_id = ? "
+                      "ORDER BY (start_s <= ? AND ? < end_s) DESC, abs((start_s + end_s) / 2 - ?) LIMIT 1",
+                      [video_id, at_s, at_s, at_s])
+        if t.num_rows == 0:
+            raise SearchError(f"video {video_id} has no clips in {self.library.root}")
+        return int(t.column(0)[0].as_py())
+
+    # ---- filters ---------------------------------------------------------------------------
+    def _filter_sql(self, f: Filters) -> tuple[str, list[Any]]:
+        conds = [f"videos.status IN ({', '.join('?' * len(SEARCHABLE_STATUSES))})"]
+        params: list[Any] = list(SEARCHABLE_STATUSES)
+        if f.path_glob is not None:
+            conds.append("videos.path GLOB ?")
+            params.append(f.path_glob)
+        if f.min_duration_s is not None:
+            conds.append("videos.duration_s >= ?")
+            params.append(float(f.min_duration_s))
+        if f.max_duration_s is not None:
+            conds.append("videos.duration_s <= ?")
+            params.append(float(f.max_duration_s))
+        if f.from_s is not None:
+            conds.append("clips.end_s > ?")
+            params.append(float(f.from_s))
+        if f.to_s is not None:
+            conds.append("clips.start_s < ?")
+            params.append(float(f.to_s))
+        if f.video_id is not None:
+            conds.append("videos.video_id = ?")
+            params.append(f.video_id)
+        if f.where:
+            conds.append(f"({validate_predicate(self._con, f.where)})")
+        return " AND ".join(conds), params
+
+    def _query(self, sql: str, params: list[Any]) -> Any:
+        try:
+            return run_query(self._con, sql, params, timeout_s=self.cfg.sql_timeout_s)
+        except (QueryRefused, QueryFailed) as e:
+            raise SearchError(str(e)) from None
+
+    def matching_ids(self, f: Filters) -> np.ndarray:
+        """Sorted clip ids matching ``f`` (searchable videos only)."""
+        cond, params = self._filter_sql(f)
+        t = self._query(f"SELECT clips.clip_id FROM clips JOIN videos USING (video_id) WHERE {cond}", params)
+        return np.sort(t.column(0).to_numpy().astype(np.int64))
+
+    def _metadata(self, ids: np.ndarray, f: Filters | None) -> dict[int, tuple[str, str, float, float]]:
+        cond, params = self._filter_sql(f or Filters())
+        t = self._query(
+            "SELECT clips.clip_id, clips.video_id, videos.path, clips.start_s, clips.end_s "
+            f"FROM clips JOIN videos USING (video_id) WHERE clips.clip_id IN (SELECT unnest(?::BIGINT[])) "
+            f"AND {cond}", [ids.tolist(), *params])
+        cols = [t.column(i).to_pylist() for i in range(5)]
+        return {c: (v, p, s, e) for c, v, p, s, e in zip(*cols, strict=True)}
+
+    # ---- candidates ------------------------------------------------------------------------
+    def _exact(self, q: np.ndarray, ids: np.ndarray, vecs: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(ids) == 0:
+            return np.empty(0, np.float32), np.empty(0, np.int64)
+        s = vecs @ q
+        m = min(m, len(s))
+        top = np.argpartition(-s, m - 1)[:m] if m < len(s) else np.arange(len(s))
+        top = top[np.lexsort((ids[top], -s[top]))]
+        return s[top], ids[top]
+
+    def _candidates(self, q: np.ndarray, m: int, match: np.ndarray | None, strategy: str,
+                    selectivity: float) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``m`` (scores, ids) among the index + uncovered shards, restricted to ``match``."""
+        parts = []
+        if self.index is not None and self.index.ntotal:
+            if strategy == "exact-subset":
+                assert match is not None
+                found, vecs = self.index.vectors.gather(match)
+                parts.append(self._exact(q, match[found], vecs, m))
+            elif strategy == "selector":
+                sel = match[np.isin(match, self.index.vectors.all_ids())]
+                d, i = self.index.search(q[None], m, sel_ids=sel, boost=min(16.0, 1.0 / max(selectivity, 1e-6)))
+                parts.append((d[0][i[0] >= 0], i[0][i[0] >= 0]))
+            else:
+                d, i = self.index.search(q[None], m)
+                parts.append((d[0][i[0] >= 0], i[0][i[0] >= 0]))
+        if len(self._extra_ids):
+            keep = np.isin(self._extra_ids, match) if match is not None else slice(None)
+            parts.append(self._exact(q, self._extra_ids[keep], self._extra_vecs[keep], m))
+        if not parts:
+            return np.empty(0, np.float32), np.empty(0, np.int64)
+        scores = np.concatenate([p[0] for p in parts])
+        ids = np.concatenate([p[1] for p in parts])
+        order = np.lexsort((ids, -scores))[:m]
+        return scores[order], ids[order]
+
+    # ---- search ----------------------------------------------------------------------------
+    def search(self, query: str | None = None, *, like_clip_id: int | None = None,
+               vector: np.ndarray | None = None, k: int | None = None, filters: Filters | None = None,
+               per_video: int | None = None, rerank: int = 0, offset: int = 0,
+               merge: bool = True) -> SearchResult:
+        """Ranked moments for a text query, an example clip or a raw vector.
+
+        Args:
+            query: text, encoded with the library's model.
+            like_clip_id: find clips similar to this one (the clip itself is left out).
+            vector: a query embedding (dim of the library, L2-normalised here).
+            k: moments to return (default ``SearchCfg.k``).
+            filters: metadata filters.
+            per_video: at most this many moments per video.
+            rerank: re-score the top ``rerank`` moments with the ITM head (text queries only).
+            offset: skip this many moments (paging).
+            merge: merge adjacent hits of a video into one moment.
+
+        Raises:
+            SearchError: bad filter or predicate, unknown clip, wrong model, nothing to search with.
+        """
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        self.refresh()
+        k = self.cfg.k if k is None else int(k)
+        if k <= 0 or offset < 0:
+            raise SearchError("k must be positive and offset non-negative")
+        filters = filters or Filters()
+        per_video = per_video if per_video is not None else self.cfg.per_video
+        if sum(x is not None for x in (query, like_clip_id, vector)) != 1:
+            raise SearchError("give exactly one of a text query, --like CLIP_ID or a vector")
+        t0 = time.perf_counter()
+        if query is not None:
+            q = self.encode_text(query)
+        elif like_clip_id is not None:
+            q = self.vector_of(int(like_clip_id))
+        else:
+            q = np.asarray(vector, np.float32).reshape(-1)
+        assert self.manifest.model is not None
+        if q.shape != (self.manifest.model.embed_dim,):
+            raise SearchError(f"query vector has dim {q.shape}, the library {self.manifest.model.embed_dim}")
+        q = (q / max(float(np.linalg.norm(q)), 1e-12)).astype(np.float32)
+        timings["encode"] = (time.perf_counter() - t0) * 1e3
+
+        t0 = time.perf_counter()
+        total = (self.index.ntotal if self.index else 0) + len(self._extra_ids)
+        match = None
+        n_match: int | None = None
+        strategy = "ann" if self.index is not None else "exact"
+        selectivity = 1.0
+        if not filters.is_empty():
+            match = self.matching_ids(filters)
+            if like_clip_id is not None:
+                match = match[match != like_clip_id]
+            n_match = len(match)
+            selectivity = n_match / max(total, 1)
+            if len(match) <= self.cfg.exact_subset_max or self.index is None:
+                strategy = "exact-subset"
+            elif selectivity >= self.cfg.overfetch_min_selectivity:
+                strategy, match = "overfetch", None
+            else:
+                strategy = "selector"
+        timings["filter"] = (time.perf_counter() - t0) * 1e3
+        available = len(match) if match is not None else total
+
+        need = offset + k
+        m = max(need * max(self.cfg.overfetch, 1), 16)
+        ann_ms = meta_ms = 0.0
+        while True:
+            t0 = time.perf_counter()
+            scores, ids = self._candidates(q, m, match, strategy, selectivity)
+            if like_clip_id is not None:
+                keep = ids != like_clip_id
+                scores, ids = scores[keep], ids[keep]
+            ann_ms += (time.perf_counter() - t0) * 1e3
+            t0 = time.perf_counter()
+            meta = self._metadata(ids, filters if strategy == "overfetch" else None)
+            hits = [ClipHit(int(c), float(s), *meta[int(c)]) for s, c in zip(scores, ids, strict=True)
+                    if int(c) in meta]
+            if len(meta) < len(ids) and strategy in ("ann", "exact"):
+                n_missing = sum(int(c) not in meta for c in ids)
+                _logger.debug("%d candidates hidden (status or not in the catalog)", n_missing)
+            moments, n_moments = shape(hits, k=k, offset=offset, per_video=per_video,
+                                       max_gap_s=self.cfg.merge_gap_s, max_span_s=self.cfg.max_moment_s,
+                                       merge=merge)
+            meta_ms += (time.perf_counter() - t0) * 1e3
+            if n_moments >= need or m >= available:
+                break
+            m = min(m * 4, available)
+        timings["ann"] = ann_ms
+        timings["db"] = meta_ms
+        if self._extra_ids.size and self.index is not None:
+            strategy += "+exact-new"
+
+        if rerank and moments:
+            if query is None:
+                raise SearchError("--rerank needs a text query")
+            t0 = time.perf_counter()
+            moments = self._rerank(query, moments, rerank)
+            timings["rerank"] = (time.perf_counter() - t0) * 1e3
+        timings["total"] = (time.perf_counter() - t_start) * 1e3
+
+        model = self.manifest.model
+        result = SearchResult(
+            hits=[Hit(mo.rank, mo.score, mo.clip_id, mo.video_id, mo.path, mo.start_s, mo.end_s,
+                      tuple(mo.clip_ids), mo.rerank_score) for mo in moments],
+            query=query, like_clip_id=like_clip_id, k=k, offset=offset, per_video=per_video,
+            rerank=rerank, filters=filters, strategy=strategy,
+            matched=n_match,
+            total_moments=n_moments, timings_ms=timings, warnings=list(self.warnings),
+            index_kind=self.index.meta.kind if self.index else None, generation=self.manifest.generation,
+            model_name=model.name, model_fingerprint=model.fingerprint)
+        if self.record_history:
+            from vidsearch.search.history import record_search
+
+            result.search_id = record_search(self.library, result)
+        return result
+
+    def _rerank(self, query: str, moments: list[Moment], n: int) -> list[Moment]:
+        """Re-score the best clip of the top ``n`` moments with the ITM head; the rest keep order."""
+        from vidsearch.search.frames import clip_frames
+
+        model = self.model
+        if not getattr(model, "with_itm", False):
+            raise SearchError("--rerank needs a model with the ITM head (create_model(..., with_itm=True))")
+        head = moments[:n]
+        frames = np.stack([clip_frames(self._con, mo.clip_id, model.num_frames) for mo in head])
+        scores = model.itm_score(frames, [query]).reshape(-1)
+        for mo, s in zip(head, scores.tolist(), strict=True):
+            mo.rerank_score = float(s)
+        head.sort(key=lambda mo: -(mo.rerank_score or -math.inf))
+        out = head + moments[n:]
+        first = moments[0].rank
+        for i, mo in enumerate(out):
+            mo.rank = first + i
+        return out
+
