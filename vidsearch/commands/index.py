@@ -55,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     if args.no_gpu:
         cfg = replace(cfg, use_gpu=False)
     with lib.lock(break_lock=args.break_lock):
+        if not lib.catalog_is_current():
+            print("refreshing catalog.duckdb from the shards", file=sys.stderr)
+            lib.refresh_catalog()
         report = update_index(lib, cfg, rebuild=args.rebuild,
                               progress=lambda msg: print(msg, file=sys.stderr))
     if args.json:
