@@ -79,37 +79,59 @@ class _PyAVReader:
         import av
 
         self.container = av.open(self.path, format=self.demuxer, options={"protocol_whitelist": "file"})
-        stream = self.container.streams.video[0]
-        stream.thread_type = "AUTO"
-        self.frames = self.container.decode(stream)
-        self.pos = 0  # index of the next frame the generator yields
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"
+        self.packets = self.container.demux(self.stream)
+        self.buffer: list[Any] = []
+        self.pos = 0  # index of the next frame handed out
+        self.errors = 0
+        self.eof = False
 
     def close(self) -> None:
         self.container.close()
 
-    def get(self, indices: list[int]) -> tuple[dict[int, np.ndarray], int | None, str | None]:
-        """Frames for sorted ``indices``; returns (frames, frames_available_if_ended, error)."""
+    def _next_frame(self) -> Any:
+        """Next decoded frame; a packet that fails to decode is skipped (its frames are lost,
+        which the coverage check sees) instead of ending the whole decode."""
         import av
 
+        while not self.buffer:
+            if self.eof:
+                return None
+            try:
+                packet = next(self.packets)
+            except StopIteration:
+                self.eof = True
+                return None
+            except av.error.FFmpegError:
+                self.eof = True  # the container itself is cut: nothing after this point
+                return None
+            try:
+                self.buffer.extend(packet.decode())
+            except av.error.EOFError:
+                self.eof = True
+            except av.error.FFmpegError:
+                self.errors += 1
+        return self.buffer.pop(0)
+
+    def get(self, indices: list[int]) -> tuple[dict[int, np.ndarray], int | None, str | None]:
+        """Frames for sorted ``indices``; returns (frames, frames_available_if_ended, error)."""
         if indices and indices[0] < self.pos:
             self.close()
             self._open()
         want = set(indices)
         out: dict[int, np.ndarray] = {}
         last = indices[-1] if indices else -1
-        try:
-            while self.pos <= last:
-                frame = next(self.frames)
-                if self.pos in want:
-                    a = frame.to_ndarray(format="rgb24")
-                    if self.rotation:
-                        a = np.ascontiguousarray(np.rot90(a, self.rotation // 90))
-                    out[self.pos] = a
-                self.pos += 1
-        except StopIteration:
-            return out, self.pos, "stream ended early"
-        except av.error.FFmpegError as e:
-            return out, self.pos, f"pyav: {str(e).splitlines()[0][:200]}"
+        while self.pos <= last:
+            frame = self._next_frame()
+            if frame is None:
+                return out, self.pos, f"pyav: stream ended after {self.pos} frames ({self.errors} bad packets)"
+            if self.pos in want:
+                a = frame.to_ndarray(format="rgb24")
+                if self.rotation:
+                    a = np.ascontiguousarray(np.rot90(a, self.rotation // 90))
+                out[self.pos] = a
+            self.pos += 1
         return out, None, None
 
 

@@ -142,6 +142,20 @@ def _short(e: BaseException) -> str:
     return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
 
 
+def _first_frame(packet: object, cw: int, ch: int) -> tuple[int | None, int, int, str | None]:
+    """Decode ``packet``; (rotation, width, height, error) of its first frame, rotation None if none."""
+    import av
+
+    try:
+        for frame in packet.decode():  # type: ignore[attr-defined]
+            return int(round(getattr(frame, "rotation", 0) or 0)) % 360, frame.width, frame.height, None
+    except av.error.EOFError:
+        pass
+    except av.error.FFmpegError as e:
+        return None, cw, ch, _short(e)
+    return None, cw, ch, None
+
+
 def _probe_open(container: object, cfg: IngestCfg) -> ProbeInfo:
     import av
 
@@ -156,7 +170,7 @@ def _probe_open(container: object, cfg: IngestCfg) -> ProbeInfo:
         kinds = sorted({s.type for s in streams}) or ["none"]
         raise VideoError("NoVideoStream", "probe", f"no video stream (streams: {', '.join(kinds)})")
     vs = videos[0]
-    codec = vs.codec_context.name
+    codec = vs.codec_context.codec.canonical_name  # "av1", not the decoder's name "libdav1d"
     cw, ch = int(vs.codec_context.width or 0), int(vs.codec_context.height or 0)
     if cw * ch > cfg.max_pixels:
         raise VideoError("TooLarge", "probe", f"{cw}x{ch} frames exceed the {cfg.max_pixels}-pixel limit")
@@ -171,7 +185,11 @@ def _probe_open(container: object, cfg: IngestCfg) -> ProbeInfo:
     try:
         for packet in container.demux(vs):  # type: ignore[attr-defined]
             if packet.size == 0:
-                continue  # flush packet
+                # The flush packet: a frame-threaded decoder may hand back the only frame of a
+                # 1-frame video only now (B11).
+                if rotation is None and decode_error is None:
+                    rotation, cw, ch, decode_error = _first_frame(packet, cw, ch)
+                continue
             if packet.pts is not None:
                 pts.append(packet.pts)
             elif packet.dts is not None:
@@ -181,13 +199,7 @@ def _probe_open(container: object, cfg: IngestCfg) -> ProbeInfo:
             if len(pts) > cfg.max_frames:
                 raise VideoError("TooManyFrames", "probe", f"more than {cfg.max_frames} frames")
             if rotation is None and decode_error is None:
-                try:
-                    for frame in packet.decode():
-                        rotation = int(round(getattr(frame, "rotation", 0) or 0)) % 360
-                        cw, ch = frame.width, frame.height
-                        break
-                except av.error.FFmpegError as e:
-                    decode_error = _short(e)
+                rotation, cw, ch, decode_error = _first_frame(packet, cw, ch)
     except av.error.FFmpegError as e:
         # A truncated file ends the demux early: keep the frames found; coverage catches it.
         _logger.info("demux stopped early after %d frames: %s", len(pts), _short(e))

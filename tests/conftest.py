@@ -1,0 +1,189 @@
+"""Session-wide fixtures: ffmpeg-generated videos and one Ray runtime.
+
+Every video is generated once per test session with the ffmpeg binary of ``imageio-ffmpeg`` and
+``lavfi`` sources (RELIABILITY.md §8 conventions), small enough for 2 CPU cores:
+
+* :func:`media_videos` — good videos of several codecs, sizes and frame rates, a VFR one, rotated
+  ones, a 1-frame one, a 0.5 s one and one with known scene cuts (:data:`CUTS_S`), keyed by name.
+* :func:`bad_inputs` — the bad-input rows of RELIABILITY.md §8.1 (B1-B19, B22) in one folder,
+  keyed by row id.
+* :func:`ray_session` — ``ray.init`` once for the whole session (2 CPUs, no dashboard).
+
+Use :func:`ffmpeg` to make more. Other engineers' tests may use these fixtures; names are stable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SHARED_MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+TEST_MODEL = "internvideo2-tiny"
+# Scene cuts of the "cuts" video: three different pictures of 2 s, 3 s and 2 s at 25 fps.
+CUTS_S = (2.0, 5.0)
+
+
+def ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def ffmpeg(*args: str | os.PathLike[str]) -> None:
+    """Run ffmpeg quietly; raises CalledProcessError with its stderr on failure."""
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *map(str, args)]
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def lavfi_video(out: Path, *, size: str = "96x64", rate: int = 30, seconds: float = 2.0,
+                codec: str = "libx264", src: str = "testsrc2", extra: tuple[str, ...] = ()) -> Path:
+    """A ``lavfi`` test-pattern video (yuv420p)."""
+    ffmpeg("-f", "lavfi", "-i", f"{src}=size={size}:rate={rate}:duration={seconds}",
+           "-c:v", codec, "-pix_fmt", "yuv420p", *extra, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def media_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Good videos (name -> path) in one folder; the folder is ``media_videos['h264'].parent``."""
+    d = tmp_path_factory.mktemp("media")
+    v: dict[str, Path] = {}
+    v["h264"] = lavfi_video(d / "h264_96x64_30fps.mp4", seconds=5)
+    v["mpeg4"] = lavfi_video(d / "mpeg4_128x72_25fps.avi", size="128x72", rate=25, seconds=9, codec="mpeg4")
+    v["vp9"] = lavfi_video(d / "vp9_80x48_24fps.webm", size="80x48", rate=24, seconds=3,
+                           codec="libvpx-vp9", extra=("-deadline", "realtime", "-cpu-used", "8"))
+    # VFR: frame times N*40 ms + 20 ms on every third frame -> deltas of 20, 40 and 60 ms.
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x64:rate=25:duration=4",
+           "-vf", "setpts='(N*0.04+0.02*eq(mod(N\\,3)\\,0))/TB'", "-fps_mode", "vfr",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", d / "vfr.mp4")
+    v["vfr"] = d / "vfr.mp4"
+    v["rot90"] = d / "rot90.mp4"
+    ffmpeg("-display_rotation", "90", "-i", v["h264"], "-c", "copy", v["rot90"])
+    v["one_frame"] = lavfi_video(d / "one_frame.mp4", seconds=1, extra=("-frames:v", "1"))
+    v["short"] = lavfi_video(d / "short_0.5s.mp4", seconds=0.5)
+    cuts = d / "cuts.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x64:rate=25:duration=2",
+           "-f", "lavfi", "-i", "color=c=red:size=96x64:rate=25:duration=3",
+           "-f", "lavfi", "-i", "mandelbrot=size=96x64:rate=25:end_pts=2",
+           "-filter_complex", "[0:v][1:v][2:v]concat=n=3:v=1:a=0[v]", "-map", "[v]", "-t", "7",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", cuts)
+    v["cuts"] = cuts
+    return v
+
+
+@pytest.fixture(scope="session")
+def shared_demo_video() -> Path:
+    """``../shared/media/internvideo2_demo_example1.mp4`` (640x480, 5 fps, 8 s) or skip."""
+    p = SHARED_MEDIA / "internvideo2_demo_example1.mp4"
+    if not p.is_file():
+        pytest.skip(f"{p} not present")
+    return p
+
+
+@pytest.fixture(scope="session")
+def bad_inputs(tmp_path_factory: pytest.TempPathFactory, media_videos: dict[str, Path]) -> dict[str, Path]:
+    """RELIABILITY.md §8.1 bad inputs in one folder (row id -> path; folder = ``['dir']``).
+
+    Also holds ``good`` (a normal video) so tests can check the rest is ingested.
+    """
+    d = tmp_path_factory.mktemp("bad")
+    b: dict[str, Path] = {"dir": d}
+    good = media_videos["h264"].read_bytes()
+    b["good"] = d / "good.mp4"
+    b["good"].write_bytes(good)
+    b["B1"] = d / "b01_empty.mp4"
+    b["B1"].write_bytes(b"")
+    moov_end = lavfi_video(d.parent / "moov_end.mp4", seconds=4, size="128x96").read_bytes()
+    b["B2"] = d / "b02_truncated_moov_at_end.mp4"
+    b["B2"].write_bytes(moov_end[: len(moov_end) // 2])
+    fast = lavfi_video(d.parent / "fast.mp4", seconds=4, size="128x96", extra=("-movflags", "+faststart"))
+    data = fast.read_bytes()
+    b["B3"] = d / "b03_truncated_faststart.mp4"
+    b["B3"].write_bytes(data[: len(data) // 2])
+    z = bytearray(data)
+    n = len(z)
+    z[n // 2: n // 2 + n // 10] = bytes(n // 10)
+    b["B4"] = d / "b04_zeroed.mp4"
+    b["B4"].write_bytes(bytes(z))
+    b["B5"] = d / "b05_random.mp4"
+    b["B5"].write_bytes(os.urandom(50_000))
+    b["B6"] = d / "b06_text.mp4"
+    b["B6"].write_text("this is not a video\n" * 20)
+    b["B7_txt"] = d / "b07_real_video.txt"
+    lavfi_video(d.parent / "b07.mp4", seconds=2, size="64x48")
+    b["B7_txt"].write_bytes((d.parent / "b07.mp4").read_bytes())
+    b["B7_noext"] = d / "b07_noext"
+    lavfi_video(d.parent / "b07n.mp4", seconds=2, size="72x48")
+    b["B7_noext"].write_bytes((d.parent / "b07n.mp4").read_bytes())
+    b["B8"] = d / "b08_png.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48", "-frames:v", "1", "-f", "image2", "-c:v", "png", b["B8"])
+    b["B9"] = d / "b09_audio_only.m4a"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=2", "-c:a", "aac", b["B9"])
+    b["B10_av1"] = lavfi_video(d / "b10_av1.mp4", seconds=2, size="64x48", codec="libsvtav1",
+                               extra=("-preset", "12"))
+    b["B10_hevc"] = lavfi_video(d / "b10_hevc.mp4", seconds=2, size="64x48", codec="libx265",
+                                extra=("-x265-params", "log-level=none"))
+    b["B10_vp9"] = lavfi_video(d / "b10_vp9.webm", seconds=2, size="64x48", codec="libvpx-vp9",
+                               extra=("-deadline", "realtime", "-cpu-used", "8"))
+    b["B11"] = d / "b11_one_frame.mp4"
+    shutil.copy(media_videos["one_frame"], b["B11"])
+    b["B12"] = d / "b12_short.mp4"
+    shutil.copy(media_videos["short"], b["B12"])
+    b["B15"] = d / "b15_vfr.mp4"
+    shutil.copy(media_videos["vfr"], b["B15"])
+    for deg in (90, 180, 270):
+        b[f"B16_{deg}"] = d / f"b16_rot{deg}.mp4"
+        ffmpeg("-display_rotation", str(deg), "-i", media_videos["h264"], "-c", "copy", b[f"B16_{deg}"])
+        # distinct content per rotation: the display matrix differs, so the bytes differ.
+    lavfi_video(d.parent / "b17.mp4", seconds=2, size="48x32")
+    b17 = (d.parent / "b17.mp4").read_bytes()
+    nonutf8 = os.path.join(os.fsencode(d), b"b17_\xff\xfe.mp4")
+    with open(nonutf8, "wb") as f:
+        f.write(b17)
+    b["B17_bytes"] = Path(os.fsdecode(nonutf8))
+    b["B17_newline"] = d / "b17_new\nline.mp4"
+    lavfi_video(d.parent / "b17n.mp4", seconds=2, size="48x40")
+    b["B17_newline"].write_bytes((d.parent / "b17n.mp4").read_bytes())
+    b["B17_dash"] = d / "-b17_dash.mp4"
+    lavfi_video(d.parent / "b17d.mp4", seconds=2, size="56x32")
+    b["B17_dash"].write_bytes((d.parent / "b17d.mp4").read_bytes())
+    (d / "sub").mkdir()
+    b["B18_loop"] = d / "sub" / "self"
+    os.symlink("..", b["B18_loop"])
+    b["B18_dangling"] = d / "b18_dangling.mp4"
+    os.symlink(d / "does_not_exist.mp4", b["B18_dangling"])
+    b["B18_alias"] = d / "sub" / "b18_alias.mp4"
+    os.symlink(b["good"], b["B18_alias"])
+    b["B19_copy"] = d / "sub" / "b19_same_content.mp4"
+    b["B19_copy"].write_bytes(good)
+    b["B22_fifo"] = d / "b22_fifo.mp4"
+    os.mkfifo(b["B22_fifo"])
+    b["B22_devzero"] = d / "b22_devzero.mp4"
+    os.symlink("/dev/zero", b["B22_devzero"])
+    b["B22_dir"] = d / "b22_dir.mp4"
+    b["B22_dir"].mkdir()
+    b["B22_unreadable"] = d / "b22_unreadable.mp4"
+    lavfi_video(d.parent / "b22u.mp4", seconds=2, size="40x32")
+    b["B22_unreadable"].write_bytes((d.parent / "b22u.mp4").read_bytes())
+    os.chmod(b["B22_unreadable"], 0)
+    return b
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray runtime for the whole test session (started on first use)."""
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        started = True
+    yield
+    if started:
+        ray.shutdown()
