@@ -51,8 +51,9 @@ class SyntheticLibrary:
         return len(self.clip_ids)
 
 
-def synthetic_model(dim: int = SYNTH_DIM, fingerprint: str = SYNTH_FINGERPRINT) -> ModelInfo:
-    return ModelInfo(name="synthetic", fingerprint=fingerprint, embed_dim=dim, num_frames=4)
+def synthetic_model(dim: int = SYNTH_DIM, fingerprint: str = SYNTH_FINGERPRINT,
+                    name: str = "synthetic") -> ModelInfo:
+    return ModelInfo(name=name, fingerprint=fingerprint, embed_dim=dim, num_frames=4)
 
 
 def make_shard_tables(videos: list[dict], clips_per_video: list[int], vectors: list[np.ndarray],
@@ -85,7 +86,7 @@ def make_shard_tables(videos: list[dict], clips_per_video: list[int], vectors: l
 def build_synthetic_library(root: Path, n_clips: int = 3000, *, dim: int = SYNTH_DIM, seed: int = 0,
                             fingerprint: str = SYNTH_FINGERPRINT, max_clips_per_video: int = 40,
                             noise: float = 0.35, paths: list[str] | None = None,
-                            statuses: list[str] | None = None) -> SyntheticLibrary:
+                            statuses: list[str] | None = None, model_name: str = "synthetic") -> SyntheticLibrary:
     """Commit about ``n_clips`` synthetic clips into a new library at ``root``.
 
     Args:
@@ -98,6 +99,7 @@ def build_synthetic_library(root: Path, n_clips: int = 3000, *, dim: int = SYNTH
         noise: spread of clips around their video's centre (smaller = tighter clusters).
         paths: explicit video paths (one video per path; clip counts stay random).
         statuses: explicit video statuses, parallel to ``paths`` (default all "done").
+        model_name: the manifest's model name (e.g. "internvideo2-tiny" for text-query tests).
     """
     rng = np.random.default_rng(seed)
     lib = Library(root)
@@ -139,7 +141,7 @@ def build_synthetic_library(root: Path, n_clips: int = 3000, *, dim: int = SYNTH
     bounds = [0, *cuts, len(videos)]
     all_ids, video_of, starts = [], [], []
     with lib.lock():
-        lib.init(synthetic_model(dim, fingerprint))
+        lib.init(synthetic_model(dim, fingerprint, model_name))
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             clips, vids, ids = make_shard_tables(videos[a:b], counts[a:b], vecs[a:b], fingerprint, dim)
             lib.commit(clips, vids, run_id="run-1")

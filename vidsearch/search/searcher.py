@@ -334,7 +334,8 @@ class Searcher:
                 d, i = self.index.search(q[None], m, sel_ids=sel, boost=min(16.0, 1.0 / max(selectivity, 1e-6)))
                 parts.append((d[0][i[0] >= 0], i[0][i[0] >= 0]))
             else:
-                d, i = self.index.search(q[None], m)
+                # Over-fetch keeps ~selectivity of the candidates: search deeper in proportion.
+                d, i = self.index.search(q[None], m, boost=min(16.0, 1.0 / max(selectivity, 1e-6)))
                 parts.append((d[0][i[0] >= 0], i[0][i[0] >= 0]))
         if len(self._extra_ids):
             keep = np.isin(self._extra_ids, match) if match is not None else slice(None)
