@@ -66,6 +66,16 @@ def test_deterministic_init() -> None:
     assert a.fingerprint == b.fingerprint != c.fingerprint
 
 
+def test_parts_do_not_change_each_other_init(tiny) -> None:
+    """Same seed -> same vision tower whether or not text/ITM are built (same fingerprint)."""
+    fr = _frames(7)
+    vis = create_model("internvideo2-tiny", vision_only=True)
+    txt = create_model("internvideo2-tiny")
+    torch.testing.assert_close(vis.encode_video(fr), tiny.encode_video(fr), rtol=0, atol=0)
+    torch.testing.assert_close(txt.encode_text(["a dog"]), tiny.encode_text(["a dog"]), rtol=0, atol=0)
+    assert vis.fingerprint == txt.fingerprint == tiny.fingerprint
+
+
 def test_global_rng_untouched() -> None:
     torch.manual_seed(5)
     expected = torch.rand(3)
@@ -276,3 +286,15 @@ def test_golden_regression(tiny) -> None:
     assert torch.equal(ref["frames"], got["frames"]), "seeded input changed: torch RNG differs"
     for k in ("x_vis", "video", "text", "itm"):
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=2e-5, msg=f"golden {k} differs")
+
+
+def test_bf16_path_close_to_fp32_on_cpu() -> None:
+    """Covers the reduced-precision branches (fused rms_norm, addcmul LayerScale) without a GPU."""
+    m = create_model("internvideo2-tiny", vision_only=True)
+    x = m.preprocess(_frames(6))
+    e32 = m.encode_video_preprocessed(x)
+    m.to(torch.bfloat16)
+    e16 = m.encode_video_preprocessed(x)
+    assert e16.dtype == torch.float32
+    cos = F.cosine_similarity(e32, e16, dim=-1)
+    assert cos.min() > 0.995, cos

@@ -108,11 +108,9 @@ def build_model_skeleton(
 ) -> InternVideo2Model:
     """Instantiate the architecture with its deterministic random init (seed ``init_seed``).
 
-    The global RNG state is saved and restored, so building a model does not disturb callers.
+    The model saves and restores the global RNG state, so building it does not disturb callers.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.encoder.init_seed)
-        return InternVideo2Model(cfg, with_text=with_text, with_itm=with_itm, tokenizer=tokenizer)
+    return InternVideo2Model(cfg, with_text=with_text, with_itm=with_itm, tokenizer=tokenizer)
 
 
 def create_model(

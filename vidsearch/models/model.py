@@ -58,6 +58,13 @@ def compute_fingerprint(cfg: ModelCfg, weights_id: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _init_linear(m: nn.Linear) -> nn.Linear:
+    nn.init.trunc_normal_(m.weight, std=0.02)
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
+    return m
+
+
 class InternVideo2Model(nn.Module):
     """InternVideo2 stage-2: video and text embeddings in one space, ITM scores on demand.
 
@@ -88,26 +95,30 @@ class InternVideo2Model(nn.Module):
         self.weights_id = f"seed:{enc.init_seed}"  # replaced by the factory when weights are loaded
         self.weights_source = "random init"
 
-        self.vision_encoder = VisionTransformer3D(**asdict(v))
-        self.vision_proj = nn.Linear(v.clip_embed_dim, enc.embed_dim)
-        if with_text:
-            self.text_encoder = build_text_encoder(enc.text)
-            self.text_proj = nn.Linear(enc.text.hidden_size, enc.embed_dim)
-        if with_itm:
-            width = v.embed_dim
-            if enc.itm_vision_width is not None:
-                # 6B: x_vis -> Linear(d_model -> 768) -> LayerNorm before the cross-attention.
-                # UNCERTAIN: official key names assumed to be av_concat_vision_proj.{0,1}.* (nn.Sequential).
-                self.av_concat_vision_proj = nn.Sequential(
-                    nn.Linear(v.embed_dim, enc.itm_vision_width), nn.LayerNorm(enc.itm_vision_width)
-                )
-                width = enc.itm_vision_width
-            self.text_fusion = BertFusion(enc.text, encoder_width=width)
-            self.itm_head = nn.Linear(enc.text.hidden_size, 2)
-        for m in (self.vision_proj, getattr(self, "text_proj", None), getattr(self, "itm_head", None)):
-            if m is not None:
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        # Each part draws from its own seeded stream, so e.g. the vision tower of a vision-only
+        # build equals that of a full build (same fingerprint "seed:<n>" -> same embeddings).
+        seed = enc.init_seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.vision_encoder = VisionTransformer3D(**asdict(v))
+            self.vision_proj = _init_linear(nn.Linear(v.clip_embed_dim, enc.embed_dim))
+            if with_text:
+                torch.manual_seed(seed + 1)
+                self.text_encoder = build_text_encoder(enc.text)
+                self.text_proj = _init_linear(nn.Linear(enc.text.hidden_size, enc.embed_dim))
+            if with_itm:
+                torch.manual_seed(seed + 2)
+                width = v.embed_dim
+                if enc.itm_vision_width is not None:
+                    # 6B: x_vis -> Linear(d_model -> 768) -> LayerNorm before the cross-attention.
+                    # UNCERTAIN: official key names assumed to be av_concat_vision_proj.{0,1}.*
+                    # (an nn.Sequential); the facts sheet does not list them.
+                    self.av_concat_vision_proj = nn.Sequential(
+                        _init_linear(nn.Linear(v.embed_dim, enc.itm_vision_width)), nn.LayerNorm(enc.itm_vision_width)
+                    )
+                    width = enc.itm_vision_width
+                self.text_fusion = BertFusion(enc.text, encoder_width=width)
+                self.itm_head = _init_linear(nn.Linear(enc.text.hidden_size, 2))
         self.eval()
 
     # ----------------------------------------------------------------- identity
