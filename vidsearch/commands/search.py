@@ -102,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--video and --at go together")
     if args.timeout <= 0 or not math.isfinite(args.timeout):
         raise UserError("--timeout must be a positive number of seconds")
+    if args.parquet:
+        from pathlib import Path
+
+        target = Path(args.parquet).expanduser()
+        if target.is_dir() or not target.absolute().parent.is_dir():
+            raise UserError(f"--parquet {args.parquet}: give a file name in an existing folder (not a directory)")
     lib = Library(args.library)
     lib.read_manifest()
     cfg = replace(SearchCfg(), sql_timeout_s=args.timeout)

@@ -5,10 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-EXAMPLES = """examples:
-  vidsearch sql "SELECT codec, round(sum(duration_s)/3600, 2) AS hours FROM videos GROUP BY codec" --library L
-  vidsearch sql "SELECT * FROM failures" --library L --csv
-"""
+# Useful analytics (also in the README); tests/unit/test_sql_analytics.py runs each one.
+ANALYTICS = {
+    "hits per folder for the latest search": (
+        "SELECT regexp_replace(r.path, '/[^/]*$', '') AS folder, count(*) AS hits, round(max(r.score), 3) AS best "
+        "FROM search_results r WHERE r.search_id = (SELECT search_id FROM searches ORDER BY searched_at DESC LIMIT 1) "
+        "GROUP BY folder ORDER BY hits DESC"),
+    "hours of video per codec": (
+        "SELECT codec, count(*) AS videos, round(sum(duration_s) / 3600, 2) AS hours FROM videos "
+        "WHERE status IN ('done', 'partial') GROUP BY codec ORDER BY hours DESC"),
+    "top videos across all searches": (
+        "SELECT v.path, count(*) AS hits, round(avg(r.score), 3) AS mean_score FROM search_results r "
+        "JOIN videos v USING (video_id) GROUP BY v.path ORDER BY hits DESC, mean_score DESC LIMIT 10"),
+}
+
+EXAMPLES = "examples:\n" + "\n".join(f"  # {name}\n  vidsearch sql \"{sql}\" --library L"
+                                     for name, sql in ANALYTICS.items()) + "\n"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

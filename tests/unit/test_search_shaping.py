@@ -1,0 +1,58 @@
+"""Moment merging and per-video limits on hand-built hit lists."""
+
+from __future__ import annotations
+
+import pytest
+
+from vidsearch.search.shaping import ClipHit, limit_per_video, merge_moments, shape
+from vidsearch.search.timefmt import format_hms, parse_time
+
+
+def hit(cid: int, score: float, video: str, start: float, length: float = 4.0) -> ClipHit:
+    return ClipHit(cid, score, video, f"/v/{video}.mp4", start, start + length)
+
+
+def test_adjacent_and_overlapping_hits_merge_into_one_moment() -> None:
+    hits = [hit(1, 0.9, "a", 8), hit(2, 0.8, "a", 12), hit(3, 0.7, "a", 4), hit(4, 0.6, "a", 10)]
+    [m] = merge_moments(hits)
+    assert (m.start_s, m.end_s, m.score, m.clip_id) == (4, 16, 0.9, 1)
+    assert m.clip_ids == [3, 1, 4, 2]  # time order
+
+
+def test_gap_and_video_boundaries() -> None:
+    hits = [hit(1, 0.9, "a", 0), hit(2, 0.8, "a", 5), hit(3, 0.7, "a", 20), hit(4, 0.85, "b", 4)]
+    moments = merge_moments(hits, max_gap_s=2.0)
+    assert [m.clip_ids for m in moments] == [[1, 2], [4], [3]]  # 1 s gap merges, 11 s does not
+    assert [m.score for m in moments] == [0.9, 0.85, 0.7]
+
+
+def test_no_chaining_past_max_span() -> None:
+    # Twenty adjacent clips of one video: bounded moments, not one 80 s blob.
+    hits = [hit(i, 1.0 - i / 100, "a", 4 * i) for i in range(20)]
+    moments = merge_moments(hits, max_gap_s=2.0, max_span_s=12.0)
+    assert all(m.end_s - m.start_s <= 12.0 for m in moments)
+    assert sum(len(m.clip_ids) for m in moments) == 20
+    assert len(moments) >= 7
+
+
+def test_merge_off_and_duplicates() -> None:
+    hits = [hit(1, 0.9, "a", 0), hit(2, 0.8, "a", 4), hit(1, 0.9, "a", 0)]
+    assert [m.clip_ids for m in merge_moments(hits, merge=False)] == [[1], [2]]
+
+
+def test_per_video_limit_and_grouping_before_k() -> None:
+    hits = [hit(1, 0.99, "a", 0), hit(2, 0.98, "a", 40), hit(3, 0.97, "a", 80), hit(4, 0.5, "b", 0),
+            hit(5, 0.4, "c", 0)]
+    assert [m.video_id for m in limit_per_video(merge_moments(hits), 1)] == ["a", "b", "c"]
+    page, total = shape(hits, k=2, per_video=2)
+    assert [(m.rank, m.clip_id) for m in page] == [(1, 1), (2, 2)] and total == 4
+    page, _ = shape(hits, k=2, offset=2, per_video=2)
+    assert [(m.rank, m.clip_id) for m in page] == [(3, 4), (4, 5)]
+
+
+def test_time_formats() -> None:
+    assert format_hms(83) == "00:01:23" and format_hms(3600 + 0.5) == "01:00:00.5"
+    assert parse_time("00:01:20") == 80 and parse_time("1:20") == 80 and parse_time("80.5") == 80.5
+    for bad in ("1; DROP TABLE clips", "-1", "1:75", "", "nan", "a:b"):
+        with pytest.raises(Exception, match="not a time"):
+            parse_time(bad)
