@@ -1,0 +1,249 @@
+// vidsearch search page. Plain JavaScript, no build step, no external requests.
+// The URL's query string is the state (q or like, filters, page): a search can be shared, and
+// back/forward replay it. Every text from the library is set with textContent, never as HTML.
+"use strict";
+
+const PAGE_SIZE = 24;
+const FILTERS = ["folder", "min_duration", "max_duration", "date_from", "date_to", "from", "to", "per_video"];
+const $ = (id) => document.getElementById(id);
+
+let inflight = null;       // AbortController of the running search
+let moment = null;         // {start, end, done} of the playing hit
+let playingCard = null;
+
+function readState() {
+  const p = new URLSearchParams(location.search);
+  const s = { q: p.get("q") || "", like: p.get("like") || "", page: Math.max(1, parseInt(p.get("page") || "1", 10) || 1) };
+  for (const f of FILTERS) s[f] = p.get(f) || "";
+  return s;
+}
+
+function stateUrl(s) {
+  const p = new URLSearchParams();
+  if (s.q) p.set("q", s.q);           // kept with like=, so "back to text search" restores it
+  if (s.like) p.set("like", s.like);
+  for (const f of FILTERS) if (s[f]) p.set(f, s[f]);
+  if (s.page > 1) p.set("page", String(s.page));
+  const qs = p.toString();
+  return qs ? `/?${qs}` : "/";
+}
+
+function formToState() {
+  const s = { q: $("q").value.trim(), like: "", page: 1 };
+  for (const f of FILTERS) s[f] = $(f).value.trim();
+  return s;
+}
+
+function fillForm(s) {
+  $("q").value = s.q;
+  for (const f of FILTERS) $(f).value = s[f];
+  if (FILTERS.some((f) => s[f])) $("filters").open = true;
+}
+
+function navigate(s) {
+  history.pushState(null, "", stateUrl(s));
+  run(s);
+}
+
+function setMessage(text, isError = false) {
+  const m = $("message");
+  m.textContent = text;
+  m.classList.toggle("error", isError);
+}
+
+async function run(s) {
+  fillForm(s);
+  const likeBanner = $("like-banner");
+  likeBanner.hidden = !s.like;
+  if (s.like) $("like-text").textContent = `Moments like clip ${s.like}`;
+  if (!s.q && !s.like) {
+    $("grid").replaceChildren();
+    $("pager").hidden = true;
+    setMessage("");
+    document.title = "vidsearch";
+    return;
+  }
+  const api = new URLSearchParams();
+  if (s.like) api.set("like", s.like); else api.set("q", s.q);
+  for (const f of FILTERS) if (s[f]) api.set(f, s[f]);
+  api.set("k", String(PAGE_SIZE));
+  api.set("offset", String((s.page - 1) * PAGE_SIZE));
+  if (inflight) inflight.abort();
+  inflight = new AbortController();
+  setMessage("Searching…");
+  document.title = `${s.like ? "Like clip " + s.like : s.q} – vidsearch`;
+  let body;
+  try {
+    const resp = await fetch(`/api/search?${api}`, { signal: inflight.signal });
+    body = await resp.json();
+    if (!resp.ok) {
+      render(s, null);
+      setMessage(`Search failed: ${body.error || resp.statusText}`, true);
+      return;
+    }
+  } catch (e) {
+    if (e.name === "AbortError") return;
+    render(s, null);
+    setMessage(`Search failed: ${e.message}`, true);
+    return;
+  }
+  render(s, body);
+}
+
+function render(s, body) {
+  const grid = $("grid");
+  grid.replaceChildren();
+  playingCard = null;
+  if (!body) { $("pager").hidden = true; return; }
+  const first = body.offset + 1;
+  const n = body.hits.length;
+  const what = s.like ? `like clip ${s.like}` : `for “${s.q}”`;
+  const ms = body.timings_ms && body.timings_ms.total != null ? ` in ${Math.round(body.timings_ms.total)} ms` : "";
+  setMessage(n ? `Results ${first}–${first + n - 1} ${what}${ms}` : `No results ${what}`);
+  for (const h of body.hits) grid.appendChild(card(h, s));
+  $("pager").hidden = !(s.page > 1 || body.has_more);
+  $("prev").disabled = s.page <= 1;
+  $("next").disabled = !body.has_more;
+  $("page-label").textContent = `Page ${s.page}`;
+  for (const w of body.warnings || []) console.warn("vidsearch:", w);
+}
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text != null) e.textContent = text;
+  return e;
+}
+
+function card(h, s) {
+  const li = el("li", "hit");
+  li.dataset.clipId = h.clip_id;
+  li.dataset.start = h.start_s;
+  li.dataset.end = h.end_s;
+  const range = `${h.start}–${h.end}`;
+  const thumb = el("button", "thumb");
+  thumb.type = "button";
+  thumb.setAttribute("aria-label", `Play ${h.name} from ${h.start} to ${h.end}`);
+  const img = el("img");
+  img.src = h.thumbnail_url;
+  img.alt = `Frame of ${h.name} at ${h.start}`;
+  img.loading = "lazy";
+  img.decoding = "async";
+  img.addEventListener("error", () => { img.alt = `No thumbnail for ${h.name} at ${h.start}`; });
+  thumb.append(img, el("span", "span", range));
+  thumb.addEventListener("click", () => play(h, li));
+  const info = el("div", "info");
+  const name = el("div", "name", h.name);
+  name.title = h.path;
+  const meta = el("div", "meta");
+  meta.append(el("span", "range", range), el("span", "score", `score ${h.score.toFixed(3)}`));
+  const folder = el("div", "folder", h.folder);
+  const more = el("button", "more", "More like this");
+  more.type = "button";
+  more.setAttribute("aria-label", `More like this: ${h.name} at ${h.start}`);
+  more.addEventListener("click", () => {
+    const next = { ...s, like: h.clip_id, page: 1 };
+    navigate(next);
+    $("results").focus();
+  });
+  info.append(name, meta, folder, more);
+  li.append(thumb, info);
+  return li;
+}
+
+function play(h, li) {
+  const v = $("video");
+  $("player").hidden = false;
+  $("player-title").textContent = `${h.name}, ${h.start}–${h.end}`;
+  if (playingCard) playingCard.classList.remove("playing");
+  playingCard = li;
+  li.classList.add("playing");
+  moment = { start: h.start_s, end: h.end_s, done: false };
+  v.dataset.start = h.start_s;
+  v.dataset.end = h.end_s;
+  v.dataset.clipId = h.clip_id;
+  const seekAndPlay = () => {
+    v.currentTime = moment.start;
+    v.play().catch(() => { /* autoplay refused: the controls are there */ });
+  };
+  const url = new URL(h.video_url, location.href).href;
+  if (v.src !== url) {
+    v.src = url;
+    v.addEventListener("loadedmetadata", seekAndPlay, { once: true });
+    v.load();
+  } else if (v.readyState >= 1) {
+    seekAndPlay();
+  } else {
+    v.addEventListener("loadedmetadata", seekAndPlay, { once: true });
+  }
+  $("player").scrollIntoView({ block: "nearest" });
+  v.focus({ preventScroll: true });
+}
+
+function onTimeUpdate() {
+  const v = $("video");
+  if (!moment || moment.done) return;
+  // Stop (or loop) at the end of the moment; afterwards the user may play on freely.
+  if (v.currentTime >= moment.end - 0.05) {
+    if ($("loop").checked) {
+      v.currentTime = moment.start;
+    } else {
+      v.pause();
+      moment.done = true;
+    }
+  }
+}
+
+function closePlayer() {
+  const v = $("video");
+  v.pause();
+  v.removeAttribute("src");
+  v.load();
+  $("player").hidden = true;
+  moment = null;
+  if (playingCard) {
+    playingCard.classList.remove("playing");
+    const btn = playingCard.querySelector(".thumb");
+    playingCard = null;
+    if (btn) btn.focus();
+  }
+}
+
+async function loadStatus() {
+  try {
+    const r = await fetch("/api/status");
+    const st = await r.json();
+    if (!r.ok) return;
+    const vids = Object.entries(st.videos || {}).filter(([k]) => k === "done" || k === "partial")
+      .reduce((a, [, n]) => a + n, 0);
+    let text = st.ready ? `${st.clips} clips in ${vids} videos` : "No clips yet";
+    if (st.model) text += ` · ${st.model.name}${st.model.is_test_model ? " (test model)" : ""}`;
+    if (st.writer) text += " · ingest running";
+    $("library-status").textContent = text;
+  } catch (e) { /* the status line is optional */ }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("search-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const s = formToState();
+    if (!s.q) { setMessage("Type what to look for.", true); $("q").focus(); return; }
+    navigate(s);
+  });
+  $("like-clear").addEventListener("click", () => { navigate({ ...readState(), like: "", page: 1 }); $("q").focus(); });
+  $("prev").addEventListener("click", () => { const s = readState(); s.page -= 1; navigate(s); $("results").focus(); });
+  $("next").addEventListener("click", () => { const s = readState(); s.page += 1; navigate(s); $("results").focus(); });
+  $("video").addEventListener("timeupdate", onTimeUpdate);
+  $("replay").addEventListener("click", () => {
+    if (!moment) return;
+    moment.done = false;
+    const v = $("video");
+    v.currentTime = moment.start;
+    v.play().catch(() => {});
+  });
+  $("close-player").addEventListener("click", closePlayer);
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && !$("player").hidden) closePlayer(); });
+  window.addEventListener("popstate", () => run(readState()));
+  loadStatus();
+  run(readState());
+});

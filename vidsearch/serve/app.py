@@ -1,0 +1,237 @@
+"""The HTTP API and the search page of ``vidsearch serve`` (FastAPI; OpenAPI at ``/openapi.json``).
+
+Endpoints (all JSON unless noted; errors are ``{"error": "..."}`` with 400/404/422/503)::
+
+    GET /                                  the search page (static HTML/JS/CSS, no build step)
+    GET /api/search?q=...|like=CLIP_ID     ranked moments; filters, per_video, k/offset paging
+    GET /api/clips/{clip_id}               clip metadata
+    GET /api/clips/{clip_id}/thumbnail     JPEG (cached in LIBRARY/thumbs/<clip_id>.jpg)
+    GET /api/videos/{video_id}             video metadata and its clips
+    GET /api/videos/{video_id}/file        the video file, HTTP range requests (206/416) for seeking
+    GET /api/status                        generation, model, counts, index, running writer
+
+Ids are the catalog's: ``clip_id`` a positive int64 (sent as a decimal string in JSON, because a
+JavaScript number holds 53 bits), ``video_id`` 32 hex characters. No parameter is a path: files
+are looked up by id in the catalog (RELIABILITY.md S4).
+
+Range requests are Starlette's ``FileResponse`` (>= 0.39: 206 with Content-Range, 416 with
+``bytes */size``, multipart for several ranges, If-Range), checked by tests/integration/test_serve_api.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from vidsearch import __version__
+from vidsearch.search.searcher import Filters
+from vidsearch.search.timefmt import parse_time
+from vidsearch.serve.service import BadRequest, LibraryService, SearchParams, ServeError, folder_glob
+
+_logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parents[1] / "search" / "static"
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+MAX_K = 200
+
+# The page loads nothing from elsewhere and runs no inline script: a file name that smuggles
+# markup into the DOM could not run anything even if the page escaped it wrongly.
+PAGE_CSP = ("default-src 'self'; img-src 'self' data:; media-src 'self'; style-src 'self'; script-src 'self'; "
+            "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+CLIP_ID = Annotated[str, PathParam(pattern=r"^[0-9]{1,19}$", description="clip id (decimal int64)")]
+VIDEO_ID = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="video id (32 hex characters)")]
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="what was wrong, in one line")
+
+
+class HitOut(BaseModel):
+    rank: int
+    score: float
+    clip_id: str = Field(description="best clip of the moment (decimal int64)")
+    video_id: str
+    path: str
+    name: str = Field(description="file name")
+    folder: str
+    start_s: float
+    end_s: float
+    start: str = Field(description="HH:MM:SS")
+    end: str = Field(description="HH:MM:SS")
+    clip_ids: list[str] = Field(description="merged clips in time order")
+    thumbnail_url: str
+    video_url: str
+
+
+class SearchOut(BaseModel):
+    query: str | None
+    like: str | None
+    k: int
+    offset: int
+    has_more: bool = Field(description="a next page (offset + k) has results")
+    strategy: str
+    matched: int | None = Field(description="clips matching the filters (null: no filter)")
+    generation: int = Field(description="library generation that answered")
+    index: str | None
+    timings_ms: dict[str, float]
+    warnings: list[str]
+    hits: list[HitOut]
+
+
+def _clip_id(text: str) -> int:
+    v = int(text)
+    if not 0 < v < 2**63:
+        raise BadRequest(f"not a clip id: {text}")
+    return v
+
+
+def _seconds(name: str, text: str | None) -> float | None:
+    if text is None or text.strip() == "":
+        return None
+    try:
+        v = parse_time(text)
+    except Exception:  # argparse.ArgumentTypeError: its message is the one to show
+        raise BadRequest(f"{name}: not a time: {text!r} (use seconds or HH:MM:SS)") from None
+    if not math.isfinite(v):
+        raise BadRequest(f"{name}: not a time: {text!r}")
+    return v
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("query", "path", "body")]
+        parts.append(f"{'.'.join(loc) or 'request'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(service: LibraryService, *, allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The FastAPI application serving ``service``'s library.
+
+    Args:
+        service: the library service (started by the lifespan handler, closed at shutdown).
+        allowed_hosts: accepted ``Host`` headers; default loopback names only, which stops a DNS
+            rebinding page from reading the API through the user's browser. ``["*"]`` for any.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202 - the type is Starlette's
+        yield
+        service.close()
+
+    app = FastAPI(title="vidsearch", version=__version__, lifespan=lifespan,
+                  description="Search a vidsearch video library by text or example clip; "
+                              "metadata, thumbnails and video files (by id only).")
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_HOSTS)
+    app.state.service = service
+    err = {400: {"model": ErrorOut}, 404: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}}
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, _validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
+                            headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff",
+                                     "Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/api/search", response_model=SearchOut, responses=err, summary="Search by text or example clip")
+    def search(
+        q: Annotated[str | None, Query(max_length=1000, description="text query")] = None,
+        like: Annotated[str | None, Query(pattern=r"^[0-9]{1,19}$", description="clip id: more like this")] = None,
+        k: Annotated[int, Query(ge=1, le=MAX_K, description="results per page")] = 24,
+        offset: Annotated[int, Query(ge=0, le=100_000, description="skip this many results")] = 0,
+        per_video: Annotated[int | None, Query(ge=1, le=1000, description="at most N results per video")] = None,
+        merge: Annotated[bool, Query(description="merge adjacent clips into moments")] = True,
+        path: Annotated[str | None, Query(max_length=1000, description="GLOB over the video path")] = None,
+        folder: Annotated[str | None, Query(max_length=1000, description="videos under this folder")] = None,
+        min_duration: Annotated[str | None, Query(description="video at least this long (s or HH:MM:SS)")] = None,
+        max_duration: Annotated[str | None, Query(description="video at most this long")] = None,
+        from_: Annotated[str | None, Query(alias="from", description="clips after this time in the video")] = None,
+        to: Annotated[str | None, Query(description="clips before this time in the video")] = None,
+        date_from: Annotated[dt.date | None, Query(description="file date (mtime, UTC) on or after, YYYY-MM-DD")]
+        = None,
+        date_to: Annotated[dt.date | None, Query(description="file date on or before, YYYY-MM-DD")] = None,
+        where: Annotated[str | None, Query(max_length=2000, description="SQL predicate over clips/videos "
+                                                                         "columns (checked, sandboxed)")] = None,
+    ) -> dict[str, Any]:
+        if q is not None and not q.strip() and like:
+            q = None  # the page sends an empty q with like=
+        if path and folder:
+            raise BadRequest("give path (a GLOB) or folder, not both")
+        glob = folder_glob(folder) if folder else (path or None)
+        f = Filters(path_glob=glob, min_duration_s=_seconds("min_duration", min_duration),
+                    max_duration_s=_seconds("max_duration", max_duration), from_s=_seconds("from", from_),
+                    to_s=_seconds("to", to), where=where.strip() or None if where else None)
+        for lo, hi, name in ((f.min_duration_s, f.max_duration_s, "min_duration > max_duration"),
+                             (f.from_s, f.to_s, "from > to"), (date_from, date_to, "date_from > date_to")):
+            if lo is not None and hi is not None and lo > hi:
+                raise BadRequest(name)
+        params = SearchParams(query=q, like_clip_id=_clip_id(like) if like else None, k=k, offset=offset,
+                              per_video=per_video, merge=merge, filters=f, date_from=date_from, date_to=date_to)
+        r, more = service.search(params)
+        return {"query": r.query, "like": None if r.like_clip_id is None else str(r.like_clip_id), "k": r.k,
+                "offset": r.offset, "has_more": more, "strategy": r.strategy, "matched": r.matched,
+                "generation": r.generation, "index": r.index_kind,
+                "timings_ms": {k_: round(v, 3) for k_, v in r.timings_ms.items()}, "warnings": r.warnings,
+                "hits": [service.hit_record(h) for h in r.hits]}
+
+    @app.get("/api/clips/{clip_id}", responses=err, summary="Clip metadata")
+    def clip(clip_id: CLIP_ID) -> dict[str, Any]:
+        return service.clip(_clip_id(clip_id))
+
+    @app.get("/api/clips/{clip_id}/thumbnail", responses={**err, 200: {"content": {"image/jpeg": {}}}},
+             response_class=FileResponse, summary="Thumbnail (JPEG) of a clip")
+    def thumbnail(clip_id: CLIP_ID) -> FileResponse:
+        return FileResponse(service.thumbnail(_clip_id(clip_id)), media_type="image/jpeg",
+                            headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/api/videos/{video_id}", responses=err, summary="Video metadata and its clips")
+    def video(video_id: VIDEO_ID) -> dict[str, Any]:
+        return service.video(video_id)
+
+    @app.api_route("/api/videos/{video_id}/file", methods=["GET", "HEAD"], response_class=FileResponse,
+                   responses={**err, 206: {"description": "partial content (Range)"},
+                              416: {"description": "range not satisfiable"}},
+                   summary="The video file, with HTTP range requests")
+    def video_file(video_id: VIDEO_ID) -> FileResponse:
+        path, st, media = service.video_file(video_id)
+        # stat_result from the regular-file check: FileResponse does not stat again, and the
+        # length it announces is the one checked.
+        return FileResponse(path, media_type=media, stat_result=st,
+                            headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/status", responses=err, summary="Library status")
+    def status() -> dict[str, Any]:
+        return service.status()
+
+    return app

@@ -1,0 +1,344 @@
+"""What the web server does, without HTTP: one warm :class:`Searcher`, clip/video lookups, files.
+
+The HTTP layer (:mod:`vidsearch.serve.app`) only parses parameters and turns the exceptions below
+into status codes; everything that touches the library is here, so it is testable and the rules
+are in one place:
+
+- **Reads only the last committed generation** (RELIABILITY.md F12/F13): every request calls
+  ``Searcher.refresh()``, which reloads index and catalog when an ingest committed since. The server
+  never takes the writer lock and never rebuilds the index (``auto_repair=False``).
+- **Files by id only** (RELIABILITY.md S4): a video file is found by ``video_id`` in the catalog's
+  ``videos`` table (searchable status only) and served only if it is a regular file; no request
+  carries a path. Thumbnails are ``LIBRARY/thumbs/<clip_id>.jpg``, named by an integer.
+- **One lock** guards the Searcher and its DuckDB connection, which are not made for concurrent
+  use; thumbnail extraction (an ffmpeg child) and file streaming run outside it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import mimetypes
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from vidsearch.library import Library
+from vidsearch.schemas.config import SearchCfg
+from vidsearch.schemas.tables import SEARCHABLE_STATUSES
+from vidsearch.search.sandbox import QueryFailed, QueryRefused, run_query, validate_predicate
+from vidsearch.search.searcher import Filters, Hit, Searcher, SearchError, SearchResult
+from vidsearch.search.timefmt import format_hms
+
+_logger = logging.getLogger(__name__)
+
+# Browsers play these; anything else is still served (a download), with a generic type.
+_VIDEO_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm",
+                ".mkv": "video/x-matroska", ".ogv": "video/ogg", ".avi": "video/x-msvideo"}
+
+
+class ServeError(Exception):
+    """A request that cannot be answered; ``status`` is the HTTP status code."""
+
+    status = 400
+
+
+class BadRequest(ServeError):
+    status = 400
+
+
+class NotFound(ServeError):
+    status = 404
+
+
+class Unavailable(ServeError):
+    status = 503
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """One search request, already type-checked by the HTTP layer."""
+
+    query: str | None = None
+    like_clip_id: int | None = None
+    k: int = 24
+    offset: int = 0
+    per_video: int | None = None
+    merge: bool = True
+    filters: Filters = Filters()
+    date_from: dt.date | None = None     # videos.mtime (file date), inclusive, UTC
+    date_to: dt.date | None = None
+
+
+def folder_glob(folder: str) -> str:
+    """A GLOB matching every video under ``folder`` (GLOB metacharacters in the name escaped).
+
+    ``/media/pets`` -> ``/media/pets/*``; a relative name ``pets`` matches a folder of that name at
+    any depth (``*/pets/*``).
+    """
+    f = folder.strip().rstrip("/")
+    if not f:
+        raise BadRequest("folder is empty")
+    esc = "".join(f"[{c}]" if c in "*?[" else c for c in f)
+    return f"{esc}/*" if f.startswith("/") else f"*/{esc}/*"
+
+
+def _date_predicate(date_from: dt.date | None, date_to: dt.date | None) -> str | None:
+    # Built from parsed dates only (isoformat is digits and dashes), never from request text.
+    conds = []
+    if date_from is not None:
+        conds.append(f"CAST(videos.mtime AS DATE) >= DATE '{date_from.isoformat()}'")
+    if date_to is not None:
+        conds.append(f"CAST(videos.mtime AS DATE) <= DATE '{date_to.isoformat()}'")
+    return " AND ".join(conds) or None
+
+
+def _iso(v: Any) -> Any:
+    return v.isoformat() if isinstance(v, (dt.datetime, dt.date)) else v
+
+
+class LibraryService:
+    """The library as the web server sees it: search, metadata, files, thumbnails, status.
+
+    Args:
+        library: the library to serve.
+        model: an already created text encoder (tests); else created from ``model_name`` or the
+            library's manifest on :meth:`start`.
+        model_name, checkpoint, tokenizer, device: as for ``vidsearch search``.
+        record_history: save each search in ``history.duckdb`` (like the CLI).
+        cfg: search settings.
+    """
+
+    def __init__(self, library: Library, *, model: Any = None, model_name: str | None = None,
+                 checkpoint: str | None = None, tokenizer: str | None = None, device: str | None = None,
+                 record_history: bool = True, cfg: SearchCfg | None = None) -> None:
+        self.library = library
+        self.cfg = cfg or SearchCfg()
+        self.record_history = record_history
+        self._model = model
+        self._model_name = model_name
+        self._model_args = {"checkpoint": checkpoint, "tokenizer": tokenizer, "device": device}
+        self._searcher: Searcher | None = None
+        self._lock = threading.Lock()
+        self.started_at = time.time()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def start(self, warm: bool = True) -> None:
+        """Open the searcher and load the text encoder now, so the first query is not the slow one.
+
+        A library without clips yet (its first ingest is running) is not an error: searches answer
+        503 until a commit appears.
+        """
+        self.library.read_manifest()  # LibraryError: not a library at all
+        with self._lock:
+            try:
+                s = self._get_searcher()
+            except Unavailable as e:
+                _logger.warning("%s", e)
+                return
+            if warm:
+                t0 = time.perf_counter()
+                s.encode_text("warm up")  # loads weights + tokenizer, runs one forward pass
+                self._model = s.model
+                _logger.info("text encoder %s warm in %.1f s", self._model.name, time.perf_counter() - t0)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._searcher is not None:
+                self._searcher.close()
+                self._searcher = None
+
+    def _get_searcher(self) -> Searcher:
+        """The searcher at the last committed generation (lock held by the caller)."""
+        if self._searcher is None:
+            if self._model is None and self._model_name is not None:
+                from vidsearch.models import create_model
+
+                self._model = create_model(self._model_name, **self._model_args)
+            try:
+                self._searcher = Searcher(self.library, self._model, cfg=self.cfg, auto_repair=False,
+                                          record_history=self.record_history, **self._model_args)
+            except SearchError as e:  # "the library has no clips yet"
+                raise Unavailable(str(e)) from None
+        else:
+            self._searcher.refresh()
+        return self._searcher
+
+    def _rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        # Searcher._con is the locked read-only sandbox of the searcher's generation (the CLI
+        # reads it the same way for --open/--thumbnails); the caller holds self._lock.
+        assert self._searcher is not None and self._searcher._con is not None
+        try:
+            return run_query(self._searcher._con, sql, params, timeout_s=self.cfg.sql_timeout_s).to_pylist()
+        except (QueryRefused, QueryFailed) as e:
+            raise BadRequest(str(e)) from None
+
+    # ---- search ------------------------------------------------------------------------------
+    def search(self, p: SearchParams) -> tuple[SearchResult, bool]:
+        """Run one search; returns the result (at most ``k`` hits) and whether more exist."""
+        if (p.query is None) == (p.like_clip_id is None):
+            raise BadRequest("give exactly one of q (text) or like (a clip id)")
+        if p.query is not None and not p.query.strip():
+            raise BadRequest("q is empty")
+        with self._lock:
+            s = self._get_searcher()
+            f = p.filters
+            if f.where:
+                try:
+                    validate_predicate(s._con, f.where)  # alone, before it is combined with dates
+                except (QueryRefused, QueryFailed) as e:
+                    raise BadRequest(str(e)) from None
+            dates = _date_predicate(p.date_from, p.date_to)
+            if dates:
+                f = replace(f, where=f"({f.where}) AND {dates}" if f.where else dates)
+            if p.like_clip_id is not None:
+                self._clip_row(p.like_clip_id)  # 404 for an unknown clip, before the search
+            try:
+                # One extra moment tells whether a next page exists.
+                r = s.search(p.query, like_clip_id=p.like_clip_id, k=p.k + 1, filters=f,
+                             per_video=p.per_video, offset=p.offset, merge=p.merge)
+            except (QueryRefused, QueryFailed) as e:
+                raise BadRequest(str(e)) from None
+            except SearchError as e:
+                raise BadRequest(str(e)) from None
+        more = len(r.hits) > p.k
+        r.hits = r.hits[:p.k]
+        r.k = p.k
+        return r, more
+
+    @staticmethod
+    def hit_record(h: Hit) -> dict[str, Any]:
+        """One hit as JSON; int64 ids as strings (a JavaScript number holds only 53 bits)."""
+        return {"rank": h.rank, "score": round(float(h.score), 6), "clip_id": str(h.clip_id),
+                "video_id": h.video_id, "path": h.path, "name": os.path.basename(h.path),
+                "folder": os.path.dirname(h.path), "start_s": h.start_s, "end_s": h.end_s,
+                "start": format_hms(h.start_s), "end": format_hms(h.end_s),
+                "clip_ids": [str(c) for c in h.clip_ids],
+                "thumbnail_url": f"/api/clips/{h.clip_id}/thumbnail",
+                "video_url": f"/api/videos/{h.video_id}/file"}
+
+    # ---- metadata ------------------------------------------------------------------------------
+    _STATUS_IN = f"videos.status IN ({', '.join('?' * len(SEARCHABLE_STATUSES))})"
+
+    def _clip_row(self, clip_id: int) -> dict[str, Any]:
+        rows = self._rows(
+            "SELECT clips.clip_id, clips.video_id, videos.path, videos.path_bytes, clips.clip_index, "
+            "clips.start_s, clips.end_s, clips.start_frame, clips.end_frame, clips.padded, clips.segment, "
+            "clips.shot_index, clips.model FROM clips JOIN videos USING (video_id) "
+            f"WHERE clips.clip_id = ? AND {self._STATUS_IN}", [int(clip_id), *SEARCHABLE_STATUSES])
+        if not rows:
+            raise NotFound(f"clip {clip_id} is not in this library")
+        return rows[0]
+
+    def clip(self, clip_id: int) -> dict[str, Any]:
+        """Metadata of one clip of a searchable video."""
+        with self._lock:
+            self._get_searcher()
+            row = self._clip_row(clip_id)
+        row.pop("path_bytes")
+        row["clip_id"] = str(row["clip_id"])
+        row.update(name=os.path.basename(row["path"]), start=format_hms(row["start_s"]),
+                   end=format_hms(row["end_s"]), thumbnail_url=f"/api/clips/{clip_id}/thumbnail",
+                   video_url=f"/api/videos/{row['video_id']}/file")
+        return row
+
+    def video(self, video_id: str) -> dict[str, Any]:
+        """Metadata of one searchable video and the list of its clips."""
+        with self._lock:
+            self._get_searcher()
+            rows = self._rows(
+                "SELECT video_id, path, size_bytes, mtime, duration_s, fps, frame_count, width, height, codec, "
+                "container, rotation, coverage, num_clips, status FROM videos "
+                f"WHERE video_id = ? AND {self._STATUS_IN}", [video_id, *SEARCHABLE_STATUSES])
+            if not rows:
+                raise NotFound(f"video {video_id} is not in this library")
+            clips = self._rows("SELECT clip_id, start_s, end_s FROM clips WHERE video_id = ? ORDER BY start_s",
+                               [video_id])
+        v = {k: _iso(val) for k, val in rows[0].items()}
+        v["name"] = os.path.basename(v["path"])
+        v["file_url"] = f"/api/videos/{video_id}/file"
+        v["clips"] = [{"clip_id": str(c["clip_id"]), "start_s": c["start_s"], "end_s": c["end_s"]} for c in clips]
+        return v
+
+    def video_file(self, video_id: str) -> tuple[str, os.stat_result, str]:
+        """(path, stat, media type) of a searchable video's file; only regular files are served."""
+        with self._lock:
+            self._get_searcher()
+            rows = self._rows(f"SELECT path_bytes FROM videos WHERE video_id = ? AND {self._STATUS_IN}",
+                              [video_id, *SEARCHABLE_STATUSES])
+        if not rows:
+            raise NotFound(f"video {video_id} is not in this library")
+        path = os.fsdecode(rows[0]["path_bytes"])
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise NotFound(f"video {video_id}: its file is gone or unreadable ({e.strerror})") from None
+        # A FIFO or device swapped in at that path would block or stream forever (B22).
+        if not stat.S_ISREG(st.st_mode):
+            raise NotFound(f"video {video_id}: its path is not a regular file")
+        ext = os.path.splitext(path)[1].lower()
+        media = _VIDEO_TYPES.get(ext) or mimetypes.guess_type(path)[0] or "application/octet-stream"
+        return path, st, media
+
+    def thumbnail(self, clip_id: int) -> Path:
+        """``LIBRARY/thumbs/<clip_id>.jpg``, extracted on first request (middle of the clip)."""
+        from vidsearch.search.output import make_thumbnails
+
+        final = self.library.thumbs_dir / f"{int(clip_id)}.jpg"
+        with self._lock:
+            self._get_searcher()
+            row = self._clip_row(clip_id)  # 404 before the cache: a stale thumb of a removed clip is not served
+        if final.is_file() and not final.is_symlink():
+            return final
+        hit = Hit(rank=0, score=0.0, clip_id=int(clip_id), video_id=row["video_id"], path=row["path"],
+                  start_s=row["start_s"], end_s=row["end_s"], clip_ids=(int(clip_id),))
+        try:
+            made = make_thumbnails(self.library, [hit], {row["video_id"]: os.fsdecode(row["path_bytes"])})
+        except (OSError, ValueError) as e:
+            raise Unavailable(f"no thumbnail for clip {clip_id}: {e}") from None
+        out = made.get(int(clip_id))
+        if out is None:
+            raise Unavailable(f"no thumbnail for clip {clip_id} (the video could not be decoded; see the log)")
+        return out
+
+    # ---- status --------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """What the server serves: generation, model, counts, index, warnings, a running writer."""
+        m = self.library.read_manifest()
+        out: dict[str, Any] = {
+            "library": str(self.library.root), "library_id": m.library_id, "generation": m.generation,
+            "model": None if m.model is None else {"name": m.model.name, "fingerprint": m.model.fingerprint,
+                                                   "embed_dim": m.model.embed_dim,
+                                                   "is_test_model": m.model.is_test_model},
+            "shards": len(m.shards), "ready": False, "videos": {}, "clips": 0, "index": None,
+            "warnings": [], "writer": self._writer(), "uptime_s": round(time.time() - self.started_at, 1),
+        }
+        with self._lock:
+            try:
+                s = self._get_searcher()
+            except Unavailable as e:
+                out["warnings"] = [str(e)]
+                return out
+            out["ready"] = True
+            out["generation"] = s.manifest.generation
+            out["videos"] = {r["status"]: r["n"] for r in self._rows(
+                "SELECT status, count(*) AS n FROM videos GROUP BY status ORDER BY status", [])}
+            out["clips"] = self._rows(f"SELECT count(*) AS n FROM clips JOIN videos USING (video_id) "
+                                      f"WHERE {self._STATUS_IN}", list(SEARCHABLE_STATUSES))[0]["n"]
+            out["index"] = None if s.index is None else {"kind": s.index.meta.kind, "ntotal": int(s.index.ntotal)}
+            out["warnings"] = list(s.warnings)
+            out["model_loaded"] = self._model is not None or s._model is not None
+        return out
+
+    def _writer(self) -> dict[str, Any] | None:
+        """The ingest/index process holding the writer lock, if any (read only, never taken)."""
+        import json
+
+        try:
+            return json.loads(self.library.lock_path.read_text() or "{}") or None
+        except (OSError, ValueError):
+            return None
