@@ -34,8 +34,8 @@ class LocalBackend:
         self._threads = [cf.ThreadPoolExecutor(1, thread_name_prefix=f"decode{i}") for i in range(self.n_decode)]
         self._embed_thread = cf.ThreadPoolExecutor(1, thread_name_prefix="embed")
         self.embedder = Embedder(**embedder_kwargs)
-        for w, t in zip(self._workers, self._threads, strict=True):
-            t.submit(w.setup)  # start the children while the model loads
+        # Start the children while the model loads.
+        self._setups = [t.submit(w.setup) for w, t in zip(self._workers, self._threads, strict=True)]
         self.embedder.setup()
 
     def model_info(self) -> ModelInfo:
@@ -71,6 +71,9 @@ class LocalBackend:
         """Nothing to free locally (Ray frees object-store frames here)."""
 
     def close(self) -> None:
+        for f in self._setups:
+            if not f.cancel():
+                f.exception()  # a child being started must finish starting before it is stopped
         for t in self._threads:
             t.shutdown(wait=False, cancel_futures=True)
         self._embed_thread.shutdown(wait=False, cancel_futures=True)

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from vidsearch.library import Library, utcnow
+from vidsearch.library import Library, crash_point, utcnow
 from vidsearch.pipeline.discover import DiscoverFailure, discover
 from vidsearch.pipeline.types import DETERMINISTIC_ERRORS, ClipSpan, FramesChunk, VideoError, VideoPlan, VideoTask
 from vidsearch.pipeline.write import PendingVideo, ShardWriter, failure_row, video_row
@@ -242,6 +242,7 @@ def run_ingest(inputs: Sequence[str | bytes], library_root: str | os.PathLike[st
         finally:
             backend.close()
         if opts.build_index and not stop.is_set():
+            crash_point("after_manifest_before_index")
             summary.index = _update_index(library)
     summary.elapsed_s = time.monotonic() - t_start
     return summary
@@ -266,8 +267,11 @@ def _update_index(library: Library) -> str | None:
     if update is None:
         _logger.info("vidsearch.indexer.update_index not available yet; skipping the FAISS index")
         return None
-    result = update(library)
-    return str(result) if result is not None else "updated"
+    r = update(library)
+    if r is None:
+        return "updated"
+    return (f"{getattr(r, 'action', 'updated')} {getattr(r, 'factory', '')} "
+            f"({getattr(r, 'vectors', '?')} vectors, +{getattr(r, 'added', 0)})")
 
 
 class _Driver:
