@@ -37,9 +37,9 @@ class _DecodeActor:
         self.worker.setup()
 
     def ready(self) -> str:
-        import socket
+        import ray
 
-        return socket.gethostname()
+        return ray.get_runtime_context().get_node_id()
 
     def plan(self, task: VideoTask) -> VideoPlan | VideoError:
         return self.worker.plan(task)
@@ -111,9 +111,9 @@ class RayBackend:
         # SPREAD puts decode actors on every node of a cluster rather than filling the first.
         self._decode = [decode_cls.options(scheduling_strategy="SPREAD").remote(cfg, pp, fault)
                         for _ in range(self.n_decode)]
-        self.hosts = ray.get([a.ready.remote() for a in self._decode])
-        _logger.info("ray: %d decode actors on %s, %d embed actors (%s)", self.n_decode,
-                     sorted(set(self.hosts)), self.n_embed, "GPU" if use_gpu else "CPU")
+        self.nodes = ray.get([a.ready.remote() for a in self._decode])
+        _logger.info("ray: %d decode actors on %d nodes, %d embed actors (%s)", self.n_decode,
+                     len(set(self.nodes)), self.n_embed, "GPU" if use_gpu else "CPU")
 
     def model_info(self) -> ModelInfo:
         return self._ray.get(self._embed[0].info.remote())

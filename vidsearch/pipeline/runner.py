@@ -114,6 +114,7 @@ class IngestSummary:
     embed_calls: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
     index: str | None = None
+    decode_nodes: int = 1                  # cluster nodes the decode workers ran on
 
     @property
     def clips_per_s(self) -> float:
@@ -212,6 +213,7 @@ def run_ingest(inputs: Sequence[str | bytes], library_root: str | os.PathLike[st
 
             backend = RayBackend(cfg, pp, embedder_kwargs, cfg.decode_workers, opts.embed_actors,
                                  _fault_spec(), opts.ray_address)
+        summary.decode_nodes = len(set(getattr(backend, "nodes", ()))) or 1
         try:
             model = backend.model_info()
             if model.preprocess and tuple(model.preprocess.get("mean", ())) != tuple(pp.mean):
