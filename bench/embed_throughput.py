@@ -9,6 +9,21 @@ bf16-vs-fp32 cosine of the 1B encoder on the same input.
     python bench/embed_throughput.py                       # H100/H200: 4 and 8 frames, batch 8/32/64
     python bench/embed_throughput.py --compile --batches 32
     python bench/embed_throughput.py --device cpu --tiny   # smoke test (tiny model, 1 iteration)
+
+Measured (NVIDIA H200, torch 2.11.0+cu130, bf16, SDPA, 20 iterations after 5 warm-ups):
+
+    frames batch  ours clips/s  bare ViT clips/s  ratio  peak GiB (ours/bare)
+    4      8      180.9         199.9             0.905  4.1 / 4.2
+    4      32     181.9         199.8             0.911  4.9 / 5.1
+    4      64     183.1         199.7             0.917  5.9 / 6.4
+    8      8       81.5          88.5             0.920  4.4 / 4.5
+    8      32      82.4          89.2             0.923  5.9 / 6.5
+    8      64      82.1          89.2             0.921  8.0 / 9.1
+    --compile (blocks), batch 32: 4 frames 200.0 vs 199.3 (1.003); 8 frames 89.9 vs 90.0 (0.999)
+    --cuda-graphs, 4 frames, batch 8: 186.3 vs 203.6 (0.915)
+    bf16 vs fp32 cosine, 4 random clips: min 0.999992 (LayerScale 1e-5), 0.999987 (LayerScale 0.1)
+
+About 2.33 TFLOP per 4-frame clip, so 182 clips/s is ~420 TFLOP/s.
 """
 
 from __future__ import annotations
@@ -148,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=None, help="warm-up iterations (default 5; tiny: 0)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights/activations dtype")
     p.add_argument("--attn-impl", default="sdpa", choices=["sdpa", "flash"], help="attention kernel of the 1B model")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models (recompiles per shape)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the blocks of both models (per shape)")
     p.add_argument("--cuda-graphs", action="store_true", help="replay captured CUDA graphs (GPU only)")
     p.add_argument("--no-bare", action="store_true", help="skip the bare-ViT reference")
     p.add_argument("--no-cosine", action="store_true", help="skip the bf16-vs-fp32 cosine check")
@@ -199,8 +214,13 @@ def main(argv: list[str] | None = None) -> int:
                     .eval()
                 )
         ve = model.vision_encoder
-        enc = torch.compile(ve) if args.compile else ve
-        bare_f = torch.compile(bare) if (args.compile and bare is not None) else bare
+        if args.compile:
+            # Regional compilation: each block is compiled (one graph shared by the 40 identical
+            # blocks), patch embed and head stay eager. Whole-model compile of the 1B encoder hit
+            # an Inductor assertion (tiling_utils._solve_simple_expr) with torch 2.11 on H200.
+            for blk in [*ve.blocks, *(bare.blocks if bare is not None else [])]:
+                blk.compile()
+        enc, bare_f = ve, bare
 
         def ours(x: torch.Tensor, enc: nn.Module = enc, proj: nn.Module = model.vision_proj) -> torch.Tensor:
             pooled = enc(x.permute(0, 2, 1, 3, 4))  # (B, 3, T, H, W) -> (B, clip_embed_dim)
@@ -228,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             except torch.OutOfMemoryError:
                 row["error"] = "out of memory"
                 torch.cuda.empty_cache()
+            except Exception as e:  # noqa: BLE001 - e.g. a compiler failure: report it, go on
+                row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
             results.append(row)
             msg = f"  batch {bs:>3}: ours {row.get('ours_clips_s', float('nan')):8.1f} clips/s"
             if "bare_clips_s" in row:

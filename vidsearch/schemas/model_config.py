@@ -72,7 +72,8 @@ class VisionCfg:
     # approximation, what flash-attn's FusedMLP ran in official training and evaluation.
     gelu_approx: bool = False
     # Attention kernel: "sdpa" (torch scaled_dot_product_attention; picks flash/mem-efficient/math)
-    # or "flash" (the flash_attn package; CUDA fp16/bf16 only, imported lazily).
+    # or "flash" (the flash_attn package, imported lazily; used only for CUDA fp16/bf16 inputs,
+    # other inputs fall back to SDPA). Both compute the same function: not in the fingerprint.
     attn_impl: Literal["sdpa", "flash"] = "sdpa"
 
     def __post_init__(self) -> None:
