@@ -208,7 +208,16 @@ class LoadedIndex:
                 else faiss.SearchParametersHNSW(efSearch=ef)
         else:
             params = faiss.SearchParameters(sel=sel) if sel is not None else None
-        scores, labels = self.index.search(q, kk, params=params)
+        # One query gains nothing from OpenMP threads, and on a busy machine their barriers
+        # cost milliseconds (measured: HNSW p50 8 ms with 2 threads vs 0.4 ms with 1).
+        threads = faiss.omp_get_max_threads()
+        if len(q) == 1:
+            faiss.omp_set_num_threads(1)
+        try:
+            scores, labels = self.index.search(q, kk, params=params)
+        finally:
+            if len(q) == 1:
+                faiss.omp_set_num_threads(threads)
         if rerank > 1:
             scores, labels = self._rerank(q, labels, k)
         return scores[:, :k], labels[:, :k]

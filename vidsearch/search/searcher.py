@@ -297,7 +297,28 @@ class Searcher:
             raise SearchError(str(e)) from None
 
     def matching_ids(self, f: Filters) -> np.ndarray:
-        """Sorted clip ids matching ``f`` (searchable videos only)."""
+        """Sorted clip ids matching ``f`` (searchable videos only).
+
+        Without ``where``, every condition is per video (path, duration, status) or per clip
+        span, so DuckDB filters only the small ``videos`` table and the clip mask is computed
+        on the in-memory clip arrays (1M clips: ~1 ms instead of a 1M-row join).
+        """
+        if f.where is None:
+            vf = Filters(path_glob=f.path_glob, min_duration_s=f.min_duration_s,
+                         max_duration_s=f.max_duration_s, video_id=f.video_id)
+            cond, params = self._filter_sql(vf)
+            t = self._query(f"SELECT videos.video_id FROM videos WHERE {cond}", params)
+            import pyarrow.compute as pc
+
+            vmask = np.zeros(len(self._v_id) + 1, bool)  # last slot: clips of unknown videos
+            codes = pc.index_in(t.column(0), value_set=self._v_id_arr)
+            vmask[pc.drop_null(codes).to_numpy().astype(np.int64)] = True
+            mask = vmask[self._m_video]  # code -1 hits the False last slot
+            if f.from_s is not None:
+                mask &= self._m_end > f.from_s
+            if f.to_s is not None:
+                mask &= self._m_start < f.to_s
+            return self._m_ids[mask]
         cond, params = self._filter_sql(f)
         t = self._query(f"SELECT clips.clip_id FROM clips JOIN videos USING (video_id) WHERE {cond}", params)
         return np.sort(t.column(0).to_numpy().astype(np.int64))
@@ -320,7 +341,8 @@ class Searcher:
         self._m_video = pc.fill_null(code, -1).to_numpy().astype(np.int32)
         self._m_start = clips.column("start_s").to_numpy()
         self._m_end = clips.column("end_s").to_numpy()
-        self._v_id = vids.column("video_id").to_pylist()
+        self._v_id_arr = vids.column("video_id").combine_chunks()
+        self._v_id = self._v_id_arr.to_pylist()
         self._v_path = vids.column("path").to_pylist()
         self._v_ok = np.asarray(vids.column("ok").to_numpy(zero_copy_only=False), bool)
 
