@@ -1,0 +1,319 @@
+"""``vidsearch serve`` API against a real server on loopback over a tiny-model library.
+
+One library and one server per module (ingest ~10 s, server start ~10 s on 2 cores). Semantic
+quality is not asserted (the tiny model has random weights); mechanics are: the API returns what
+the library's own :class:`Searcher` returns, filters/paging/like behave, files are served only by
+id with correct HTTP ranges, bad parameters get a 4xx JSON error, and search keeps answering
+while an ingest commits (RELIABILITY.md F12). The last test changes the library; keep it last.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+_spec = importlib.util.spec_from_file_location("_serve_harness", Path(__file__).parents[1] / "browser" / "harness.py")
+harness = importlib.util.module_from_spec(_spec)  # shared with the browser test
+sys.modules[_spec.name] = harness  # dataclasses look their module up there
+_spec.loader.exec_module(harness)
+
+pytest.importorskip("fastapi", reason="vidsearch serve needs fastapi + uvicorn (the serve extra)")
+pytest.importorskip("uvicorn", reason="vidsearch serve needs fastapi + uvicorn (the serve extra)")
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return harness.make_library(tmp_path_factory.mktemp("serve_api"))
+
+
+@pytest.fixture(scope="module")
+def server(lib: Any) -> Iterator[Any]:
+    with harness.serving(lib.root) as s:
+        yield s
+
+
+def api(server: Any, endpoint: str, /, **params: Any) -> Any:
+    """GET ``endpoint`` with query parameters (``from_`` -> ``from``)."""
+    qs = urllib.parse.urlencode({k.rstrip("_"): v for k, v in params.items() if v is not None})
+    return harness.get(f"{server.url}{endpoint}" + (f"?{qs}" if qs else ""))
+
+
+def catalog(lib: Any, sql: str, *params: Any) -> list[tuple]:
+    with duckdb.connect(str(lib.root / "catalog.duckdb"), read_only=True) as con:
+        return con.execute(sql, list(params)).fetchall()
+
+
+def video_id(lib: Any, name: str) -> str:
+    return catalog(lib, "SELECT video_id FROM videos WHERE path = ?", str(lib.videos[name]))[0][0]
+
+
+# ---- search ------------------------------------------------------------------------------------
+
+def test_status_reports_the_served_library(server: Any, lib: Any) -> None:
+    r = api(server, "/api/status")
+    assert r.status == 200
+    st = r.json()
+    n_clips = catalog(lib, "SELECT count(*) FROM clips JOIN videos USING (video_id) "
+                           "WHERE status IN ('done', 'partial')")[0][0]
+    assert st["ready"] and st["clips"] == n_clips > 0
+    assert st["model"]["name"] == "internvideo2-tiny" and st["model_loaded"]
+    assert st["videos"]["done"] == 3 and st["videos"]["failed"] == 1
+    assert st["writer"] is None
+
+
+def test_text_search_returns_what_the_searcher_returns(server: Any, lib: Any) -> None:
+    from vidsearch.library import Library
+    from vidsearch.search import Searcher
+
+    r = api(server, "/api/search", q="a dog running", k=5)
+    assert r.status == 200, r.body
+    body = r.json()
+    with Searcher(Library(lib.root), auto_repair=False, record_history=False) as s:
+        want = s.search("a dog running", k=5)
+    assert [h["clip_id"] for h in body["hits"]] == [str(h.clip_id) for h in want.hits]
+    assert [h["score"] for h in body["hits"]] == pytest.approx([h.score for h in want.hits], abs=1e-5)
+    h0, w0 = body["hits"][0], want.hits[0]
+    assert (h0["video_id"], h0["start_s"], h0["end_s"]) == (w0.video_id, w0.start_s, w0.end_s)
+    assert h0["name"] == Path(w0.path).name and h0["path"] == w0.path
+    assert h0["clip_ids"] == [str(c) for c in w0.clip_ids]
+    assert h0["start"].count(":") == 2 and h0["thumbnail_url"] == f"/api/clips/{h0['clip_id']}/thumbnail"
+    assert h0["video_url"] == f"/api/videos/{h0['video_id']}/file"
+    assert body["query"] == "a dog running" and body["k"] == 5 and body["generation"] >= 1
+
+
+def test_like_excludes_the_example_and_unknown_clip_is_404(server: Any, lib: Any) -> None:
+    clip = catalog(lib, "SELECT clip_id FROM clips JOIN videos USING (video_id) WHERE videos.path = ? "
+                        "ORDER BY start_s LIMIT 1 OFFSET 2", str(lib.videos["dog"]))[0][0]
+    r = api(server, "/api/search", like=clip, k=10, merge="false")
+    assert r.status == 200, r.body
+    hits = r.json()["hits"]
+    assert hits and all(str(clip) not in h["clip_ids"] for h in hits)
+    assert r.json()["like"] == str(clip)
+    assert api(server, "/api/search", like=123, k=3).status == 404
+    assert "not in this library" in api(server, "/api/search", like=123).json()["error"]
+
+
+def test_paging_is_disjoint_and_consistent(server: Any) -> None:
+    full = api(server, "/api/search", q="bars", k=6, merge="false").json()
+    p1 = api(server, "/api/search", q="bars", k=3, offset=0, merge="false").json()
+    p2 = api(server, "/api/search", q="bars", k=3, offset=3, merge="false").json()
+    ids = [h["clip_id"] for h in full["hits"]]
+    assert [h["clip_id"] for h in p1["hits"]] == ids[:3]
+    assert [h["clip_id"] for h in p2["hits"]] == ids[3:6]
+    assert p1["has_more"] is True
+    last = api(server, "/api/search", q="bars", k=3, offset=1000, merge="false").json()
+    assert last["hits"] == [] and last["has_more"] is False
+
+
+def test_filters(server: Any, lib: Any) -> None:
+    def hits(**kw: Any) -> list[dict]:
+        r = api(server, "/api/search", q="something", k=50, merge="false", **kw)
+        assert r.status == 200, r.body
+        return r.json()["hits"]
+
+    everything = hits()
+    assert {h["name"] for h in everything} == {"dog.mp4", "beach.mp4", "sky.mp4"}
+    assert {h["name"] for h in hits(folder="pets")} == {"dog.mp4"}
+    assert {h["name"] for h in hits(folder=str(lib.media / "travel"))} == {"beach.mp4", "sky.mp4"}
+    assert {h["name"] for h in hits(path="*/sky.mp4")} == {"sky.mp4"}
+    assert {h["name"] for h in hits(min_duration="00:00:11")} == {"dog.mp4"}
+    assert {h["name"] for h in hits(max_duration="5")} == {"sky.mp4"}
+    late = hits(from_="4", to="00:00:06")
+    assert late and all(h["end_s"] > 4 and h["start_s"] < 6 for h in late)
+    assert hits(date_from="2999-01-01") == []
+    assert len(hits(date_from="2000-01-01", date_to="2999-12-31")) == len(everything)
+    assert {h["name"] for h in hits(where="videos.duration_s < 5 AND codec = 'h264'")} == {"sky.mp4"}
+    per = hits(per_video=1)
+    assert len(per) == 3 and len({h["video_id"] for h in per}) == 3
+    # A glob character in a folder name is a literal, not a wildcard.
+    assert hits(folder="p*") == []
+
+
+@pytest.mark.parametrize("params, status, words", [
+    ({"q": "x", "k": 0}, 422, "k:"),
+    ({"q": "x", "k": 100000}, 422, "k:"),
+    ({"q": "x", "offset": -1}, 422, "offset:"),
+    ({}, 400, "exactly one"),
+    ({"q": "   "}, 400, "q is empty"),
+    ({"q": "x", "like": "5"}, 400, "exactly one"),
+    ({"like": "12ab"}, 422, "like:"),
+    ({"like": "99999999999999999999"}, 422, "like:"),
+    ({"like": "9223372036854775808"}, 400, "not a clip id"),
+    ({"q": "x", "min_duration": "abc"}, 400, "min_duration"),
+    ({"q": "x", "min_duration": "10", "max_duration": "5"}, 400, "min_duration > max_duration"),
+    ({"q": "x", "from": "-3"}, 400, "from"),
+    ({"q": "x", "date_from": "2024-13-01"}, 422, "date_from"),
+    ({"q": "x", "date_from": "2024-02-01", "date_to": "2024-01-01"}, 400, "date_from > date_to"),
+    ({"q": "x", "per_video": 0}, 422, "per_video"),
+    ({"q": "x", "path": "*", "folder": "a"}, 400, "not both"),
+    ({"q": "x", "where": "1=1; DROP TABLE clips"}, 400, "';' is not allowed"),
+    ({"q": "x", "where": "1=1) UNION SELECT 1 --"}, 400, ""),
+    ({"q": "x", "where": "(SELECT count(*) FROM read_text('/etc/passwd')) > 0"}, 400, "disabled"),
+    ({"q": "x", "where": "no_such_column = 1"}, 400, ""),
+])
+def test_bad_parameters_get_a_clear_json_error(server: Any, params: dict, status: int, words: str) -> None:
+    qs = urllib.parse.urlencode(params)
+    r = harness.get(f"{server.url}/api/search?{qs}")
+    assert r.status == status, (params, r.status, r.body)
+    assert r.headers["content-type"].startswith("application/json")
+    err = r.json()["error"]
+    assert isinstance(err, str) and err and words in err, err
+
+
+def test_server_survives_bad_requests(server: Any) -> None:
+    assert api(server, "/api/search", q="still fine", k=1).status == 200
+
+
+# ---- metadata, thumbnails --------------------------------------------------------------------------
+
+def test_clip_and_video_metadata(server: Any, lib: Any) -> None:
+    vid = video_id(lib, "dog")
+    r = api(server, f"/api/videos/{vid}")
+    assert r.status == 200
+    v = r.json()
+    assert v["path"] == str(lib.videos["dog"]) and v["name"] == "dog.mp4"
+    assert v["duration_s"] == pytest.approx(12, abs=0.1)
+    assert v["status"] == "done" and len(v["clips"]) == 6 and v["file_url"] == f"/api/videos/{vid}/file"
+    c = v["clips"][1]
+    r = api(server, f"/api/clips/{c['clip_id']}")
+    assert r.status == 200
+    clip = r.json()
+    assert clip["video_id"] == vid and clip["start_s"] == c["start_s"] and clip["start"] == "00:00:02"
+    assert "path_bytes" not in clip
+
+
+@pytest.mark.parametrize("path, status", [
+    ("/api/clips/1", 404),
+    ("/api/clips/abc", 422),
+    ("/api/clips/-5", 422),
+    ("/api/videos/" + "0" * 32, 404),
+    ("/api/videos/XYZ", 422),
+    ("/api/videos/" + "0" * 32 + "/file", 404),
+    ("/api/clips/1/thumbnail", 404),
+    ("/api/nothing", 404),
+])
+def test_unknown_ids_are_4xx_json(server: Any, path: str, status: int) -> None:
+    r = harness.get(server.url + path)
+    assert r.status == status and r.json()["error"]
+
+
+def test_failed_video_is_not_served(server: Any, lib: Any) -> None:
+    vid = video_id(lib, "broken")
+    assert catalog(lib, "SELECT status FROM videos WHERE video_id = ?", vid)[0][0] == "failed"
+    assert api(server, f"/api/videos/{vid}").status == 404
+    assert api(server, f"/api/videos/{vid}/file").status == 404
+
+
+def test_thumbnail_is_a_jpeg_cached_by_clip_id(server: Any, lib: Any) -> None:
+    hit = api(server, "/api/search", q="thumb", k=1).json()["hits"][0]
+    r = harness.get(server.url + hit["thumbnail_url"])
+    assert r.status == 200 and r.headers["content-type"] == "image/jpeg"
+    assert r.body[:3] == b"\xff\xd8\xff"
+    cached = lib.root / "thumbs" / f"{hit['clip_id']}.jpg"
+    assert cached.read_bytes() == r.body
+    assert harness.get(server.url + hit["thumbnail_url"]).body == r.body
+
+
+# ---- files: ids only, HTTP ranges ------------------------------------------------------------------
+
+def test_video_file_full_and_ranges(server: Any, lib: Any) -> None:
+    data = lib.videos["dog"].read_bytes()
+    n = len(data)
+    url = f"{server.url}/api/videos/{video_id(lib, 'dog')}/file"
+    full = harness.get(url)
+    assert full.status == 200 and full.body == data
+    assert full.headers["accept-ranges"] == "bytes" and full.headers["content-type"] == "video/mp4"
+    r = harness.get(url, {"Range": "bytes=100-199"})
+    assert r.status == 206 and r.body == data[100:200]
+    assert r.headers["content-range"] == f"bytes 100-199/{n}" and r.headers["content-length"] == "100"
+    r = harness.get(url, {"Range": f"bytes={n - 10}-"})
+    assert r.status == 206 and r.body == data[-10:] and r.headers["content-range"] == f"bytes {n - 10}-{n - 1}/{n}"
+    r = harness.get(url, {"Range": "bytes=-50"})
+    assert r.status == 206 and r.body == data[-50:]
+    r = harness.get(url, {"Range": f"bytes=0-{n + 1000}"})  # end past the file: clamped
+    assert r.status == 206 and r.body == data
+    r = harness.get(url, {"Range": f"bytes={n}-"})
+    assert r.status == 416 and r.headers["content-range"] == f"bytes */{n}"
+    r = harness.get(url, {"Range": "bytes=0-9,20-29"})
+    assert r.status == 206 and r.headers["content-type"].startswith("multipart/byteranges")
+    assert data[0:10] in r.body and data[20:30] in r.body
+    head = harness.get(url, method="HEAD")
+    assert head.status == 200 and head.headers["content-length"] == str(n) and head.body == b""
+
+
+@pytest.mark.parametrize("path", [
+    "/api/videos/..%2F..%2F..%2Fetc%2Fpasswd/file",
+    "/api/videos/%2Fetc%2Fpasswd/file",
+    "/static/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+    "/static/../../library.py",
+    "/api/videos/file?path=/etc/passwd",
+])
+def test_no_path_reaches_files_outside_the_catalog(server: Any, path: str) -> None:
+    r = harness.get(server.url + path)
+    assert r.status in (404, 422), (path, r.status)
+    assert b"root:" not in r.body and b"import" not in r.body
+
+
+def test_foreign_host_header_is_refused(server: Any) -> None:
+    # DNS rebinding: a web page on evil.example resolving to 127.0.0.1 must not read the API.
+    r = harness.get(server.url + "/api/status", {"Host": "evil.example:8000"})
+    assert r.status == 400
+
+
+def test_openapi_and_page(server: Any) -> None:
+    spec = api(server, "/openapi.json").json()
+    for p in ("/api/search", "/api/clips/{clip_id}", "/api/clips/{clip_id}/thumbnail", "/api/videos/{video_id}",
+              "/api/videos/{video_id}/file", "/api/status"):
+        assert p in spec["paths"], p
+    assert {p["name"] for p in spec["paths"]["/api/search"]["get"]["parameters"]} >= {
+        "q", "like", "k", "offset", "per_video", "folder", "min_duration", "date_from", "from", "where"}
+    page = harness.get(server.url + "/")
+    assert page.status == 200 and b'role="search"' in page.body
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert harness.get(server.url + asset).status == 200
+
+
+# ---- concurrent ingest (F12): keep last, it changes the library ---------------------------------------
+
+def test_search_keeps_answering_during_an_ingest(server: Any, lib: Any, tmp_path: Path) -> None:
+    gen0 = api(server, "/api/status").json()["generation"]
+    new = harness.make_video(lib.media / "garden" / "cat.mp4", "rgbtestsrc", 6)
+    statuses: list[int] = []
+    errors: list[str] = []
+    done = threading.Event()
+
+    def hammer() -> None:
+        while not done.is_set():
+            r = api(server, "/api/search", q="cat", k=5)
+            statuses.append(r.status)
+            if r.status != 200:
+                errors.append(r.body.decode(errors="replace"))
+            else:
+                # Never an uncommitted clip: every hit's video is in a committed catalog.
+                for h in r.json()["hits"]:
+                    assert h["video_id"]
+
+    t = threading.Thread(target=hammer)
+    t.start()
+    try:
+        r = harness.ingest([new], lib.root)
+    finally:
+        done.set()
+        t.join(timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert statuses and not errors, errors[:3]
+    st = api(server, "/api/status").json()
+    assert st["generation"] > gen0 and st["videos"]["done"] == 4
+    hits = api(server, "/api/search", q="cat", folder="garden", k=5).json()["hits"]
+    assert hits and {h["name"] for h in hits} == {"cat.mp4"}
+    assert json.loads(harness.get(f"{server.url}/api/videos/{hits[0]['video_id']}").body)["name"] == "cat.mp4"
