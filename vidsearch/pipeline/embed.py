@@ -24,8 +24,10 @@ class Embedder:
     """Holds the model; ``process(frames)`` embeds uint8 clips (N, T, S, S, 3)."""
 
     def __init__(self, model_name: str, checkpoint: str | None = None, device: str | None = None,
-                 tokenizer: str | None = None, batch_size: int = 32, dtype: str | None = None) -> None:
+                 tokenizer: str | None = None, batch_size: int = 32, dtype: str | None = None,
+                 pretrained: bool = True) -> None:
         self.model_name, self.checkpoint, self.tokenizer = model_name, checkpoint, tokenizer
+        self.pretrained = pretrained  # False: random-init architecture (benchmarks only)
         self.device_arg, self.dtype_arg = device, dtype
         self.batch_size = max(1, batch_size)
         self.model: Any = None
@@ -43,7 +45,8 @@ class Embedder:
         else:
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
         self.model = create_model(self.model_name, checkpoint=self.checkpoint, device=device,
-                                  tokenizer=self.tokenizer, dtype=dtype, vision_only=True)
+                                  tokenizer=self.tokenizer, dtype=dtype, vision_only=True,
+                                  pretrained=self.pretrained)
         _logger.info("embedder: %s on %s (%s)", self.model_name, device, dtype)
 
     def info(self) -> ModelInfo:

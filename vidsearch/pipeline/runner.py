@@ -89,6 +89,7 @@ class IngestOptions:
     max_attempts: int = 2
     decode_chunk_clips: int = 16
     progress: bool = True
+    random_weights: bool = False           # benchmarks only: the architecture without its weights
 
 
 @dataclass
@@ -115,6 +116,7 @@ class IngestSummary:
     failures: list[dict[str, Any]] = field(default_factory=list)
     index: str | None = None
     decode_nodes: int = 1                  # cluster nodes the decode workers ran on
+    loop_s: float = 0.0                    # time in the scheduling loop (no start-up, no index)
 
     @property
     def clips_per_s(self) -> float:
@@ -201,7 +203,7 @@ def run_ingest(inputs: Sequence[str | bytes], library_root: str | os.PathLike[st
         summary.not_regular = len(found.skipped_not_regular)
         embedder_kwargs = {"model_name": opts.model, "checkpoint": opts.checkpoint,
                            "tokenizer": opts.tokenizer, "device": opts.device,
-                           "batch_size": cfg.batch_size}
+                           "batch_size": cfg.batch_size, "pretrained": not opts.random_weights}
         n_decode = cfg.decode_workers or max(1, (os.cpu_count() or 2) - 1)
         backend: Backend
         if opts.executor == "local":
@@ -371,6 +373,14 @@ class _Driver:
     # ---- main loop -------------------------------------------------------------------------
     def run(self, tasks: list[VideoTask], failures: list[DiscoverFailure],
             by_id: dict[str, dict[str, Any]], by_path: dict[bytes, str]) -> None:
+        self.t0 = time.monotonic()
+        try:
+            self._run(tasks, failures, by_id, by_path)
+        finally:
+            self.s.loop_s = time.monotonic() - self.t0
+
+    def _run(self, tasks: list[VideoTask], failures: list[DiscoverFailure],
+             by_id: dict[str, dict[str, Any]], by_path: dict[bytes, str]) -> None:
         queue = collections.deque(self._select(tasks, failures, by_id, by_path))
         self.total = len(queue)
         self._open_progress()

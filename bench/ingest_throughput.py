@@ -1,0 +1,141 @@
+"""Ingest throughput: end-to-end clips/s next to the decode and embed stages' own rates.
+
+    python bench/make_corpus.py /tmp/c360 --height 360 --videos 48 --seconds 60
+    python bench/ingest_throughput.py /tmp/c360 --model internvideo2-s2-1b --random-weights
+
+Three measurements on the same corpus and machine, so the bottleneck is visible:
+
+1. decode: ``DecodeWorker`` processes (the real decode stage: probe, segment, decord, resize) on
+   all but one CPU, no embedding -> the clips/s the CPUs can decode;
+2. embed: the ``Embedder`` alone on already-sampled frames (bf16 on the GPU) -> clips/s;
+3. end to end: ``run_ingest`` on Ray (decode actors + a GPU embed actor + the writer) ->
+   clips/s and video-hours per GPU-hour. Targets (issue 3): >= 80 % of (1) at 1080p and >= 80 %
+   of (2) at 360p, whichever stage bounds the run.
+
+``--random-weights`` builds the model's architecture without its checkpoint (same compute, the
+embeddings are meaningless); use it where the weights cannot be downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def decode_rate(files: list[Path], workers: int, cfg: object, pp: object) -> dict[str, float]:
+    from vidsearch.pipeline.decode import DecodeWorker
+    from vidsearch.pipeline.discover import make_task
+
+    pool = [DecodeWorker(cfg, pp) for _ in range(workers)]  # type: ignore[arg-type]
+    for w in pool:
+        w.setup()
+    clips = 0
+    seconds = 0.0
+
+    def one(i: int, f: Path) -> tuple[int, float]:
+        w = pool[i % workers]
+        plan = w.plan(make_task(os.fsencode(f)))  # type: ignore[arg-type]
+        n = len(plan.clips)
+        got = 0
+        for lo in range(0, n, 16):
+            got += len(w.decode(plan, lo, min(n, lo + 16)).kept)
+        return got, plan.probe.duration_s
+
+    t0 = time.perf_counter()
+    # One thread per worker, each feeding its own child: like the decode actors.
+    with cf.ThreadPoolExecutor(workers) as ex:
+        futs = [ex.submit(lambda k: [one(k, f) for f in files[k::workers]], k) for k in range(workers)]
+        for fu in futs:
+            for c, d in fu.result():
+                clips += c
+                seconds += d
+    el = time.perf_counter() - t0
+    for w in pool:
+        w.close()
+    return {"clips": clips, "seconds": el, "clips_per_s": clips / el, "video_s_per_s": seconds / el}
+
+
+def embed_rate(model: str, batch: int, random_weights: bool, n_batches: int = 30) -> dict[str, float]:
+    import torch
+
+    from vidsearch.pipeline.embed import Embedder
+
+    e = Embedder(model, batch_size=batch, pretrained=not random_weights)
+    e.setup()
+    pp = e.preprocess_cfg()
+    x = np.random.default_rng(0).integers(0, 256, (batch, pp.num_frames, pp.img_size, pp.img_size, 3), np.uint8)
+    for _ in range(3):
+        e.process(x)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        e.process(x)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    el = time.perf_counter() - t0
+    return {"clips": batch * n_batches, "seconds": el, "clips_per_s": batch * n_batches / el}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("corpus", type=Path)
+    ap.add_argument("--model", default="internvideo2-s2-1b")
+    ap.add_argument("--random-weights", action="store_true")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--decode-workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    ap.add_argument("--skip", default="", help="comma list of stages to skip: decode,embed,e2e")
+    ap.add_argument("--json-out", type=Path)
+    a = ap.parse_args()
+
+    from vidsearch.models import get_model_config
+    from vidsearch.pipeline.runner import IngestOptions, run_ingest
+    from vidsearch.schemas.config import IngestCfg
+
+    files = sorted(a.corpus.glob("*.mp4"))
+    pp = get_model_config(a.model).preprocess
+    cfg = IngestCfg(decode_workers=a.decode_workers, batch_size=a.batch_size, decode_timeout_s=600)
+    skip = set(a.skip.split(","))
+    out: dict[str, object] = {"corpus": str(a.corpus), "videos": len(files), "model": a.model,
+                              "decode_workers": a.decode_workers, "batch_size": a.batch_size,
+                              "cpus": os.cpu_count()}
+    if "decode" not in skip:
+        out["decode"] = decode_rate(files, a.decode_workers, cfg, pp)
+        print("decode", json.dumps(out["decode"]), file=sys.stderr, flush=True)
+    if "embed" not in skip:
+        out["embed"] = embed_rate(a.model, a.batch_size, a.random_weights)
+        print("embed ", json.dumps(out["embed"]), file=sys.stderr, flush=True)
+    if "e2e" not in skip:
+        with tempfile.TemporaryDirectory() as lib:
+            s = run_ingest([a.corpus], lib, cfg,
+                           IngestOptions(model=a.model, executor="ray", build_index=False, progress=False,
+                                         random_weights=a.random_weights))
+        # Steady state: the scheduling loop only (Ray start-up and model load excluded; both are
+        # reported too).
+        out["e2e"] = {"clips": s.clips, "seconds": s.loop_s, "clips_per_s": s.clips / s.loop_s,
+                      "total_seconds": s.elapsed_s, "total_clips_per_s": s.clips_per_s,
+                      "videos_done": s.videos_done, "videos_failed": s.videos_failed}
+        print("e2e   ", json.dumps(out["e2e"]), file=sys.stderr, flush=True)
+        if "decode" in out:
+            dec = out["decode"]
+            vs = dec["video_s_per_s"] / dec["clips_per_s"] * s.clips  # type: ignore[index]
+            out["e2e"]["video_hours_per_gpu_hour"] = vs / s.loop_s  # type: ignore[index]
+            out["e2e_vs_decode"] = s.clips / s.loop_s / dec["clips_per_s"]  # type: ignore[index]
+        if "embed" in out:
+            out["e2e_vs_embed"] = s.clips / s.loop_s / out["embed"]["clips_per_s"]  # type: ignore[index]
+    print(json.dumps(out, indent=2))
+    if a.json_out:
+        a.json_out.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
