@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             result = searcher.search(args.query, like_clip_id=like, k=args.k, filters=filters,
                                      per_video=args.per_video, rerank=args.rerank, offset=args.offset,
                                      merge=not args.no_merge)
-            paths = output.video_paths(searcher._con, [h.video_id for h in result.hits]) \
+            paths = output.video_paths(searcher.connection, [h.video_id for h in result.hits]) \
                 if (args.thumbnails or args.open) else {}
             thumbs = output.make_thumbnails(lib, result.hits, paths) if args.thumbnails else {}
     except (SearchError, QueryRefused, QueryFailed) as e:

@@ -208,6 +208,11 @@ class Searcher:
         self._open()
         return True
 
+    @property
+    def connection(self) -> Any:
+        """The locked read-only DuckDB sandbox of this generation (``run_query`` on it is safe)."""
+        return self._con
+
     def close(self) -> None:
         if self._con is not None:
             self._con.close()
