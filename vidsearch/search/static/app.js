@@ -55,7 +55,12 @@ async function run(s) {
   fillForm(s);
   const likeBanner = $("like-banner");
   likeBanner.hidden = !s.like;
-  if (s.like) $("like-text").textContent = `Moments like clip ${s.like}`;
+  if (s.like) {
+    $("like-text").textContent = `Moments like clip ${s.like}`;
+    fetch(`/api/clips/${encodeURIComponent(s.like)}`).then((r) => (r.ok ? r.json() : null)).then((c) => {
+      if (c && readState().like === s.like) $("like-text").textContent = `Moments like ${c.name} at ${c.start}–${c.end}`;
+    }).catch(() => {});
+  }
   if (!s.q && !s.like) {
     $("grid").replaceChildren();
     $("pager").hidden = true;

@@ -1,0 +1,144 @@
+"""The search page in real headless Chromium (Debian ``chromium``, driven by Playwright).
+
+Type a query, see the expected hit (the one the API ranks first), click it, and check that the
+``<video>`` element plays from the moment's start and stops at its end; then "more like this" and
+a shared URL. Screenshots go to the test's ``tmp_path`` and to ``out/screenshots/`` (gitignored)
+for a person to look at.
+
+Needs ``/usr/bin/chromium`` (Debian package ``chromium``) and the ``playwright`` Python package;
+Playwright's own browser download is never used. Skips with the reason when either is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("VIDSEARCH_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "out" / "screenshots"
+
+_spec = importlib.util.spec_from_file_location("_serve_harness", Path(__file__).with_name("harness.py"))
+harness = sys.modules.get(_spec.name) or importlib.util.module_from_spec(_spec)
+if _spec.name not in sys.modules:
+    sys.modules[_spec.name] = harness  # dataclasses look their module up there
+    _spec.loader.exec_module(harness)
+
+pytest.importorskip("fastapi", reason="vidsearch serve needs fastapi + uvicorn (the serve extra)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium) "
+                    "to run the browser test")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs `pip install playwright`")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    lib = harness.make_library(tmp_path_factory.mktemp("serve_browser"))
+    with harness.serving(lib.root, "--no-history") as s:
+        yield s
+
+
+def shot(page: Any, tmp_path: Path, name: str) -> Path:
+    """Screenshot into tmp_path and a stable copy under out/screenshots/."""
+    p = tmp_path / name
+    page.screenshot(path=str(p), full_page=True)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(p, SCREENSHOTS / name)
+    return p
+
+
+def api_search(server: Any, **params: str) -> dict:
+    return json.loads(harness.get(f"{server.url}/api/search?{urllib.parse.urlencode(params)}").body)
+
+
+def test_type_query_click_hit_plays_the_moment(browser: Any, server: Any, tmp_path: Path) -> None:
+    # "from 4 s" keeps the moment away from 0, so "currentTime is at the moment" means a real seek.
+    want = api_search(server, q="a dog on the grass", **{"from": "4"}, k="24")["hits"][0]
+    assert want["start_s"] >= 2.0
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url + "/")
+    page.get_by_label("Search", exact=True).fill("a dog on the grass")
+    page.locator("summary", has_text="Filters").click()
+    page.get_by_label("Within the video, after").fill("4")
+    page.get_by_label("Search", exact=True).press("Enter")
+
+    first = page.locator("#grid li.hit").first
+    first.wait_for(timeout=30_000)
+    assert first.get_attribute("data-clip-id") == want["clip_id"]
+    assert want["name"] in first.inner_text() and f"{want['start']}–{want['end']}" in first.inner_text()
+    # The URL holds the search, so it can be shared.
+    qs = urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)
+    assert qs["q"] == ["a dog on the grass"] and qs["from"] == ["4"]
+    assert not page.locator("#like-banner").is_visible()
+    assert not page.locator("#player").is_visible()
+    # Every thumbnail loaded (a real JPEG from the API) and has alt text.
+    page.wait_for_function("() => [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)",
+                           timeout=30_000)
+    assert all(page.locator("#grid img").evaluate_all("imgs => imgs.map(i => i.alt.length > 0)"))
+
+    first.locator("button.thumb").click()
+    video = page.locator("#video")
+    page.wait_for_function("() => { const v = document.getElementById('video');"
+                           " return v.readyState >= 2 && !v.seeking && v.currentTime > 0; }", timeout=30_000)
+    t = video.evaluate("v => v.currentTime")
+    assert want["start_s"] - 0.05 <= t <= want["end_s"], (t, want["start_s"], want["end_s"])
+    assert video.evaluate("v => v.src").endswith(want["video_url"])
+    shot(page, tmp_path, "search_playing.png")
+
+    # Stops at the end of the moment (played fast to keep the test short).
+    video.evaluate("v => { v.playbackRate = 4; }")
+    page.wait_for_function("() => document.getElementById('video').paused", timeout=30_000)
+    end_t = video.evaluate("v => v.currentTime")
+    assert want["end_s"] - 0.3 <= end_t <= want["end_s"] + 0.6, (end_t, want["end_s"])
+    assert not errors, errors
+    page.close()
+
+
+def test_more_like_this_and_shared_url(browser: Any, server: Any, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.goto(server.url + "/?q=bars&per_video=1")
+    first = page.locator("#grid li.hit").first
+    first.wait_for(timeout=30_000)
+    assert page.get_by_label("Search", exact=True).input_value() == "bars"
+    assert page.locator("#grid li.hit").count() == 3  # one per video, from the shared URL
+    clip = first.get_attribute("data-clip-id")
+    want = api_search(server, like=clip, per_video="1", k="24")["hits"]
+    first.get_by_role("button", name="More like this").click()
+    page.wait_for_function(f"() => location.search.includes('like={clip}')")
+    page.wait_for_function(f"() => document.querySelector('#grid li.hit') && "
+                           f"document.querySelector('#grid li.hit').dataset.clipId === '{want[0]['clip_id']}'",
+                           timeout=30_000)
+    assert page.locator("#like-banner").is_visible()
+    assert [h.get_attribute("data-clip-id") for h in page.locator("#grid li.hit").all()] == \
+        [h["clip_id"] for h in want]
+    shot(page, tmp_path, "more_like_this.png")
+    page.go_back()
+    page.wait_for_function("() => !location.search.includes('like=')")
+    page.wait_for_function("() => document.getElementById('like-banner').hidden")
+    # A bad filter shows the API's message, not a blank page.
+    page.goto(server.url + "/?q=bars&min_duration=soon")
+    page.locator("#message.error").wait_for(timeout=30_000)
+    assert "min_duration" in page.locator("#message").inner_text()
+    page.close()
