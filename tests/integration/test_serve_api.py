@@ -13,6 +13,7 @@ import importlib.util
 import json
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,6 +172,22 @@ def test_bad_parameters_get_a_clear_json_error(server: Any, params: dict, status
 
 def test_server_survives_bad_requests(server: Any) -> None:
     assert api(server, "/api/search", q="still fine", k=1).status == 200
+
+
+def test_searches_are_recorded_in_the_history(server: Any, lib: Any) -> None:
+    assert api(server, "/api/search", q="remember me", k=2).status == 200
+    deadline = time.monotonic() + 20
+    while True:  # written by a background thread; it holds the file for a moment per search
+        try:
+            with duckdb.connect(str(lib.root / "history.duckdb"), read_only=True) as con:
+                rows = con.execute("SELECT k, n_results FROM searches WHERE query = 'remember me'").fetchall()
+            if rows:
+                break
+        except duckdb.Error:
+            pass
+        assert time.monotonic() < deadline, "search not recorded in history.duckdb"
+        time.sleep(0.2)
+    assert rows == [(2, 2)]
 
 
 # ---- metadata, thumbnails --------------------------------------------------------------------------
