@@ -9,43 +9,20 @@ Every video is generated once per test session with the ffmpeg binary of ``image
   keyed by row id.
 * :func:`ray_session` — ``ray.init`` once for the whole session (2 CPUs, no dashboard).
 
-Use :func:`ffmpeg` to make more. Other engineers' tests may use these fixtures; names are stable.
+Use ``media_tools.ffmpeg`` / ``media_tools.lavfi_video`` to make more (import them from
+``media_tools``, not from ``conftest``: several conftest modules exist). Other engineers' tests
+may use these fixtures; names are stable.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-SHARED_MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
-TEST_MODEL = "internvideo2-tiny"
-# Scene cuts of the "cuts" video: three different pictures of 2 s, 3 s and 2 s at 25 fps.
-CUTS_S = (2.0, 5.0)
-
-
-def ffmpeg_exe() -> str:
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
-def ffmpeg(*args: str | os.PathLike[str]) -> None:
-    """Run ffmpeg quietly; raises CalledProcessError with its stderr on failure."""
-    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *map(str, args)]
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
-def lavfi_video(out: Path, *, size: str = "96x64", rate: int = 30, seconds: float = 2.0,
-                codec: str = "libx264", src: str = "testsrc2", extra: tuple[str, ...] = ()) -> Path:
-    """A ``lavfi`` test-pattern video (yuv420p)."""
-    ffmpeg("-f", "lavfi", "-i", f"{src}=size={size}:rate={rate}:duration={seconds}",
-           "-c:v", codec, "-pix_fmt", "yuv420p", *extra, out)
-    return out
+from media_tools import CUTS_S, SHARED_MEDIA, TEST_MODEL, ffmpeg, ffmpeg_exe, lavfi_video  # noqa: F401
 
 
 @pytest.fixture(scope="session")

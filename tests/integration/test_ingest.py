@@ -17,7 +17,7 @@ import decord
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import TEST_MODEL, lavfi_video
+from media_tools import TEST_MODEL, lavfi_video
 from reliability.invariants import check_library
 
 from vidsearch.library import Library

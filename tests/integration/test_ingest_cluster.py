@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import TEST_MODEL
+from media_tools import TEST_MODEL
 from reliability.invariants import assert_same_library, check_library
 
 from vidsearch.pipeline.runner import IngestOptions, run_ingest
 from vidsearch.schemas.config import IngestCfg
 
-pytestmark = pytest.mark.ray
+# ~40 s on 2 cores (a second Ray runtime with two raylets): slow tier; run before closing ingest work.
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_two_node_cluster_equals_single_node(media_videos: dict[str, Path], tmp_path: Path) -> None:

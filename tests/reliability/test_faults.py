@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TEST_MODEL, lavfi_video
+from media_tools import TEST_MODEL, lavfi_video
 from reliability.invariants import assert_same_library, check_library
 
 from vidsearch.library import CRASH_POINTS, Library, LibraryLocked, ModelMismatch
