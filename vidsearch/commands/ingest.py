@@ -57,8 +57,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.clip_seconds <= 0 or (args.stride is not None and args.stride <= 0):
         raise UserError("--batch-size, --clip-seconds and --stride must be positive")
-    if args.ray_address and "://" in args.library and not args.library.startswith("file://"):
-        raise UserError("remote library URIs are not supported yet; use a path every node can reach")
+    if "://" in args.library:
+        # Library (vidsearch/library.py) takes a local root today; a pyarrow-filesystem URI would
+        # silently become a local folder named "s3:". Refuse instead.
+        raise UserError(f"--library {args.library}: remote library URIs (s3://, gs://, ...) are not "
+                        "supported yet; use a local or shared (NFS) path every node can reach")
     cfg = IngestCfg()
     cfg = replace(cfg, segment=args.segment, clip_seconds=args.clip_seconds,
                   stride=args.stride if args.stride is not None else args.clip_seconds,
