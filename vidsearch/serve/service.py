@@ -164,7 +164,9 @@ class LibraryService:
         """Close the searcher; searches still queued for the history are written first."""
         if self._history_thread is not None:
             self._history.put(None)
-            self._history_thread.join(timeout=30)
+            self._history_thread.join(timeout=10)
+            if self._history_thread.is_alive():
+                _logger.warning("stopped before %d searches were recorded in the history", self._history.qsize())
             self._history_thread = None
         with self._lock:
             if self._searcher is not None:
