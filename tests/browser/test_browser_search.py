@@ -94,8 +94,8 @@ def test_type_query_click_hit_plays_the_moment(browser: Any, server: Any, tmp_pa
     assert not page.locator("#like-banner").is_visible()
     assert not page.locator("#player").is_visible()
     # Every thumbnail loaded (a real JPEG from the API) and has alt text.
-    page.wait_for_function("() => [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)",
-                           timeout=30_000)
+    page.wait_for_function("() => [...document.querySelectorAll('#grid img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
     assert all(page.locator("#grid img").evaluate_all("imgs => imgs.map(i => i.alt.length > 0)"))
 
     first.locator("button.thumb").click()

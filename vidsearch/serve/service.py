@@ -326,7 +326,8 @@ class LibraryService:
         with self._lock:
             self._get_searcher()
             row = self._clip_row(clip_id)  # 404 before the cache: a stale thumb of a removed clip is not served
-        if final.is_file() and not final.is_symlink():
+        # S4: a symlinked thumbs/ (or thumb) could point anywhere; make_thumbnails refuses the folder.
+        if final.is_file() and not final.is_symlink() and not self.library.thumbs_dir.is_symlink():
             return final
         hit = Hit(rank=0, score=0.0, clip_id=int(clip_id), video_id=row["video_id"], path=row["path"],
                   start_s=row["start_s"], end_s=row["end_s"], clip_ids=(int(clip_id),))
