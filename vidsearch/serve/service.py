@@ -190,11 +190,10 @@ class LibraryService:
         return self._searcher
 
     def _rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-        # Searcher._con is the locked read-only sandbox of the searcher's generation (the CLI
-        # reads it the same way for --open/--thumbnails); the caller holds self._lock.
-        assert self._searcher is not None and self._searcher._con is not None
+        # The searcher's locked read-only sandbox, at its generation; the caller holds self._lock.
+        assert self._searcher is not None and self._searcher.connection is not None
         try:
-            return run_query(self._searcher._con, sql, params, timeout_s=self.cfg.sql_timeout_s).to_pylist()
+            return run_query(self._searcher.connection, sql, params, timeout_s=self.cfg.sql_timeout_s).to_pylist()
         except (QueryRefused, QueryFailed) as e:
             raise BadRequest(str(e)) from None
 
@@ -210,7 +209,7 @@ class LibraryService:
             f = p.filters
             if f.where:
                 try:
-                    validate_predicate(s._con, f.where)  # alone, before it is combined with dates
+                    validate_predicate(s.connection, f.where)  # alone, before it is combined with dates
                 except (QueryRefused, QueryFailed) as e:
                     raise BadRequest(str(e)) from None
             dates = _date_predicate(p.date_from, p.date_to)
