@@ -93,6 +93,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--decode-workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--skip", default="", help="comma list of stages to skip: decode,embed,e2e")
+    ap.add_argument("--executor", default="ray", choices=["ray", "local"],
+                    help="executor of the end-to-end run (local = same units without Ray)")
+    ap.add_argument("--clip-seconds", type=float, default=4.0, help="clip window and stride, seconds")
     ap.add_argument("--json-out", type=Path)
     a = ap.parse_args()
 
@@ -102,11 +105,13 @@ def main() -> int:
 
     files = sorted(a.corpus.glob("*.mp4"))
     pp = get_model_config(a.model).preprocess
-    cfg = IngestCfg(decode_workers=a.decode_workers, batch_size=a.batch_size, decode_timeout_s=600)
+    cfg = IngestCfg(decode_workers=a.decode_workers, batch_size=a.batch_size, decode_timeout_s=600,
+                    clip_seconds=a.clip_seconds, stride=a.clip_seconds)
     skip = set(a.skip.split(","))
     out: dict[str, object] = {"corpus": str(a.corpus), "videos": len(files), "model": a.model,
                               "decode_workers": a.decode_workers, "batch_size": a.batch_size,
-                              "cpus": os.cpu_count()}
+                              "cpus": os.cpu_count(), "executor": a.executor,
+                              "clip_seconds": a.clip_seconds, "frames_per_clip": pp.num_frames}
     if "decode" not in skip:
         out["decode"] = decode_rate(files, a.decode_workers, cfg, pp)
         print("decode", json.dumps(out["decode"]), file=sys.stderr, flush=True)
@@ -116,7 +121,7 @@ def main() -> int:
     if "e2e" not in skip:
         with tempfile.TemporaryDirectory() as lib:
             s = run_ingest([a.corpus], lib, cfg,
-                           IngestOptions(model=a.model, executor="ray", build_index=False, progress=False,
+                           IngestOptions(model=a.model, executor=a.executor, build_index=False, progress=False,
                                          random_weights=a.random_weights))
         # Steady state: the scheduling loop only (Ray start-up and model load excluded; both are
         # reported too).
