@@ -362,9 +362,11 @@ def _quality(loaded: LoadedIndex, xb: np.ndarray, ids: np.ndarray, cfg: IndexCfg
         return {}
     # Each query is a stored clip held out of its own answer: both the exact and the ANN lists
     # drop the query clip itself, so recall measures neighbours, not trivial self-matches.
-    # Search over-fetches (k x SearchCfg.overfetch) before filtering and merging, so the
-    # parameters are tuned on the depth-40 list too, not only on the top 10.
-    depth = min(max(40, k), n - 1)
+    # Search over-fetches (k x SearchCfg.overfetch) before filtering and merging; the parameters
+    # are tuned on a depth-``tune_depth`` list too, not only on the top 10. (Depth 40 on synthetic
+    # clusters of ~30 clips forced nprobe 1024/4096 at 1M: neighbours past a clip's own video
+    # are noise there, so deep recall needs near-exhaustive probing.)
+    depth = min(max(cfg.tune_depth, k), n - 1)
     _, gt_pos = faiss.knn(q, xb, depth + 1, metric=faiss.METRIC_INNER_PRODUCT)
     gt_deep = _drop_self(ids[gt_pos], qid, depth)
 

@@ -9,10 +9,11 @@ once); the CLI and the web server both use it::
 How a filter is answered depends on how many clips match (counted by DuckDB first):
 
 - no filter: ANN top-m with over-fetch, hidden statuses dropped in the metadata join;
-- at most ``SearchCfg.exact_subset_max`` matches: exact search over exactly those clips, their
-  vectors gathered from the index's vector cache (exact, hence as good as brute force);
-- at least ``overfetch_min_selectivity`` of the library: ANN over-fetch, non-matching dropped;
-- in between: FAISS ``IDSelectorBatch`` with nprobe/efSearch widened by 1/selectivity.
+- at least ``overfetch_min_selectivity`` of the library: ANN over-fetch (nprobe/efSearch widened
+  by 1/selectivity), non-matching dropped;
+- else at most ``SearchCfg.exact_subset_max`` matches: exact search over exactly those clips,
+  their vectors gathered from the index's vector cache (exact, hence as good as brute force);
+- else: FAISS ``IDSelectorBatch`` with nprobe/efSearch widened by 1/selectivity.
 
 Every path widens (m x 4) until ``k`` moments survive merging and the per-video limit, or the
 candidates run out. Shards committed after the index was built are searched exactly and merged
@@ -48,6 +49,15 @@ from vidsearch.search.sandbox import QueryFailed, QueryRefused, open_sandbox, ru
 from vidsearch.search.shaping import ClipHit, Moment, shape
 
 _logger = logging.getLogger(__name__)
+
+
+def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """``np.isin`` against a sorted array by binary search (numpy's hash-based isin took 600 ms
+    for 50k values against 1M ids; this takes ~3 ms)."""
+    if len(sorted_set) == 0:
+        return np.zeros(len(values), bool)
+    pos = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return sorted_set[pos] == values
 
 
 class SearchError(ValueError):
@@ -169,7 +179,7 @@ class Searcher:
         self._extra_ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
         self._extra_vecs = np.concatenate(vecs) if vecs else np.empty((0, m.model.embed_dim), np.float32)
         if self.index is not None and len(self._extra_ids):
-            dup = np.isin(self._extra_ids, self.index.vectors.all_ids())
+            dup = _member(self._extra_ids, self.index.vectors.all_ids())
             self._extra_ids, self._extra_vecs = self._extra_ids[~dup], self._extra_vecs[~dup]
         if self._con is not None:
             self._con.close()
@@ -383,7 +393,7 @@ class Searcher:
                 found, vecs = self.index.vectors.gather(match)
                 parts.append(self._exact(q, match[found], vecs, m))
             elif strategy == "selector":
-                sel = match[np.isin(match, self.index.vectors.all_ids())]
+                sel = match[_member(match, self.index.vectors.all_ids())]
                 d, i = self.index.search(q[None], m, sel_ids=sel, boost=min(16.0, 1.0 / max(selectivity, 1e-6)))
                 parts.append((d[0][i[0] >= 0], i[0][i[0] >= 0]))
             else:
@@ -391,7 +401,7 @@ class Searcher:
                 d, i = self.index.search(q[None], m, boost=min(16.0, 1.0 / max(selectivity, 1e-6)))
                 parts.append((d[0][i[0] >= 0], i[0][i[0] >= 0]))
         if len(self._extra_ids):
-            keep = np.isin(self._extra_ids, match) if match is not None else slice(None)
+            keep = _member(self._extra_ids, match) if match is not None else slice(None)
             parts.append(self._exact(q, self._extra_ids[keep], self._extra_vecs[keep], m))
         if not parts:
             return np.empty(0, np.float32), np.empty(0, np.int64)
@@ -456,7 +466,8 @@ class Searcher:
                 match = match[match != like_clip_id]
             n_match = len(match)
             selectivity = n_match / max(total, 1)
-            if len(match) <= self.cfg.exact_subset_max or self.index is None:
+            if self.index is None or (selectivity < self.cfg.overfetch_min_selectivity
+                                      and n_match <= self.cfg.exact_subset_max):
                 strategy = "exact-subset"
             elif selectivity >= self.cfg.overfetch_min_selectivity:
                 strategy = "overfetch"
