@@ -14,6 +14,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 from vidsearch import __version__
 
@@ -27,8 +28,16 @@ class UserError(Exception):
     """An error caused by the user's input; printed as one line, exit code 1."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error; 2 means "partial success" here, so usage errors exit 1."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USER, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vidsearch", description="Search video libraries by meaning (InternVideo2 + FAISS + DuckDB)."
     )
     parser.add_argument("--version", action="version", version=f"vidsearch {__version__}")
@@ -56,7 +65,10 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (tests call ``main([...])`` directly)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors: return the code, tests call main()
+        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USER
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USER
@@ -80,4 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Re-enter through the package so that exception classes are the ones commands raise.
+    from vidsearch.cli import main as _main
+
+    sys.exit(_main())
