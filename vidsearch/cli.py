@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         module.add_parser(sub)
+    # -v/-q also work after the subcommand (`vidsearch ingest DIR -q`); SUPPRESS keeps a value
+    # given before the subcommand from being reset by the subparser's default.
+    for p in sub.choices.values():
+        p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging")
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="only warnings and errors on stderr")
     return parser
 
 

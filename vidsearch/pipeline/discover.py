@@ -87,7 +87,16 @@ def _sniffs_as_video(path: bytes) -> bool:
 
 
 def _expand_inputs(inputs: Sequence[str | bytes]) -> Iterable[tuple[bytes, bool]]:
-    """Yield (path, explicit) for every input after expanding @LIST files and globs."""
+    """Yield (absolute path, explicit) for every input after expanding @LIST files and globs.
+
+    Paths are made absolute (not resolved: a symlink stays the path the user gave) because the
+    library stores them and search, thumbnails and the web server open them from any directory.
+    """
+    for p, explicit in _expand_inputs_raw(inputs):
+        yield os.path.abspath(p), explicit
+
+
+def _expand_inputs_raw(inputs: Sequence[str | bytes]) -> Iterable[tuple[bytes, bool]]:
     for raw in inputs:
         p = os.fsencode(raw)
         if p.startswith(b"@") and not os.path.lexists(p):
