@@ -56,14 +56,15 @@ def run(args: argparse.Namespace) -> int:
     n = len(report.outcomes)
     top1 = sum(o.first_correct == 1 for o in report.outcomes)
     topk = sum(o.first_correct is not None for o in report.outcomes)
-    lib = shlex.quote(str(report.library)) + _checkpoint_flag()
+    lib = shlex.quote(str(report.library))
+    ck = _checkpoint_flag()
     example = shlex.quote(report.outcomes[0].query.text) if report.outcomes else "'a red circle moving to the left'"
     print(f"\n{top1}/{n} searches right at rank 1, {topk}/{n} within the top {args.k} "
           f"({report.clips} clips, {report.timings_s['total']:.0f} s in all).")
     print(f"""
 Next, try:
-  vidsearch search {example} --library {lib}
-  vidsearch search 'three white hearts disappearing' --library {lib} --path '*/studio/*'
+  vidsearch search {example} --library {lib}{ck}
+  vidsearch search 'three white hearts disappearing' --library {lib}{ck} --path '*/studio/*'
   vidsearch search --like CLIP_ID --library {lib}            # more like a clip (ids: --json)
   vidsearch sql "SELECT path, count(*) AS clips FROM clips GROUP BY path ORDER BY path" --library {lib}
   vidsearch status --library {lib}
