@@ -6,13 +6,15 @@ once); the CLI and the web server both use it::
     s = Searcher(Library(path))
     result = s.search("dog playing in snow", k=10, filters=Filters(path_glob="*/pets/*"))
 
-How a filter is answered depends on how many clips match (counted by DuckDB first):
+A filter becomes a boolean mask over clip positions (vector-store order; see ``_match_mask``),
+cached per filter until the library changes. How it is answered depends on how many clips match:
 
 - no filter: ANN top-m with over-fetch, hidden statuses dropped in the metadata join;
 - at least ``overfetch_min_selectivity`` of the library: ANN over-fetch (nprobe/efSearch widened
   by 1/selectivity), non-matching dropped;
 - else at most ``SearchCfg.exact_subset_max`` matches: exact search over exactly those clips,
-  their vectors gathered from the index's vector cache (exact, hence as good as brute force);
+  scored straight from the index's vector cache, one matvec per run of consecutive rows (a
+  video's clips are consecutive; exact, hence as good as brute force);
 - else: FAISS ``IDSelectorBatch`` with nprobe/efSearch widened by 1/selectivity.
 
 Every path widens (m x 4) until ``k`` moments survive merging and the per-video limit, or the
@@ -26,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,12 +136,13 @@ class Searcher:
             ``rerank``).
         auto_repair: rebuild a missing/corrupt/stale index when no writer holds the library.
         record_history: save every search in ``history.duckdb``.
+        filter_cache: filter results kept (LRU, dropped when the library changes); 0 = none.
     """
 
     def __init__(self, library: Library, model: Any = None, *, cfg: SearchCfg | None = None,
                  index_cfg: IndexCfg | None = None, checkpoint: str | None = None,
                  tokenizer: str | None = None, device: str | None = None, with_itm: bool = False,
-                 auto_repair: bool = True, record_history: bool = True) -> None:
+                 auto_repair: bool = True, record_history: bool = True, filter_cache: int = 16) -> None:
         self.library = library
         self.cfg = cfg or SearchCfg()
         self.index_cfg = index_cfg or IndexCfg()
@@ -147,6 +151,7 @@ class Searcher:
                             "with_itm": with_itm}
         self.auto_repair = auto_repair
         self.record_history = record_history
+        self.filter_cache = int(filter_cache)
         self.warnings: list[str] = []
         self.manifest: Manifest = library.read_manifest()
         if self.manifest.model is None:
@@ -155,6 +160,8 @@ class Searcher:
         self._extra_ids = np.empty(0, np.int64)
         self._extra_vecs = np.empty((0, self.manifest.model.embed_dim), np.float32)
         self._con = None
+        self._mask_cache: OrderedDict[Filters, tuple[np.ndarray, int]] = OrderedDict()
+        self._where_join: dict[str, bool] = {}
         self._open()
 
     # ---- loading ---------------------------------------------------------------------------
@@ -312,88 +319,208 @@ class Searcher:
             raise SearchError(str(e)) from None
 
     def matching_ids(self, f: Filters) -> np.ndarray:
-        """Sorted clip ids matching ``f`` (searchable videos only).
+        """Sorted clip ids matching ``f`` (searchable videos only)."""
+        mask, _ = self._match_mask(f)
+        return np.sort(self._p_ids[mask])
 
-        Without ``where``, every condition is per video (path, duration, status) or per clip
-        span, so DuckDB filters only the small ``videos`` table and the clip mask is computed
-        on the in-memory clip arrays (1M clips: ~1 ms instead of a 1M-row join).
+    def clear_filter_cache(self) -> None:
+        """Forget cached filter results (benchmarks time the cold path with it)."""
+        self._mask_cache.clear()
+
+    def _match_mask(self, f: Filters) -> tuple[np.ndarray, int]:
+        """(read-only bool mask over clip positions, count) of the clips matching ``f``.
+
+        Per-video conditions (path, duration, status, video id) are evaluated by DuckDB over the
+        small ``videos`` table and expanded to clips through the per-video position runs; clip
+        spans on the in-memory arrays; ``where`` by DuckDB, returning catalog row ids (no sort,
+        no id lookup), and without the clips-videos join when the predicate binds to ``clips``
+        alone. Results are cached per filter (LRU of ``filter_cache`` entries) until the
+        library changes: a server answering the same filter again skips it all.
         """
-        if f.where is None:
-            vf = Filters(path_glob=f.path_glob, min_duration_s=f.min_duration_s,
-                         max_duration_s=f.max_duration_s, video_id=f.video_id)
+        hit = self._mask_cache.get(f)
+        if hit is not None:
+            self._mask_cache.move_to_end(f)
+            return hit
+        vf = Filters(path_glob=f.path_glob, min_duration_s=f.min_duration_s,
+                     max_duration_s=f.max_duration_s, video_id=f.video_id)
+        vmask = np.zeros(len(self._v_id) + 1, bool)  # last slot: clips of unknown videos
+        if vf.is_empty():  # status only: known
+            vmask[:-1] = self._v_ok
+        elif self._base is not None:
             cond, params = self._filter_sql(vf)
-            t = self._query(f"SELECT videos.video_id FROM videos WHERE {cond}", params)
+            t = self._query(f"SELECT videos.rowid FROM {self._base[1]} AS videos WHERE {cond}", params)
+            vmask[self._vrow_code[t.column(0).to_numpy()]] = True
+        else:
             import pyarrow.compute as pc
 
-            vmask = np.zeros(len(self._v_id) + 1, bool)  # last slot: clips of unknown videos
+            cond, params = self._filter_sql(vf)
+            t = self._query(f"SELECT videos.video_id FROM videos WHERE {cond}", params)
             codes = pc.index_in(t.column(0), value_set=self._v_id_arr)
             vmask[pc.drop_null(codes).to_numpy().astype(np.int64)] = True
-            mask = vmask[self._m_video]  # code -1 hits the False last slot
-            if f.from_s is not None:
-                mask &= self._m_end > f.from_s
-            if f.to_s is not None:
-                mask &= self._m_start < f.to_s
-            return self._m_ids[mask]
-        cond, params = self._filter_sql(f)
-        t = self._query(f"SELECT clips.clip_id FROM clips JOIN videos USING (video_id) WHERE {cond}", params)
-        return np.sort(t.column(0).to_numpy().astype(np.int64))
+        mask = np.repeat(vmask[self._run_video], self._run_len)
+        if f.from_s is not None:
+            mask &= self._p_end > f.from_s
+        if f.to_s is not None:
+            mask &= self._p_start < f.to_s
+        if f.where is not None:
+            mask &= self._where_mask(f.where)
+        mask.flags.writeable = False
+        out = (mask, int(np.count_nonzero(mask)))
+        if self.filter_cache > 0:
+            self._mask_cache[f] = out
+            while len(self._mask_cache) > self.filter_cache:
+                self._mask_cache.popitem(last=False)
+        return out
+
+    def _where_mask(self, where: str) -> np.ndarray:
+        """Clip positions satisfying the ``--where`` predicate (status is checked by the caller)."""
+        pred = validate_predicate(self._con, where)
+        mask = np.zeros(len(self._p_ids), bool)
+        join_sql = "FROM {c} AS clips JOIN {v} AS videos USING (video_id) WHERE ({p})"
+        if self._base is None:  # no base tables with row ids: clip ids, looked up
+            sql = join_sql.format(c="clips", v="videos", p=pred)
+            ids = self._query(f"SELECT clips.clip_id {sql}", []).column(0).to_numpy().astype(np.int64)
+            pos, ok = self._positions(ids)
+            mask[pos[ok]] = True
+            return mask
+        c, v = self._base
+        join = self._where_join.get(pred)
+        if join is None:
+            # Same meaning as the join, minus the join, when every column resolves in clips:
+            # the join version must bind (an ambiguous or unknown column stays an error), and the
+            # clips-alone version too (else it names a videos column).
+            self._query(f"SELECT clips.rowid {join_sql.format(c=c, v=v, p=pred)} LIMIT 0", [])
+            try:
+                run_query(self._con, f"SELECT clips.rowid FROM {c} AS clips WHERE ({pred}) LIMIT 0")
+                join = False
+            except (QueryRefused, QueryFailed):
+                join = True
+            self._where_join[pred] = join
+        sql = join_sql.format(c=c, v=v, p=pred) if join else f"FROM {c} AS clips WHERE ({pred})"
+        rid = self._query(f"SELECT clips.rowid {sql}", []).column(0).to_numpy()
+        mask[self._rowid_pos[rid]] = True
+        return mask
 
     def _load_metadata(self) -> None:
         """Clip spans and video paths in memory: per-query metadata without a DuckDB round trip.
 
-        ~30 bytes per clip (300 MB at 10M clips). Read from the same read-only catalog the
-        filters use, so both agree on which clips exist and which videos are searchable.
+        Clips live at *positions*: first the index's vector-store rows (store order, so a video's
+        clips are one run and an exact subset is scored by one matvec per run), then the
+        uncovered shards' clips (``_extra_ids`` order), then catalog clips without a vector.
+        ~40 bytes per clip. Read from the same read-only catalog the filters use, so both agree
+        on which clips exist and which videos are searchable.
         """
         import pyarrow.compute as pc
 
-        clips = run_query(self._con, "SELECT clip_id, video_id, start_s, end_s FROM clips ORDER BY clip_id",
-                          timeout_s=None)
-        vids = run_query(self._con, "SELECT video_id, path, status IN ("
-                         + ", ".join("?" * len(SEARCHABLE_STATUSES)) + ") AS ok FROM videos",
+        self._mask_cache.clear()
+        self._where_join.clear()
+        clips = None
+        self._base: tuple[str, str] | None = None
+        for schema in ("catalog.main", "main"):
+            try:
+                clips = run_query(self._con, f"SELECT rowid AS rid, clip_id, video_id, start_s, end_s "
+                                  f"FROM {schema}.clips", timeout_s=None)
+                self._base = (f"{schema}.clips", f"{schema}.videos")
+                break
+            except QueryFailed:
+                continue
+        if clips is None:
+            clips = run_query(self._con, "SELECT clip_id, video_id, start_s, end_s FROM clips", timeout_s=None)
+        vids = run_query(self._con, f"SELECT {'rowid AS rid, ' if self._base else ''}video_id, path, status IN ("
+                         + ", ".join("?" * len(SEARCHABLE_STATUSES)) + ") AS ok FROM "
+                         + (self._base[1] if self._base else "videos"),
                          list(SEARCHABLE_STATUSES), timeout_s=None)
-        self._m_ids = clips.column("clip_id").to_numpy().astype(np.int64)
+        if self._base is not None:
+            vrid = vids.column("rid").to_numpy()
+            self._vrow_code = np.full(int(vrid.max()) + 1 if len(vrid) else 0, -1, np.int64)
+            self._vrow_code[vrid] = np.arange(len(vrid))
+        cat_ids = clips.column("clip_id").to_numpy().astype(np.int64)
         code = pc.index_in(clips.column("video_id"), value_set=vids.column("video_id"))
-        self._m_video = pc.fill_null(code, -1).to_numpy().astype(np.int32)
-        self._m_start = clips.column("start_s").to_numpy()
-        self._m_end = clips.column("end_s").to_numpy()
+        cat_video = pc.fill_null(code, -1).to_numpy().astype(np.int32)
+
+        if self.index is not None:
+            store_ids, store_order = self.index.vectors.store_order()
+        else:
+            store_ids, store_order = np.empty(0, np.int64), np.empty(0, np.int64)
+        self._n_store = len(store_ids)
+        vec_ids = np.concatenate([store_ids, self._extra_ids])
+        perm = store_order if len(self._extra_ids) == 0 else np.argsort(vec_ids, kind="stable")
+        sorted_v = vec_ids[perm]
+        pos = np.minimum(np.searchsorted(sorted_v, cat_ids), max(len(sorted_v) - 1, 0))
+        found = sorted_v[pos] == cat_ids if len(sorted_v) else np.zeros(len(cat_ids), bool)
+        n_other = int((~found).sum())
+        cat_pos = np.empty(len(cat_ids), np.int64)
+        cat_pos[found] = perm[pos[found]]
+        cat_pos[~found] = len(vec_ids) + np.arange(n_other)
+        n = len(vec_ids) + n_other
+        self._p_ids = np.concatenate([vec_ids, cat_ids[~found]])
+        self._p_video = np.full(n, -1, np.int32)
+        self._p_video[cat_pos] = cat_video
+        self._p_start = np.full(n, np.nan)
+        self._p_start[cat_pos] = clips.column("start_s").to_numpy()
+        self._p_end = np.full(n, np.nan)
+        self._p_end[cat_pos] = clips.column("end_s").to_numpy()
+        if n_other == 0:
+            self._id_sorted, self._id_perm = sorted_v, perm
+        else:
+            self._id_perm = np.argsort(self._p_ids, kind="stable")
+            self._id_sorted = self._p_ids[self._id_perm]
+        if self._base is not None:
+            rid = clips.column("rid").to_numpy()
+            self._rowid_pos = np.full(int(rid.max()) + 1 if len(rid) else 0, -1, np.int64)
+            self._rowid_pos[rid] = cat_pos
+        # Runs of equal video code along positions (a video's clips are consecutive rows):
+        # a per-video mask becomes a clip mask by np.repeat over ~#videos runs.
+        change = np.flatnonzero(np.diff(self._p_video)) + 1
+        starts = np.concatenate(([0], change)) if n else np.empty(0, np.int64)
+        self._run_video = self._p_video[starts] if n else np.empty(0, np.int32)
+        self._run_len = np.diff(np.append(starts, n)).astype(np.int64)
         self._v_id_arr = vids.column("video_id").combine_chunks()
         self._v_id = self._v_id_arr.to_pylist()
         self._v_path = vids.column("path").to_pylist()
         self._v_ok = np.asarray(vids.column("ok").to_numpy(zero_copy_only=False), bool)
 
+    def _positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position, found) of clip ids."""
+        if len(self._id_sorted) == 0:
+            return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+        at = np.minimum(np.searchsorted(self._id_sorted, ids), len(self._id_sorted) - 1)
+        return self._id_perm[at], self._id_sorted[at] == ids
+
     def _metadata(self, ids: np.ndarray) -> dict[int, tuple[str, str, float, float]]:
         """(video_id, path, start_s, end_s) of the ids that are in the catalog and searchable."""
-        if len(self._m_ids) == 0 or len(ids) == 0:
+        if len(ids) == 0:
             return {}
-        pos = np.minimum(np.searchsorted(self._m_ids, ids), len(self._m_ids) - 1)
-        ok = self._m_ids[pos] == ids
-        vcode = self._m_video[pos]
+        pos, ok = self._positions(ids)
+        vcode = self._p_video[pos]
         ok &= vcode >= 0
         ok[ok] &= self._v_ok[vcode[ok]]
-        return {int(c): (self._v_id[v], self._v_path[v], float(self._m_start[p]), float(self._m_end[p]))
+        return {int(c): (self._v_id[v], self._v_path[v], float(self._p_start[p]), float(self._p_end[p]))
                 for c, p, v in zip(ids[ok].tolist(), pos[ok].tolist(), vcode[ok].tolist(), strict=True)}
 
     # ---- candidates ------------------------------------------------------------------------
-    def _exact(self, q: np.ndarray, ids: np.ndarray, vecs: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def _top(s: np.ndarray, ids: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
         if len(ids) == 0:
             return np.empty(0, np.float32), np.empty(0, np.int64)
-        s = vecs @ q
         m = min(m, len(s))
         top = np.argpartition(-s, m - 1)[:m] if m < len(s) else np.arange(len(s))
         top = top[np.lexsort((ids[top], -s[top]))]
         return s[top], ids[top]
 
-    def _candidates(self, q: np.ndarray, m: int, match: np.ndarray | None, strategy: str,
+    def _candidates(self, q: np.ndarray, m: int, mask: np.ndarray | None, strategy: str,
                     selectivity: float) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``m`` (scores, ids) among the index + uncovered shards, restricted to ``match``."""
+        """Top-``m`` (scores, ids) among the index + uncovered shards, restricted to ``mask``."""
         parts = []
+        ns = self._n_store
         if self.index is not None and self.index.ntotal:
             if strategy == "exact-subset":
-                assert match is not None
-                found, vecs = self.index.vectors.gather(match)
-                parts.append(self._exact(q, match[found], vecs, m))
+                assert mask is not None
+                rows = np.flatnonzero(mask[:ns])
+                parts.append(self._top(self.index.vectors.score_rows(rows, q), self._p_ids[rows], m))
             elif strategy == "selector":
-                sel = match[_member(match, self.index.vectors.all_ids())]
+                assert mask is not None
+                sel = self._p_ids[:ns][mask[:ns]]
                 d, i = self.index.search(q[None], m, sel_ids=sel, boost=min(16.0, 1.0 / max(selectivity, 1e-6)))
                 parts.append((d[0][i[0] >= 0], i[0][i[0] >= 0]))
             else:
@@ -401,8 +528,12 @@ class Searcher:
                 d, i = self.index.search(q[None], m, boost=min(16.0, 1.0 / max(selectivity, 1e-6)))
                 parts.append((d[0][i[0] >= 0], i[0][i[0] >= 0]))
         if len(self._extra_ids):
-            keep = _member(self._extra_ids, match) if match is not None else slice(None)
-            parts.append(self._exact(q, self._extra_ids[keep], self._extra_vecs[keep], m))
+            if mask is None:
+                ids, vecs = self._extra_ids, self._extra_vecs
+            else:
+                keep = mask[ns:ns + len(self._extra_ids)]
+                ids, vecs = self._extra_ids[keep], self._extra_vecs[keep]
+            parts.append(self._top(vecs @ q, ids, m))
         if not parts:
             return np.empty(0, np.float32), np.empty(0, np.int64)
         scores = np.concatenate([p[0] for p in parts])
@@ -456,15 +587,18 @@ class Searcher:
 
         t0 = time.perf_counter()
         total = (self.index.ntotal if self.index else 0) + len(self._extra_ids)
-        match = None
+        mask = None
         n_match: int | None = None
         strategy = "ann" if self.index is not None else "exact"
         selectivity = 1.0
         if not filters.is_empty():
-            match = self.matching_ids(filters)
+            mask, n_match = self._match_mask(filters)
             if like_clip_id is not None:
-                match = match[match != like_clip_id]
-            n_match = len(match)
+                pos, ok = self._positions(np.array([like_clip_id], np.int64))
+                if ok[0] and mask[pos[0]]:
+                    mask = mask.copy()
+                    mask[pos[0]] = False
+                    n_match -= 1
             selectivity = n_match / max(total, 1)
             if self.index is None or (selectivity < self.cfg.overfetch_min_selectivity
                                       and n_match <= self.cfg.exact_subset_max):
@@ -474,23 +608,23 @@ class Searcher:
             else:
                 strategy = "selector"
         timings["filter"] = (time.perf_counter() - t0) * 1e3
-        available = len(match) if match is not None else total
+        available = n_match if n_match is not None else total
 
         need = offset + k
         m = max(need * max(self.cfg.overfetch, 1), 16)
         ann_ms = meta_ms = 0.0
         while True:
             t0 = time.perf_counter()
-            scores, ids = self._candidates(q, m, match, strategy, selectivity)
+            scores, ids = self._candidates(q, m, mask, strategy, selectivity)
             if like_clip_id is not None:
                 keep = ids != like_clip_id
                 scores, ids = scores[keep], ids[keep]
             ann_ms += (time.perf_counter() - t0) * 1e3
             t0 = time.perf_counter()
             if strategy == "overfetch":
-                assert match is not None
-                pos = np.minimum(np.searchsorted(match, ids), max(len(match) - 1, 0))
-                keep = match[pos] == ids if len(match) else np.zeros(len(ids), bool)
+                assert mask is not None
+                pos, keep = self._positions(ids)
+                keep &= mask[pos]
                 scores, ids = scores[keep], ids[keep]
             meta = self._metadata(ids)
             hits = [ClipHit(int(c), float(s), *meta[int(c)]) for s, c in zip(scores, ids, strict=True)
