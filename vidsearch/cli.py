@@ -91,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         # Library errors (locked, wrong model, not a library) are the user's to fix: one line.
         from vidsearch.library import LibraryError
 
-        if isinstance(e, LibraryError):
+        user_errors: tuple[type[Exception], ...] = (LibraryError,)
+        if "vidsearch.models" in sys.modules:  # only when a command loaded the models package
+            from vidsearch.models import CheckpointError, WeightsNotFoundError
+
+            user_errors += (CheckpointError, WeightsNotFoundError)
+        if isinstance(e, user_errors):
             print(f"vidsearch: error: {e}", file=sys.stderr)
             return EXIT_USER
         raise

@@ -104,6 +104,12 @@ def resolve_checkpoint(cfg: ModelCfg, checkpoint: str | os.PathLike[str] | None 
         if os.environ.get(var):
             return _local(os.environ[var], cfg, var)
     pre = cfg.pretrained
+    if pre is not None and pre.filename and pre.filename.startswith("builtin:"):
+        # Weights that ship inside the package (the demo model); their SHA-256 is still checked.
+        p = ASSETS_DIR / pre.filename.removeprefix("builtin:")
+        if not p.is_file():
+            raise WeightsNotFoundError(f"{cfg.name}: packaged weights {p} are missing; reinstall vidsearch")
+        return p
     if pre is None or not pre.hf_hub_id or not pre.filename:
         raise WeightsNotFoundError(
             f"{cfg.name} has no published weights; pass --checkpoint PATH or set {model_env_var(cfg.name)}"
