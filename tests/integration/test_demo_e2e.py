@@ -107,9 +107,9 @@ def test_right_moment_brackets_its_scene_within_one_clip(demo: dict[str, Any],
     with capsys.disabled():
         print(f"{found}/{len(unique)} unique scenes found in the top 5, {bracketed} bracketed within one clip, "
               f"{covered} covered")
-    # Measured on this seed: 80/80 found, 69 bracketed, the rest over-extended: moment merging
-    # (vidsearch.search.shaping) joins high-scoring clips of the neighbouring scene within 2 s.
-    assert found >= 0.95 * len(unique) and covered >= 0.95 * found and bracketed >= 0.85 * found
+    # Measured on this seed: 80/80 found, 79 bracketed, 79 covered. Without the merge score margin
+    # (SearchCfg.merge_score_margin) it was 69 bracketed: clips straddling a cut were merged in.
+    assert found >= 0.95 * len(unique) and covered >= 0.95 * found and bracketed >= 0.95 * found
     # The same through the CLI for one scene found at rank 1.
     for v, s in unique:
         capsys.readouterr()

@@ -56,3 +56,15 @@ def test_time_formats() -> None:
     for bad in ("1; DROP TABLE clips", "-1", "1:75", "", "nan", "a:b"):
         with pytest.raises(Exception, match="not a time"):
             parse_time(bad)
+
+
+def test_score_margin_keeps_a_straddling_clip_out_of_the_moment() -> None:
+    """Overlapping windows: clip [4,6) straddles a cut at 5 s and scores lower than [2,4), [3,5)."""
+    from vidsearch.search.shaping import ClipHit, merge_moments
+
+    hits = [ClipHit(1, 0.90, "v", "/v.mp4", 2.0, 4.0), ClipHit(2, 0.88, "v", "/v.mp4", 3.0, 5.0),
+            ClipHit(3, 0.70, "v", "/v.mp4", 4.0, 6.0)]
+    merged = merge_moments(hits, max_gap_s=2.0, score_margin=None)
+    assert [(m.start_s, m.end_s) for m in merged] == [(2.0, 6.0)]
+    kept = merge_moments(hits, max_gap_s=2.0, score_margin=0.05)
+    assert [(m.start_s, m.end_s, m.clip_ids) for m in kept] == [(2.0, 5.0, [1, 2]), (4.0, 6.0, [3])]

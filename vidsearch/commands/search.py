@@ -62,6 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--no-merge", action="store_true", help="do not merge adjacent hits into moments")
     s.add_argument("--merge-gap", type=float, default=None, help="merge hits closer than this (s; default 2)")
     s.add_argument("--max-moment", type=float, default=None, help="longest merged moment (s; default 30)")
+    s.add_argument("--merge-margin", type=float, default=None,
+                   help="merge only hits scoring within this of the moment's best clip (default 0.05; "
+                        "a negative value merges regardless of score)")
     e = p.add_argument_group("query by example")
     e.add_argument("--like", type=_clip_id, default=None, metavar="CLIP_ID", help="clips similar to this clip")
     e.add_argument("--video", default=None, metavar="FILE", help="a video of the library (with --at)")
@@ -115,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, merge_gap_s=args.merge_gap)
     if args.max_moment is not None:
         cfg = replace(cfg, max_moment_s=args.max_moment)
+    if args.merge_margin is not None:
+        cfg = replace(cfg, merge_score_margin=None if args.merge_margin < 0 else args.merge_margin)
     filters = Filters(path_glob=args.path_glob, min_duration_s=args.min_duration,
                       max_duration_s=args.max_duration, from_s=args.from_s, to_s=args.to_s, where=args.where)
     try:

@@ -98,6 +98,9 @@ class SearchCfg:
     merge_gap_s: float = 2.0
     # ...but never into a moment longer than this (no chaining of separate events).
     max_moment_s: float = 30.0
+    # ...and only hits scoring within this (cosine) of the moment's best clip: a clip straddling
+    # a cut scores lower than the clips inside the scene and must not stretch the moment.
+    merge_score_margin: float | None = 0.05
     per_video: int | None = None
     # Filters matching at most this many clips are answered by exact search over exactly those
     # clips (vectors gathered from the index's vector cache): exact, ~40 ms for 50k clips of 512-d

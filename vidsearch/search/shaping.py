@@ -1,9 +1,11 @@
 """Result shaping: merge nearby hits of one video into moments, limit hits per video, cut to k.
 
 Grouping happens before cutting to k, so ``k`` counts moments, not raw clips. Merging is bounded:
-a hit joins a moment only if it lies within ``max_gap_s`` of the moment's current extent and the
-merged moment stays within ``max_span_s``, so a long run of similar clips cannot chain separate
-events into one hour-long "moment".
+a hit joins a moment only if it lies within ``max_gap_s`` of the moment's current extent, scores
+within ``score_margin`` of the moment's best clip, and the merged moment stays within
+``max_span_s``. So a long run of similar clips cannot chain separate events into one hour-long
+"moment", and a clip that straddles a cut (half this scene, half the next: it scores lower than
+the clips inside the scene) does not stretch the moment past the cut.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class Moment:
 
 
 def merge_moments(hits: Iterable[ClipHit], max_gap_s: float = 2.0, max_span_s: float = 30.0,
-                  merge: bool = True) -> list[Moment]:
+                  merge: bool = True, score_margin: float | None = None) -> list[Moment]:
     """Group hits into moments, best first.
 
     Hits are taken in score order; each joins the best-scoring moment of its video whose extent
@@ -57,6 +59,8 @@ def merge_moments(hits: Iterable[ClipHit], max_gap_s: float = 2.0, max_span_s: f
         max_gap_s: largest gap between a moment and a hit that still merges.
         max_span_s: longest moment (a single clip longer than this stays a moment of its own).
         merge: False keeps every clip as its own moment.
+        score_margin: a hit scoring more than this below the moment's best clip does not merge
+            (it may start a moment of its own); None merges regardless of score.
     """
     ordered = sorted(hits, key=lambda h: (-h.score, h.clip_id))
     moments: list[Moment] = []
@@ -71,7 +75,8 @@ def merge_moments(hits: Iterable[ClipHit], max_gap_s: float = 2.0, max_span_s: f
             for m in by_video.get(h.video_id, ()):  # in creation order = best score first
                 near = h.start_s <= m.end_s + max_gap_s and h.end_s >= m.start_s - max_gap_s
                 span = max(m.end_s, h.end_s) - min(m.start_s, h.start_s)
-                if near and span <= max_span_s:
+                close = score_margin is None or h.score >= m.score - score_margin
+                if near and close and span <= max_span_s:
                     target = m
                     break
         if target is None:
@@ -102,13 +107,14 @@ def limit_per_video(moments: list[Moment], per_video: int | None) -> list[Moment
 
 
 def shape(hits: Iterable[ClipHit], *, k: int, offset: int = 0, per_video: int | None = None,
-          max_gap_s: float = 2.0, max_span_s: float = 30.0, merge: bool = True) -> tuple[list[Moment], int]:
+          max_gap_s: float = 2.0, max_span_s: float = 30.0, merge: bool = True,
+          score_margin: float | None = None) -> tuple[list[Moment], int]:
     """Merge, limit per video, then cut to ``[offset, offset + k)`` and number the ranks.
 
     Returns:
         (the page of moments, how many moments existed before cutting).
     """
-    moments = limit_per_video(merge_moments(hits, max_gap_s, max_span_s, merge), per_video)
+    moments = limit_per_video(merge_moments(hits, max_gap_s, max_span_s, merge, score_margin), per_video)
     page = moments[offset:offset + k]
     for i, m in enumerate(page):
         m.rank = offset + i + 1
