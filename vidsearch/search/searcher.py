@@ -634,6 +634,7 @@ class Searcher:
                 _logger.debug("%d candidates hidden (status or not in the catalog)", n_missing)
             moments, n_moments = shape(hits, k=k, offset=offset, per_video=per_video,
                                        max_gap_s=self.cfg.merge_gap_s, max_span_s=self.cfg.max_moment_s,
+                                       score_margin=self.cfg.merge_score_margin,
                                        merge=merge)
             meta_ms += (time.perf_counter() - t0) * 1e3
             if n_moments >= need or m >= available:
