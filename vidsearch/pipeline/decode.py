@@ -7,19 +7,27 @@ wall-clock timeout (reset by each reply, so long videos are fine as long as chun
 A child that dies becomes ``DecoderCrash(signal=SIGSEGV)``, one that stops answering is killed
 and becomes ``DecodeTimeout``; the next job gets a fresh child.
 
-Decoding (in the child):
+Decoding (in the child), one reader per video kept between its chunks (chunks come in order,
+so a video is read in one forward pass, never re-seeked per chunk):
 
-* decord first: one ``VideoReader`` per video, ``get_batch`` of the sorted frame indices of a
-  chunk of clips, so the video is read in one forward pass (no seek per frame); the reader is
-  kept between the chunks of a video. decord applies the display rotation itself.
-* PyAV (ffmpeg) as the fallback when decord cannot open or read the file (AV1 and others): one
-  forward decode pass that keeps the wanted frames and rotates them by the display matrix so that
-  frames are upright whichever decoder ran (B16).
+* PyAV first (:class:`_PyAVReader`): one decoder thread (one worker per core is the
+  parallelism), only the sampled frames are converted to RGB, and for h264 the non-reference
+  pictures that no clip samples are not decoded at all (``skip_frame=NONREF`` on their packets;
+  no other picture is predicted from them, so the kept frames are bit-exact). Frames are placed by
+  pts; they are rotated by the display matrix so that frames are upright whichever decoder ran
+  (B16).
+* decord as the fallback when PyAV cannot open the file (``VIDSEARCH_DECODER=decord`` puts it
+  first, for comparisons): ``get_batch`` of the sorted frame indices of a chunk; decord applies
+  the display rotation itself. It converts every frame it passes to RGB, which is why it is
+  second. Both give identical frames for 8-bit h264/hevc/vp9 (tests/unit/test_pipeline_decode.py);
+  MPEG-4 part 2 (a few pixels, +-2) and 10-bit video differ, as decord bundles ffmpeg 4.1.
 * Coverage (rule 2): decord's frame count and the point where a decoder stops early are compared
   with the probe's frame count; the runner marks a video ``partial`` below ``min_coverage``.
 * Frames are resized to the model's input size here, with exactly the resize of
   :func:`vidsearch.models.preprocess.preprocess_frames` (so the model's own resize is the
   identity and embeddings are unchanged), which keeps full-resolution frames inside this process.
+  Each sampled frame is resized once (a frame shared by two clips too), through a reused float
+  buffer (:func:`resize_uint8`).
 
 Test hook (F1/F2): ``VIDSEARCH_TEST_DECODE_FAULT=segv:<substring>|hang:<substring>`` (read by the
 driver and passed to workers) makes the child segfault or hang on a file whose path contains the
@@ -52,27 +60,79 @@ FAULT_ENV = "VIDSEARCH_TEST_DECODE_FAULT"
 # ---------------------------------------------------------------------------------------------
 # In-child work
 # ---------------------------------------------------------------------------------------------
+_RESIZE_BUF: dict[str, Any] = {}
+
+
 def resize_uint8(frames: np.ndarray, pp: PreprocessCfg) -> np.ndarray:
-    """(K, H, W, 3) uint8 -> (K, S, S, 3) uint8, exactly as ``preprocess_frames`` resizes."""
+    """(K, H, W, 3) uint8 -> (K, S, S, 3) uint8, exactly as ``preprocess_frames`` resizes.
+
+    Same arithmetic as ``preprocess_frames`` (float32 ``F.interpolate`` of a channels-last
+    (1, 3, H, W) view, then round and clamp), so the results are bit-identical; what differs is
+    only where the float32 copy of the frame lives: one buffer per frame size, reused, filled by
+    ``copy_`` from the contiguous (H, W, 3) frame. A fresh ``x.float()`` of four 1080p frames is a
+    100 MB allocation that the allocator maps and faults in anew on every call (~20 ms a frame,
+    more than the interpolation itself); the reused buffer costs ~2.5 ms a frame. torch's uint8
+    bilinear path is not used: it rounds differently in ~20 % of the pixels.
+    """
     import torch
     import torch.nn.functional as F
 
     S = pp.img_size
-    if frames.shape[1:3] == (S, S):
+    K, H, W = frames.shape[:3]
+    if (H, W) == (S, S):
         return frames
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (K, 3, H, W)
-    x = F.interpolate(x.float(), size=(S, S), mode=pp.interpolation, align_corners=False, antialias=False)
-    x = x.round_().clamp_(0, 255).to(torch.uint8)  # (K, 3, S, S)
-    return x.permute(0, 2, 3, 1).contiguous().numpy()  # (K, S, S, 3)
+    buf = _RESIZE_BUF.get("buf")
+    if buf is None or tuple(buf.shape) != (1, H, W, 3):
+        _RESIZE_BUF.clear()  # one size kept: a video's frames all have one size
+        buf = _RESIZE_BUF["buf"] = torch.empty((1, H, W, 3), dtype=torch.float32)
+    out = np.empty((K, S, S, 3), np.uint8)
+    src = torch.from_numpy(np.ascontiguousarray(frames))  # (K, H, W, 3) uint8
+    for k in range(K):
+        buf.copy_(src[k : k + 1])
+        x = F.interpolate(buf.permute(0, 3, 1, 2), size=(S, S), mode=pp.interpolation,
+                          align_corners=False, antialias=False)  # (1, 3, S, S) channels-last
+        x = x.round_().clamp_(0, 255).to(torch.uint8)
+        out[k] = x[0].permute(1, 2, 0).numpy()  # (S, S, 3)
+    return out
+
+
+# Codecs whose decoder may drop the non-reference pictures that no clip samples (skip_frame
+# NONREF, see _PyAVReader). h264 only: a non-reference picture (nal_ref_idc 0) is by definition
+# never used to predict another one, and its POC/frame_num bookkeeping does not feed later
+# pictures. HEVC's "sub-layer non-reference" pictures can still be references of higher
+# temporal layers, and other decoders apply skip_frame in their own ways, so they decode fully.
+_SKIP_NONREF_CODECS = frozenset({"h264"})
 
 
 class _PyAVReader:
-    """Forward-only PyAV decoder over one file; a request behind the current position reopens."""
+    """Forward-only PyAV decoder over one file; a request behind the current position reopens.
+
+    * One decoder thread (``thread_type="NONE"``): the decode stage runs one worker per core, so
+      decoder threads would only compete with the other workers; and with one thread a packet
+      is decoded inside its own ``decode`` call, which the skipping below relies on.
+    * Only the requested frames are converted to RGB (``to_ndarray``, the same swscale
+      conversion decord's filter graph does: identical frames for 8-bit video).
+    * Frame index = rank of the frame's pts among the pts of all packets (read by a packet-only
+      demux pass at open), when every packet has a pts and no two share one; else the number of
+      frames decoded so far (as before).
+    * With pts indices, an h264 stream and ``keep`` (every frame any clip of the video samples),
+      the packet of a frame outside ``keep`` is decoded with ``skip_frame=NONREF``: the decoder
+      drops it only if it is a non-reference picture, which no other picture is predicted from,
+      so every frame handed out is bit-identical to a full decode (tested against one). About
+      half the pictures of a typical x264 stream with B-frames are non-reference. Skipping stops
+      at the first interlaced frame (field pairs with one reference field: not worth the risk).
+    * A requested frame that the decoder never outputs (a corrupt packet) is reported missing
+      once a later frame comes out; a sampled frame that a later chunk needs (decoded past the
+      request, or shared by overlapping clips) is kept (``pending``), so chunks never re-decode.
+    """
 
     name = "pyav"
 
-    def __init__(self, path: str, demuxer: str, rotation: int) -> None:
+    def __init__(self, path: str, demuxer: str, rotation: int, keep: frozenset[int] | None = None) -> None:
         self.path, self.demuxer, self.rotation = path, demuxer, rotation
+        self.keep: set[int] | None = set(keep) if keep is not None else None
+        self.index_of: dict[int, int] | None = None
+        self._indexed = False
         self._open()
 
     def _open(self) -> None:
@@ -80,12 +140,40 @@ class _PyAVReader:
 
         self.container = av.open(self.path, format=self.demuxer, options={"protocol_whitelist": "file"})
         self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO"
+        self.stream.thread_type = "NONE"
+        self.stream.thread_count = 1
+        if not self._indexed:
+            self._indexed = True
+            self.index_of = self._pts_index()
+        self.skip = (self.index_of is not None and self.keep is not None
+                     and self.stream.codec_context.name in _SKIP_NONREF_CODECS)
+        self._skipping = False
         self.packets = self.container.demux(self.stream)
         self.buffer: list[Any] = []
-        self.pos = 0  # index of the next frame handed out
+        self.pending: dict[int, np.ndarray] = {}  # sampled frames decoded ahead of the request
+        self.pos = 0  # frames below pos are decoded, skipped or lost (a request below reopens)
+        self.fed = -1  # highest frame index whose packet went into the decoder (pts mode)
         self.errors = 0
         self.eof = False
+
+    def _pts_index(self) -> dict[int, int] | None:
+        """{packet pts: presentation index} from a packet-only demux, or None when ambiguous."""
+        import av
+
+        pts: list[int] = []
+        try:
+            with av.open(self.path, format=self.demuxer, options={"protocol_whitelist": "file"}) as c:
+                for packet in c.demux(c.streams.video[0]):
+                    if packet.size == 0:
+                        continue
+                    if packet.pts is None:
+                        return None
+                    pts.append(packet.pts)
+        except av.error.FFmpegError:
+            pass  # a cut container: index the packets that exist
+        if not pts or len(set(pts)) != len(pts):
+            return None
+        return {p: i for i, p in enumerate(sorted(pts))}
 
     def close(self) -> None:
         self.container.close()
@@ -106,6 +194,13 @@ class _PyAVReader:
             except av.error.FFmpegError:
                 self.eof = True  # the container itself is cut: nothing after this point
                 return None
+            if self.index_of is not None and packet.size and packet.pts is not None:
+                i = self.index_of.get(packet.pts, -1)
+                self.fed = max(self.fed, i)
+                skip = self.skip and i >= 0 and i not in self.keep  # type: ignore[operator]
+                if skip != self._skipping:
+                    self.stream.codec_context.skip_frame = "NONREF" if skip else "DEFAULT"
+                    self._skipping = skip
             try:
                 self.buffer.extend(packet.decode())
             except av.error.EOFError:
@@ -114,23 +209,78 @@ class _PyAVReader:
                 self.errors += 1
         return self.buffer.pop(0)
 
-    def get(self, indices: list[int]) -> tuple[dict[int, np.ndarray], int | None, str | None]:
-        """Frames for sorted ``indices``; returns (frames, frames_available_if_ended, error)."""
-        if indices and indices[0] < self.pos:
+    def _rgb(self, frame: Any) -> np.ndarray:
+        a = frame.to_ndarray(format="rgb24")
+        if self.rotation:
+            a = np.ascontiguousarray(np.rot90(a, self.rotation // 90))
+        return a
+
+    def get(self, indices: list[int], retain_from: int | None = None,
+            ) -> tuple[dict[int, np.ndarray], int | None, str | None]:
+        """Frames for sorted ``indices``; returns (frames, frames_available_if_ended, error).
+
+        ``retain_from``: the smallest frame index a later request may ask for (default: past
+        ``indices``). Sampled frames at or above it that this pass decodes or hands out are kept
+        for that request, so overlapping clips (stride < clip length) across a chunk boundary
+        do not reopen the file and decode it again from the start.
+        """
+        if not indices:
+            return {}, None, None
+        if self.keep is not None and not self.keep.issuperset(indices):
+            new = set(indices) - self.keep
+            self.keep |= new
+            if min(new) <= self.fed:  # its packet may have been skipped already
+                self.close()
+                self._open()
+        if any(i < self.pos and i not in self.pending for i in indices):
             self.close()
             self._open()
+        if self.index_of is None:
+            return self._get_counting(indices)
+        want = set(indices)
+        last = indices[-1]
+        hold = last + 1 if retain_from is None else retain_from
+        out = {i: self.pending[i] for i in indices if i in self.pending}
+        ended = False
+        while len(out) < len(want):
+            frame = self._next_frame()
+            if frame is None:
+                ended = True
+                break
+            i = self.index_of.get(frame.pts, -1) if frame.pts is not None else -1
+            if i < 0:
+                self.errors += 1  # a frame whose pts no packet had: cannot be placed
+                continue
+            if self.skip and getattr(frame, "interlaced_frame", False):
+                self.skip = False
+                if self._skipping:
+                    self.stream.codec_context.skip_frame = "DEFAULT"
+                    self._skipping = False
+            self.pos = max(self.pos, i + 1)
+            if i in want:
+                out[i] = self._rgb(frame)
+            elif i >= hold and self.keep is not None and i in self.keep:
+                self.pending[i] = self._rgb(frame)  # sampled by a later request
+            if i > last:
+                break  # frames come out in presentation order: what is missing is lost
+        self.pending = {i: a for i, a in {**self.pending, **out}.items() if i >= hold}
+        if len(out) < len(want):
+            missing = min(want - out.keys())
+            why = "stream ended before" if ended else "did not decode:"
+            return out, missing, f"pyav: {why} frame {missing} ({self.errors} bad packets)"
+        return out, None, None
+
+    def _get_counting(self, indices: list[int]) -> tuple[dict[int, np.ndarray], int | None, str | None]:
+        """``get`` when frames cannot be placed by pts: the n-th decoded frame is frame n."""
         want = set(indices)
         out: dict[int, np.ndarray] = {}
-        last = indices[-1] if indices else -1
+        last = indices[-1]
         while self.pos <= last:
             frame = self._next_frame()
             if frame is None:
                 return out, self.pos, f"pyav: stream ended after {self.pos} frames ({self.errors} bad packets)"
             if self.pos in want:
-                a = frame.to_ndarray(format="rgb24")
-                if self.rotation:
-                    a = np.ascontiguousarray(np.rot90(a, self.rotation // 90))
-                out[self.pos] = a
+                out[self.pos] = self._rgb(frame)
             self.pos += 1
         return out, None, None
 
@@ -147,7 +297,8 @@ class _DecordReader:
     def close(self) -> None:
         del self.vr
 
-    def get(self, indices: list[int]) -> tuple[dict[int, np.ndarray], int | None, str | None]:
+    def get(self, indices: list[int], retain_from: int | None = None,
+            ) -> tuple[dict[int, np.ndarray], int | None, str | None]:
         ok = [i for i in indices if i < self.length]
         ended = self.length if len(ok) < len(indices) else None
         if not ok:
@@ -210,23 +361,41 @@ def plan_video(task: VideoTask, cfg: IngestCfg, pp: PreprocessCfg) -> VideoPlan:
                      expected_frames=max(info.frame_count, info.claimed_frames))
 
 
-def _open_reader(plan: VideoPlan, state: ChildState) -> Any:
-    from vidsearch.pipeline.probe import SNIFF_BYTES, sniff_container
+DECODER_ENV = "VIDSEARCH_DECODER"  # "pyav" (default) or "decord": the reader tried first
 
-    path = _child_path(plan.task.path_bytes, state)
-    try:
-        return _DecordReader(path)
-    except Exception as e:  # noqa: BLE001 - decord raises bare RuntimeError/DECORDError subclasses
-        _logger.info("decord cannot open %s (%s); using PyAV", plan.task.display_path, str(e)[:120])
-    with open(plan.task.path_bytes, "rb") as f:
-        demuxer = sniff_container(f.read(SNIFF_BYTES)) or "mov"
+
+def _open_pyav(plan: VideoPlan, state: ChildState) -> _PyAVReader:
+    keep = frozenset(i for c in plan.clips for i in c.frame_indices)
+    return _PyAVReader(_child_path(plan.task.path_bytes, state), _demuxer_of(plan), plan.probe.rotation, keep)
+
+
+def _open_reader(plan: VideoPlan, state: ChildState) -> Any:
+    """The first reader that opens the file: PyAV, then decord (or decord first, see DECODER_ENV).
+
+    PyAV is first because it converts only the sampled frames to RGB and can skip unsampled
+    non-reference frames (see :class:`_PyAVReader`); decord converts every frame it passes.
+    Both give identical frames for 8-bit h264/hevc/vp9 (tested); 10-bit video and MPEG-4 part 2
+    differ slightly (decord bundles ffmpeg 4.1, PyAV a current ffmpeg).
+    """
     import av
 
-    try:
-        return _PyAVReader(path, demuxer, plan.probe.rotation)
-    except av.error.FFmpegError as e:
-        raise VideoError("UnsupportedCodec", "decode",
-                         f"codec {plan.probe.codec}: neither decord nor PyAV opens it ({e})") from None
+    order = ["decord", "pyav"] if os.environ.get(DECODER_ENV, "pyav") == "decord" else ["pyav", "decord"]
+    errors = []
+    for name in order:
+        try:
+            if name == "decord":
+                return _DecordReader(_child_path(plan.task.path_bytes, state))
+            return _open_pyav(plan, state)
+        except av.error.FFmpegError as e:
+            errors.append(f"pyav: {str(e)[:120]}")
+        except OSError:
+            raise  # the file itself (vanished, unreadable): not a codec problem
+        except Exception as e:  # noqa: BLE001 - decord raises bare RuntimeError/DECORDError subclasses
+            errors.append(f"{name}: {str(e)[:120]}")
+        _logger.info("%s cannot open %s (%s)", name, plan.task.display_path, errors[-1])
+        state.reset()
+    raise VideoError("UnsupportedCodec", "decode",
+                     f"codec {plan.probe.codec}: neither decord nor PyAV opens it ({'; '.join(errors)})")
 
 
 def _static_signature(clip_frames: np.ndarray) -> np.ndarray:
@@ -254,14 +423,15 @@ def decode_chunk(plan: VideoPlan, lo: int, hi: int, cfg: IngestCfg, pp: Preproce
     reader = state.reader
     clips = plan.clips[lo:hi]
     wanted = sorted({i for c in clips for i in c.frame_indices})
+    # Frames the next chunks may still ask for (overlapping clips): the reader keeps those.
+    later = min((min(c.frame_indices) for c in plan.clips[hi:hi + 64]), default=None)
     try:
-        got, ended, err = reader.get(wanted)
+        got, ended, err = reader.get(wanted, later)
     except Exception as e:  # noqa: BLE001 - decord raises untyped errors on corrupt data
         if isinstance(reader, _DecordReader) and lo == 0:
             # decord opened the file but cannot read it: retry the whole video with PyAV.
             state.reset()
-            state.reader = _PyAVReader(_child_path(plan.task.path_bytes, state),
-                                       _demuxer_of(plan), plan.probe.rotation)
+            state.reader = _open_pyav(plan, state)
             state.key = key
             return decode_chunk(plan, lo, hi, cfg, pp, state)
         got, ended, err = {}, (clips[0].frame_indices[0] if clips else 0), f"{reader.name}: {e}"
@@ -278,10 +448,14 @@ def decode_chunk(plan: VideoPlan, lo: int, hi: int, cfg: IngestCfg, pp: Preproce
             ended = c.end_frame
     kept: list[int] = []
     arrays: list[np.ndarray] = []
+    small: dict[int, np.ndarray] = {}  # frame index -> (S, S, 3); full-res frames are never stacked
     for c in clips:
         if not all(i in got for i in c.frame_indices):
             break  # clips after the first undecodable one are not trusted either
-        frames = resize_uint8(np.stack([got[i] for i in c.frame_indices]), pp)  # (T, S, S, 3)
+        for i in c.frame_indices:
+            if i not in small:
+                small[i] = resize_uint8(got[i][None], pp)[0]
+        frames = np.stack([small[i] for i in c.frame_indices])  # (T, S, S, 3)
         if cfg.skip_static:
             sig = _static_signature(frames)
             inner = float(np.abs(np.diff(sig, axis=0)).mean()) if len(sig) > 1 else 0.0

@@ -1,0 +1,163 @@
+"""Decode stage internals: the resize equals the model's, the fast reader equals a full decode.
+
+* ``resize_uint8`` (reused float buffer, one frame at a time) must give exactly the frames that
+  make ``preprocess_frames`` a no-op resize: same model input, bit for bit.
+* ``_PyAVReader`` converts only the requested frames and, for h264, lets the decoder drop the
+  non-reference pictures no clip samples (``skip_frame=NONREF``); every frame it hands out must
+  equal the same frame of a plain full decode, across chunk boundaries, after a request behind
+  the current position, and in the frame-counting fallback.
+* ``decode_chunk`` gives the model's resize of a full decode's frames (PyAV; decord too where it
+  does not seek into an open GOP).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from media_tools import ffmpeg
+
+from vidsearch.models.preprocess import preprocess_frames
+from vidsearch.pipeline import decode
+from vidsearch.pipeline.decode import ChildState, _PyAVReader, decode_chunk, plan_video, resize_uint8
+from vidsearch.pipeline.discover import make_task
+from vidsearch.schemas.config import IngestCfg
+from vidsearch.schemas.model_config import PreprocessCfg
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize(("h", "w"), [(1080, 1920), (360, 640), (97, 131), (300, 224), (2, 3), (224, 224)])
+def test_resize_uint8_equals_preprocess_frames(interpolation: str, h: int, w: int) -> None:
+    pp = PreprocessCfg(interpolation=interpolation)
+    frames = np.random.default_rng(h * w).integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+    small = resize_uint8(frames, pp)
+    assert small.shape == (2, pp.img_size, pp.img_size, 3) and small.dtype == np.uint8
+    assert torch.equal(preprocess_frames(small, pp), preprocess_frames(frames, pp))
+
+
+def test_resize_uint8_buffer_reuse_across_sizes() -> None:
+    pp = PreprocessCfg()
+    rng = np.random.default_rng(7)
+    for h, w in [(120, 160), (90, 160), (120, 160)]:  # the cached buffer follows the frame size
+        frames = rng.integers(0, 256, (3, h, w, 3), dtype=np.uint8)
+        assert torch.equal(preprocess_frames(resize_uint8(frames, pp), pp), preprocess_frames(frames, pp))
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("decode")
+    src = ("-f", "lavfi", "-i", "testsrc2=size=160x96:rate=30:duration=5,noise=alls=10:allf=t")
+    v = {"bframes": d / "bframes.mp4", "strict": d / "strict.mkv", "hevc": d / "hevc.mp4"}
+    # x264 defaults: B-frames, pyramid -> about half the pictures are non-reference.
+    ffmpeg(*src, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "250", v["bframes"])
+    ffmpeg(*src, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-x264-params",
+           "bframes=6:b-pyramid=strict:keyint=40:open-gop=1", v["strict"])
+    ffmpeg(*src, "-c:v", "libx265", "-pix_fmt", "yuv420p", "-x265-params", "log-level=none", v["hevc"])
+    return v
+
+
+def _full_decode(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def _demuxer(path: Path) -> str:
+    return "matroska" if path.suffix == ".mkv" else "mov"
+
+
+@pytest.mark.parametrize("name", ["bframes", "strict", "hevc"])
+def test_pyav_reader_equals_full_decode_across_chunks(videos: dict[str, Path], name: str) -> None:
+    ref = _full_decode(videos[name])
+    n = len(ref)
+    chunks = [[0, 7, 14, 21], [30, 37, 44, 51], [52, 53, 90], [91, 119, n - 1]]
+    keep = frozenset(i for c in chunks for i in c)
+    r = _PyAVReader(str(videos[name]), _demuxer(videos[name]), 0, keep)
+    assert r.index_of is not None and r.skip == (name != "hevc")
+    for idx in chunks:
+        got, ended, err = r.get(idx)
+        assert (ended, err) == (None, None)
+        assert sorted(got) == idx
+        for i in idx:
+            np.testing.assert_array_equal(got[i], ref[i], err_msg=f"{name} frame {i}")
+    # Behind the current position: reopens and is still exact; an index outside keep whose
+    # packet may already have been skipped: reopens too.
+    for idx in ([3, 8], [9, 60]):
+        got, _, err = r.get(idx)
+        assert err is None and all(np.array_equal(got[i], ref[i]) for i in idx)
+    r.close()
+
+
+def test_pyav_reader_counting_fallback_equals_full_decode(videos: dict[str, Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_PyAVReader, "_pts_index", lambda self: None)  # e.g. packets without pts
+    ref = _full_decode(videos["bframes"])
+    r = _PyAVReader(str(videos["bframes"]), "mov", 0, frozenset(range(0, len(ref), 5)))
+    assert r.index_of is None and not r.skip
+    for idx in ([0, 5, 10], [15, 20, 140]):
+        got, _, err = r.get(idx)
+        assert err is None and all(np.array_equal(got[i], ref[i]) for i in idx)
+    got, ended, err = r.get([145, len(ref) + 3])  # past the end: what exists, and where it ended
+    assert sorted(got) == [145] and ended == len(ref) and err
+    r.close()
+
+
+def test_pyav_reader_past_the_end_reports_missing(videos: dict[str, Path]) -> None:
+    ref = _full_decode(videos["bframes"])
+    r = _PyAVReader(str(videos["bframes"]), "mov", 0, frozenset({10, len(ref) - 1, len(ref) + 5}))
+    got, ended, err = r.get([10, len(ref) - 1, len(ref) + 5])
+    assert sorted(got) == [10, len(ref) - 1] and ended == len(ref) + 5 and err
+    r.close()
+
+
+def _chunks(plan: object, cfg: IngestCfg, pp: PreprocessCfg, reader: str,
+            monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
+    monkeypatch.setenv(decode.DECODER_ENV, reader)
+    n = len(plan.clips)  # type: ignore[attr-defined]
+    state = ChildState()
+    chunks = [decode_chunk(plan, lo, min(n, lo + 4), cfg, pp, state) for lo in range(0, n, 4)]  # type: ignore[arg-type]
+    state.reset()
+    assert all(c.decoder == reader and not c.truncated and c.error is None for c in chunks)
+    assert [k for c in chunks for k in c.kept] == list(range(n))
+    return [c.frames for c in chunks]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ["bframes", "strict"])
+def test_decode_chunk_equals_resized_full_decode(videos: dict[str, Path], name: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    pp = PreprocessCfg(img_size=32)
+    cfg = IngestCfg(clip_seconds=0.5, stride=0.5)
+    plan = plan_video(make_task(os.fsencode(videos[name])), cfg, pp)  # type: ignore[arg-type]
+    ref = _full_decode(videos[name])
+    want = [np.stack([resize_uint8(np.stack([ref[i] for i in c.frame_indices]), pp)
+                      for c in plan.clips[lo: lo + 4]]) for lo in range(0, len(plan.clips), 4)]
+    for got, exp in zip(_chunks(plan, cfg, pp, "pyav", monkeypatch), want, strict=True):
+        np.testing.assert_array_equal(got, exp)
+    if name == "bframes":
+        # decord gives the same frames here. Not on "strict": its open GOPs make decord seek to a
+        # non-IDR keyframe and decode the frames after it from missing references (wrong
+        # pixels, silently) -- one more reason PyAV is the first reader.
+        for got, exp in zip(_chunks(plan, cfg, pp, "decord", monkeypatch), want, strict=True):
+            np.testing.assert_array_equal(got, exp)
+
+
+def test_overlapping_clips_across_chunks_decode_once(videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """stride < clip length: the next chunk asks for frames behind the decoder's position; the
+    reader keeps them (no reopen, no second decode from the start) and they stay exact."""
+    opens = []
+    orig = _PyAVReader._open
+    monkeypatch.setattr(_PyAVReader, "_open", lambda self: (opens.append(1), orig(self))[1])
+    pp = PreprocessCfg(img_size=32)
+    cfg = IngestCfg(clip_seconds=1.0, stride=0.5)
+    plan = plan_video(make_task(os.fsencode(videos["bframes"])), cfg, pp)  # type: ignore[arg-type]
+    assert min(plan.clips[4].frame_indices) < max(plan.clips[3].frame_indices)  # chunks overlap
+    ref = _full_decode(videos["bframes"])
+    got = _chunks(plan, cfg, pp, "pyav", monkeypatch)
+    assert len(opens) == 1
+    want = [np.stack([resize_uint8(np.stack([ref[i] for i in c.frame_indices]), pp)
+                      for c in plan.clips[lo: lo + 4]]) for lo in range(0, len(plan.clips), 4)]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
