@@ -85,6 +85,11 @@ def test_weights_list(capsys) -> None:
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["internvideo2-tiny"]["is_test_model"] is True
     assert rows["internvideo2-s2-1b"]["env_var"] == "VIDSEARCH_WEIGHTS_INTERNVIDEO2_S2_1B"
+    assert rows["internvideo2-demo"]["is_test_model"] is False
+    assert _run(["weights", "list"]) == 0
+    table = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "shipped with vidsearch" in table["internvideo2-demo"]
+    assert "random weights (test model)" in table["internvideo2-tiny"]
 
 
 def test_bench_cpu_smoke(tmp_path) -> None:

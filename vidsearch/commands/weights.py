@@ -114,6 +114,11 @@ def _list(args: argparse.Namespace) -> int:
         print(json.dumps(rows))
     else:
         for r in rows:
-            src = f"{r['hf_hub_id']}/{r['filename']}" if r["hf_hub_id"] else "random weights (test model)"
+            if r["hf_hub_id"]:
+                src = f"{r['hf_hub_id']}/{r['filename']}"
+            elif (r["filename"] or "").startswith("builtin:"):
+                src = "weights shipped with vidsearch"
+            else:
+                src = "random weights (test model)"
             print(f"{r['name']:<22} {r['embed_dim']:>4}-d {r['num_frames']} frames  {src}  [{r['env_var']}]")
     return EXIT_OK
