@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
@@ -71,6 +72,13 @@ class LibraryLocked(LibraryError):
 
 class ModelMismatch(LibraryError):
     """The library was built with another model, weights or preprocessing."""
+
+
+class DiskFull(LibraryError):
+    """No space left while writing a commit; nothing of it became visible (RELIABILITY.md F8)."""
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def crash_point(name: str) -> None:
@@ -324,6 +332,19 @@ class Library:
             **(metadata or {}),
         }
         videos = videos.cast(VIDEO_SCHEMA)
+        try:
+            return self._commit(clips, videos, run_id, m, shard_id, names, file_meta)
+        except OSError as e:
+            if e.errno not in _NO_SPACE:
+                raise
+            raise DiskFull(
+                f"disk full writing {e.filename or self.root}: this commit ({clips.num_rows} clips) was "
+                f"not written; the library keeps its {m.total_clips} committed clips. Free space and "
+                "rerun the same command to resume"
+            ) from e
+
+    def _commit(self, clips: pa.Table, videos: pa.Table, run_id: str, m: Manifest, shard_id: int,
+                names: tuple[str, str], file_meta: dict[str, str]) -> ShardEntry:
         tmps: list[Path] = []
         digests: list[str] = []
         try:
@@ -331,10 +352,10 @@ class Library:
                 schema = table.schema.with_metadata({**(table.schema.metadata or {}),
                                                      **{k.encode(): v.encode() for k, v in file_meta.items()}})
                 tmp = self.tmp_dir / f"{name}.{uuid.uuid4().hex}.tmp"
+                tmps.append(tmp)  # before writing: a failed write must not leave its temp file
                 pq.write_table(table.replace_schema_metadata(schema.metadata), tmp, compression="zstd")
                 with open(tmp, "rb+") as f:
                     os.fsync(f.fileno())
-                tmps.append(tmp)
                 digests.append(sha256_file(tmp))
             crash_point("after_shard_tmp_write")
             crash_point("before_rename")
@@ -358,7 +379,15 @@ class Library:
                     updated_at=utcnow().isoformat())
         self._write_manifest(m)
         crash_point("after_manifest_before_catalog")
-        self.refresh_catalog(m)
+        try:
+            self.refresh_catalog(m)
+        except OSError as e:
+            if e.errno not in _NO_SPACE:
+                raise
+            # The shard is committed (the manifest lists it); only the cache is behind, and the
+            # next writer or `vidsearch index` brings it up to date.
+            raise DiskFull(f"disk full refreshing {self.catalog_path}: shard {shard_id} is committed "
+                           f"but the catalog is behind. Free space and rerun the same command") from e
         return entry
 
     def record_run(self, run: dict[str, Any]) -> None:

@@ -182,3 +182,32 @@ def test_kill_at_each_crash_point_then_recover(tmp_path: Path, point: str) -> No
     with lib.connect_catalog() as con:
         n = con.execute("SELECT count(*), count(DISTINCT clip_id) FROM clips").fetchone()
     assert n == (6, 6)
+
+
+def test_disk_full_during_commit_leaves_the_library_as_it_was(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """RELIABILITY.md F8: ENOSPC while writing a shard -> a clear DiskFull, no temp files, nothing lost."""
+    import errno
+
+    from vidsearch import library as library_mod
+    from vidsearch.library import DiskFull
+
+    lib = Library(tmp_path)
+    with lib.lock():
+        lib.init(MODEL)
+        lib.commit(*make_tables("a", 3), run_id="r")
+        before = (lib.manifest_path.read_bytes(), lib.verify())
+
+        def no_space(table: pa.Table, where: Path, **kw: object) -> None:
+            Path(where).write_bytes(b"PAR1 partial")  # a half-written temp file, as a full disk leaves
+            raise OSError(errno.ENOSPC, "No space left on device", str(where))
+
+        monkeypatch.setattr(library_mod.pq, "write_table", no_space)
+        with pytest.raises(DiskFull, match=r"disk full writing .*\.tmp.*keeps its 3 committed clips"):
+            lib.commit(*make_tables("b", 2, seed=1), run_id="r")
+        assert not any(lib.tmp_dir.iterdir())
+        assert (lib.manifest_path.read_bytes(), lib.verify()) == before
+        monkeypatch.undo()
+        lib.commit(*make_tables("b", 2, seed=1), run_id="r")  # space freed: the same commit succeeds
+    with lib.connect_catalog() as con:
+        assert con.execute("SELECT count(*) FROM clips").fetchone() == (5,)
