@@ -195,8 +195,22 @@ function onTimeUpdate() {
     } else {
       v.pause();
       moment.done = true;
+      // timeupdate fires only every ~250 ms of media time (more at a faster playbackRate):
+      // land exactly on the moment's end instead of wherever the last event left us.
+      if (v.currentTime > moment.end) v.currentTime = moment.end;
     }
   }
+}
+
+// Check the moment's end every animation frame while it plays, not only at timeupdate.
+function watchMoment() {
+  const v = $("video");
+  const tick = () => {
+    if (!moment || moment.done || v.paused) return;
+    onTimeUpdate();
+    requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
 }
 
 function closePlayer() {
@@ -239,6 +253,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("prev").addEventListener("click", () => { const s = readState(); s.page -= 1; navigate(s); $("results").focus(); });
   $("next").addEventListener("click", () => { const s = readState(); s.page += 1; navigate(s); $("results").focus(); });
   $("video").addEventListener("timeupdate", onTimeUpdate);
+  $("video").addEventListener("play", watchMoment);
   $("replay").addEventListener("click", () => {
     if (!moment) return;
     moment.done = false;
