@@ -465,15 +465,7 @@ class Library:
                     if entry.shard_id not in covered:
                         self._insert_shard(con, entry)
                         covered.add(entry.shard_id)
-                con.execute("DELETE FROM runs")
-                for r in m.runs:
-                    con.execute(
-                        "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                        [r.get("run_id"), r.get("started_at"), r.get("ended_at"), r.get("status"),
-                         r.get("videos_seen"), r.get("videos_done"), r.get("videos_partial"),
-                         r.get("videos_failed"), r.get("videos_skipped"), r.get("clips"),
-                         r.get("clips_per_s"), json.dumps(r.get("settings", {}), sort_keys=True)],
-                    )
+                self._insert_runs(con, m)
                 meta = {"library_id": m.library_id, "generation": str(m.generation),
                         "shards": json.dumps(sorted(covered)),
                         "model": m.model.name if m.model else "",
@@ -485,6 +477,30 @@ class Library:
         finally:
             tmp.unlink(missing_ok=True)
             Path(f"{tmp}.wal").unlink(missing_ok=True)
+
+    @staticmethod
+    def _insert_runs(con: duckdb.DuckDBPyConnection, m: Manifest) -> None:
+        con.execute("DELETE FROM runs")
+        for r in m.runs:
+            con.execute(
+                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [r.get("run_id"), r.get("started_at"), r.get("ended_at"), r.get("status"),
+                 r.get("videos_seen"), r.get("videos_done"), r.get("videos_partial"),
+                 r.get("videos_failed"), r.get("videos_skipped"), r.get("clips"),
+                 r.get("clips_per_s"), json.dumps(r.get("settings", {}), sort_keys=True)],
+            )
+
+    def load_catalog_into(self, con: duckdb.DuckDBPyConnection, manifest: Manifest | None = None) -> None:
+        """Create the catalog tables in ``con`` and fill them from the listed shards and runs.
+
+        Writes no file: this is how readers get a catalog when ``catalog.duckdb`` is missing or
+        unreadable (rule 11) without waiting for a writer to rebuild it.
+        """
+        m = manifest or self.read_manifest()
+        con.execute(CATALOG_DDL)
+        for entry in m.shards:
+            self._insert_shard(con, entry)
+        self._insert_runs(con, m)
 
     def _insert_shard(self, con: duckdb.DuckDBPyConnection, entry: ShardEntry) -> None:
         cols = list(CLIP_CATALOG_COLUMNS)
@@ -532,9 +548,6 @@ class Library:
                 return duckdb.connect(str(self.catalog_path), read_only=True)
             except duckdb.Error as e:
                 _logger.warning("catalog %s unreadable (%s); reading shards directly", self.catalog_path, e)
-        m = self.read_manifest()
         con = duckdb.connect(":memory:")
-        con.execute(CATALOG_DDL)
-        for entry in m.shards:
-            self._insert_shard(con, entry)
+        self.load_catalog_into(con)
         return con

@@ -115,10 +115,12 @@ def test_corrupt_catalog_is_rebuilt_from_shards(tmp_path: Path) -> None:
     with lib.lock():
         lib.init(MODEL)
         lib.commit(*make_tables("a", 4), run_id="r")
+        lib.record_run({"run_id": "r", "status": "done", "clips": 4})
     lib.catalog_path.write_bytes(b"not a duckdb file" * 100)
     # Readers never write: they fall back to an in-memory catalog built from the shards.
     with lib.connect_catalog() as con:
         assert con.execute("SELECT count(*) FROM clips").fetchone() == (4,)
+        assert con.execute("SELECT run_id, clips FROM runs").fetchall() == [("r", 4)]
     assert not lib.catalog_is_current()
     with lib.lock():
         lib.refresh_catalog()

@@ -108,11 +108,7 @@ def _attach_catalog(con: duckdb.DuckDBPyConnection, library: Library) -> None:
             _logger.warning("catalog %s unreadable (%s); reading the shards directly", path, e)
             con.execute("DETACH DATABASE IF EXISTS catalog")
     # No usable catalog: build its tables from the manifest's shards in this memory database.
-    from vidsearch.schemas.tables import CATALOG_DDL
-
-    con.execute(CATALOG_DDL)
-    for entry in library.read_manifest().shards:
-        library._insert_shard(con, entry)
+    library.load_catalog_into(con)
 
 
 def _attach_history(con: duckdb.DuckDBPyConnection, library: Library, history: bool, retries: int) -> None:
