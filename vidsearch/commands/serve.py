@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as e:
         from vidsearch.cli import UserError
 
-        raise UserError(f"vidsearch serve needs {e.name}: pip install fastapi uvicorn (dependencies of vidsearch)") from None
+        raise UserError(f"vidsearch serve needs {e.name}: pip install fastapi uvicorn "
+                        "(dependencies of vidsearch)") from None
     from vidsearch.cli import UserError
     from vidsearch.library import Library
 
