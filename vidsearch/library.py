@@ -298,8 +298,7 @@ class Library:
                     p.unlink()
                     removed.append(str(p))
         if self.shards_dir.is_dir() and self.exists():
-            listed = {Path(s.clips_file).name for s in self.read_manifest().shards}
-            listed |= {Path(s.videos_file).name for s in self.read_manifest().shards}
+            listed = self.read_manifest().shard_file_names
             for p in self.shards_dir.iterdir():
                 if p.name.startswith(("part-", "videos-")) and p.name not in listed:
                     _logger.warning("removing unlisted shard %s (left by an interrupted commit)", p)
@@ -416,10 +415,9 @@ class Library:
             m = self.read_manifest()
         except LibraryError as e:
             return [str(e)]
-        listed: set[str] = set()
+        listed = m.shard_file_names
         for s in m.shards:
             for rel, digest in ((s.clips_file, s.clips_sha256), (s.videos_file, s.videos_sha256)):
-                listed.add(Path(rel).name)
                 p = self.root / rel
                 if not p.is_file():
                     problems.append(f"missing shard {rel}")

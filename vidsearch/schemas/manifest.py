@@ -61,6 +61,11 @@ class Manifest:
     def total_clips(self) -> int:
         return sum(s.clips_rows for s in self.shards)
 
+    @property
+    def shard_file_names(self) -> set[str]:
+        """Base names of every listed shard file (clips and videos): all that ``shards/`` may hold."""
+        return {n.rsplit("/", 1)[-1] for s in self.shards for n in (s.clips_file, s.videos_file)}
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
