@@ -15,6 +15,16 @@ Every file becomes visible by temp file -> fsync -> ``os.replace`` -> manifest u
 at any moment leaves either the old or the new state. The catalog is replaced as a whole file at
 each commit, so readers that opened the previous one keep reading it (a DuckDB file cannot have
 a writer and readers in different processes at once; RELIABILITY.md rule 7).
+
+Shard files may instead live at a pyarrow filesystem URI (``--shards-uri s3://bucket/prefix``,
+``gs://``, ``file://``, ``hdfs://``; recorded in the manifest when the library is created) while
+everything else stays in the local folder (DuckDB and the FAISS mmap need local files). All shard
+I/O goes through :class:`Library` (:meth:`~Library.read_shard`, :meth:`~Library.verify`,
+:meth:`~Library.recover`, :meth:`~Library.commit`), which hands it to a ``_LocalShards`` or a
+``_UriShards`` store. A shard is still staged in ``.tmp`` and hashed there; publishing it is a
+rename where the filesystem has one (local, ``file://``, ``hdfs://``: temp name + move) and one
+direct write of the final key elsewhere (an S3/GCS PUT is atomic per object). The manifest update
+stays the commit point, and an uploaded but unlisted object is deleted by :meth:`Library.recover`.
 """
 
 from __future__ import annotations
@@ -22,13 +32,16 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import functools
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -37,9 +50,10 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from vidsearch.schemas.manifest import Manifest, ModelInfo, ShardEntry
+from vidsearch.schemas.manifest import MANIFEST_FORMAT_REMOTE_SHARDS, Manifest, ModelInfo, ShardEntry
 from vidsearch.schemas.tables import (
     CATALOG_DDL,
     CLIP_CATALOG_COLUMNS,
@@ -101,6 +115,11 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def _fsync_file(path: str | os.PathLike[str]) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -111,8 +130,7 @@ def _fsync_dir(path: Path) -> None:
 
 def atomic_replace(tmp: Path, final: Path) -> None:
     """fsync ``tmp``, rename it over ``final`` and fsync the directory."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    _fsync_file(tmp)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
 
@@ -140,11 +158,232 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# ---- shard stores ------------------------------------------------------------------------------
+SHARD_PREFIXES = ("part-", "videos-")
+# The object a remote shard location holds beside the shards: which library owns it. recover()
+# deletes unlisted part-/videos- objects, so two libraries must never share one location.
+SHARDS_OWNER = "vidsearch-library.json"
+# Query parameters that carry secrets in pyarrow/fsspec-style URIs (the manifest is not a secret).
+_SECRET_PARAM = re.compile(r"secret|token|passw|credential|access_key|key_id|signature|^sig$|^sas", re.I)
+# Schemes whose URI user name is itself a credential (s3://KEY_ID:SECRET@bucket).
+_USER_IS_KEY = ("s3", "gs", "gcs")
+
+
+def normalize_shards_uri(uri: str) -> str:
+    """The shard location as the manifest records it: a URI, or an absolute local path.
+
+    Raises:
+        LibraryError: the URI carries a credential (user:password@, or a secret query parameter);
+            the message names where, never the secret itself.
+    """
+    uri = uri.strip()
+    if "://" not in uri:
+        return str(Path(uri).expanduser().absolute())
+    parts = urllib.parse.urlsplit(uri)
+    host = f"{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+    shown = urllib.parse.urlunsplit(parts._replace(netloc=host, query=""))  # never echo the secret
+    if parts.password is not None or (parts.username and parts.scheme.lower() in _USER_IS_KEY):
+        raise LibraryError(
+            f"--shards-uri {shown}: the URI embeds credentials (user:password@ before the bucket/host) and "
+            "vidsearch records this URI in manifest.json; give credentials through the environment "
+            "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS)")
+    for key, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if _SECRET_PARAM.search(key):
+            raise LibraryError(
+                f"--shards-uri {shown}: query parameter {key!r} is a credential and vidsearch records this URI "
+                "in manifest.json; give credentials through the environment instead")
+    path = parts.path.rstrip("/") if len(parts.path) > 1 else parts.path
+    return urllib.parse.urlunsplit(parts._replace(path=path))
+
+
+def _explain(e: Exception) -> str:
+    """One line from a pyarrow/AWS SDK error, classified (the SDK's text can span lines)."""
+    msg = re.sub(r"\s*\(Request ID: [^)]*\)", "", " ".join(str(e).split()))
+    up = msg.upper()
+    if any(k in up for k in ("ACCESS_DENIED", "ACCESSDENIED", "SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY",
+                             "PERMISSION DENIED", "FORBIDDEN", "UNAUTHORIZED")) or isinstance(e, PermissionError):
+        kind = "access denied"
+    elif any(k in up for k in ("NETWORK_CONNECTION", "COULD NOT CONNECT", "COULDN'T RESOLVE", "CURLCODE",
+                               "CONNECTION REFUSED", "TIMED OUT")):
+        kind = "unreachable"
+    elif "NOSUCHBUCKET" in up or "NO_SUCH_BUCKET" in up:
+        kind = "no such bucket"
+    else:
+        kind = "error"
+    return f"{kind} ({msg})"
+
+
+class _LocalShards:
+    """Shard files in ``LIBRARY/shards/`` (the default layout; manifest names ``shards/NAME``)."""
+
+    kind = "file"
+    uri = None
+
+    def __init__(self, library: Library) -> None:
+        self.library = library
+        self.dir = library.shards_dir
+
+    def entry_path(self, name: str) -> str:
+        return f"shards/{name}"
+
+    def where(self, rel: str) -> str:
+        return rel if "/" in rel else f"shards/{rel}"
+
+    def names(self) -> list[str]:
+        return [p.name for p in self.dir.iterdir()] if self.dir.is_dir() else []
+
+    def publish(self, staged: list[tuple[Path, str]]) -> None:
+        for tmp, name in staged:
+            os.replace(tmp, self.dir / name)
+        _fsync_dir(self.dir)
+
+    def digest(self, rel: str) -> str | None:
+        p = self.library.root / rel
+        return sha256_file(p) if p.is_file() else None
+
+    def read_table(self, rel: str, columns: list[str] | None, digest: str | None) -> pa.Table:
+        path = self.library.resolve_inside(rel)
+        if digest is not None and sha256_file(path) != digest:
+            raise LibraryError(f"{path}: SHA-256 differs from the manifest (corrupt or replaced shard)")
+        return pq.read_table(path, columns=columns)
+
+    def delete(self, rel: str) -> None:
+        # A manifest path is checked against escapes; a base name comes from listing shards/.
+        (self.library.resolve_inside(rel) if "/" in rel else self.dir / rel).unlink(missing_ok=True)
+
+
+class _UriShards:
+    """Shard files under a pyarrow filesystem URI; the manifest names them by base name."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        try:
+            self.fs, base = pafs.FileSystem.from_uri(uri)
+        except (ValueError, OSError) as e:  # pa.ArrowInvalid is a ValueError
+            raise LibraryError(f"--shards-uri {uri}: not a location pyarrow can open ({_explain(e)})") from None
+        self.base = base.rstrip("/")
+        # A move is an atomic rename only here; on object stores it is copy + delete.
+        self.renames = self.fs.type_name in ("local", "hdfs")
+        self.kind = "file" if self.renames else "object"
+        self._shown = urllib.parse.urlunsplit(urllib.parse.urlsplit(uri)._replace(query="")).rstrip("/")
+
+    def _key(self, rel: str) -> str:
+        if "/" in rel or rel.startswith(".") or not rel:
+            raise LibraryError(f"shard name {rel!r} escapes the shard location {self.uri}")
+        return f"{self.base}/{rel}"
+
+    def _io(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise LibraryError(f"shards at {self.uri}: {what}: {_explain(e)}") from e
+
+    def entry_path(self, name: str) -> str:
+        return name
+
+    def where(self, rel: str) -> str:
+        return f"{self._shown}/{rel}"
+
+    def check(self) -> None:
+        """Reachable, the bucket exists, listable; a local/HDFS folder is created (one-line errors)."""
+        if self.fs.type_name in ("s3", "gcs"):
+            bucket = self.base.split("/", 1)[0]
+            info = self._io("cannot reach the bucket", self.fs.get_file_info, bucket)
+            if info.type == pafs.FileType.NotFound:
+                raise LibraryError(f"--shards-uri {self.uri}: bucket {bucket!r} does not exist (create it first)")
+        elif self.renames:
+            self._io("cannot create the folder", functools.partial(self.fs.create_dir, self.base, recursive=True))
+        self.names()
+
+    def names(self) -> list[str]:
+        sel = pafs.FileSelector(self.base, allow_not_found=True, recursive=False)
+        infos = self._io("cannot list the shards", self.fs.get_file_info, sel)
+        return [i.base_name for i in infos if i.type == pafs.FileType.File]
+
+    def _put(self, key: str, data: bytes) -> None:
+        # One write call of the whole file, then close: an interruption can only come before the
+        # write (nothing sent) or after it (the whole object); S3's close completes the upload.
+        out = self.fs.open_output_stream(key)
+        out.write(data)
+        out.close()
+
+    def publish(self, staged: list[tuple[Path, str]]) -> None:
+        for tmp, name in staged:
+            key = self._key(name)
+            if self.renames:
+                # The temp name starts with part-/videos-: recover() deletes one left by a kill.
+                part = f"{key}.{uuid.uuid4().hex}.tmp"
+                self._io(f"cannot write {name}", self._put, part, tmp.read_bytes())
+                if self.fs.type_name == "local":  # pyarrow does not fsync: a power cut must not
+                    self._io(f"cannot write {name}", _fsync_file, part)  # leave an empty renamed file
+                self._io(f"cannot rename {name} into place", self.fs.move, part, key)
+            else:
+                self._io(f"cannot upload {name}", self._put, key, tmp.read_bytes())
+        if self.fs.type_name == "local":
+            self._io("cannot sync the folder", _fsync_dir, Path(self.base))
+
+    def _read(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self._key(rel)) as f:
+            return f.read()
+
+    def digest(self, rel: str) -> str | None:
+        try:
+            return hashlib.sha256(self._io(f"cannot read {rel}", self._read, rel)).hexdigest()
+        except FileNotFoundError:
+            return None
+
+    def read_table(self, rel: str, columns: list[str] | None, digest: str | None) -> pa.Table:
+        try:
+            data = self._io(f"cannot read {rel}", self._read, rel)
+        except FileNotFoundError:
+            raise LibraryError(f"{self.where(rel)}: listed shard is missing") from None
+        if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+            raise LibraryError(f"{self.where(rel)}: SHA-256 differs from the manifest (corrupt or replaced shard)")
+        return pq.read_table(pa.BufferReader(data), columns=columns)
+
+    def delete(self, rel: str) -> None:
+        try:
+            self._io(f"cannot delete {rel}", self.fs.delete_file, self._key(rel))
+        except FileNotFoundError:
+            pass
+
+    def owner(self) -> dict[str, Any] | None:
+        """The owner record of this location (None: unclaimed)."""
+        try:
+            return json.loads(self._io("cannot read the owner record", self._read, SHARDS_OWNER) or b"{}")
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}
+
+    def claim(self, library_id: str, root: Path, listed: set[str]) -> None:
+        """Make this location the library's, refusing one that holds another library's shards.
+
+        ``listed``: the library's own shard names (a lost owner record is re-written when they are here).
+        """
+        holder = self.owner()
+        if holder is not None and holder.get("library_id") == library_id:
+            return
+        present = {n for n in self.names() if n.startswith(SHARD_PREFIXES)}
+        if present and (holder is not None or not present & listed):
+            # Another library's shards: never adopt them, and never let recover() delete them.
+            who = (f"library {holder.get('library_id')} ({holder.get('host')}:{holder.get('library')})"
+                   if holder else "an unknown library")
+            raise LibraryError(f"--shards-uri {self.uri} already holds {len(present)} shard file(s) of {who}; "
+                               "give each library its own shard location")
+        record = {"library_id": library_id, "library": str(root), "host": socket.gethostname()}
+        self._io("cannot write (a write test at creation)", self._put, self._key(SHARDS_OWNER),
+                 json.dumps(record, indent=2).encode())
+
+
 class Library:
     """A library folder. Reading is always safe; writing needs :meth:`lock`."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().absolute()
+        self._store: _LocalShards | _UriShards | None = None
 
     # ---- paths ---------------------------------------------------------------------------
     @property
@@ -204,14 +443,19 @@ class Library:
         atomic_write_bytes(self.manifest_path, manifest.to_json().encode(), self.tmp_dir)
 
     def init(self, model: ModelInfo, ingest_settings: dict[str, Any] | None = None,
-             allow_new_model: bool = False) -> Manifest:
+             allow_new_model: bool = False, shards_uri: str | None = None) -> Manifest:
         """Create the library if needed and check that ``model`` is its embedding space.
+
+        ``shards_uri``: keep the shard files there (:meth:`open_shards`); None = the library's own.
 
         Raises:
             ModelMismatch: the library holds embeddings of another model fingerprint and
                 ``allow_new_model`` is False.
         """
-        for d in (self.root, self.shards_dir, self.tmp_dir):
+        if shards_uri is not None:
+            self.open_shards(shards_uri)
+        remote = self.exists() and self.read_manifest().shards_uri is not None
+        for d in (self.root, self.tmp_dir) if remote else (self.root, self.shards_dir, self.tmp_dir):
             self._mkdir_no_symlink(d)
         if not self.exists():
             m = Manifest(library_id=uuid.uuid4().hex, model=model,
@@ -228,16 +472,73 @@ class Library:
                     "--new-index to start this library over with the new model."
                 )
             _logger.warning("starting %s over with model %s", self.root, model.name)
+            store = self._shards(m)
             for s in m.shards:
                 for rel in (s.clips_file, s.videos_file):
-                    self.resolve_inside(rel).unlink(missing_ok=True)
+                    store.delete(rel)
             m = replace(m, model=model, shards=(), generation=m.generation + 1)
             self._write_manifest(m)
             self.refresh_catalog()
-        elif m.model is None:
-            m = replace(m, model=model)
+        elif m.model is None:  # created by open_shards(), or by a run killed before its first commit
+            m = replace(m, model=model, ingest_settings=m.ingest_settings or dict(ingest_settings or {}))
             self._write_manifest(m)
         return m
+
+    # ---- shard location --------------------------------------------------------------------
+    def _shards(self, manifest: Manifest | None = None) -> _LocalShards | _UriShards:
+        """The store of this library's shard files (the manifest says which)."""
+        if manifest is None and self._store is not None:
+            return self._store  # fixed once the library holds shards; open_shards() resets it
+        uri = (manifest or self.read_manifest()).shards_uri
+        if self._store is None or self._store.uri != uri:
+            self._store = _LocalShards(self) if uri is None else _UriShards(uri)
+        return self._store
+
+    def shards_location(self, manifest: Manifest | None = None) -> str:
+        """Where the shard files live: the ``shards/`` folder's path or the shards URI."""
+        m = manifest or self.read_manifest()
+        return m.shards_uri or str(self.shards_dir)
+
+    def open_shards(self, shards_uri: str | None = None) -> str | None:
+        """Settle and check where the shard files go, before any work starts. Writer only.
+
+        A new library (or one holding no shards yet) takes ``shards_uri``; a library with shards
+        keeps its location and a different one is refused. A remote location must be reachable,
+        its bucket must exist, it must be listable and writable (the owner record
+        ``vidsearch-library.json`` is written there) and it must not hold another library's shards.
+        A new library with remote shards is created here (its manifest, model still unset).
+
+        Returns:
+            The URI in use; None for the library's own ``shards/`` folder.
+
+        Raises:
+            LibraryError: one line naming the URI and the problem.
+        """
+        uri = normalize_shards_uri(shards_uri) if shards_uri else None
+        m = self.read_manifest() if self.exists() else None
+        if m is not None and uri is None:
+            uri = m.shards_uri
+        if m is not None and m.shards and uri != m.shards_uri:
+            raise LibraryError(
+                f"{self.root} keeps its shards at {self.shards_location(m)}; refusing --shards-uri {uri}: "
+                "the shard location of a library is fixed once it holds shards (use another --library)")
+        if uri is None:
+            return None
+        store = _UriShards(uri)
+        if store.renames and Path(store.base).resolve().is_relative_to(self.root.resolve()):
+            raise LibraryError(f"--shards-uri {uri} is inside the library folder {self.root}; "
+                               "leave --shards-uri out to keep shards in the library's own shards/ folder")
+        store.check()
+        for d in (self.root, self.tmp_dir):
+            self._mkdir_no_symlink(d)
+        if m is None:
+            m = Manifest(library_id=uuid.uuid4().hex, updated_at=utcnow().isoformat())
+        store.claim(m.library_id, self.root, m.shard_file_names)
+        if m.shards_uri != uri:
+            self._write_manifest(replace(m, shards_uri=uri, format=MANIFEST_FORMAT_REMOTE_SHARDS,
+                                         updated_at=utcnow().isoformat()))
+        self._store = store
+        return uri
 
     def _mkdir_no_symlink(self, d: Path) -> None:
         # A symlinked subfolder could point writes outside the library (RELIABILITY.md S4).
@@ -297,13 +598,18 @@ class Library:
                 if p.is_file() or p.is_symlink():
                     p.unlink()
                     removed.append(str(p))
-        if self.shards_dir.is_dir() and self.exists():
-            listed = self.read_manifest().shard_file_names
-            for p in self.shards_dir.iterdir():
-                if p.name.startswith(("part-", "videos-")) and p.name not in listed:
-                    _logger.warning("removing unlisted shard %s (left by an interrupted commit)", p)
-                    p.unlink()
-                    removed.append(str(p))
+        if self.exists():
+            m = self.read_manifest()
+            store = self._shards(m)
+            listed = m.shard_file_names
+            if isinstance(store, _UriShards):
+                store.claim(m.library_id, self.root, listed)  # refuses another library's location
+            for name in store.names():
+                if name.startswith(SHARD_PREFIXES) and name not in listed:
+                    shown = store.where(name) if store.uri else str(self.shards_dir / name)
+                    _logger.warning("removing unlisted shard %s (left by an interrupted commit)", shown)
+                    store.delete(name)
+                    removed.append(shown)
         return removed
 
     # ---- commit ----------------------------------------------------------------------------
@@ -358,9 +664,8 @@ class Library:
                 digests.append(sha256_file(tmp))
             crash_point("after_shard_tmp_write")
             crash_point("before_rename")
-            for tmp, name in zip(tmps, names, strict=True):
-                os.replace(tmp, self.shards_dir / name)
-            _fsync_dir(self.shards_dir)
+            store = self._shards(m)
+            store.publish(list(zip(tmps, names, strict=True)))  # remote: uploaded, not yet listed
             crash_point("after_rename_before_manifest")
         finally:
             for tmp in tmps:
@@ -368,8 +673,8 @@ class Library:
         ids = clips.column("clip_id") if clips.num_rows else None
         entry = ShardEntry(
             shard_id=shard_id,
-            clips_file=f"shards/{names[0]}", clips_rows=clips.num_rows, clips_sha256=digests[0],
-            videos_file=f"shards/{names[1]}", videos_rows=videos.num_rows, videos_sha256=digests[1],
+            clips_file=store.entry_path(names[0]), clips_rows=clips.num_rows, clips_sha256=digests[0],
+            videos_file=store.entry_path(names[1]), videos_rows=videos.num_rows, videos_sha256=digests[1],
             run_id=run_id, created_at=utcnow().isoformat(),
             min_clip_id=int(pa.compute.min(ids).as_py()) if ids is not None else None,
             max_clip_id=int(pa.compute.max(ids).as_py()) if ids is not None else None,
@@ -403,10 +708,7 @@ class Library:
         """Read one listed shard file (``which`` = "clips" or "videos"), optionally checking its SHA-256."""
         rel, digest = ((entry.clips_file, entry.clips_sha256) if which == "clips"
                        else (entry.videos_file, entry.videos_sha256))
-        path = self.resolve_inside(rel)
-        if verify and sha256_file(path) != digest:
-            raise LibraryError(f"{path}: SHA-256 differs from the manifest (corrupt or replaced shard)")
-        return pq.read_table(path, columns=columns)
+        return self._shards().read_table(rel, columns, digest if verify else None)
 
     def verify(self) -> list[str]:
         """Problems found: missing or corrupt listed shards, stray files. Empty list = healthy."""
@@ -416,17 +718,27 @@ class Library:
         except LibraryError as e:
             return [str(e)]
         listed = m.shard_file_names
-        for s in m.shards:
-            for rel, digest in ((s.clips_file, s.clips_sha256), (s.videos_file, s.videos_sha256)):
-                p = self.root / rel
-                if not p.is_file():
-                    problems.append(f"missing shard {rel}")
-                elif sha256_file(p) != digest:
-                    problems.append(f"SHA-256 mismatch in {rel}")
-        if self.shards_dir.is_dir():
-            for p in self.shards_dir.iterdir():
-                if p.name not in listed:
-                    problems.append(f"stray file shards/{p.name} (not in the manifest; ignored)")
+        try:
+            store = self._shards(m)
+            for s in m.shards:
+                for rel, digest in ((s.clips_file, s.clips_sha256), (s.videos_file, s.videos_sha256)):
+                    found = store.digest(rel)
+                    if found is None:
+                        problems.append(f"missing shard {store.where(rel)}")
+                    elif found != digest:
+                        problems.append(f"SHA-256 mismatch in {store.where(rel)}")
+            names = store.names()
+            if isinstance(store, _UriShards) and SHARDS_OWNER in names:
+                holder = store.owner() or {}
+                if holder.get("library_id") != m.library_id:
+                    problems.append(f"{store.where(SHARDS_OWNER)} names another library "
+                                    f"({holder.get('library_id')}); two libraries share this shard location")
+                names.remove(SHARDS_OWNER)
+        except LibraryError as e:  # an unreachable shard location is a problem to report, not a crash
+            return [*problems, str(e)]
+        for name in names:
+            if name not in listed:
+                problems.append(f"stray {store.kind} {store.where(name)} (not in the manifest; ignored)")
         return problems
 
     # ---- catalog ---------------------------------------------------------------------------

@@ -15,9 +15,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vidsearch.library import CRASH_POINTS, Library, LibraryError, LibraryLocked, ModelMismatch
+from vidsearch.library import (
+    CRASH_POINTS,
+    SHARDS_OWNER,
+    Library,
+    LibraryError,
+    LibraryLocked,
+    ModelMismatch,
+    _explain,
+    normalize_shards_uri,
+)
 from vidsearch.schemas.ids import clip_id
-from vidsearch.schemas.manifest import ModelInfo
+from vidsearch.schemas.manifest import Manifest, ModelInfo
 from vidsearch.schemas.tables import VIDEO_SCHEMA, clip_schema
 
 DIM = 8
@@ -155,26 +164,36 @@ from test_library import MODEL, make_tables
 from vidsearch.library import Library
 lib = Library({root!r})
 with lib.lock():
-    lib.init(MODEL)
+    lib.init(MODEL, shards_uri={shards_uri!r})
     lib.commit(*make_tables("a", 3), run_id="r")
     lib.commit(*make_tables("b", 3, seed=1), run_id="r")
 """
 
 
-@pytest.mark.parametrize("point", [p for p in CRASH_POINTS if p != "after_manifest_before_index"])
-def test_kill_at_each_crash_point_then_recover(tmp_path: Path, point: str) -> None:
-    """SIGKILL inside the first commit; the library stays consistent and the next writer repairs it."""
+@pytest.mark.parametrize(("point", "remote"), [(p, False) for p in CRASH_POINTS if p != "after_manifest_before_index"]
+                         + [("after_rename_before_manifest", True)])
+def test_kill_at_each_crash_point_then_recover(tmp_path: Path, point: str, remote: bool) -> None:
+    """SIGKILL inside the first commit; the library stays consistent and the next writer repairs it.
+
+    ``remote``: shards at a ``file://`` URI (temp name + move there; the moved pair is unlisted).
+    """
     root = tmp_path / "lib"
     env = {**os.environ, "VIDSEARCH_CRASH_AT": point}
-    script = _CRASH_SCRIPT.format(tests=str(Path(__file__).parent), root=str(root))
+    shards_uri = f"file://{tmp_path}/remote" if remote else None
+    script = _CRASH_SCRIPT.format(tests=str(Path(__file__).parent), root=str(root), shards_uri=shards_uri)
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr
     lib = Library(root)
     m = lib.read_manifest()
     committed = point == "after_manifest_before_catalog"
     assert len(m.shards) == (1 if committed else 0)
+    if remote:
+        assert {p.name for p in (tmp_path / "remote").iterdir()} == {
+            SHARDS_OWNER, "part-000001.parquet", "videos-000001.parquet"}
     with lib.lock():  # stale lock of the killed pid is taken over; recover() runs
         pass
+    if remote:
+        assert {p.name for p in (tmp_path / "remote").iterdir()} == {SHARDS_OWNER}
     assert lib.verify() == []  # no stray, unlisted or half-written shard remains
     assert not any(lib.tmp_dir.iterdir())
     # Resuming finishes the job.
@@ -213,3 +232,104 @@ def test_disk_full_during_commit_leaves_the_library_as_it_was(tmp_path: Path,
         lib.commit(*make_tables("b", 2, seed=1), run_id="r")  # space freed: the same commit succeeds
     with lib.connect_catalog() as con:
         assert con.execute("SELECT count(*) FROM clips").fetchone() == (5,)
+
+
+def test_shards_at_a_uri_commit_read_verify_recover_and_model_change(tmp_path: Path) -> None:
+    """Shards at a pyarrow URI (a local path: LocalFileSystem) go through the same Library calls."""
+    lib, remote = Library(tmp_path / "lib"), tmp_path / "remote"
+    with lib.lock():
+        lib.init(MODEL, shards_uri=f"{remote}/")
+        for k, vid in enumerate(["a", "b"]):
+            lib.commit(*make_tables(vid, 2 + k, seed=k), run_id="r1")
+    m = lib.read_manifest()
+    assert (m.format, m.shards_uri) == (2, str(remote))
+    assert [s.clips_file for s in m.shards] == ["part-000001.parquet", "part-000002.parquet"]
+    assert {p.name for p in remote.iterdir()} == m.shard_file_names | {SHARDS_OWNER}
+    assert not (lib.root / "shards").exists()
+    assert lib.verify() == [] and lib.read_shard(m.shards[1], "clips", verify=True).num_rows == 3
+    with lib.connect_catalog() as con:
+        assert con.execute("SELECT count(*) FROM clips").fetchone() == (5,)
+    # A reader in a fresh process finds the shards through the manifest alone.
+    assert Library(tmp_path / "lib").read_shard(m.shards[0], "videos").num_rows == 1
+    # Unlisted part-/videos- files (a killed commit) are removed by the next writer; others are reported only.
+    (remote / "part-000003.parquet").write_bytes(b"half")
+    (remote / "videos-000003.parquet.0123.tmp").write_bytes(b"half")
+    (remote / "notes.txt").write_text("x")
+    p1 = remote / "part-000001.parquet"
+    p1.write_bytes(p1.read_bytes()[:-10])
+    problems = lib.verify()
+    assert f"SHA-256 mismatch in {remote}/part-000001.parquet" in problems
+    assert f"stray file {remote}/notes.txt (not in the manifest; ignored)" in problems
+    assert sum("stray file" in p for p in problems) == 3
+    with pytest.raises(LibraryError, match="SHA-256"):
+        lib.read_shard(m.shards[0], "clips", verify=True)
+    with lib.lock():
+        pass
+    assert {p.name for p in remote.iterdir()} == m.shard_file_names | {SHARDS_OWNER, "notes.txt"}
+    # The location is fixed once the library holds shards; a new model deletes the old shards there.
+    with pytest.raises(LibraryError, match="fixed once it holds shards"), lib.lock():
+        lib.open_shards(str(tmp_path / "elsewhere"))
+    with lib.lock():
+        lib.init(ModelInfo(name="other", fingerprint="fp-b", embed_dim=DIM, num_frames=4), allow_new_model=True)
+    assert {p.name for p in remote.iterdir()} == {SHARDS_OWNER, "notes.txt"}
+    assert lib.read_manifest().shards_uri == str(remote)
+
+
+def test_a_shard_location_belongs_to_one_library(tmp_path: Path) -> None:
+    remote = str(tmp_path / "remote")
+    a, b = Library(tmp_path / "a"), Library(tmp_path / "b")
+    with a.lock():
+        a.init(MODEL, shards_uri=remote)
+        a.commit(*make_tables("a", 2), run_id="r")
+    with pytest.raises(LibraryError, match="already holds 2 shard file"), b.lock():
+        b.init(MODEL, shards_uri=remote)
+    assert not b.exists() and a.verify() == []
+    with pytest.raises(LibraryError, match="inside the library folder"), b.lock():
+        b.open_shards(str(tmp_path / "b" / "myshards"))
+
+
+@pytest.mark.parametrize(("uri", "expected"), [
+    ("s3://bucket/prefix/?region=eu-west-1", "s3://bucket/prefix?region=eu-west-1"),
+    ("file:///data/shards", "file:///data/shards"),
+    ("hdfs://user@namenode:9000/vids", "hdfs://user@namenode:9000/vids"),       # a user name, not a secret
+    ("abfs://container@account.dfs.core.windows.net/p", "abfs://container@account.dfs.core.windows.net/p"),
+    ("s3://AKIAEXAMPLE:wJalrS3KR1T@bucket/p", "embeds credentials"),
+    ("s3://AKIAEXAMPLE@bucket/p", "embeds credentials"),                         # the user is the key id
+    ("hdfs://user:pw@namenode:9000/p", "embeds credentials"),
+    ("s3://bucket/p?secret_key=wJalrS3KR1T", "'secret_key' is a credential"),
+    ("gs://bucket/p?access_token=ya29S3KR1T", "'access_token' is a credential"),
+])
+def test_shards_uri_is_normalised_and_never_stores_a_secret(uri: str, expected: str) -> None:
+    if "://" in expected:
+        assert normalize_shards_uri(uri) == expected
+        return
+    with pytest.raises(LibraryError, match=expected) as e:
+        normalize_shards_uri(uri)
+    assert "S3KR1T" not in str(e.value)
+
+
+def test_local_manifest_has_no_shards_uri_and_format_pairs_with_it(tmp_path: Path) -> None:
+    lib = Library(tmp_path)
+    with lib.lock():
+        lib.init(MODEL)
+    raw = json.loads(lib.manifest_path.read_text())
+    assert raw["format"] == 1 and "shards_uri" not in raw  # local libraries: bytes as before
+    assert Manifest.from_json(json.dumps(raw)).shards_uri is None
+    with pytest.raises(ValueError, match="shards_uri"):
+        Manifest.from_json(json.dumps({**raw, "shards_uri": "s3://b/p"}))  # format 1 cannot have one
+    with pytest.raises(ValueError, match="shards_uri"):
+        Manifest.from_json(json.dumps({**raw, "format": 2}))
+
+
+@pytest.mark.parametrize(("error", "kind"), [
+    # pyarrow 26 / AWS SDK texts, as seen against a real S3 API (moto) and a closed port
+    (OSError("When getting information for bucket 'b': AWS Error ACCESS_DENIED during HeadBucket operation: "
+             "No response body."), "access denied"),
+    (OSError("When listing objects under key 'p/' in bucket 'b': AWS Error NETWORK_CONNECTION during "
+             "ListObjectsV2 operation: curlCode: 7, Could not connect to server"), "unreachable"),
+    (PermissionError(13, "Permission denied"), "access denied"),
+    (OSError("AWS Error NO_SUCH_BUCKET during PutObject operation (Request ID: X1)"), "no such bucket"),
+])
+def test_filesystem_errors_become_one_classified_line(error: OSError, kind: str) -> None:
+    line = _explain(error)
+    assert line.startswith(f"{kind} (") and "\n" not in line and "Request ID" not in line

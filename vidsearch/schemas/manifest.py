@@ -4,6 +4,10 @@
 the embeddings (name + fingerprint, so embedding spaces never mix), the runs, and a generation
 number that grows by one at every commit. It is replaced atomically; readers trust only what it
 lists (RELIABILITY.md rules 4 and 5).
+
+A library whose shard files live at a pyarrow filesystem URI (``shards_uri``, e.g. ``s3://b/p``)
+writes format 2, so that a vidsearch that predates remote shards refuses it instead of looking for
+its shards in ``shards/``; a local library keeps format 1 and writes no ``shards_uri`` key.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MANIFEST_FORMAT = 1
+MANIFEST_FORMAT_REMOTE_SHARDS = 2
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,7 @@ class ShardEntry:
 
     shard_id: int           # 1, 2, ...: also the number in the file names
     clips_file: str         # relative to the library root, e.g. "shards/part-000001.parquet"
+    #                         (with shards_uri: relative to it, e.g. "part-000001.parquet")
     clips_rows: int
     clips_sha256: str
     videos_file: str        # e.g. "shards/videos-000001.parquet"
@@ -56,6 +62,7 @@ class Manifest:
     ingest_settings: dict[str, Any] = field(default_factory=dict)
     updated_at: str = ""
     format: int = MANIFEST_FORMAT
+    shards_uri: str | None = None   # pyarrow filesystem URI of the shard files; None = LIBRARY/shards
 
     @property
     def total_clips(self) -> int:
@@ -67,14 +74,20 @@ class Manifest:
         return {n.rsplit("/", 1)[-1] for s in self.shards for n in (s.clips_file, s.videos_file)}
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        d = asdict(self)
+        if d["shards_uri"] is None:
+            del d["shards_uri"]  # local libraries: the same bytes as before remote shards existed
+        return json.dumps(d, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         """Parse and validate; raises ValueError on an unknown format or a malformed file."""
         raw = json.loads(text)
-        if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
+        if not isinstance(raw, dict) or raw.get("format") not in (MANIFEST_FORMAT, MANIFEST_FORMAT_REMOTE_SHARDS):
             raise ValueError(f"unsupported manifest format {raw.get('format') if isinstance(raw, dict) else raw!r}")
+        shards_uri = raw.get("shards_uri")
+        if (shards_uri is not None) != (raw["format"] == MANIFEST_FORMAT_REMOTE_SHARDS):
+            raise ValueError(f"format {raw['format']} with shards_uri {shards_uri!r}")
         model = ModelInfo(**raw["model"]) if raw.get("model") else None
         shards = tuple(ShardEntry(**s) for s in raw.get("shards", []))
         return cls(
@@ -86,4 +99,5 @@ class Manifest:
             ingest_settings=dict(raw.get("ingest_settings", {})),
             updated_at=raw.get("updated_at", ""),
             format=raw["format"],
+            shards_uri=shards_uri,
         )
