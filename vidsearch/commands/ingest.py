@@ -16,7 +16,11 @@ def add_parser(subparsers: Any) -> None:
                     "into a library folder. Rerunning the same command resumes: committed videos "
                     "are skipped, failed ones retried up to twice.")
     p.add_argument("paths", nargs="+", help="folders, files, globs, or @FILE listing paths")
-    p.add_argument("--library", required=True, help="library folder (created if missing)")
+    p.add_argument("--library", required=True, help="library folder (created if missing); always local")
+    p.add_argument("--shards-uri", metavar="URI",
+                   help="keep the Parquet shards at this pyarrow filesystem URI instead of LIBRARY/shards "
+                        "(s3://bucket/prefix, gs://..., file:///abs/path, hdfs://...; set when the library is "
+                        "created; credentials from the environment, never in the URI)")
     p.add_argument("--model", default="internvideo2-s2-1b",
                    help="model name (default internvideo2-s2-1b; internvideo2-tiny for tests)")
     p.add_argument("--checkpoint", help="weights file or folder (default: env vars, then HF cache)")
@@ -58,10 +62,10 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.clip_seconds <= 0 or (args.stride is not None and args.stride <= 0):
         raise UserError("--batch-size, --clip-seconds and --stride must be positive")
     if "://" in args.library:
-        # Library (vidsearch/library.py) takes a local root today; a pyarrow-filesystem URI would
-        # silently become a local folder named "s3:". Refuse instead.
-        raise UserError(f"--library {args.library}: remote library URIs (s3://, gs://, ...) are not "
-                        "supported yet; use a local or shared (NFS) path every node can reach")
+        # The library folder holds DuckDB and mmapped FAISS files, which need a local filesystem;
+        # a URI here would silently become a local folder named "s3:". Refuse instead.
+        raise UserError(f"--library {args.library}: the library folder must be a local path; put the "
+                        "shards on a remote filesystem with --shards-uri (e.g. --shards-uri s3://bucket/prefix)")
     cfg = IngestCfg()
     cfg = replace(cfg, segment=args.segment, clip_seconds=args.clip_seconds,
                   stride=args.stride if args.stride is not None else args.clip_seconds,
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, extensions=exts)
     opts = IngestOptions(model=args.model, checkpoint=args.checkpoint, tokenizer=args.tokenizer,
                          device=args.device, executor=args.executor, ray_address=args.ray_address,
+                         shards_uri=args.shards_uri,
                          embed_actors=args.embed_actors, new_index=args.new_index,
                          retry_failed=args.retry_failed, break_lock=args.break_lock,
                          build_index=not args.no_index, sniff=not args.no_sniff,

@@ -26,7 +26,7 @@ def library_status(root: str, max_attempts: int = 2) -> dict[str, Any]:
         "model": (None if m.model is None else {"name": m.model.name, "fingerprint": m.model.fingerprint,
                                                  "embed_dim": m.model.embed_dim,
                                                  "is_test_model": m.model.is_test_model}),
-        "shards": len(m.shards), "clips_in_shards": m.total_clips,
+        "shards": len(m.shards), "clips_in_shards": m.total_clips, "shards_at": lib.shards_location(m),
     }
     with lib.connect_catalog() as con:
         def q(sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         f"{v['quarantined']} quarantined, {v['replaced']} replaced",
         f"clips   {st['clips']} searchable ({st['hours']} h of video)",
     ]
+    if "://" in st["shards_at"] or not st["shards_at"].startswith(st["library"]):
+        lines.insert(1, f"shards  {_esc(st['shards_at'])}")
     if st["failures_by_type"]:
         lines.append("failures " + ", ".join(f"{k}: {n}" for k, n in st["failures_by_type"].items()))
         for f in st["recent_failures"][:10]:

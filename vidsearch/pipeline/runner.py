@@ -80,6 +80,7 @@ class IngestOptions:
     device: str | None = None
     executor: str = "ray"                  # "ray" or "local"
     ray_address: str | None = None
+    shards_uri: str | None = None          # shard files at this pyarrow filesystem URI (new library)
     embed_actors: int | None = None
     new_index: bool = False
     retry_failed: bool = False
@@ -189,6 +190,8 @@ def run_ingest(inputs: Sequence[str | bytes], library_root: str | os.PathLike[st
     Raises:
         LibraryLocked: another writer holds the library.
         ModelMismatch: the library holds another model's embeddings (and not ``new_index``).
+        LibraryError: the shard location is unusable (unreachable, no bucket, denied) or differs
+            from the one the library was created with.
     """
     from vidsearch.models import get_model_config
 
@@ -199,6 +202,8 @@ def run_ingest(inputs: Sequence[str | bytes], library_root: str | os.PathLike[st
     pp = get_model_config(opts.model).preprocess
     stop = threading.Event()
     with library.lock(break_lock=opts.break_lock):
+        # Before Ray, the model and any decoding: a bad shard location fails in a second.
+        library.open_shards(opts.shards_uri)
         found = discover(inputs, cfg.extensions, sniff=opts.sniff)
         summary.not_regular = len(found.skipped_not_regular)
         embedder_kwargs = {"model_name": opts.model, "checkpoint": opts.checkpoint,
