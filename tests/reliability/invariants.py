@@ -4,7 +4,8 @@
 
 * every manifest shard exists with a matching SHA-256 (``Library.verify``);
 * no stray files are visible outside ``.tmp/`` (only the documented names at the top level, and
-  only manifest-listed files in ``shards/``);
+  only manifest-listed files in ``shards/``, or at the shards URI beside its owner record; a
+  library with a shards URI has no shard files in its own folder);
 * the clip_ids in shards are unique;
 * ``index.ntotal`` (``index/index.json``) equals the number of rows covered, when an index exists;
 * every ``failures`` row has a stage and an error type;
@@ -48,6 +49,10 @@ def check_library(root: str | Path) -> dict[str, Any]:
     assert not problems, problems
     stray = sorted(p.name for p in lib.root.iterdir() if p.name not in TOP_LEVEL)
     assert not stray, f"stray files at the library top level: {stray}"
+    if m.shards_uri is not None:
+        assert all("/" not in s.clips_file and "/" not in s.videos_file for s in m.shards)
+        local = sorted(p.name for p in lib.shards_dir.iterdir()) if lib.shards_dir.is_dir() else []
+        assert not local, f"shard files in the local folder of a library whose shards are at {m.shards_uri}: {local}"
     clips = _all_clips(lib)
     ids = clips.column("clip_id").to_pylist()
     assert len(ids) == len(set(ids)), "duplicate clip_id in shards"
