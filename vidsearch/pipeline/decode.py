@@ -29,9 +29,15 @@ so a video is read in one forward pass, never re-seeked per chunk):
   Each sampled frame is resized once (a frame shared by two clips too), through a reused float
   buffer (:func:`resize_uint8`).
 
-Test hook (F1/F2): ``VIDSEARCH_TEST_DECODE_FAULT=segv:<substring>|hang:<substring>`` (read by the
-driver and passed to workers) makes the child segfault or hang on a file whose path contains the
-substring. Inert otherwise.
+Transient I/O errors (RELIABILITY.md F18): an ``OSError`` such as EIO or ESTALE while the child
+reads a video (a network filesystem hiccup) comes back as ``IOError``; :class:`DecodeWorker`
+retries that job with exponential backoff (``IngestCfg.io_retries``, ``io_retry_backoff_s``, as
+cosmos-curate's ``do_with_retries``) and only then reports it, so the runner writes an
+``IOError`` failure row (retried by the next run).
+
+Test hooks (F1, F2, F3, F5, F18): ``VIDSEARCH_TEST_DECODE_FAULT`` (:mod:`vidsearch.pipeline.faults`,
+read by the driver and passed to workers) makes the child segfault, hang, stall or fail reads
+on a file whose path contains a substring. Inert otherwise.
 """
 
 from __future__ import annotations
@@ -48,13 +54,14 @@ from typing import Any
 
 import numpy as np
 
-from vidsearch.pipeline.types import FramesChunk, VideoError, VideoPlan, VideoTask
+from vidsearch.pipeline.faults import DECODE_FAULT_ENV, DecodeFaults
+from vidsearch.pipeline.types import FramesChunk, VideoError, VideoPlan, VideoTask, is_transient_io
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.model_config import PreprocessCfg
 
 _logger = logging.getLogger(__name__)
 
-FAULT_ENV = "VIDSEARCH_TEST_DECODE_FAULT"
+FAULT_ENV = DECODE_FAULT_ENV
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +198,9 @@ class _PyAVReader:
             except StopIteration:
                 self.eof = True
                 return None
-            except av.error.FFmpegError:
+            except av.error.FFmpegError as e:
+                if is_transient_io(e):
+                    raise  # a network filesystem hiccup: the job is retried, not truncated
                 self.eof = True  # the container itself is cut: nothing after this point
                 return None
             if self.index_of is not None and packet.size and packet.pts is not None:
@@ -205,7 +214,9 @@ class _PyAVReader:
                 self.buffer.extend(packet.decode())
             except av.error.EOFError:
                 self.eof = True
-            except av.error.FFmpegError:
+            except av.error.FFmpegError as e:
+                if is_transient_io(e):
+                    raise
                 self.errors += 1
         return self.buffer.pop(0)
 
@@ -387,6 +398,8 @@ def _open_reader(plan: VideoPlan, state: ChildState) -> Any:
                 return _DecordReader(_child_path(plan.task.path_bytes, state))
             return _open_pyav(plan, state)
         except av.error.FFmpegError as e:
+            if is_transient_io(e):
+                raise
             errors.append(f"pyav: {str(e)[:120]}")
         except OSError:
             raise  # the file itself (vanished, unreadable): not a codec problem
@@ -428,6 +441,8 @@ def decode_chunk(plan: VideoPlan, lo: int, hi: int, cfg: IngestCfg, pp: Preproce
     try:
         got, ended, err = reader.get(wanted, later)
     except Exception as e:  # noqa: BLE001 - decord raises untyped errors on corrupt data
+        if is_transient_io(e):
+            raise
         if isinstance(reader, _DecordReader) and lo == 0:
             # decord opened the file but cannot read it: retry the whole video with PyAV.
             state.reset()
@@ -484,38 +499,41 @@ def _demuxer_of(plan: VideoPlan) -> str:
         return sniff_container(f.read(SNIFF_BYTES)) or "mov"
 
 
-def _maybe_fault(fault: str | None, task: VideoTask) -> None:
-    if not fault:
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this child when its parent dies (a worker killed by -9 or the OOM
+    killer), so a child stuck in a hanging decoder does not outlive it. No-op elsewhere."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
         return
-    for part in fault.split("|"):
-        kind, _, needle = part.partition(":")
-        if needle and needle in task.display_path:
-            if kind == "segv":
-                ctypes.string_at(0)  # a real SIGSEGV in this child, as a broken decoder would
-            elif kind == "hang":
-                time.sleep(10**6)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None) -> None:
     # Ctrl-C goes to the whole foreground process group; the parent decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     import torch
 
     torch.set_num_threads(1)
     state = ChildState()
+    hooks = DecodeFaults(fault)
     while True:
         try:
             job = conn.recv()
         except EOFError:
             return
         kind = job[0]
+        stage = "probe" if kind == "plan" else "decode"
         try:
             if kind == "plan":
-                _maybe_fault(fault, job[1])
+                hooks.before_job(job[1].display_path)
                 result: Any = plan_video(job[1], cfg, pp)
             elif kind == "decode":
                 _, plan, lo, hi = job
-                _maybe_fault(fault, plan.task)
+                hooks.before_job(plan.task.display_path)
                 result = decode_chunk(plan, lo, hi, cfg, pp, state)
             else:
                 return
@@ -523,6 +541,12 @@ def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None)
         except VideoError as e:
             state.reset()
             conn.send(("err", e.error_type, e.stage, e.message))
+        except OSError as e:
+            state.reset()
+            if not is_transient_io(e):
+                conn.send(("err", "DecodeError", stage, f"{type(e).__name__}: {str(e)[:200]}"))
+                continue
+            conn.send(("err", "IOError", stage, f"read error: {e.strerror or e} (errno {e.errno})"))
         except MemoryError:
             state.reset()
             conn.send(("err", "TooLarge", "decode", "out of memory decoding the video"))
@@ -611,21 +635,39 @@ class DecodeWorker:
             raise VideoError(reply[1], reply[2], reply[3])
         return reply[1]
 
+    def _call_retrying(self, job: tuple[Any, ...], stage: str, what: str) -> Any:
+        """``_call``, retrying a transient read error (``IOError``) with exponential backoff."""
+        tries = 1 + max(0, self.cfg.io_retries)
+        for attempt in range(1, tries + 1):
+            try:
+                return self._call(job, stage)
+            except VideoError as e:
+                if e.error_type != "IOError":
+                    raise
+                if attempt == tries:
+                    raise VideoError("IOError", e.stage, f"{e.message}; gave up after {tries} attempts") from None
+                delay = self.cfg.io_retry_backoff_s * 2 ** (attempt - 1)
+                _logger.warning("%s: %s (attempt %d of %d); retrying in %.2f s", what, e.message,
+                                attempt, tries, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def plan(self, task: VideoTask) -> VideoPlan | VideoError:
         """Probe + segment ``task``; per-video errors come back as values (errors as data).
 
         Failure branches: any probe/segment ``VideoError``, ``DecoderCrash`` (the child died: it
-        is restarted for the next job), ``DecodeTimeout`` (the child was killed).
+        is restarted for the next job), ``DecodeTimeout`` (the child was killed), ``IOError``
+        (a read kept failing after the retries).
         """
         try:
-            return self._call(("plan", task), "probe")
+            return self._call_retrying(("plan", task), "probe", task.display_path)
         except VideoError as e:
             return e
 
     def decode(self, plan: VideoPlan, lo: int, hi: int) -> FramesChunk | VideoError:
         """Frames of clips ``[lo, hi)``; failure branches as :meth:`plan` plus ``UnsupportedCodec``."""
         try:
-            return self._call(("decode", plan, lo, hi), "decode")
+            return self._call_retrying(("decode", plan, lo, hi), "decode", plan.task.display_path)
         except VideoError as e:
             return e
 

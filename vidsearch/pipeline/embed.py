@@ -2,8 +2,13 @@
 
 :class:`Embedder` is a plain class (setup / process / close); Ray's embed actors wrap it, the
 local runner calls it in-process. On CUDA the model runs in bf16 and the embeddings come back as
-float32; without a GPU it runs in float32 on the CPU. A CUDA out-of-memory error halves the batch
-and retries (RELIABILITY.md F4); a single clip that still does not fit raises ``EmbedOOM``.
+float32; without a GPU it runs in float32 on the CPU.
+
+Out of memory (RELIABILITY.md F4): a ``torch.cuda.OutOfMemoryError`` (or an allocator
+``RuntimeError`` saying "out of memory") halves the forward batch and retries the same clips; the
+smaller size is kept for later calls (the next batch would not fit either). A clip that does not
+fit even alone gets a NaN row, and the runner fails its video with ``EmbedOOM``; the other clips
+of the batch are embedded. Test hook: ``VIDSEARCH_TEST_EMBED_FAULT`` (:mod:`.faults`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from vidsearch.pipeline.types import VideoError
+from vidsearch.pipeline.faults import EmbedFaults
 from vidsearch.schemas.manifest import ModelInfo
 
 _logger = logging.getLogger(__name__)
@@ -25,13 +30,15 @@ class Embedder:
 
     def __init__(self, model_name: str, checkpoint: str | None = None, device: str | None = None,
                  tokenizer: str | None = None, batch_size: int = 32, dtype: str | None = None,
-                 pretrained: bool = True) -> None:
+                 pretrained: bool = True, fault: str | None = None) -> None:
         self.model_name, self.checkpoint, self.tokenizer = model_name, checkpoint, tokenizer
         self.pretrained = pretrained  # False: random-init architecture (benchmarks only)
         self.device_arg, self.dtype_arg = device, dtype
-        self.batch_size = max(1, batch_size)
+        self.batch_size = max(1, batch_size)  # forward batch; halved on out-of-memory
         self.model: Any = None
         self.calls = 0  # number of process() calls; tests count re-embeds with it
+        self.oom_splits = 0  # times an out-of-memory error halved the forward batch
+        self.faults = EmbedFaults(fault)
 
     def setup(self) -> None:
         """Load the model on the GPU when there is one (bf16), else on the CPU (float32)."""
@@ -66,35 +73,51 @@ class Embedder:
             frames: uint8 (N, T, S, S, 3), frames already sampled and resized by the decoder.
 
         Returns:
-            float32 (N, D), L2-normalised; row i belongs to clip i.
+            float32 (N, D), L2-normalised; row i belongs to clip i. A row is NaN when that clip
+            does not fit in memory even alone (the runner fails its video with ``EmbedOOM``).
 
-        Failure branches: CUDA OOM -> the batch is split and retried; one clip still OOM ->
-        ``VideoError(EmbedOOM)`` (the runner fails the videos of that batch).
+        Failure branches: out of memory -> the forward batch is halved and the same clips are
+        retried; at one clip -> a NaN row. Any other error propagates.
         """
         import torch
 
         self.calls += 1
-        out: list[np.ndarray] = []
-        bs = self.batch_size
+        self.faults.before_call(len(frames))
+        out = np.empty((len(frames), self.model.embed_dim), np.float32)
         i = 0
         while i < len(frames):
-            batch = frames[i:i + bs]
+            batch = frames[i:i + self.batch_size]
             try:
+                self.faults.before_forward(len(batch))
                 emb = self.model.encode_video(batch)
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                if bs == 1:
-                    raise VideoError("EmbedOOM", "embed", "one clip does not fit in GPU memory") from None
-                bs = max(1, bs // 2)
-                _logger.warning("CUDA out of memory: embed batch size now %d", bs)
+            except RuntimeError as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
+                if not _is_oom(e):
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if len(batch) == 1:
+                    _logger.error("out of memory embedding one clip alone: EmbedOOM for its video")
+                    out[i] = np.nan
+                    i += 1
+                    continue
+                self.batch_size = max(1, len(batch) // 2)
+                self.oom_splits += 1
+                _logger.warning("out of memory: embed batch size now %d (%s)", self.batch_size,
+                                str(e).splitlines()[0][:120])
                 continue
-            out.append(emb.float().cpu().numpy())
+            out[i:i + len(batch)] = emb.float().cpu().numpy()
             i += len(batch)
-        dim = self.model.embed_dim
-        return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+        return out
 
     def close(self) -> None:
         self.model = None
+
+
+def _is_oom(e: BaseException) -> bool:
+    """A CUDA (or CPU allocator) out-of-memory error, whatever torch version raised it."""
+    import torch
+
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
 def _jsonable(x: Any) -> Any:

@@ -15,7 +15,7 @@ import numpy as np
 
 from vidsearch.pipeline.decode import DecodeWorker
 from vidsearch.pipeline.embed import Embedder
-from vidsearch.pipeline.types import FramesChunk, VideoError, VideoPlan, VideoTask
+from vidsearch.pipeline.types import FramesChunk, VideoPlan, VideoTask
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.manifest import ModelInfo
 from vidsearch.schemas.model_config import PreprocessCfg
@@ -36,7 +36,11 @@ class LocalBackend:
         self.embedder = Embedder(**embedder_kwargs)
         # Start the children while the model loads.
         self._setups = [t.submit(w.setup) for w, t in zip(self._workers, self._threads, strict=True)]
-        self.embedder.setup()
+        try:
+            self.embedder.setup()
+        except BaseException:
+            self.close()  # weights missing or corrupt: stop the children started above
+            raise
 
     def model_info(self) -> ModelInfo:
         return self.embedder.info()
@@ -49,16 +53,16 @@ class LocalBackend:
         return f, f
 
     def submit_embed(self, worker: int, frames: list[cf.Future]) -> cf.Future:
-        def run() -> list[np.ndarray] | VideoError:
+        def run() -> list[np.ndarray]:
             chunks: list[FramesChunk] = [f.result() for f in frames]
             sizes = [len(c.kept) for c in chunks]
-            try:
-                emb = self.embedder.process(np.concatenate([c.frames for c in chunks]))
-            except VideoError as e:
-                return e
+            emb = self.embedder.process(np.concatenate([c.frames for c in chunks]))
             return list(np.split(emb, np.cumsum(sizes)[:-1]))
 
         return self._embed_thread.submit(run)
+
+    def await_worker(self, pool: str, worker: int, timeout: float = 300.0) -> None:
+        """Nothing to wait for: local workers are threads of this process (no restarts)."""
 
     def wait(self, handles: list[Any], timeout: float) -> list[Any]:
         done, _ = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)

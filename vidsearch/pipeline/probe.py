@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from vidsearch.pipeline.types import ProbeInfo, VideoError
+from vidsearch.pipeline.types import ProbeInfo, VideoError, is_transient_io
 from vidsearch.schemas.config import IngestCfg
 
 _logger = logging.getLogger(__name__)
@@ -131,6 +131,8 @@ def probe(path_bytes: bytes, cfg: IngestCfg) -> ProbeInfo:
         try:
             container = av.open(path, format=demuxer, options={"protocol_whitelist": "file"})
         except av.error.FFmpegError as e:
+            if is_transient_io(e):
+                raise  # EIO from a network filesystem: retried by the decode worker (F18)
             raise VideoError("CorruptContainer", "probe", f"container does not open ({_short(e)})") from None
         try:
             return _probe_open(container, cfg)

@@ -3,6 +3,11 @@
 * Decode actors (``num_cpus=1`` each) wrap a :class:`DecodeWorker`, so a crashing or hanging
   decoder kills only the actor's child process, never the actor or the job (F1/F2). [M] Ray Data's
   default path loops forever on a segfaulting decoder; this design finished the same job in seconds.
+* An actor process that dies itself (kill -9, the kernel OOM killer, Ray's memory monitor) is
+  restarted by Ray (up to ``_ACTOR_RESTARTS`` times); Ray does not retry its calls
+  (``max_task_retries=0``): :meth:`RayBackend.get` raises :class:`WorkerLost` and the driver
+  retries the call, charging the death to the call the actor was running, so a video that kills
+  its worker every time ends as a ``WorkerKilled`` row instead of an endless retry (F3-F5).
 * Embed actors wrap an :class:`Embedder`: ``num_gpus=1`` each when the cluster has GPUs, else one
   CPU actor. Pools are sized independently.
 * ``decode`` has two return values (metadata, frames) so the driver fetches only the metadata; the
@@ -17,18 +22,24 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import numpy as np
 
 from vidsearch.pipeline.decode import DecodeWorker, strip_frames
 from vidsearch.pipeline.embed import Embedder
-from vidsearch.pipeline.types import FramesChunk, VideoError, VideoPlan, VideoTask
+from vidsearch.pipeline.types import FramesChunk, VideoError, VideoPlan, VideoTask, WorkerLost
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.manifest import ModelInfo
 from vidsearch.schemas.model_config import PreprocessCfg
 
 _logger = logging.getLogger(__name__)
+
+# Restarts of one actor before Ray gives it up: finite, so a worker that cannot live (a broken
+# GPU, a node out of memory for good) ends the run instead of restarting forever, and generous,
+# since each death costs only its current call.
+_ACTOR_RESTARTS = 20
 
 
 class _DecodeActor:
@@ -54,17 +65,25 @@ class _DecodeActor:
 class _EmbedActor:
     def __init__(self, kwargs: dict[str, Any]) -> None:
         self.embedder = Embedder(**kwargs)
-        self.embedder.setup()
+        # A setup error (weights missing, SHA-256 mismatch) is kept and raised by info(): Ray
+        # turns an error in __init__ into an ActorDiedError that has lost the exception's type.
+        self.setup_error: Exception | None = None
+        try:
+            self.embedder.setup()
+        except Exception as e:  # noqa: BLE001 - re-raised by info() with its type
+            self.setup_error = e
+
+    def ready(self) -> bool:
+        return True
 
     def info(self) -> ModelInfo:
+        if self.setup_error is not None:
+            raise self.setup_error
         return self.embedder.info()
 
-    def embed(self, *frames: np.ndarray) -> list[np.ndarray] | VideoError:
+    def embed(self, *frames: np.ndarray) -> list[np.ndarray]:
         sizes = [len(f) for f in frames]
-        try:
-            emb = self.embedder.process(np.concatenate(frames))
-        except VideoError as e:
-            return e
+        emb = self.embedder.process(np.concatenate(frames))
         return list(np.split(emb, np.cumsum(sizes)[:-1]))
 
 
@@ -102,8 +121,8 @@ class RayBackend:
         embed_cpus = 0 if use_gpu else self.n_embed
         self.n_decode = n_decode or max(1, cpus - embed_cpus)
         embed_cls = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=1 if not use_gpu else 0,
-                               max_restarts=2, max_task_retries=2)(_EmbedActor)
-        decode_cls = ray.remote(num_cpus=1, max_restarts=3, max_task_retries=2)(_DecodeActor)
+                               max_restarts=_ACTOR_RESTARTS, max_task_retries=0)(_EmbedActor)
+        decode_cls = ray.remote(num_cpus=1, max_restarts=_ACTOR_RESTARTS, max_task_retries=0)(_DecodeActor)
         kwargs = dict(embedder_kwargs)
         if use_gpu:
             kwargs["device"] = "cuda"
@@ -116,7 +135,11 @@ class RayBackend:
                      len(set(self.nodes)), self.n_embed, "GPU" if use_gpu else "CPU")
 
     def model_info(self) -> ModelInfo:
-        return self._ray.get(self._embed[0].info.remote())
+        """The embed actors' model; raises the actor's own setup error (e.g. weights not found)."""
+        try:
+            return self._ray.get(self._embed[0].info.remote())
+        except self._ray.exceptions.RayTaskError as e:
+            raise e.cause from None
 
     def submit_plan(self, worker: int, task: VideoTask) -> Any:
         return self._decode[worker].plan.remote(task)
@@ -128,6 +151,26 @@ class RayBackend:
     def submit_embed(self, worker: int, frames: list[Any]) -> Any:
         return self._embed[worker].embed.remote(*frames)
 
+    def await_worker(self, pool: str, worker: int, timeout: float = 300.0) -> None:
+        """Block until a restarting actor answers again (Ray rejects calls made meanwhile).
+
+        Raises:
+            WorkerLost: permanent, when it will not come back (or not within ``timeout``).
+        """
+        actor = (self._embed if pool == "embed" else self._decode)[worker]
+        exc = self._ray.exceptions
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self._ray.get(actor.ready.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                return
+            except exc.ActorUnavailableError:
+                time.sleep(0.2)
+            except (exc.RayActorError, exc.GetTimeoutError) as e:
+                raise WorkerLost(f"{pool} worker {worker} did not restart ({str(e).splitlines()[0][:150]})",
+                                 permanent=True) from None
+        raise WorkerLost(f"{pool} worker {worker} did not restart within {timeout:.0f} s", permanent=True)
+
     def wait(self, handles: list[Any], timeout: float) -> list[Any]:
         ready, _ = self._ray.wait(handles, num_returns=1, timeout=timeout)
         if not ready:
@@ -136,10 +179,14 @@ class RayBackend:
         return ready
 
     def get(self, handle: Any) -> Any:
+        """The call's result; raises :class:`WorkerLost` when its actor died meanwhile."""
+        exc = self._ray.exceptions
         try:
             return self._ray.get(handle)
-        except self._ray.exceptions.RayActorError as e:
-            return VideoError("DecoderCrash", "decode", f"worker actor died ({str(e).splitlines()[0][:150]})")
+        except exc.ActorUnavailableError as e:  # died; Ray is restarting it
+            raise WorkerLost(f"worker process died ({str(e).splitlines()[0][:150]})") from None
+        except exc.RayActorError as e:  # died for good (restarts used up, or could not start)
+            raise WorkerLost(f"worker process died ({str(e).splitlines()[0][:150]})", permanent=True) from None
 
     def release(self, handles: list[Any]) -> None:
         """Drop the driver's references so the object store frees embedded frames at once."""

@@ -37,7 +37,16 @@ import numpy as np
 
 from vidsearch.library import Library, crash_point, utcnow
 from vidsearch.pipeline.discover import DiscoverFailure, discover
-from vidsearch.pipeline.types import DETERMINISTIC_ERRORS, ClipSpan, FramesChunk, VideoError, VideoPlan, VideoTask
+from vidsearch.pipeline.faults import DECODE_FAULT_ENV, EMBED_FAULT_ENV
+from vidsearch.pipeline.types import (
+    DETERMINISTIC_ERRORS,
+    ClipSpan,
+    FramesChunk,
+    VideoError,
+    VideoPlan,
+    VideoTask,
+    WorkerLost,
+)
 from vidsearch.pipeline.write import PendingVideo, ShardWriter, failure_row, video_row
 from vidsearch.schemas import ids
 from vidsearch.schemas.config import IngestCfg
@@ -52,6 +61,10 @@ _logger = logging.getLogger(__name__)
 
 _PER_WORKER = 2          # calls queued per decode worker (one running + one ready to start)
 _EMBED_PER_WORKER = 2
+# A call whose worker process dies under it (kill -9, the OOM killer, Ray's memory monitor) is
+# retried on the restarted worker; after this many deaths on one video (or one embed batch) its
+# videos fail with WorkerKilled instead: a video that kills its worker every time must not loop.
+_WORKER_DEATHS_MAX = 3
 
 
 class Backend(Protocol):
@@ -64,6 +77,7 @@ class Backend(Protocol):
     def submit_plan(self, worker: int, task: VideoTask) -> Any: ...
     def submit_decode(self, worker: int, plan: VideoPlan, lo: int, hi: int) -> tuple[Any, Any]: ...
     def submit_embed(self, worker: int, frames: list[Any]) -> Any: ...
+    def await_worker(self, pool: str, worker: int, timeout: float = 300.0) -> None: ...
     def wait(self, handles: list[Any], timeout: float) -> list[Any]: ...
     def get(self, handle: Any) -> Any: ...
     def release(self, handles: list[Any]) -> None: ...
@@ -152,6 +166,7 @@ class _Video:
     decode_error: str | None = None
     failed: bool = False
     extra_rows: list[dict[str, Any]] = field(default_factory=list)
+    worker_deaths: int = 0         # decode worker deaths while this video's call was running
 
 
 def _read_state(library: Library) -> tuple[dict[str, dict[str, Any]], dict[bytes, str]]:
@@ -168,10 +183,9 @@ def _read_state(library: Library) -> tuple[dict[str, dict[str, Any]], dict[bytes
     return by_id, by_path
 
 
-def _fault_spec() -> str | None:
-    from vidsearch.pipeline.decode import FAULT_ENV
-
-    return os.environ.get(FAULT_ENV) or None
+def _fault_spec(var: str = DECODE_FAULT_ENV) -> str | None:
+    """A test hook's spec (:mod:`vidsearch.pipeline.faults`), read here and passed to workers."""
+    return os.environ.get(var) or None
 
 
 def run_ingest(inputs: Sequence[str | bytes], library_root: str | os.PathLike[str], cfg: IngestCfg,
@@ -208,7 +222,8 @@ def run_ingest(inputs: Sequence[str | bytes], library_root: str | os.PathLike[st
         summary.not_regular = len(found.skipped_not_regular)
         embedder_kwargs = {"model_name": opts.model, "checkpoint": opts.checkpoint,
                            "tokenizer": opts.tokenizer, "device": opts.device,
-                           "batch_size": cfg.batch_size, "pretrained": not opts.random_weights}
+                           "batch_size": cfg.batch_size, "pretrained": not opts.random_weights,
+                           "fault": _fault_spec(EMBED_FAULT_ENV)}
         n_decode = cfg.decode_workers or max(1, (os.cpu_count() or 2) - 1)
         backend: Backend
         if opts.executor == "local":
@@ -295,6 +310,10 @@ class _Driver:
         self.load = [0] * backend.n_decode
         self.embed_load = [0] * backend.n_embed
         self.inflight: dict[Any, tuple[str, Any]] = {}
+        # Calls per worker in submission order: a worker runs them in this order, so when it
+        # dies, the oldest pending call is the one it was running (the others only waited).
+        self.order: dict[tuple[str, int], collections.deque[Any]] = collections.defaultdict(collections.deque)
+        self.dead: set[tuple[str, int]] = set()   # workers that will not come back
         self.frames_ref: dict[Any, Any] = {}
         self.embed_ready: collections.deque[tuple[str, FramesChunk, Any]] = collections.deque()
         self.pending_clips = 0
@@ -405,27 +424,48 @@ class _Driver:
         if self.stop.is_set():
             _logger.warning("interrupted: committing settled videos; rerun the same command to finish")
 
+    def _live(self, pool: str, n: int) -> list[int]:
+        live = [w for w in range(n) if (pool, w) not in self.dead]
+        if not live:
+            # Systemic (rule 10): nothing can run any more; committed work stays committed.
+            raise RuntimeError(f"every {pool} worker died and cannot be restarted; rerun to resume")
+        return live
+
+    def _submit_plan(self, w: int, vid: str) -> None:
+        v = self.videos[vid]
+        v.worker = w
+        h = self.b.submit_plan(w, v.task)
+        self.inflight[h] = ("plan", (vid, w))
+        self.order["decode", w].append(h)
+        self.load[w] += 1
+
+    def _submit_decode(self, w: int, vid: str, lo: int, hi: int) -> None:
+        meta, frames = self.b.submit_decode(w, self.videos[vid].plan, lo, hi)  # type: ignore[arg-type]
+        self.inflight[meta] = ("decode", (vid, lo, hi, w))
+        self.frames_ref[meta] = frames
+        self.order["decode", w].append(meta)
+        self.load[w] += 1
+
+    def _submit_embed(self, e: int, batch: list[tuple[str, FramesChunk, Any]], deaths: int = 0) -> None:
+        h = self.b.submit_embed(e, [f for _, _, f in batch])
+        self.inflight[h] = ("embed", (e, batch, deaths))
+        self.order["embed", e].append(h)
+        self.embed_load[e] += 1
+
     def _schedule(self, queue: collections.deque[VideoTask]) -> None:
-        for w in sorted(range(self.b.n_decode), key=lambda i: self.load[i]):
+        for w in sorted(self._live("decode", self.b.n_decode), key=lambda i: self.load[i]):
             while self.load[w] < _PER_WORKER:
                 if self.chunk_jobs[w] and self.pending_clips < self.max_pending_clips:
                     vid, lo, hi = self.chunk_jobs[w].popleft()
-                    v = self.videos[vid]
-                    if v.failed:
+                    if self.videos[vid].failed:
                         continue
-                    meta, frames = self.b.submit_decode(w, v.plan, lo, hi)  # type: ignore[arg-type]
-                    self.inflight[meta] = ("decode", vid)
-                    self.frames_ref[meta] = frames
-                    self.load[w] += 1
+                    self._submit_decode(w, vid, lo, hi)
                 elif queue and not self.chunk_jobs[w]:
-                    task = queue.popleft()
-                    self.videos[task.video_id].worker = w
-                    self.inflight[self.b.submit_plan(w, task)] = ("plan", task.video_id)
-                    self.load[w] += 1
+                    self._submit_plan(w, queue.popleft().video_id)
                 else:
                     break
         decoding = any(k == "decode" or k == "plan" for k, _ in self.inflight.values()) or any(self.chunk_jobs)
-        for e in sorted(range(self.b.n_embed), key=lambda i: self.embed_load[i]):
+        for e in sorted(self._live("embed", self.b.n_embed), key=lambda i: self.embed_load[i]):
             while self.embed_ready and self.embed_load[e] < _EMBED_PER_WORKER:
                 n_ready = sum(len(c.kept) for _, c, _ in self.embed_ready)
                 if n_ready < self.cfg.batch_size and decoding and self.pending_clips < self.max_pending_clips:
@@ -441,16 +481,29 @@ class _Driver:
                     n += len(item[1].kept)
                 if not batch:
                     continue
-                h = self.b.submit_embed(e, [f for _, _, f in batch])
-                self.inflight[h] = ("embed", (e, batch))
-                self.embed_load[e] += 1
+                self._submit_embed(e, batch)
 
     def _on_ready(self, h: Any) -> None:
         kind, info = self.inflight.pop(h)
-        if kind == "plan":
-            v = self.videos[info]
-            self.load[v.worker] -= 1
+        if kind == "embed":
+            e = info[0]
+            self.embed_load[e] -= 1
+            key = ("embed", e)
+        else:
+            w = info[-1]
+            self.load[w] -= 1
+            key = ("decode", w)
+        running = self.order[key][0] == h
+        self.order[key].remove(h)
+        frames = self.frames_ref.pop(h, None)
+        try:
             out = self.b.get(h)
+        except WorkerLost as lost:
+            self._on_worker_lost(kind, info, key, running, lost)
+            return
+        if kind == "plan":
+            vid = info[0]
+            v = self.videos[vid]
             if isinstance(out, VideoError):
                 self._fail(v, out)
                 return
@@ -458,13 +511,11 @@ class _Driver:
             n = len(out.clips)
             step = max(1, self.opts.decode_chunk_clips)
             for lo in range(0, n, step):
-                self.chunk_jobs[v.worker].append((info, lo, min(n, lo + step)))
+                self.chunk_jobs[v.worker].append((vid, lo, min(n, lo + step)))
             v.chunks_total = len(range(0, n, step))
         elif kind == "decode":
-            v = self.videos[info]
-            self.load[v.worker] -= 1
-            frames = self.frames_ref.pop(h)
-            out = self.b.get(h)
+            vid = info[0]
+            v = self.videos[vid]
             if v.failed:
                 return
             if isinstance(out, VideoError):
@@ -476,15 +527,13 @@ class _Driver:
             v.truncated |= out.truncated
             v.decode_error = v.decode_error or out.error
             if out.kept:
-                self.embed_ready.append((info, out, frames))
+                self.embed_ready.append((vid, out, frames))
                 self.pending_clips += len(out.kept)
             else:
                 v.chunks_embedded += 1
                 self._maybe_finish(v)
         else:
-            e, batch = info
-            self.embed_load[e] -= 1
-            out = self.b.get(h)
+            _, batch, _ = info
             self.s.embed_calls += 1
             for _, chunk, _ in batch:
                 self.pending_clips -= len(chunk.kept)
@@ -496,11 +545,68 @@ class _Driver:
                 v = self.videos[vid]
                 if v.failed:
                     continue
+                if np.isnan(emb).any():
+                    self._fail(v, VideoError("EmbedOOM", "embed", "a clip does not fit in GPU memory even alone "
+                                             "(try a smaller model input or a larger GPU)"))
+                    continue
                 for ci, row in zip(chunk.kept, emb, strict=True):
                     v.kept[ci] = row
                 v.chunks_embedded += 1
                 self._maybe_finish(v)
             self.b.release([f for _, _, f in batch])
+
+    def _on_worker_lost(self, kind: str, info: Any, key: tuple[str, int], running: bool, lost: WorkerLost) -> None:
+        """A worker died with this call pending: retry it, or fail after repeated deaths (F3-F5).
+
+        Only the call the worker was running is charged with the death; calls queued behind it
+        are resubmitted as they are. A worker that will not come back is taken out of its pool
+        and its queued work moves to the others.
+        """
+        pool = key[0]
+        if not lost.permanent and key not in self.dead:
+            try:
+                self.b.await_worker(pool, key[1])  # calls to a restarting actor are refused
+            except WorkerLost as e:
+                lost = e
+        if lost.permanent and key not in self.dead:
+            self.dead.add(key)
+            _logger.error("%s worker %d is gone for good (%s); continuing with the others", pool, key[1], lost)
+            if pool == "decode":
+                jobs, self.chunk_jobs[key[1]] = self.chunk_jobs[key[1]], collections.deque()
+                for vid, lo, hi in jobs:
+                    self.videos[vid].worker = self._live("decode", self.b.n_decode)[0]
+                    self.chunk_jobs[self.videos[vid].worker].append((vid, lo, hi))
+        if kind == "embed":
+            e, batch, deaths = info
+            deaths += running
+            if deaths >= _WORKER_DEATHS_MAX:
+                for _, chunk, _ in batch:
+                    self.pending_clips -= len(chunk.kept)
+                err = VideoError("WorkerKilled", "embed", f"the embed worker died {deaths} times on this "
+                                 f"video's batch (killed, e.g. out of memory); last: {str(lost)[:150]}")
+                for vid, _, _ in batch:
+                    self._fail(self.videos[vid], err)
+                return
+            _logger.warning("embed worker %d died (%s); retrying its batch", e, str(lost)[:150])
+            self._submit_embed(e if key not in self.dead else self._live("embed", self.b.n_embed)[0], batch, deaths)
+            return
+        vid = info[0]
+        v = self.videos[vid]
+        if v.failed:
+            return
+        v.worker_deaths += running
+        if v.worker_deaths >= _WORKER_DEATHS_MAX:
+            self._fail(v, VideoError("WorkerKilled", "probe" if kind == "plan" else "decode",
+                                     f"the decode worker died {v.worker_deaths} times while handling this video "
+                                     f"(killed, e.g. out of memory); last: {str(lost)[:150]}"))
+            return
+        _logger.warning("decode worker %d died (%s); retrying %s", key[1], str(lost)[:150], v.task.display_path)
+        w = v.worker if ("decode", v.worker) not in self.dead else self._live("decode", self.b.n_decode)[0]
+        if kind == "plan":
+            self._submit_plan(w, vid)
+        else:
+            v.worker = w
+            self._submit_decode(w, vid, info[1], info[2])
 
     def _fail(self, v: _Video, err: VideoError) -> None:
         if v.failed:

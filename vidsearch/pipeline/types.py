@@ -13,6 +13,7 @@ Per-video failures are data, not exceptions that cross stages: a stage raises
 from __future__ import annotations
 
 import datetime as dt
+import errno
 from dataclasses import dataclass, field
 
 # Stable error_type names (RELIABILITY.md §8 vocabulary). Tests and users match on these.
@@ -20,7 +21,7 @@ ERROR_TYPES = (
     "EmptyFile", "CorruptContainer", "NotAVideo", "NoVideoStream", "UnsupportedCodec", "TooShort",
     "TooLarge", "TooManyFrames", "TooManyStreams", "DecodeTimeout", "DecoderCrash", "DecodeError",
     "NotFound", "PermissionDenied", "NotRegularFile", "Unstable", "EmbedOOM", "NoClips", "IOError",
-    "PartialDecode",
+    "PartialDecode", "WorkerKilled",
 )
 # Errors that depend only on the bytes of the file: the same video_id fails the same way again,
 # so a rerun does not retry them (``--retry-failed`` does). Others (timeouts, crashes, I/O) are
@@ -29,6 +30,19 @@ DETERMINISTIC_ERRORS = frozenset({
     "EmptyFile", "CorruptContainer", "NotAVideo", "NoVideoStream", "UnsupportedCodec", "TooShort",
     "TooLarge", "TooManyFrames", "TooManyStreams", "NoClips", "PartialDecode",
 })
+
+
+# errno values of a read that may succeed when tried again (network filesystems: EIO from an
+# NFS/SMB/FUSE server hiccup, ESTALE after a failover, timeouts). ENOENT/EACCES are not here:
+# they are the file's own state (NotFound, PermissionDenied).
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR,
+                              errno.ECONNRESET, errno.ECONNABORTED, errno.ENETDOWN,
+                              errno.ENETUNREACH, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENOLINK})
+
+
+def is_transient_io(e: BaseException) -> bool:
+    """True for an ``OSError`` (PyAV's included) whose errno says "try the read again"."""
+    return isinstance(e, OSError) and e.errno in TRANSIENT_ERRNOS
 
 
 class VideoError(Exception):
@@ -50,6 +64,22 @@ class VideoError(Exception):
     def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
         # Travels between processes (decode child, Ray actors) as a value: errors are data.
         return (VideoError, (self.error_type, self.stage, self.message))
+
+
+class WorkerLost(Exception):
+    """A worker process (Ray actor) died while a call to it was pending (killed, out of memory).
+
+    Raised by ``Backend.get``; the driver retries the call or, after repeated deaths on the same
+    video, fails it with ``WorkerKilled`` (RELIABILITY.md F3-F5).
+
+    Args:
+        message: what the executor reported.
+        permanent: the worker will not come back (its restarts are used up).
+    """
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,11 @@ class IngestCfg:
     static_threshold: float = 2.0
     # Wall-clock limit for decoding one video in its worker process; past it: DecodeTimeout.
     decode_timeout_s: float = 300.0
+    # Retries of a decode job whose read failed with a transient OSError (EIO, ESTALE: network
+    # filesystems), waiting io_retry_backoff_s * 2**k between them; then an IOError failure row.
+    # Too few turn a brief NFS hiccup into failed videos; too many stall a worker on a dead mount.
+    io_retries: int = 3
+    io_retry_backoff_s: float = 0.5
     # Decoded/expected frame ratio under which a video is "partial", never "done" (rule 2).
     min_coverage: float = 0.95
     # Probe limits (RELIABILITY.md B13/B23/S7): refuse rather than exhaust memory.
