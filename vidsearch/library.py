@@ -57,9 +57,11 @@ from vidsearch.schemas.manifest import MANIFEST_FORMAT_REMOTE_SHARDS, Manifest, 
 from vidsearch.schemas.tables import (
     CATALOG_DDL,
     CLIP_CATALOG_COLUMNS,
+    STATUS_DONE,
     STATUS_FAILED,
     STATUS_PARTIAL,
     VIDEO_SCHEMA,
+    clip_schema,
 )
 
 _logger = logging.getLogger(__name__)
@@ -93,6 +95,28 @@ class DiskFull(LibraryError):
 
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NO_SPACE_TEXT = tuple(os.strerror(n) for n in _NO_SPACE)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """True when ``e`` says the disk, the quota or the file-size limit is full.
+
+    pyarrow and Python raise ``OSError`` with ENOSPC/EDQUOT/EFBIG, but DuckDB and FAISS raise
+    their own errors carrying only the text ("Could not write file ...: No space left on device"),
+    so both are checked.
+    """
+    if isinstance(e, OSError) and e.errno in _NO_SPACE:
+        return True
+    return any(t in str(e) for t in _NO_SPACE_TEXT)
+
+
+def failed_path(e: BaseException, default: str | os.PathLike[str]) -> str:
+    """The file a write error names: ``OSError.filename``, else a quoted path in DuckDB's text."""
+    name = getattr(e, "filename", None)
+    if name:
+        return str(name)
+    m = re.search(r'file "([^"]+)"', str(e))
+    return m.group(1) if m else str(default)
 
 
 def crash_point(name: str) -> None:
@@ -251,6 +275,16 @@ class _LocalShards:
         # A manifest path is checked against escapes; a base name comes from listing shards/.
         (self.library.resolve_inside(rel) if "/" in rel else self.dir / rel).unlink(missing_ok=True)
 
+    def set_aside(self, rel: str, tag: str) -> str | None:
+        """Move a listed shard file to ``LIBRARY/quarantine/<tag>-<name>`` (F10); None if absent."""
+        p = self.library.resolve_inside(rel)
+        if not p.is_file():
+            return None
+        self.library._mkdir_no_symlink(self.library.quarantine_dir)
+        dest = self.library.quarantine_dir / f"{tag}-{p.name}"
+        os.replace(p, dest)
+        return str(dest)
+
 
 class _UriShards:
     """Shard files under a pyarrow filesystem URI; the manifest names them by base name."""
@@ -349,6 +383,23 @@ class _UriShards:
         except FileNotFoundError:
             pass
 
+    def set_aside(self, rel: str, tag: str) -> str | None:
+        """Move a listed shard to ``<location>/quarantine/<tag>-<name>`` (F10); None if absent.
+
+        A subfolder: never listed as a shard (``names`` is not recursive), never deleted by
+        ``recover``. On object stores the move is a copy and a delete.
+        """
+        dest = f"{self.base}/quarantine/{tag}-{rel}"
+        self._key(rel)  # refuses names that escape the location
+        try:
+            if self.fs.type_name == "local":
+                self._io("cannot create the quarantine folder",
+                         functools.partial(self.fs.create_dir, f"{self.base}/quarantine", recursive=True))
+            self._io(f"cannot move {rel} aside", self.fs.move, self._key(rel), dest)
+        except FileNotFoundError:
+            return None
+        return f"{self._shown}/quarantine/{tag}-{rel}"
+
     def owner(self) -> dict[str, Any] | None:
         """The owner record of this location (None: unclaimed)."""
         try:
@@ -384,6 +435,8 @@ class Library:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().absolute()
         self._store: _LocalShards | _UriShards | None = None
+        # Shards the last in-memory catalog (load_catalog_into) had to leave out: {id: why} (F10).
+        self.left_out_shards: dict[int, str] = {}
 
     # ---- paths ---------------------------------------------------------------------------
     @property
@@ -413,6 +466,15 @@ class Library:
     @property
     def lock_path(self) -> Path:
         return self.root / ".lock"
+
+    @property
+    def catalog_wal_path(self) -> Path:
+        return self.root / "catalog.duckdb.wal"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Where corrupt shards and catalogs are set aside (kept for inspection, never read)."""
+        return self.root / "quarantine"
 
     def resolve_inside(self, rel: str) -> Path:
         """Resolve a manifest-relative path and refuse anything outside the library root."""
@@ -640,7 +702,7 @@ class Library:
         try:
             return self._commit(clips, videos, run_id, m, shard_id, names, file_meta)
         except OSError as e:
-            if e.errno not in _NO_SPACE:
+            if not is_disk_full(e):
                 raise
             raise DiskFull(
                 f"disk full writing {e.filename or self.root}: this commit ({clips.num_rows} clips) was "
@@ -658,7 +720,11 @@ class Library:
                                                      **{k.encode(): v.encode() for k, v in file_meta.items()}})
                 tmp = self.tmp_dir / f"{name}.{uuid.uuid4().hex}.tmp"
                 tmps.append(tmp)  # before writing: a failed write must not leave its temp file
-                pq.write_table(table.replace_schema_metadata(schema.metadata), tmp, compression="zstd")
+                try:
+                    pq.write_table(table.replace_schema_metadata(schema.metadata), tmp, compression="zstd")
+                except OSError as e:
+                    e.filename = e.filename or str(tmp)  # pyarrow's error does not name the file
+                    raise
                 with open(tmp, "rb+") as f:
                     os.fsync(f.fileno())
                 digests.append(sha256_file(tmp))
@@ -685,12 +751,12 @@ class Library:
         crash_point("after_manifest_before_catalog")
         try:
             self.refresh_catalog(m)
-        except OSError as e:
-            if e.errno not in _NO_SPACE:
+        except (OSError, duckdb.Error) as e:
+            if not is_disk_full(e):
                 raise
             # The shard is committed (the manifest lists it); only the cache is behind, and the
             # next writer or `vidsearch index` brings it up to date.
-            raise DiskFull(f"disk full refreshing {self.catalog_path}: shard {shard_id} is committed "
+            raise DiskFull(f"disk full writing {failed_path(e, self.catalog_path)}: shard {shard_id} is committed "
                            f"but the catalog is behind. Free space and rerun the same command") from e
         return entry
 
@@ -699,8 +765,15 @@ class Library:
         m = self.read_manifest()
         runs = tuple(r for r in m.runs if r.get("run_id") != run["run_id"]) + (run,)
         m = replace(m, runs=runs, generation=m.generation + 1, updated_at=utcnow().isoformat())
-        self._write_manifest(m)
-        self.refresh_catalog(m)
+        try:
+            self._write_manifest(m)
+            self.refresh_catalog(m)
+        except (OSError, duckdb.Error) as e:
+            if not is_disk_full(e):
+                raise
+            raise DiskFull(f"disk full writing {failed_path(e, self.catalog_path)} (run record of "
+                           f"{run['run_id']}): the library keeps its {m.total_clips} committed clips. "
+                           "Free space and rerun the same command") from e
 
     # ---- shards ----------------------------------------------------------------------------
     def read_shard(self, entry: ShardEntry, which: str = "clips", columns: list[str] | None = None,
@@ -710,23 +783,35 @@ class Library:
                        else (entry.videos_file, entry.videos_sha256))
         return self._shards().read_table(rel, columns, digest if verify else None)
 
+    def shard_problems(self, manifest: Manifest | None = None) -> dict[int, list[str]]:
+        """Listed shards whose files are missing or differ from their SHA-256: {shard_id: problems}.
+
+        Raises:
+            LibraryError: the shard location cannot be read at all (remote stores).
+        """
+        m = manifest or self.read_manifest()
+        store = self._shards(m)
+        out: dict[int, list[str]] = {}
+        for s in m.shards:
+            for rel, digest in ((s.clips_file, s.clips_sha256), (s.videos_file, s.videos_sha256)):
+                found = store.digest(rel)
+                if found is None:
+                    out.setdefault(s.shard_id, []).append(f"missing shard {store.where(rel)}")
+                elif found != digest:
+                    out.setdefault(s.shard_id, []).append(f"SHA-256 mismatch in {store.where(rel)}")
+        return out
+
     def verify(self) -> list[str]:
         """Problems found: missing or corrupt listed shards, stray files. Empty list = healthy."""
-        problems: list[str] = []
         try:
             m = self.read_manifest()
         except LibraryError as e:
             return [str(e)]
         listed = m.shard_file_names
+        problems: list[str] = []
         try:
             store = self._shards(m)
-            for s in m.shards:
-                for rel, digest in ((s.clips_file, s.clips_sha256), (s.videos_file, s.videos_sha256)):
-                    found = store.digest(rel)
-                    if found is None:
-                        problems.append(f"missing shard {store.where(rel)}")
-                    elif found != digest:
-                        problems.append(f"SHA-256 mismatch in {store.where(rel)}")
+            problems += [p for ps in self.shard_problems(m).values() for p in ps]
             names = store.names()
             if isinstance(store, _UriShards) and SHARDS_OWNER in names:
                 holder = store.owner() or {}
@@ -741,6 +826,106 @@ class Library:
                 problems.append(f"stray {store.kind} {store.where(name)} (not in the manifest; ignored)")
         return problems
 
+    def quarantine_bad_shards(self) -> list[int]:
+        """Writer start-up: set aside listed shards that are missing or corrupt (RELIABILITY.md F10).
+
+        Every video that had its latest row or any clip in a bad pair gets a new row first: a
+        ``failed`` row (``error_type=ShardCorrupt``, ``attempts=0``) for one that was searchable,
+        so ``status`` shows it and the next ingest of its file embeds it again; its old row
+        unchanged for one that had failed or was replaced (its attempt count stays). The rows come
+        from the catalog, built while the shard was good, else from the pair's intact videos file.
+        Then the pair's files move to ``quarantine/`` (of the library, or of a remote shard
+        location) and the manifest drops it. Rows first: a kill
+        in between redoes the same work at the next start. Writer only.
+
+        Returns:
+            The ids of the shards set aside (empty when all are intact).
+        """
+        m = self.read_manifest()
+        problems = self.shard_problems(m)
+        if not problems:
+            return []
+        bad = [s for s in m.shards if s.shard_id in problems]
+        stamp = utcnow().strftime("%Y%m%dT%H%M%S")
+        rows = self._rows_touching(bad, problems)
+        assert m.model is not None  # a library with shards has a model
+        why = "; ".join(p for ps in problems.values() for p in ps)
+        for r in rows:
+            r.pop("shard_id", None)
+            if r["status"] in (STATUS_DONE, STATUS_PARTIAL):
+                r.update(status=STATUS_FAILED, stage="write", error_type="ShardCorrupt", attempts=0,
+                         num_clips=0, coverage=None, run_id=f"quarantine-{stamp}", ingested_at=utcnow(),
+                         error_message=f"{r['path']!r}: its clips were in a shard that is missing or "
+                                       f"corrupt ({why}); set aside in quarantine/. The next ingest of "
+                                       "this file embeds it again")
+        if rows:
+            empty = pa.Table.from_pylist([], schema=clip_schema(m.model.embed_dim))
+            try:
+                self.commit(empty, pa.Table.from_pylist(rows, schema=VIDEO_SCHEMA), run_id=f"quarantine-{stamp}")
+            except DiskFull:
+                raise
+            except LibraryError as e:
+                # Committed (the manifest lists the rows), but a catalog rebuilt from scratch reads
+                # the bad shards too: the refresh after dropping them below succeeds.
+                _logger.info("catalog refresh deferred until the bad shards are dropped (%s)", e)
+        store = self._shards(m)
+        for s in bad:
+            moved = [w for w in (store.set_aside(rel, stamp) for rel in (s.clips_file, s.videos_file)) if w]
+            _logger.error("shard %d: %s; set aside (%s): its %d clips are not searchable until their "
+                          "videos are ingested again", s.shard_id, "; ".join(problems[s.shard_id]),
+                          ", ".join(moved) or "nothing left to move", s.clips_rows)
+        m = self.read_manifest()  # the commit above moved the generation on
+        m = replace(m, shards=tuple(s for s in m.shards if s.shard_id not in problems),
+                    generation=m.generation + 1, updated_at=utcnow().isoformat())
+        self._write_manifest(m)
+        self.refresh_catalog(m)
+        return sorted(problems)
+
+    def catalog_problem(self) -> str | None:
+        """Why ``catalog.duckdb`` must not be opened as it stands, or None (one ``stat``; F15).
+
+        The writer only ever swaps in checkpointed catalogs built in ``.tmp``, so a write-ahead
+        log beside ``catalog.duckdb`` was left by another process or a crash, and DuckDB would
+        replay it on open, even read-only: a truncated or random one silently, another file's
+        with an error.
+        """
+        if self.catalog_wal_path.exists():
+            return f"has a write-ahead log beside it ({self.catalog_wal_path.name}) that vidsearch never writes"
+        return None
+
+    def _set_aside_catalog(self, problem: str) -> None:
+        """Move ``catalog.duckdb`` and its WAL to ``quarantine/`` (kept for inspection; F15)."""
+        self._mkdir_no_symlink(self.quarantine_dir)
+        stamp = f"{utcnow().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        for p in (self.catalog_path, self.catalog_wal_path):
+            if p.exists():
+                os.replace(p, self.quarantine_dir / f"{stamp}-{p.name}")
+        _logger.warning("%s %s: moved aside to %s; rebuilding it from the shards and the manifest",
+                        self.catalog_path, problem, self.quarantine_dir)
+
+    def _rows_touching(self, bad: list[ShardEntry], problems: dict[int, list[str]]) -> list[dict[str, Any]]:
+        """Latest video rows (with ``shard_id``) settled in ``bad`` shards or owning clips there."""
+        ids = ", ".join(str(s.shard_id) for s in bad)
+        if self.catalog_path.is_file() and self.catalog_problem() is None:
+            try:
+                with duckdb.connect(str(self.catalog_path), read_only=True) as con:
+                    cur = con.execute(
+                        f"SELECT * FROM videos WHERE shard_id IN ({ids}) "
+                        f"OR video_id IN (SELECT video_id FROM clips WHERE shard_id IN ({ids}))")
+                    names = [d[0] for d in cur.description]
+                    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+            except duckdb.Error as e:
+                _logger.warning("catalog unreadable (%s): finding the lost videos in the shards", e)
+        rows: dict[str, dict[str, Any]] = {}
+        for s in bad:
+            if not any(s.videos_file in p for p in problems[s.shard_id]):
+                for r in self.read_shard(s, "videos").to_pylist():
+                    rows[r["video_id"]] = {**r, "shard_id": s.shard_id}
+            else:
+                _logger.error("shard %d: its videos file is lost too; its videos are re-ingested as new "
+                              "files when seen again", s.shard_id)
+        return list(rows.values())
+
     # ---- catalog ---------------------------------------------------------------------------
     def refresh_catalog(self, manifest: Manifest | None = None) -> None:
         """Bring ``catalog.duckdb`` to the manifest's generation (incrementally when it can).
@@ -749,6 +934,15 @@ class Library:
         a missing, corrupt or foreign catalog is rebuilt from shards (rule 11).
         """
         m = manifest or self.read_manifest()
+        problem = self.catalog_problem()
+        if problem is None and self.catalog_path.is_file():
+            try:
+                with duckdb.connect(str(self.catalog_path), read_only=True) as con:
+                    con.execute("SELECT key, value FROM meta").fetchall()
+            except duckdb.Error as e:
+                problem = f"is unreadable ({str(e).splitlines()[0][:200]})"
+        if problem is not None:
+            self._set_aside_catalog(problem)
         tmp = self.tmp_dir / f"catalog.{uuid.uuid4().hex}.duckdb"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         covered: set[int] | None = None
@@ -808,8 +1002,17 @@ class Library:
         """
         m = manifest or self.read_manifest()
         con.execute(CATALOG_DDL)
+        self.left_out_shards = {}
         for entry in m.shards:
-            self._insert_shard(con, entry)
+            try:
+                self._insert_shard(con, entry)
+            except (LibraryError, OSError) as e:
+                # A reader cannot repair (F10: the next ingest quarantines the shard); it answers
+                # from the readable shards and says what is missing (``left_out_shards``).
+                self.left_out_shards[entry.shard_id] = str(e)
+                _logger.warning("shard %d left out (%s): its %d clips are not searchable; the next "
+                                "`vidsearch ingest` sets it aside and re-ingests its videos",
+                                entry.shard_id, e, entry.clips_rows)
         self._insert_runs(con, m)
 
     def _insert_shard(self, con: duckdb.DuckDBPyConnection, entry: ShardEntry) -> None:
@@ -840,6 +1043,8 @@ class Library:
 
     def catalog_is_current(self, manifest: Manifest | None = None) -> bool:
         m = manifest or self.read_manifest()
+        if self.catalog_problem() is not None:
+            return False
         try:
             with duckdb.connect(str(self.catalog_path), read_only=True) as con:
                 meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
@@ -853,7 +1058,11 @@ class Library:
         Never waits on a writer: the writer swaps whole files, so the open file is stable. If
         the catalog is missing or unreadable, an in-memory catalog is built from the shards.
         """
-        if self.catalog_path.is_file():
+        problem = self.catalog_problem()
+        if problem is not None:
+            _logger.warning("catalog %s %s; reading shards directly until a writer rebuilds it",
+                            self.catalog_path, problem)
+        elif self.catalog_path.is_file():
             try:
                 return duckdb.connect(str(self.catalog_path), read_only=True)
             except duckdb.Error as e:

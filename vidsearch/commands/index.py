@@ -55,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
     if args.no_gpu:
         cfg = replace(cfg, use_gpu=False)
     with lib.lock(break_lock=args.break_lock):
+        lost = lib.quarantine_bad_shards()  # F10: the index is built from intact shards only
+        if lost:
+            print(f"set aside {len(lost)} missing or corrupt shard(s) in quarantine/; their videos are "
+                  "re-ingested by the next `vidsearch ingest`", file=sys.stderr)
         if not lib.catalog_is_current():
             print("refreshing catalog.duckdb from the shards", file=sys.stderr)
             lib.refresh_catalog()

@@ -13,6 +13,7 @@ training outnumber ``rebuild_ratio`` x the training set, and done with ``rebuild
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -43,7 +44,16 @@ from vidsearch.indexer.store import (
     write_meta,
     write_npy_atomic,
 )
-from vidsearch.library import Library, LibraryError, atomic_replace, sha256_file, utcnow
+from vidsearch.library import (
+    DiskFull,
+    Library,
+    LibraryError,
+    atomic_replace,
+    failed_path,
+    is_disk_full,
+    sha256_file,
+    utcnow,
+)
 from vidsearch.schemas.config import IndexCfg
 from vidsearch.schemas.manifest import Manifest, ShardEntry
 
@@ -409,7 +419,12 @@ def _save(library: Library, loaded: LoadedIndex, meta: IndexMeta) -> IndexMeta:
     tmp = library.tmp_dir / f"{name}.tmp"
     library.tmp_dir.mkdir(parents=True, exist_ok=True)
     try:
-        faiss.write_index(loaded.index, str(tmp))
+        try:
+            faiss.write_index(loaded.index, str(tmp))
+        except RuntimeError as e:  # "write error in <tmp>: a != b (No space left on device)"
+            if is_disk_full(e):
+                raise OSError(errno.ENOSPC, str(e).rsplit("(", 1)[-1].rstrip(")"), str(tmp)) from e
+            raise
         digest, size = sha256_file(tmp), tmp.stat().st_size
         atomic_replace(tmp, library.index_dir / name)
     finally:
@@ -439,6 +454,8 @@ def update_index(library: Library, cfg: IndexCfg | None = None, *, rebuild: bool
 
     Raises:
         LibraryError: no writer lock, no model, or a shard whose SHA-256 differs.
+        DiskFull: no space for the new files (RELIABILITY.md F8); the files of this attempt are
+            removed and ``index.json`` still names the previous, complete index.
     """
     cfg = cfg or IndexCfg()
     say = progress or (lambda msg: _logger.info("%s", msg))
@@ -468,9 +485,30 @@ def update_index(library: Library, cfg: IndexCfg | None = None, *, rebuild: bool
                 old = None
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
-    if old is not None:
-        return _extend(library, old, m, cfg, notes, t0, rng, say)
-    return _build(library, m, cfg, notes, t0, rng, say, action="rebuilt" if (rebuild or notes) else "built")
+    try:
+        if old is not None:
+            return _extend(library, old, m, cfg, notes, t0, rng, say)
+        return _build(library, m, cfg, notes, t0, rng, say, action="rebuilt" if (rebuild or notes) else "built")
+    except (OSError, RuntimeError) as e:  # FAISS reports a failed write as a RuntimeError
+        if not is_disk_full(e):
+            raise
+        _drop_unreferenced(library)
+        raise DiskFull(f"disk full writing {failed_path(e, library.index_dir)}: the index was not updated "
+                       f"(index.json still names the previous complete index; clips it lacks are searched "
+                       f"exactly). Free space and run `vidsearch index --library {library.root}`") from e
+
+
+def _drop_unreferenced(library: Library) -> None:
+    """Remove the index files that ``index.json`` does not name (all of them when there is none)."""
+    try:
+        meta = read_meta(library)
+    except IndexCorrupt:
+        return  # cannot tell what is in use: leave everything for `vidsearch index --rebuild`
+    except IndexMissing:
+        for p in [*library.index_dir.glob("faiss-*.index"), *(library.index_dir / "vectors").glob("v-*.npy")]:
+            p.unlink(missing_ok=True)
+        return
+    cleanup_unreferenced(library, meta)
 
 
 def _build(library: Library, m: Manifest, cfg: IndexCfg, notes: list[str], t0: float,

@@ -28,8 +28,9 @@ class Problem:
 def diagnose(library: Library) -> list[Problem]:
     """Every problem found: shards (Library.verify), catalog currency, index vs manifest."""
     root = library.root
-    problems = [Problem(p, f"re-ingest the affected videos: `vidsearch ingest ... --library {root}`"
-                        if "shard" in p and "stray" not in p else "remove the file (it is ignored)")
+    problems = [Problem(p, f"`vidsearch ingest ... --library {root}` sets the shard aside in quarantine/ and "
+                           "ingests its videos again" if "shard" in p and "stray" not in p
+                        else "remove the file (it is ignored)")
                 for p in library.verify()]
     try:
         m = library.read_manifest()

@@ -179,6 +179,16 @@ def check_file(library: Library, rel: str, digest: str) -> Path:
     return p
 
 
+class _PlainWriter:
+    """A file seen by numpy as a stream: its ``write`` raises ``OSError`` with the errno."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+
+    def write(self, data: bytes) -> int:
+        return self._f.write(data)
+
+
 def write_npy_atomic(library: Library, rel: str, array: np.ndarray) -> str:
     """Write ``array`` as ``index/<rel>`` via temp file + fsync + rename; returns its SHA-256."""
     final = library.index_dir / rel
@@ -186,8 +196,14 @@ def write_npy_atomic(library: Library, rel: str, array: np.ndarray) -> str:
     library.tmp_dir.mkdir(parents=True, exist_ok=True)
     tmp = library.tmp_dir / f"{final.name}.{uuid.uuid4().hex}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+        try:
+            with open(tmp, "wb") as f:
+                # Through a plain write(): numpy's fast path for real files (fwrite) reports a
+                # short write without errno, and a full disk must be recognisable as one (F8).
+                np.save(_PlainWriter(f), np.ascontiguousarray(array), allow_pickle=False)
+        except OSError as e:
+            e.filename = e.filename or str(tmp)
+            raise
         digest = sha256_file(tmp)
         atomic_replace(tmp, final)
     finally:

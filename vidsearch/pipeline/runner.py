@@ -131,6 +131,7 @@ class IngestSummary:
     failures: list[dict[str, Any]] = field(default_factory=list)
     index: str | None = None
     decode_nodes: int = 1                  # cluster nodes the decode workers ran on
+    shards_quarantined: int = 0            # missing/corrupt shards set aside at the start (F10)
     loop_s: float = 0.0                    # time in the scheduling loop (no start-up, no index)
 
     @property
@@ -218,6 +219,9 @@ def run_ingest(inputs: Sequence[str | bytes], library_root: str | os.PathLike[st
     with library.lock(break_lock=opts.break_lock):
         # Before Ray, the model and any decoding: a bad shard location fails in a second.
         library.open_shards(opts.shards_uri)
+        if library.exists():
+            # F10: a missing or corrupt shard is set aside and its videos redone by this run.
+            summary.shards_quarantined = len(library.quarantine_bad_shards())
         found = discover(inputs, cfg.extensions, sniff=opts.sniff)
         summary.not_regular = len(found.skipped_not_regular)
         embedder_kwargs = {"model_name": opts.model, "checkpoint": opts.checkpoint,

@@ -21,7 +21,7 @@ ERROR_TYPES = (
     "EmptyFile", "CorruptContainer", "NotAVideo", "NoVideoStream", "UnsupportedCodec", "TooShort",
     "TooLarge", "TooManyFrames", "TooManyStreams", "DecodeTimeout", "DecoderCrash", "DecodeError",
     "NotFound", "PermissionDenied", "NotRegularFile", "Unstable", "EmbedOOM", "NoClips", "IOError",
-    "PartialDecode", "WorkerKilled",
+    "PartialDecode", "WorkerKilled", "ShardCorrupt",
 )
 # Errors that depend only on the bytes of the file: the same video_id fails the same way again,
 # so a rerun does not retry them (``--retry-failed`` does). Others (timeouts, crashes, I/O) are

@@ -98,7 +98,10 @@ def _checked_size(text: str) -> str:
 
 def _attach_catalog(con: duckdb.DuckDBPyConnection, library: Library) -> None:
     path = library.catalog_path
-    if path.is_file():
+    problem = library.catalog_problem()
+    if problem is not None:
+        _logger.warning("catalog %s %s; reading the shards directly", path, problem)
+    elif path.is_file():
         try:
             con.execute("ATTACH ? AS catalog (READ_ONLY)", [str(path)])
             for t in CATALOG_TABLES:

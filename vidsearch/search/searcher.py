@@ -44,7 +44,7 @@ from vidsearch.indexer import (
     uncovered_shards,
     update_index,
 )
-from vidsearch.library import Library, LibraryLocked
+from vidsearch.library import Library, LibraryError, LibraryLocked
 from vidsearch.schemas.config import IndexCfg, SearchCfg
 from vidsearch.schemas.manifest import Manifest
 from vidsearch.schemas.tables import SEARCHABLE_STATUSES
@@ -179,8 +179,13 @@ class Searcher:
             self.warnings.append(f"{sum(s.clips_rows for s in extra)} clips in {len(extra)} shard(s) are "
                                  "not in the index yet; searched exactly (run `vidsearch index`)")
         ids, vecs = [], []
+        unreadable: dict[int, str] = {}
         for s in extra if self.index else uncovered_shards(None, m):
-            i, v = read_shard_vectors(self.library, s, m.model.embed_dim)
+            try:
+                i, v = read_shard_vectors(self.library, s, m.model.embed_dim)
+            except (LibraryError, OSError) as e:  # F10: search what is readable, say what is not
+                unreadable[s.shard_id] = str(e)
+                continue
             ids.append(i)
             vecs.append(v)
         self._extra_ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
@@ -190,10 +195,17 @@ class Searcher:
             self._extra_ids, self._extra_vecs = self._extra_ids[~dup], self._extra_vecs[~dup]
         if self._con is not None:
             self._con.close()
+        if self.auto_repair and not self.library.catalog_is_current(m):
+            self._refresh_catalog()
         # history.duckdb is not attached: this process writes it after each search, and DuckDB
         # refuses a second handle on a file one connection already holds.
+        self.library.left_out_shards = {}
         self._con = open_sandbox(self.library, memory_limit=self.cfg.sql_memory_limit,
                                  threads=self.cfg.sql_threads, history=False)
+        for sid, why in sorted({**self.library.left_out_shards, **unreadable}.items()):
+            rows = next((s.clips_rows for s in m.shards if s.shard_id == sid), 0)
+            self.warnings.append(f"reduced coverage: the {rows} clips of shard {sid} are not searched ({why}); "
+                                 "the next `vidsearch ingest` sets the shard aside and re-ingests its videos")
         self._load_metadata()
         if not self.library.catalog_is_current(m):
             self.warnings.append("catalog.duckdb is behind the manifest; recent clips may be missing "
@@ -201,17 +213,34 @@ class Searcher:
         for w in self.warnings:
             _logger.warning("%s", w)
 
+    def _refresh_catalog(self) -> None:
+        """Rebuild a missing, behind or corrupt catalog when no writer holds the library (F15).
+
+        Otherwise the sandbox answers from an in-memory catalog read from the shards, every time.
+        """
+        try:
+            with self.library.lock():
+                self.library.refresh_catalog()
+        except LibraryLocked:
+            pass  # the writer refreshes it at its next commit
+        except LibraryError as e:  # e.g. a corrupt shard: answered from the readable ones
+            _logger.warning("catalog not rebuilt: %s", e)
+
     def _repair(self, problem: Exception) -> LoadedIndex | None:
         fix = f"vidsearch index --rebuild --library {self.library.root}"
         if self.auto_repair:
             try:
                 with self.library.lock():
                     _logger.warning("%s; rebuilding the index from the shards", problem)
+                    if not self.library.catalog_is_current():
+                        self.library.refresh_catalog()  # F15: a corrupt catalog is set aside and rebuilt
                     update_index(self.library, self.index_cfg, rebuild=not isinstance(problem, IndexMissing))
                 self.manifest = self.library.read_manifest()
                 return load_index(self.library, self.manifest)
             except LibraryLocked:
                 pass
+            except LibraryError as e:  # e.g. a corrupt shard (F10): only an ingest may set it aside
+                problem = e
         self.warnings.append(f"{problem}; searching the shards exactly instead (slower). "
                              f"Fix: `{fix}`")
         return None
