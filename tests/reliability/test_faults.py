@@ -3,6 +3,15 @@ random moment (F6), Ctrl-C (F7), the writer lock (F14), a different model (F16).
 
 Kills need a real separate driver process, so those tests run ``python -m vidsearch.cli ingest``
 as a subprocess and then check the library invariants and equality with a clean run.
+
+Where the other rows are tested (``slow``: only with ``-m slow``):
+
+* F3 (decode actor killed), F4 (embed actor killed; out of memory), F5 (repeated kills), F17
+  (weights), F18 (EIO): ``test_faults_workers.py``; F4 also ``test_embedder_halves_on_runtime_oom``.
+* F8 (disk full), F10 (bad shards), F12 (search during ingest), F15 (catalog/WAL):
+  ``test_faults_storage.py``; F8 also ``tests/unit/test_library.py``, F12 also
+  ``tests/integration/test_serve_api.py`` (the HTTP API during an ingest).
+* F9, F11, F13 (index): ``test_index_faults.py``.
 """
 
 from __future__ import annotations
