@@ -70,6 +70,14 @@ def marks(folder: Path, kind: str) -> list[tuple[int, int, str]]:
     return out
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 class Killer(threading.Thread):
     """Sends SIGKILL to the worker process named by each new marker of ``kind`` (up to ``times``).
 
@@ -82,6 +90,7 @@ class Killer(threading.Thread):
         super().__init__(daemon=True)
         self.folder, self.kind, self.who, self.times, self.needle, self.delay = folder, kind, who, times, needle, delay
         self.killed: list[int] = []
+        self.orphan_survived: list[bool] = []  # decode kills: was the actor's child still running?
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -96,6 +105,9 @@ class Killer(threading.Thread):
                 target = int(ppid if self.who == "ppid" else pid)
                 os.kill(target, signal.SIGKILL)
                 self.killed.append(target)
+                if self.who == "ppid":  # the child (pid) is still inside its sleep: it must die too
+                    time.sleep(0.4)
+                    self.orphan_survived.append(_running(int(pid)))
                 break
             time.sleep(0.05)
 
@@ -114,6 +126,7 @@ def test_f3_decode_actor_killed_mid_job_is_restarted_and_the_video_retried(
     s = ingest(corpus, tmp_path / "lib", executor="ray")
     killer.stop.set()
     assert killer.killed, "the decode actor was never caught mid-job"
+    assert killer.orphan_survived == [False]  # its decode child died with it (PR_SET_PDEATHSIG)
     assert (s.videos_done, s.videos_failed, s.exit_code) == (4, 0, 0), s.failures
     # The job ran again in a new actor process (Ray restarted it) and its video ended done.
     actors = [ppid for _, ppid, _ in marks(m, "slow")]
