@@ -21,7 +21,8 @@ from typing import Any
 
 import duckdb
 import pytest
-from media_tools import TEST_MODEL, lavfi_video
+from media_tools import TEST_MODEL
+from reliability.fault_tools import REPO, env_with_repo, make_corpus
 from reliability.invariants import assert_same_library, check_library
 
 from vidsearch.library import Library
@@ -35,21 +36,12 @@ synth = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = synth
 _spec.loader.exec_module(synth)
 
-REPO = Path(__file__).resolve().parents[2]
 CFG = IngestCfg(decode_workers=1, shard_rows=1, batch_size=4)  # one shard per video
-
-
-def env_with_repo() -> dict[str, str]:
-    """The environment for child processes: this checkout first on the path."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("scorpus")
-    for i, (size, secs) in enumerate([("64x48", 6), ("80x48", 9), ("48x48", 3), ("64x64", 5)]):
-        lavfi_video(d / f"s{i}.mp4", size=size, seconds=secs, rate=10)
-    return d
+    return make_corpus(tmp_path_factory.mktemp("scorpus"), "s")
 
 
 def ingest(inputs: Path, lib: Path, **kw: Any) -> IngestSummary:

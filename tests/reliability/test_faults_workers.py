@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from media_tools import TEST_MODEL, lavfi_video
+from media_tools import TEST_MODEL
+from reliability.fault_tools import make_corpus
 from reliability.invariants import assert_same_library, check_library
 
 from vidsearch.pipeline.runner import IngestOptions, IngestSummary, run_ingest
@@ -40,11 +41,23 @@ CFG = IngestCfg(decode_workers=1, shard_rows=3, batch_size=4)
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four small videos (1-3 clips each)."""
-    d = tmp_path_factory.mktemp("wcorpus")
-    for i, (size, secs) in enumerate([("64x48", 6), ("80x48", 9), ("48x48", 3), ("64x64", 5)]):
-        lavfi_video(d / f"w{i}.mp4", size=size, seconds=secs, rate=10)
-    return d
+    return make_corpus(tmp_path_factory.mktemp("wcorpus"), "w")
+
+
+@pytest.fixture
+def mark_dir(tmp_path: Path) -> Path:
+    """Where the armed hooks write their markers."""
+    (tmp_path / "marks").mkdir()
+    return tmp_path / "marks"
+
+
+def ingest_while_killing(killer: Killer, corpus: Path, lib: Path) -> IngestSummary:
+    """A Ray ingest of ``corpus`` with ``killer`` watching the markers."""
+    killer.start()
+    try:
+        return ingest(corpus, lib, executor="ray")
+    finally:
+        killer.stop.set()
 
 
 def ingest(inputs: list[Path] | Path, lib: Path, executor: str = "local", cfg: IngestCfg = CFG,
@@ -117,14 +130,12 @@ class Killer(threading.Thread):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_f3_decode_actor_killed_mid_job_is_restarted_and_the_video_retried(
-        corpus: Path, clean_lib: Path, tmp_path: Path, ray_session: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    m = tmp_path / "marks"
-    m.mkdir()
+        corpus: Path, clean_lib: Path, tmp_path: Path, mark_dir: Path, ray_session: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    m = mark_dir
     monkeypatch.setenv("VIDSEARCH_TEST_DECODE_FAULT", f"slow=1.5:w1.mp4|marks={m}")
     killer = Killer(m, "slow", "ppid", times=1)
-    killer.start()
-    s = ingest(corpus, tmp_path / "lib", executor="ray")
-    killer.stop.set()
+    s = ingest_while_killing(killer, corpus, tmp_path / "lib")
     assert killer.killed, "the decode actor was never caught mid-job"
     assert killer.orphan_survived == [False]  # its decode child died with it (PR_SET_PDEATHSIG)
     assert (s.videos_done, s.videos_failed, s.exit_code) == (4, 0, 0), s.failures
@@ -140,14 +151,12 @@ def test_f3_decode_actor_killed_mid_job_is_restarted_and_the_video_retried(
 @pytest.mark.ray
 @pytest.mark.slow
 def test_f4_embed_actor_killed_mid_batch_re_embeds_the_batch_deterministically(
-        corpus: Path, clean_lib: Path, tmp_path: Path, ray_session: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    m = tmp_path / "marks"
-    m.mkdir()
+        corpus: Path, clean_lib: Path, tmp_path: Path, mark_dir: Path, ray_session: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    m = mark_dir
     monkeypatch.setenv("VIDSEARCH_TEST_EMBED_FAULT", f"slow=1.0|marks={m}")
     killer = Killer(m, "embed", "pid", times=2)  # two deaths: still under the limit of three
-    killer.start()
-    s = ingest(corpus, tmp_path / "lib", executor="ray")
-    killer.stop.set()
+    s = ingest_while_killing(killer, corpus, tmp_path / "lib")
     assert len(killer.killed) == 2
     assert (s.videos_done, s.videos_failed) == (4, 0), s.failures
     pids = [pid for pid, _, _ in marks(m, "embed")]
@@ -158,9 +167,9 @@ def test_f4_embed_actor_killed_mid_batch_re_embeds_the_batch_deterministically(
 
 @pytest.mark.slow  # RELIABILITY.md 8.4: slow tier
 def test_f4_out_of_memory_splits_the_batch_with_the_same_embeddings(corpus: Path, clean_lib: Path, tmp_path: Path,
+                                                                    mark_dir: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    m = tmp_path / "marks"
-    m.mkdir()
+    m = mark_dir
     monkeypatch.setenv("VIDSEARCH_TEST_EMBED_FAULT", f"oom=1|marks={m}")  # only one clip at a time fits
     s = ingest(corpus, tmp_path / "lib", cfg=IngestCfg(decode_workers=1, shard_rows=3, batch_size=8))
     assert (s.videos_done, s.videos_failed) == (4, 0), s.failures
@@ -219,16 +228,13 @@ def test_embedder_halves_on_runtime_oom_and_keeps_the_smaller_batch(monkeypatch:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_f5_repeated_worker_kills_end_as_a_failure_row_not_a_loop(
-        corpus: Path, tmp_path: Path, ray_session: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    m = tmp_path / "marks"
-    m.mkdir()
+        corpus: Path, tmp_path: Path, mark_dir: Path, ray_session: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = mark_dir
     monkeypatch.setenv("VIDSEARCH_TEST_DECODE_FAULT", f"slow=1.0:w1.mp4|marks={m}")
     killer = Killer(m, "slow", "ppid", times=10, needle="w1.mp4")  # the "OOM killer": every time
-    killer.start()
     t0 = time.monotonic()
-    s = ingest(corpus, tmp_path / "lib", executor="ray")
+    s = ingest_while_killing(killer, corpus, tmp_path / "lib")
     elapsed = time.monotonic() - t0
-    killer.stop.set()
     assert len(killer.killed) == 3  # three deaths on one video, then no fourth try
     assert (s.videos_done, s.videos_failed, s.exit_code) == (3, 1, 2), s.failures
     (f,) = s.failures
@@ -252,7 +258,7 @@ def _no_run_state(lib: Path) -> None:
 
 
 @pytest.mark.ray
-def test_f17_corrupt_weights_fail_before_any_decode(corpus: Path, tmp_path: Path, ray_session: None,
+def test_f17_corrupt_weights_fail_before_any_decode(corpus: Path, tmp_path: Path, mark_dir: Path, ray_session: None,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from vidsearch.models import CheckpointError
     from vidsearch.models.hub import ASSETS_DIR
@@ -261,8 +267,7 @@ def test_f17_corrupt_weights_fail_before_any_decode(corpus: Path, tmp_path: Path
     data = bytearray((ASSETS_DIR / "internvideo2-demo.safetensors").read_bytes())
     data[-100] ^= 0xFF
     bad.write_bytes(bytes(data))
-    m = tmp_path / "marks"
-    m.mkdir()
+    m = mark_dir
     monkeypatch.setenv("VIDSEARCH_TEST_DECODE_FAULT", f"slow=0:.mp4|marks={m}")  # marks every decode job
     opts = IngestOptions(model="internvideo2-demo", checkpoint=str(bad), executor="ray", progress=False)
     with pytest.raises(CheckpointError, match=r"SHA-256 of .*internvideo2-demo.safetensors.*download it again"):
@@ -271,12 +276,11 @@ def test_f17_corrupt_weights_fail_before_any_decode(corpus: Path, tmp_path: Path
     _no_run_state(tmp_path / "lib")
 
 
-def test_f17_missing_weights_cli_says_where_to_put_them(corpus: Path, tmp_path: Path) -> None:
+def test_f17_missing_weights_cli_says_where_to_put_them(corpus: Path, tmp_path: Path, mark_dir: Path) -> None:
     import subprocess
     import sys
 
-    m = tmp_path / "marks"
-    m.mkdir()
+    m = mark_dir
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf"),
            "VIDSEARCH_TEST_DECODE_FAULT": f"slow=0:.mp4|marks={m}"}
     for var in ("VIDSEARCH_WEIGHTS", "VIDSEARCH_WEIGHTS_INTERNVIDEO2_S2_1B"):
@@ -295,9 +299,8 @@ def test_f17_missing_weights_cli_says_where_to_put_them(corpus: Path, tmp_path: 
 
 @pytest.mark.slow  # RELIABILITY.md 8.4: slow tier
 def test_f18_eio_is_retried_with_backoff_then_an_ioerror_row(corpus: Path, clean_lib: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    m = tmp_path / "marks"
-    m.mkdir()
+                                                             mark_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = mark_dir
     # w1: two failed reads, then the filesystem is back; w3: every read fails.
     monkeypatch.setenv("VIDSEARCH_TEST_DECODE_FAULT", f"eio=2:w1.mp4|eio=99:w3.mp4|marks={m}")
     cfg = IngestCfg(decode_workers=1, shard_rows=3, batch_size=4, io_retries=3, io_retry_backoff_s=0.2)
