@@ -226,6 +226,25 @@ def _kill_then_resume(point: str, corpus: Path, local_lib: Path, s3: S3, tmp_pat
     assert_same_library(lib, local_lib)
 
 
+def test_f10_corrupt_object_is_set_aside_and_its_videos_re_ingested(corpus: Path, local_lib: Path, s3: S3,
+                                                                     tmp_path: Path) -> None:
+    """RELIABILITY.md F10 on an object store: the bad object moves to ``<prefix>/quarantine/``."""
+    lib, prefix = tmp_path / "lib", "f10"
+    assert ingest(corpus, lib, s3.uri(prefix)).exit_code == 0
+    bad = next(s for s in Library(lib).read_manifest().shards if s.clips_rows)
+    key = f"{prefix}/{bad.clips_file}"
+    body = s3.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    s3.client.put_object(Bucket=BUCKET, Key=key, Body=body[: len(body) // 2])
+    assert f"SHA-256 mismatch in s3://{BUCKET}/{prefix}/{bad.clips_file}" in Library(lib).verify()
+    s = ingest(corpus, lib)
+    assert (s.shards_quarantined, s.videos_failed, s.videos_done + s.videos_skipped) == (1, 0, 3)
+    assert s.videos_done >= 1
+    aside = s3.client.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/quarantine/")["Contents"]
+    assert sorted(o["Key"].split("-", 1)[1] for o in aside) == sorted([bad.clips_file, bad.videos_file])
+    check_library(lib)
+    assert_same_library(lib, local_lib)
+
+
 def test_file_uri_shards(corpus: Path, local_lib: Path, tmp_path: Path) -> None:
     shards = tmp_path / "elsewhere" / "shards"
     s = ingest(corpus, tmp_path / "lib", f"file://{shards}/")
