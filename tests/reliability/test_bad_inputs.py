@@ -6,13 +6,20 @@ folder; each test checks one row of the table against the catalog.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import shutil
+import struct
+import time
 from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 import pytest
+from media_tools import ffmpeg, lavfi_video
 from reliability.invariants import check_library
 
 from vidsearch.library import Library
@@ -202,3 +209,227 @@ def _rows(lib: Library) -> dict[bytes, dict[str, Any]]:
         names = [d[0] for d in cur.description]
         rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
     return {bytes(r["path_bytes"]): r for r in rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# B13, B21, B23 and S7's probe limits: one CLI run (in-process, local executor) over a folder of
+# oversized, over-claiming and bomb-like files. The frame limit is lowered to 10,000 so that a
+# 20,000-frame bomb is cheap to make; the 10^6-frame bomb under the default limit is slow-tier.
+# ---------------------------------------------------------------------------------------------
+def _edit_over_claim_mp4(src: Path, dst: Path, factor: int) -> int:
+    """Copy ``src`` (one stts entry) with the stts sample count multiplied: the container then
+    claims ``factor`` times the frames it holds (decord #373). Returns the true frame count."""
+    d = bytearray(src.read_bytes())
+    i = d.find(b"stts")
+    n_entries = struct.unpack(">I", d[i + 8: i + 12])[0]
+    assert n_entries == 1, n_entries
+    count = struct.unpack(">I", d[i + 12: i + 16])[0]
+    struct.pack_into(">I", d, i + 12, count * factor)
+    dst.write_bytes(bytes(d))
+    return count
+
+
+def _edit_avi_dims(src: Path, dst: Path, width: int, height: int) -> None:
+    """Copy an AVI with its declared frame size (avih and the stream's BITMAPINFOHEADER) replaced."""
+    d = bytearray(src.read_bytes())
+    a = d.find(b"avih")
+    struct.pack_into("<II", d, a + 8 + 32, width, height)
+    s = d.find(b"strf")
+    struct.pack_into("<ii", d, s + 8 + 4, width, height)
+    dst.write_bytes(bytes(d))
+
+
+def _edit_avi_length(src: Path, dst: Path, frames: int) -> None:
+    """Copy an AVI whose headers (avih dwTotalFrames, strh dwLength) claim ``frames`` frames."""
+    d = bytearray(src.read_bytes())
+    struct.pack_into("<I", d, d.find(b"avih") + 8 + 16, frames)
+    struct.pack_into("<I", d, d.find(b"strh") + 8 + 32, frames)
+    dst.write_bytes(bytes(d))
+
+
+@pytest.fixture(scope="module")
+def limit_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("limits")
+    src = d.parent / f"{d.name}_src"
+    src.mkdir()
+    v: dict[str, Path] = {"dir": d}
+    v["good"] = lavfi_video(d / "good.mp4", size="64x48", seconds=2, rate=10)
+    # B13: 8K, 4 frames, and 16K-wide (16K UHD), 1 frame: upscaled small patterns compress to KBs.
+    v["B13_8k"] = d / "b13_8k.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x90:rate=2:duration=2", "-vf",
+           "scale=7680:4320:flags=neighbor", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "40",
+           "-pix_fmt", "yuv420p", v["B13_8k"])
+    v["B13_16k"] = d / "b13_16k.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=c=gray:size=15360x8640:rate=1", "-frames:v", "1", "-c:v", "libx264",
+           "-preset", "ultrafast", "-pix_fmt", "yuv420p", v["B13_16k"])
+    # B21: containers that claim ten times the frames they hold (mp4 stts; AVI headers).
+    base = lavfi_video(src / "base.mp4", size="64x48", seconds=6, rate=10, extra=("-g", "10"))
+    v["B21_mp4"] = d / "b21_over_stts.mp4"
+    assert _edit_over_claim_mp4(base, v["B21_mp4"], 10) == 60
+    avi = src / "base.avi"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=6", "-c:v", "mpeg4", "-g", "10", avi)
+    v["B21_avi"] = d / "b21_over_length.avi"
+    _edit_avi_length(avi, v["B21_avi"], 600)
+    # B23 / S7: 50 video streams; 1 video + 99 audio streams.
+    v["B23_streams"] = d / "b23_50_video_streams.mkv"
+    ffmpeg("-i", base, *[a for _ in range(50) for a in ("-map", "0:v")], "-c", "copy", v["B23_streams"])
+    sine = src / "sine.m4a"
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", sine)
+    v["S7_streams"] = d / "s7_100_streams.mkv"
+    ffmpeg("-i", base, "-i", sine, "-map", "0:v", *[a for _ in range(99) for a in ("-map", "1:a")],
+           "-c", "copy", v["S7_streams"])
+    # B23: 1x1 px, 20,000 frames (limit 10,000 in this run): matroska claims no count, so only
+    # the probe's counting demux can stop it; and an mp4 whose claim alone is over the limit.
+    v["B23_frames"] = d / "b23_1x1_20k_frames.mkv"
+    ffmpeg("-f", "lavfi", "-i", "color=c=red:size=1x1:rate=1000", "-frames:v", "20000", "-c:v", "ffv1",
+           v["B23_frames"])
+    v["B23_claim"] = d / "b23_claims_30k_frames.mp4"
+    _edit_over_claim_mp4(base, v["B23_claim"], 500)
+    # S7: corrupted headers declaring huge frames: 8000x8000 (past --max-pixels), 60000x60000
+    # (past ffmpeg's own size check), and an MJPEG whose bitstream (64x48) contradicts its header.
+    raw = src / "raw.avi"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=16x16:rate=10:duration=1", "-c:v", "rawvideo", "-pix_fmt", "gray", raw)
+    v["S7_dims_8000"] = d / "s7_header_8000x8000.avi"
+    _edit_avi_dims(raw, v["S7_dims_8000"], 8000, 8000)
+    v["S7_dims_60000"] = d / "s7_header_60000x60000.avi"
+    _edit_avi_dims(raw, v["S7_dims_60000"], 60000, 60000)
+    mj = src / "mj.avi"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=1", "-c:v", "mjpeg", mj)
+    v["S7_dims_mjpeg"] = d / "s7_mjpeg_header_30000.avi"
+    _edit_avi_dims(mj, v["S7_dims_mjpeg"], 30000, 30000)
+    return v
+
+
+def _status_of(path: Path) -> dict[str, int]:
+    out = {}
+    for line in Path("/proc", str(path), "status").read_text().splitlines():
+        k, _, val = line.partition(":")
+        if k in ("VmRSS", "VmHWM"):
+            out[k] = int(val.split()[0]) * 1024
+    return out
+
+
+@pytest.fixture(scope="module")
+def limits_run(limit_inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from vidsearch.cli import main
+
+    lib = tmp_path_factory.mktemp("limitslib") / "lib"
+    # Warm up (imports, model) so that the parent's RSS below measures the bad files, not start-up.
+    warm = tmp_path_factory.mktemp("warm") / "lib"
+    ingest([limit_inputs["good"]], warm)
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) of this process
+    before = _status_of(Path("self"))["VmRSS"]
+    t0 = time.monotonic()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main(["-q", "ingest", str(limit_inputs["dir"]), "--library", str(lib), "--model", MODEL,
+                   "--executor", "local", "--decode-workers", "1", "--no-index", "--json",
+                   "--max-frames", "10000"])
+    elapsed = time.monotonic() - t0
+    peak = _status_of(Path("self"))["VmHWM"]
+    summary = json.loads(out.getvalue())
+    return {"rc": rc, "summary": summary, "lib": lib, "rows": _rows(Library(lib)), "elapsed": elapsed,
+            "parent_growth": peak - before, "clips": _clip_rows(Library(lib))}
+
+
+def _clip_rows(lib: Library) -> dict[str, list[tuple[Any, ...]]]:
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    with lib.connect_catalog() as con:
+        for vid, idx, start, end in con.execute(
+                "SELECT video_id, frame_indices, start_s, end_s FROM clips ORDER BY video_id, clip_index").fetchall():
+            out.setdefault(vid, []).append((list(idx), start, end))
+    return out
+
+
+def test_limits_run_completes_in_bounded_time_and_parent_memory(limits_run: dict[str, Any]) -> None:
+    assert limits_run["rc"] == 2 and limits_run["summary"]["status"] == "partial"
+    # Bombs are refused at the probe: the run over 13 files takes seconds, not minutes.
+    assert limits_run["elapsed"] < 60, limits_run["elapsed"]
+    # The parent never holds a frame: its peak RSS grows by little (S7 "parent RSS stable").
+    assert limits_run["parent_growth"] < 150 << 20, limits_run["parent_growth"] / 2**20
+    check_library(limits_run["lib"])
+
+
+@pytest.mark.parametrize(("row_id", "error_type", "in_message"), [
+    ("B13_16k", "TooLarge", "15360x8640 frames exceed"),
+    ("B23_streams", "TooManyStreams", "50 streams (50 video)"),
+    ("S7_streams", "TooManyStreams", "100 streams (1 video)"),
+    ("B23_frames", "TooManyFrames", "more than 10000 frames (--max-frames)"),
+    ("B23_claim", "TooManyFrames", "claims 30000 frames"),
+    ("S7_dims_8000", "TooLarge", "8000x8000"),
+    ("S7_dims_60000", "CorruptContainer", "frame size is missing or invalid"),
+])
+def test_b23_s7_limits_refuse_at_probe(limits_run: dict[str, Any], limit_inputs: dict[str, Path], row_id: str,
+                                       error_type: str, in_message: str) -> None:
+    r = _row(limits_run, limit_inputs[row_id])
+    assert (r["status"], r["stage"], r["error_type"]) == ("failed", "probe", error_type), r
+    assert in_message in r["error_message"] and limit_inputs[row_id].name in r["error_message"]
+    assert r["num_clips"] == 0 and r["video_id"] not in limits_run["clips"]
+
+
+def test_b13_8k_decoded_with_downscale_and_header_lies_ignored(limits_run: dict[str, Any],
+                                                               limit_inputs: dict[str, Path]) -> None:
+    r = _row(limits_run, limit_inputs["B13_8k"])
+    assert (r["status"], r["width"], r["height"], r["coverage"]) == ("done", 7680, 4320, 1.0)
+    # The MJPEG's header claims 30000x30000; the bitstream's 64x48 is what counts.
+    r = _row(limits_run, limit_inputs["S7_dims_mjpeg"])
+    assert (r["status"], r["width"], r["height"]) == ("done", 64, 48)
+
+
+@pytest.mark.parametrize("row_id", ["B21_mp4", "B21_avi"])
+def test_b21_over_claimed_frames_clamped_and_partial(limits_run: dict[str, Any], limit_inputs: dict[str, Path],
+                                                     row_id: str) -> None:
+    r = _row(limits_run, limit_inputs[row_id])
+    # All 60 real frames decode; the claim of 600 makes coverage 0.1: never "done" (rule 2).
+    assert (r["status"], r["error_type"], r["frame_count"]) == ("partial", "PartialDecode", 60), r
+    assert r["coverage"] == pytest.approx(0.1) and "decoded 60 of 600 frames" in r["error_message"]
+    clips = limits_run["clips"][r["video_id"]]
+    assert len(clips) == 2  # ceil(6 s / 4 s): times come from the real frames, not the claim
+    assert max(i for idx, _, _ in clips for i in idx) < 60  # sampled indices within decodable frames
+    assert max(end for _, _, end in clips) <= r["duration_s"] + 1e-6 and r["duration_s"] == pytest.approx(6.0)
+
+
+def _decode_all(w: Any, path: Path) -> tuple[Any, list[Any]]:
+    """Plan and decode every clip of ``path`` with the decode worker ``w``."""
+    from vidsearch.pipeline.discover import make_task
+
+    plan = w.plan(make_task(os.fsencode(path)))
+    chunks = [] if isinstance(plan, Exception) else [
+        w.decode(plan, lo, min(len(plan.clips), lo + 16)) for lo in range(0, len(plan.clips), 16)]
+    return plan, chunks
+
+
+B13_BUDGET = 1 << 30  # RELIABILITY.md B13: the decode child's peak RSS, 1 GB
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+def test_b13_decode_child_peak_rss_under_budget(limit_inputs: dict[str, Path], decoder: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """One decode child probes the 16K-wide file (TooLarge) and decodes the 8K one with a
+    decode-side downscale; its peak RSS (VmHWM: ru_maxrss would include the forking parent's
+    peak) stays under 1 GB. [M] 8K before the downscale: 1.16 GB (PyAV), 1.70 GB (decord);
+    after: 0.56 GB and 0.72 GB, of which 0.24 GB is the child's start-up."""
+    from vidsearch.models import get_model_config
+    from vidsearch.pipeline.decode import DECODER_ENV, DecodeWorker, resize_uint8
+    from vidsearch.pipeline.types import FramesChunk, VideoError
+
+    monkeypatch.setenv(DECODER_ENV, decoder)  # the reader tried first; the child inherits it
+    pp = get_model_config(MODEL).preprocess
+    w = DecodeWorker(IngestCfg(), pp)
+    try:
+        plan, chunks = _decode_all(w, limit_inputs["B13_16k"])
+        assert isinstance(plan, VideoError) and plan.error_type == "TooLarge" and not chunks
+        plan, chunks = _decode_all(w, limit_inputs["B13_8k"])
+        peak = w.peak_rss_bytes()
+    finally:
+        w.close()
+    assert all(isinstance(c, FramesChunk) and not c.truncated and c.decoder == decoder for c in chunks), chunks
+    assert sum(len(c.kept) for c in chunks) == len(plan.clips) == 1
+    assert peak < B13_BUDGET, peak / 2**20
+    # The frames are the picture, shrunk: close to the model's resize of the full 8K frames.
+    with av.open(str(limit_inputs["B13_8k"])) as c:
+        full = {i: resize_uint8(f.to_ndarray(format="rgb24")[None], pp)[0]  # one 8K frame at a time
+                for i, f in enumerate(c.decode(video=0))}
+    ref = np.stack([full[i] for i in plan.clips[0].frame_indices])
+    diff = np.abs(chunks[0].frames[0].astype(np.int16) - ref.astype(np.int16))
+    assert diff.mean() < 8, diff.mean()

@@ -10,6 +10,8 @@ from typing import Any
 
 
 def add_parser(subparsers: Any) -> None:
+    from vidsearch.schemas.config import IngestCfg
+
     p = subparsers.add_parser(
         "ingest", help="cut videos into clips, embed them and store them in a library",
         description="Ingest folders (recursive), globs, files or @LIST files (one path per line) "
@@ -40,6 +42,17 @@ def add_parser(subparsers: Any) -> None:
                    help="in folders, take only files with a video extension (no content sniffing)")
     p.add_argument("--decode-timeout", type=float, default=300.0,
                    help="seconds without progress before a decoder is killed (default 300)")
+    lim = IngestCfg()
+    p.add_argument("--max-pixels", type=int, default=lim.max_pixels,
+                   help=f"refuse videos whose frames have more pixels (TooLarge; default {lim.max_pixels}, 8K)")
+    p.add_argument("--max-frames", type=int, default=lim.max_frames,
+                   help=f"refuse videos with more frames (TooManyFrames; default {lim.max_frames})")
+    p.add_argument("--max-streams", type=int, default=lim.max_streams,
+                   help=f"refuse files with more streams (TooManyStreams; default {lim.max_streams}, "
+                        f"of which at most {lim.max_video_streams} video)")
+    p.add_argument("--decode-memory", type=int, default=lim.decode_memory_mb, metavar="MIB",
+                   help=f"memory cap of each decode process; a video needing more fails as TooLarge "
+                        f"(default {lim.decode_memory_mb}; 0 = no cap)")
     p.add_argument("--shard-rows", type=int, default=4096, help="clip rows per shard (default 4096)")
     p.add_argument("--commit-interval", type=float, default=60.0, help="commit at least this often, seconds")
     p.add_argument("--new-index", action="store_true",
@@ -61,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.clip_seconds <= 0 or (args.stride is not None and args.stride <= 0):
         raise UserError("--batch-size, --clip-seconds and --stride must be positive")
+    if min(args.max_pixels, args.max_frames, args.max_streams) < 1 or args.decode_memory < 0:
+        raise UserError("--max-pixels, --max-frames and --max-streams must be positive, --decode-memory >= 0")
     if "://" in args.library:
         # The library folder holds DuckDB and mmapped FAISS files, which need a local filesystem;
         # a URI here would silently become a local folder named "s3:". Refuse instead.
@@ -72,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
                   scene_threshold=args.scene_threshold, skip_static=args.skip_static,
                   batch_size=args.batch_size, decode_workers=args.decode_workers,
                   decode_timeout_s=args.decode_timeout, shard_rows=args.shard_rows,
-                  commit_interval_s=args.commit_interval)
+                  commit_interval_s=args.commit_interval, max_pixels=args.max_pixels,
+                  max_frames=args.max_frames, max_streams=args.max_streams,
+                  decode_memory_mb=args.decode_memory)
     if args.ext:
         exts = tuple(e if e.startswith(".") else f".{e}" for e in (x.strip().lower() for x in args.ext.split(",")) if e)
         cfg = replace(cfg, extensions=exts)

@@ -49,6 +49,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -135,8 +136,11 @@ class _PyAVReader:
 
     name = "pyav"
 
-    def __init__(self, path: str, demuxer: str, rotation: int, keep: frozenset[int] | None = None) -> None:
+    def __init__(self, path: str, demuxer: str, rotation: int, keep: frozenset[int] | None = None,
+                 max_pixels: int | None = None, post: Callable[[np.ndarray], np.ndarray] | None = None,
+                 ) -> None:
         self.path, self.demuxer, self.rotation = path, demuxer, rotation
+        self.max_pixels, self.post = max_pixels, post
         self.keep: set[int] | None = set(keep) if keep is not None else None
         self.index_of: dict[int, int] | None = None
         self._indexed = False
@@ -198,6 +202,8 @@ class _PyAVReader:
             except StopIteration:
                 self.eof = True
                 return None
+            except MemoryError:
+                raise  # av.error.MemoryError is an FFmpegError too: the child's memory cap, not a cut file
             except av.error.FFmpegError as e:
                 if is_transient_io(e):
                     raise  # a network filesystem hiccup: the job is retried, not truncated
@@ -214,6 +220,8 @@ class _PyAVReader:
                 self.buffer.extend(packet.decode())
             except av.error.EOFError:
                 self.eof = True
+            except MemoryError:
+                raise
             except av.error.FFmpegError as e:
                 if is_transient_io(e):
                     raise
@@ -221,10 +229,17 @@ class _PyAVReader:
         return self.buffer.pop(0)
 
     def _rgb(self, frame: Any) -> np.ndarray:
-        a = frame.to_ndarray(format="rgb24")
+        size = downscaled_size(frame.width, frame.height, self.max_pixels)
+        if size is None:
+            a = frame.to_ndarray(format="rgb24")
+        else:
+            # Decode-side downscale (B13): swscale converts and shrinks in one pass, so no
+            # full-resolution RGB copy of the frame is ever made.
+            a = frame.reformat(width=size[0], height=size[1], format="rgb24",
+                               interpolation="AREA").to_ndarray()
         if self.rotation:
             a = np.ascontiguousarray(np.rot90(a, self.rotation // 90))
-        return a
+        return self.post(a) if self.post is not None else a
 
     def get(self, indices: list[int], retain_from: int | None = None,
             ) -> tuple[dict[int, np.ndarray], int | None, str | None]:
@@ -296,14 +311,34 @@ class _PyAVReader:
         return out, None, None
 
 
+def downscaled_size(width: int, height: int, max_pixels: int | None) -> tuple[int, int] | None:
+    """(w, h) with the aspect ratio of ``width x height`` and at most ``max_pixels``, or None
+    when the frame is already within the limit."""
+    if not max_pixels or width * height <= max_pixels:
+        return None
+    f = (max_pixels / (width * height)) ** 0.5
+    return max(2, int(width * f)), max(2, int(height * f))
+
+
+_DECORD_BATCH_BYTES = 256 << 20  # RGB bytes of one get_batch call (a chunk asks for up to ~64 frames)
+
+
 class _DecordReader:
     name = "decord"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, size: tuple[int, int] | None = None, max_pixels: int | None = None,
+                 post: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         import decord
 
-        self.vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        # decord scales inside its ffmpeg filter graph: frames above max_pixels never exist at
+        # full resolution in RGB (B13).
+        small = downscaled_size(*size, max_pixels) if size is not None else None
+        w, h = small if small is not None else (-1, -1)
+        self.vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, width=w, height=h)
         self.length = len(self.vr)
+        self.post = post
+        fw, fh = small or size or (1920, 1080)
+        self.batch = max(1, _DECORD_BATCH_BYTES // (fw * fh * 3))
 
     def close(self) -> None:
         del self.vr
@@ -314,8 +349,13 @@ class _DecordReader:
         ended = self.length if len(ok) < len(indices) else None
         if not ok:
             return {}, ended, "decord: frame index past the decodable frames"
-        batch = self.vr.get_batch(ok).asnumpy()  # (K, H, W, 3); one forward pass for sorted ok
-        return dict(zip(ok, batch, strict=True)), ended, None
+        out: dict[int, np.ndarray] = {}
+        for k in range(0, len(ok), self.batch):  # in order: still one forward pass for sorted ok
+            part = ok[k : k + self.batch]
+            batch = self.vr.get_batch(part).asnumpy()  # (K, H, W, 3)
+            for i, a in zip(part, batch, strict=True):
+                out[i] = self.post(a) if self.post is not None else a
+        return out, ended, None
 
 
 class ChildState:
@@ -375,12 +415,19 @@ def plan_video(task: VideoTask, cfg: IngestCfg, pp: PreprocessCfg) -> VideoPlan:
 DECODER_ENV = "VIDSEARCH_DECODER"  # "pyav" (default) or "decord": the reader tried first
 
 
-def _open_pyav(plan: VideoPlan, state: ChildState) -> _PyAVReader:
+def _open_pyav(plan: VideoPlan, state: ChildState, cfg: IngestCfg, pp: PreprocessCfg) -> _PyAVReader:
     keep = frozenset(i for c in plan.clips for i in c.frame_indices)
-    return _PyAVReader(_child_path(plan.task.path_bytes, state), _demuxer_of(plan), plan.probe.rotation, keep)
+    return _PyAVReader(_child_path(plan.task.path_bytes, state), _demuxer_of(plan), plan.probe.rotation, keep,
+                       max_pixels=cfg.decode_max_pixels, post=_model_resize(pp))
 
 
-def _open_reader(plan: VideoPlan, state: ChildState) -> Any:
+def _model_resize(pp: PreprocessCfg) -> Callable[[np.ndarray], np.ndarray]:
+    """Per-frame resize to the model's input size, applied as each frame is decoded: a chunk
+    then holds (S, S, 3) frames only, never ~64 full-resolution ones (2 GB at 4K)."""
+    return lambda a: resize_uint8(a[None], pp)[0]
+
+
+def _open_reader(plan: VideoPlan, state: ChildState, cfg: IngestCfg, pp: PreprocessCfg) -> Any:
     """The first reader that opens the file: PyAV, then decord (or decord first, see DECODER_ENV).
 
     PyAV is first because it converts only the sampled frames to RGB and can skip unsampled
@@ -395,8 +442,12 @@ def _open_reader(plan: VideoPlan, state: ChildState) -> Any:
     for name in order:
         try:
             if name == "decord":
-                return _DecordReader(_child_path(plan.task.path_bytes, state))
-            return _open_pyav(plan, state)
+                return _DecordReader(_child_path(plan.task.path_bytes, state),
+                                     (plan.probe.coded_width, plan.probe.coded_height),
+                                     cfg.decode_max_pixels, _model_resize(pp))
+            return _open_pyav(plan, state, cfg, pp)
+        except MemoryError:
+            raise
         except av.error.FFmpegError as e:
             if is_transient_io(e):
                 raise
@@ -431,7 +482,7 @@ def decode_chunk(plan: VideoPlan, lo: int, hi: int, cfg: IngestCfg, pp: Preproce
     key = (plan.task.video_id, plan.task.display_path)
     if state.key != key:
         state.reset()
-        state.reader = _open_reader(plan, state)
+        state.reader = _open_reader(plan, state, cfg, pp)
         state.key = key
     reader = state.reader
     clips = plan.clips[lo:hi]
@@ -440,13 +491,15 @@ def decode_chunk(plan: VideoPlan, lo: int, hi: int, cfg: IngestCfg, pp: Preproce
     later = min((min(c.frame_indices) for c in plan.clips[hi:hi + 64]), default=None)
     try:
         got, ended, err = reader.get(wanted, later)
+    except MemoryError:
+        raise
     except Exception as e:  # noqa: BLE001 - decord raises untyped errors on corrupt data
         if is_transient_io(e):
             raise
         if isinstance(reader, _DecordReader) and lo == 0:
             # decord opened the file but cannot read it: retry the whole video with PyAV.
             state.reset()
-            state.reader = _open_pyav(plan, state)
+            state.reader = _open_pyav(plan, state, cfg, pp)
             state.key = key
             return decode_chunk(plan, lo, hi, cfg, pp, state)
         got, ended, err = {}, (clips[0].frame_indices[0] if clips else 0), f"{reader.name}: {e}"
@@ -463,14 +516,10 @@ def decode_chunk(plan: VideoPlan, lo: int, hi: int, cfg: IngestCfg, pp: Preproce
             ended = c.end_frame
     kept: list[int] = []
     arrays: list[np.ndarray] = []
-    small: dict[int, np.ndarray] = {}  # frame index -> (S, S, 3); full-res frames are never stacked
     for c in clips:
         if not all(i in got for i in c.frame_indices):
             break  # clips after the first undecodable one are not trusted either
-        for i in c.frame_indices:
-            if i not in small:
-                small[i] = resize_uint8(got[i][None], pp)[0]
-        frames = np.stack([small[i] for i in c.frame_indices])  # (T, S, S, 3)
+        frames = np.stack([got[i] for i in c.frame_indices])  # (T, S, S, 3): readers resize as they decode
         if cfg.skip_static:
             sig = _static_signature(frames)
             inner = float(np.abs(np.diff(sig, axis=0)).mean()) if len(sig) > 1 else 0.0
@@ -511,13 +560,45 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def _limit_memory(mb: int) -> None:
+    """Cap this process's writable memory (RLIMIT_DATA: heap and private writable mappings, what
+    decoded frames live in; not address space reserved and never touched, which RLIMIT_AS would
+    count). An allocation past it fails with ENOMEM, which becomes ``TooLarge``."""
+    import resource
+
+    if mb <= 0:
+        return
+    want = mb << 20
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (want, hard))
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident memory. VmHWM, not ``ru_maxrss``: Linux carries ru_maxrss
+    over ``execve``, so a spawned child would report its forking parent's peak as its own."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
 def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None) -> None:
     # Ctrl-C goes to the whole foreground process group; the parent decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
+    import av  # noqa: F401 - imported before the memory cap: start-up is not a video's cost
     import torch
 
     torch.set_num_threads(1)
+    _limit_memory(cfg.decode_memory_mb)
     state = ChildState()
     hooks = DecodeFaults(fault)
     while True:
@@ -528,9 +609,11 @@ def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None)
         kind = job[0]
         stage = "probe" if kind == "plan" else "decode"
         try:
-            if kind == "plan":
+            if kind == "stats":
+                result: Any = {"peak_rss_bytes": _peak_rss_bytes()}
+            elif kind == "plan":
                 hooks.before_job(job[1].display_path)
-                result: Any = plan_video(job[1], cfg, pp)
+                result = plan_video(job[1], cfg, pp)
             elif kind == "decode":
                 _, plan, lo, hi = job
                 hooks.before_job(plan.task.display_path)
@@ -549,9 +632,14 @@ def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None)
             conn.send(("err", "IOError", stage, f"read error: {e.strerror or e} (errno {e.errno})"))
         except MemoryError:
             state.reset()
-            conn.send(("err", "TooLarge", "decode", "out of memory decoding the video"))
+            conn.send(("err", "TooLarge", "decode",
+                       f"out of memory decoding the video (decode child capped at {cfg.decode_memory_mb} MiB)"))
         except Exception as e:  # noqa: BLE001 - a decoder bug on one file must stay one failed video
             state.reset()
+            if "can't allocate memory" in str(e):  # torch's allocator raises RuntimeError
+                conn.send(("err", "TooLarge", "decode",
+                           f"out of memory decoding the video (decode child capped at {cfg.decode_memory_mb} MiB)"))
+                continue
             _logger.debug("decode job failed", exc_info=True)
             conn.send(("err", "DecodeError", "decode", f"{type(e).__name__}: {str(e)[:200]}"))
 
@@ -651,6 +739,9 @@ class DecodeWorker:
                                 attempt, tries, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+    def peak_rss_bytes(self) -> int:
+        """Peak resident memory of the current decode child (its ``ru_maxrss``), in bytes."""
+        return int(self._call(("stats",), "decode")["peak_rss_bytes"])
 
     def plan(self, task: VideoTask) -> VideoPlan | VideoError:
         """Probe + segment ``task``; per-video errors come back as values (errors as data).

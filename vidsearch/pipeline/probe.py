@@ -8,12 +8,16 @@ Order of checks, each a failure branch (RELIABILITY.md §8.1):
    then forced to the sniffed format, so ffmpeg never runs a playlist demuxer that would follow
    references inside the file (rule 3), and only the ``file`` protocol is allowed;
 3. the container must open -> else ``CorruptContainer`` (B2: moov atom missing);
-4. ``format_name`` allowlisted -> else ``NotAVideo``; stream count <= limit -> ``TooManyStreams``;
+4. ``format_name`` allowlisted -> else ``NotAVideo``; streams (all, and video) within
+   ``max_streams`` / ``max_video_streams`` -> else ``TooManyStreams`` (B23, S7);
 5. at least one video stream, decided from the stream list -> else ``NoVideoStream`` (B9);
-6. pixel limit -> ``TooLarge``; a demux pass over the video packets (no decoding) collects every
-   frame's pts (VFR-exact times, B15) and counts frames -> ``TooManyFrames`` past the limit,
-   ``CorruptContainer`` when no frame has data; the first frame is decoded to read the rotation
-   from its display matrix (B16) and to prove the codec decodes -> ``UnsupportedCodec``.
+6. ``max_pixels`` -> ``TooLarge`` (B13, S7), checked on the header's size and again on the first
+   decoded frame's; a demux pass over the video packets (no decoding) collects every frame's pts
+   (VFR-exact times, B15) and counts frames -> ``TooManyFrames`` as soon as the count (or the
+   container's claim) passes ``max_frames``, so a frame bomb costs bounded time and memory;
+   ``CorruptContainer`` when no frame has data; the first frame is decoded (one thread) to read
+   the rotation from its display matrix (B16) and to prove the codec decodes -> ``UnsupportedCodec``.
+   Running out of memory anywhere here (the decode child's RLIMIT_DATA) -> ``TooLarge``.
 
 PyAV is imported lazily: this module is also imported by discovery (for the sniffer) in the
 driver, which must stay light.
@@ -130,6 +134,8 @@ def probe(path_bytes: bytes, cfg: IngestCfg) -> ProbeInfo:
     with open_path(path_bytes) as path:
         try:
             container = av.open(path, format=demuxer, options={"protocol_whitelist": "file"})
+        except MemoryError:
+            raise VideoError("TooLarge", "probe", "out of memory opening the container") from None
         except av.error.FFmpegError as e:
             if is_transient_io(e):
                 raise  # EIO from a network filesystem: retried by the decode worker (F18)
@@ -144,6 +150,12 @@ def _short(e: BaseException) -> str:
     return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
 
 
+def _check_pixels(width: int, height: int, cfg: IngestCfg) -> None:
+    if width * height > cfg.max_pixels:
+        raise VideoError("TooLarge", "probe", f"{width}x{height} frames exceed the {cfg.max_pixels}-pixel "
+                                              "limit (--max-pixels)")
+
+
 def _first_frame(packet: object, cw: int, ch: int) -> tuple[int | None, int, int, str | None]:
     """Decode ``packet``; (rotation, width, height, error) of its first frame, rotation None if none."""
     import av
@@ -153,6 +165,8 @@ def _first_frame(packet: object, cw: int, ch: int) -> tuple[int | None, int, int
             return int(round(getattr(frame, "rotation", 0) or 0)) % 360, frame.width, frame.height, None
     except av.error.EOFError:
         pass
+    except MemoryError:
+        raise  # av.error.MemoryError is an FFmpegError too: not a codec problem
     except av.error.FFmpegError as e:
         return None, cw, ch, _short(e)
     return None, cw, ch, None
@@ -165,8 +179,11 @@ def _probe_open(container: object, cfg: IngestCfg) -> ProbeInfo:
     if not set(fmt.split(",")) & set(cfg.allowed_formats):
         raise VideoError("NotAVideo", "probe", f"container format {fmt} not allowed")
     streams = container.streams  # type: ignore[attr-defined]
-    if len(streams) > cfg.max_streams:
-        raise VideoError("TooManyStreams", "probe", f"{len(streams)} streams > limit {cfg.max_streams}")
+    n_video = len(streams.video)
+    if len(streams) > cfg.max_streams or n_video > cfg.max_video_streams:
+        raise VideoError("TooManyStreams", "probe",
+                         f"{len(streams)} streams ({n_video} video) exceed the limit of {cfg.max_streams} "
+                         f"({cfg.max_video_streams} video; --max-streams)")
     videos = [s for s in streams.video if s.codec_context is not None]
     if not videos:
         kinds = sorted({s.type for s in streams}) or ["none"]
@@ -174,12 +191,14 @@ def _probe_open(container: object, cfg: IngestCfg) -> ProbeInfo:
     vs = videos[0]
     codec = vs.codec_context.codec.canonical_name  # "av1", not the decoder's name "libdav1d"
     cw, ch = int(vs.codec_context.width or 0), int(vs.codec_context.height or 0)
-    if cw * ch > cfg.max_pixels:
-        raise VideoError("TooLarge", "probe", f"{cw}x{ch} frames exceed the {cfg.max_pixels}-pixel limit")
+    _check_pixels(cw, ch, cfg)
     claimed = int(vs.frames or 0)
     if claimed > cfg.max_frames:
-        raise VideoError("TooManyFrames", "probe", f"container claims {claimed} frames > limit {cfg.max_frames}")
-    vs.thread_type = "AUTO"
+        raise VideoError("TooManyFrames", "probe",
+                         f"container claims {claimed} frames > limit {cfg.max_frames} (--max-frames)")
+    # One decoder thread: only the first frame is decoded here, and frame threading would hold
+    # one frame per thread in flight (at 8K, 50 MB each on every core).
+    vs.thread_type = "NONE"
     tb = float(vs.time_base) if vs.time_base else 1.0 / 90000
     pts: list[int] = []
     rotation: int | None = None
@@ -199,14 +218,23 @@ def _probe_open(container: object, cfg: IngestCfg) -> ProbeInfo:
             else:
                 pts.append(pts[-1] + 1 if pts else 0)
             if len(pts) > cfg.max_frames:
-                raise VideoError("TooManyFrames", "probe", f"more than {cfg.max_frames} frames")
+                raise VideoError("TooManyFrames", "probe",
+                                 f"more than {cfg.max_frames} frames (--max-frames)")
             if rotation is None and decode_error is None:
                 rotation, cw, ch, decode_error = _first_frame(packet, cw, ch)
+                _check_pixels(cw, ch, cfg)  # the bitstream's size, not only the header's claim
+    except MemoryError:
+        raise VideoError("TooLarge", "probe", "out of memory opening the video stream") from None
     except av.error.FFmpegError as e:
         # A truncated file ends the demux early: keep the frames found; coverage catches it.
         _logger.info("demux stopped early after %d frames: %s", len(pts), _short(e))
     if not pts:
         raise VideoError("CorruptContainer", "probe", "the video stream has no frames")
+    if rotation is None and cw * ch == 0:
+        # ffmpeg refused the declared frame size (e.g. a corrupted header claiming 60000x60000,
+        # past its own image-size check): the header is broken, not the codec.
+        raise VideoError("CorruptContainer", "probe",
+                         f"the stream's frame size is missing or invalid ({decode_error or 'no frame decodes'})")
     if rotation is None:
         # Packets exist but not one decodes: the codec is the problem, not the container.
         raise VideoError("UnsupportedCodec", "probe",

@@ -36,10 +36,25 @@ class IngestCfg:
     io_retry_backoff_s: float = 0.5
     # Decoded/expected frame ratio under which a video is "partial", never "done" (rule 2).
     min_coverage: float = 0.95
-    # Probe limits (RELIABILITY.md B13/B23/S7): refuse rather than exhaust memory.
-    max_pixels: int = 16384 * 16384
-    max_frames: int = 10_000_000
-    max_streams: int = 32
+    # Probe limits (RELIABILITY.md B13/B23/S7): refuse a file (TooLarge / TooManyFrames /
+    # TooManyStreams) rather than exhaust memory or time on it. Pixels of one frame: 8K UHD
+    # decodes in well under 1 GB (decode_max_pixels); above it the decoder's own reference frames
+    # alone approach a GB. Frames of one video: the probe keeps one timestamp per frame (about 70
+    # bytes each while probing); 1,000,000 is 9 h at 30 fps. Streams: every stream costs ffmpeg a
+    # decoder context while it opens the file; real files have a handful (subtitle-heavy disc
+    # rips a few dozen), hence a generous total and a tight video-stream count.
+    max_pixels: int = 7680 * 4320
+    max_frames: int = 1_000_000
+    max_streams: int = 64
+    max_video_streams: int = 8
+    # Frames larger than this many pixels are shrunk by the decoder (swscale, area averaging) to
+    # fit inside it before the model's resize, so that no full-resolution RGB copy of an 8K frame
+    # is made. At or below it frames reach the model's resize untouched (bit-exact with
+    # preprocess_frames); 4096x2160 covers every 4K format.
+    decode_max_pixels: int = 4096 * 2160
+    # Cap on a decode child's writable memory (RLIMIT_DATA, MiB; 0 = none). A file that needs
+    # more fails as TooLarge instead of taking the host's memory (S7).
+    decode_memory_mb: int = 4096
     # Container formats the probe accepts (ffmpeg format_name parts). Playlists (hls, concat)
     # are refused: decoders follow references inside them (rule 3).
     allowed_formats: tuple[str, ...] = (
