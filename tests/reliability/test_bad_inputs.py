@@ -433,3 +433,31 @@ def test_b13_decode_child_peak_rss_under_budget(limit_inputs: dict[str, Path], d
     ref = np.stack([full[i] for i in plan.clips[0].frame_indices])
     diff = np.abs(chunks[0].frames[0].astype(np.int16) - ref.astype(np.int16))
     assert diff.mean() < 8, diff.mean()
+
+
+def test_s7_decode_child_memory_cap_fails_one_video_as_too_large(limit_inputs: dict[str, Path]) -> None:
+    """S7: a decode child capped (RLIMIT_DATA) below what an 8K frame needs fails that video as
+    TooLarge instead of growing; the same child then decodes a small video normally."""
+    from vidsearch.models import get_model_config
+    from vidsearch.pipeline.decode import DecodeWorker
+    from vidsearch.pipeline.types import FramesChunk, VideoError
+
+    pp = get_model_config(MODEL).preprocess
+    probe_w = DecodeWorker(IngestCfg(decode_memory_mb=0), pp)
+    try:
+        start_mb = probe_w.peak_rss_bytes() >> 20  # the child's start-up (imports), machine-dependent
+    finally:
+        probe_w.close()
+    cap = start_mb + 120  # [M] one 8K clip needs ~320 MiB over start-up, a 64x48 video ~10
+    w = DecodeWorker(IngestCfg(decode_memory_mb=cap), pp)
+    try:
+        plan, chunks = _decode_all(w, limit_inputs["B13_8k"])
+        errors = [plan] if isinstance(plan, VideoError) else [c for c in chunks if isinstance(c, VideoError)]
+        assert errors and errors[0].error_type == "TooLarge" and f"capped at {cap} MiB" in errors[0].message, (
+            plan, chunks)
+        plan, chunks = _decode_all(w, limit_inputs["good"])
+        assert [len(c.kept) for c in chunks if isinstance(c, FramesChunk)] == [1], chunks
+        assert w.restarts == 0  # the child survived its out-of-memory video
+        assert w.peak_rss_bytes() < (cap + 64) << 20
+    finally:
+        w.close()

@@ -491,10 +491,8 @@ def decode_chunk(plan: VideoPlan, lo: int, hi: int, cfg: IngestCfg, pp: Preproce
     later = min((min(c.frame_indices) for c in plan.clips[hi:hi + 64]), default=None)
     try:
         got, ended, err = reader.get(wanted, later)
-    except MemoryError:
-        raise
     except Exception as e:  # noqa: BLE001 - decord raises untyped errors on corrupt data
-        if is_transient_io(e):
+        if is_transient_io(e) or _is_oom(e):
             raise
         if isinstance(reader, _DecordReader) and lo == 0:
             # decord opened the file but cannot read it: retry the whole video with PyAV.
@@ -590,6 +588,16 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def _is_oom(e: BaseException) -> bool:
+    # torch's CPU allocator raises RuntimeError("... can't allocate memory ..."), not MemoryError.
+    return isinstance(e, MemoryError) or "can't allocate memory" in str(e)
+
+
+def _reset_peak_rss() -> None:
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM, so that the next reading is this job's peak
+
+
 def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None) -> None:
     # Ctrl-C goes to the whole foreground process group; the parent decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -599,8 +607,17 @@ def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None)
 
     torch.set_num_threads(1)
     _limit_memory(cfg.decode_memory_mb)
+    cap = cfg.decode_memory_mb << 20
+    oom = f"out of memory (decode child capped at {cfg.decode_memory_mb} MiB; --decode-memory)"
     state = ChildState()
     hooks = DecodeFaults(fault)
+    lifetime_peak = _peak_rss_bytes()
+
+    def near_cap() -> bool:
+        # ffmpeg reports some failed allocations as invalid data (the h264 decoder does): a job
+        # that failed after its peak came close to the cap is taken as out of memory.
+        return cap > 0 and _peak_rss_bytes() >= 0.8 * cap
+
     while True:
         try:
             job = conn.recv()
@@ -608,9 +625,12 @@ def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None)
             return
         kind = job[0]
         stage = "probe" if kind == "plan" else "decode"
+        if kind != "stats":
+            lifetime_peak = max(lifetime_peak, _peak_rss_bytes())
+            _reset_peak_rss()
         try:
             if kind == "stats":
-                result: Any = {"peak_rss_bytes": _peak_rss_bytes()}
+                result: Any = {"peak_rss_bytes": max(lifetime_peak, _peak_rss_bytes())}
             elif kind == "plan":
                 hooks.before_job(job[1].display_path)
                 result = plan_video(job[1], cfg, pp)
@@ -618,27 +638,27 @@ def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None)
                 _, plan, lo, hi = job
                 hooks.before_job(plan.task.display_path)
                 result = decode_chunk(plan, lo, hi, cfg, pp, state)
+                if result.truncated and near_cap():
+                    raise MemoryError(result.error)
             else:
                 return
             conn.send(("ok", result))
         except VideoError as e:
             state.reset()
-            conn.send(("err", e.error_type, e.stage, e.message))
+            if e.error_type in ("UnsupportedCodec", "CorruptContainer", "DecodeError") and near_cap():
+                conn.send(("err", "TooLarge", e.stage, f"{oom}: {e.message}"))
+            else:
+                conn.send(("err", e.error_type, e.stage, e.message))
         except OSError as e:
             state.reset()
             if not is_transient_io(e):
                 conn.send(("err", "DecodeError", stage, f"{type(e).__name__}: {str(e)[:200]}"))
                 continue
             conn.send(("err", "IOError", stage, f"read error: {e.strerror or e} (errno {e.errno})"))
-        except MemoryError:
-            state.reset()
-            conn.send(("err", "TooLarge", "decode",
-                       f"out of memory decoding the video (decode child capped at {cfg.decode_memory_mb} MiB)"))
         except Exception as e:  # noqa: BLE001 - a decoder bug on one file must stay one failed video
             state.reset()
-            if "can't allocate memory" in str(e):  # torch's allocator raises RuntimeError
-                conn.send(("err", "TooLarge", "decode",
-                           f"out of memory decoding the video (decode child capped at {cfg.decode_memory_mb} MiB)"))
+            if _is_oom(e):
+                conn.send(("err", "TooLarge", "decode", oom))
                 continue
             _logger.debug("decode job failed", exc_info=True)
             conn.send(("err", "DecodeError", "decode", f"{type(e).__name__}: {str(e)[:200]}"))
