@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import shutil
 import struct
@@ -461,3 +462,100 @@ def test_s7_decode_child_memory_cap_fails_one_video_as_too_large(limit_inputs: d
         assert w.peak_rss_bytes() < (cap + 64) << 20
     finally:
         w.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# B20: files still being written while they are ingested, by real writers: an ffmpeg process
+# recording a fragmented MP4 from frames the test feeds it, and a thread copying an MP4 (index
+# at the end) in small pieces, as a slow `cp` into a watched folder would. Both keep writing until
+# the first ingest has returned, so the race is decided, not timed.
+# ---------------------------------------------------------------------------------------------
+def test_b20_growing_files_are_unstable_then_ingested_next_run(tmp_path: Path) -> None:
+    import subprocess
+    import threading
+
+    from media_tools import ffmpeg_exe
+
+    d = tmp_path / "in"
+    d.mkdir()
+    good = lavfi_video(d / "good.mp4", size="64x48", seconds=2, rate=10)
+    live = d / "b20_recording.mp4"
+    writer = subprocess.Popen(
+        [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "96x64",
+         "-r", "10", "-i", "pipe:0", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "5",
+         "-movflags", "frag_keyframe+empty_moov", "-flush_packets", "1", str(live)],
+        stdin=subprocess.PIPE)
+    finish = threading.Event()
+    fed = [0]
+
+    def recorder() -> None:
+        rng = np.random.default_rng(0)
+        assert writer.stdin is not None
+        while not finish.wait(0.02) or fed[0] < 45:  # at least 4.5 s of video in the end
+            writer.stdin.write(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8).tobytes())
+            writer.stdin.flush()
+            fed[0] += 1
+        writer.stdin.close()
+
+    src = lavfi_video(tmp_path / "moov_at_end.mp4", size="128x96", seconds=4, rate=10)  # index last
+    data = src.read_bytes()
+    copy = d / "b20_being_copied.mp4"
+    copy.write_bytes(data[:4096])
+    finish = threading.Event()
+
+    def appender() -> None:
+        # Slowly (1/400 of the file every 50 ms) until told to finish, then the rest at once: the
+        # copy is certainly incomplete, and growing, for the whole first ingest.
+        step = max(1, len(data) // 400)
+        with open(copy, "ab") as f:
+            off = 4096
+            while off < len(data):
+                n = len(data) - off if finish.wait(0.05) else step
+                f.write(data[off: off + n])
+                f.flush()
+                off += n
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (recorder, appender)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (not live.exists() or live.stat().st_size < 4096) and time.monotonic() < deadline:
+            time.sleep(0.05)  # a few fragments recorded
+        lib = tmp_path / "lib"
+        s = ingest([d], lib)
+    finally:
+        finish.set()
+        for t in threads:
+            t.join(timeout=60)
+        writer.wait(timeout=60)
+    rows = _rows(Library(lib))
+    clips = _clip_rows(Library(lib))
+    for p in (live, copy):
+        r = rows[os.fsencode(p)]
+        assert (r["status"], r["error_type"]) == ("failed", "Unstable"), r
+        assert p.name in r["error_message"] and "retried next run" in r["error_message"]
+        assert r["video_id"] not in clips  # no clip committed from content that is not the file's
+    # The copy's index was not written yet: the probe's verdict (CorruptContainer, which is
+    # never retried) is replaced by Unstable because the file changed meanwhile.
+    r = rows[os.fsencode(copy)]
+    assert r["stage"] == "probe" and "CorruptContainer" in r["error_message"], r
+    assert rows[os.fsencode(good)]["status"] == "done" and s.exit_code == 2
+    check_library(lib)
+    unstable_ids = {rows[os.fsencode(p)]["video_id"] for p in (live, copy)}
+    assert copy.read_bytes() == data  # the copy is complete now; the recording too (writer exited)
+
+    # Next run: both are complete, new content ids -> ingested; the Unstable rows are replaced.
+    s = ingest([d], lib)
+    assert (s.videos_done, s.videos_failed, s.videos_replaced, s.exit_code) == (2, 0, 2, 0)
+    rows = _rows(Library(lib))
+    clips = _clip_rows(Library(lib))
+    for p, n_clips in ((live, math.ceil(fed[0] / 10 / 4)), (copy, 1)):
+        r = rows[os.fsencode(p)]
+        assert (r["status"], r["num_clips"], r["coverage"]) == ("done", n_clips, 1.0), r
+        assert len(clips[r["video_id"]]) == n_clips
+    with Library(lib).connect_catalog() as con:
+        old = con.execute("SELECT DISTINCT status FROM videos WHERE video_id IN (SELECT unnest(?))",
+                          [sorted(unstable_ids)]).fetchall()
+    assert old == [("replaced",)]
+    check_library(lib)

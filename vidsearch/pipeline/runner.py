@@ -59,6 +59,7 @@ from vidsearch.schemas.tables import (
 
 _logger = logging.getLogger(__name__)
 
+_FILE_ACCESS_ERRORS = frozenset({"NotFound", "PermissionDenied", "IOError", "Unstable"})
 _PER_WORKER = 2          # calls queued per decode worker (one running + one ready to start)
 _EMBED_PER_WORKER = 2
 # A call whose worker process dies under it (kill -9, the OOM killer, Ray's memory monitor) is
@@ -171,7 +172,9 @@ class _Video:
 
 
 def _read_state(library: Library) -> tuple[dict[str, dict[str, Any]], dict[bytes, str]]:
-    """Latest row per video_id, and the live (done/partial) video_id at each path."""
+    """Latest row per video_id, and the video_id last ingested at each path (done, partial or
+    failed: new content at the path replaces any of them, so a failure of content that is gone,
+    e.g. a file caught while being written (B20), leaves the failure list)."""
     if not library.exists() or not library.read_manifest().shards:
         return {}, {}
     with library.connect_catalog() as con:
@@ -179,8 +182,10 @@ def _read_state(library: Library) -> tuple[dict[str, dict[str, Any]], dict[bytes
         names = [d[0] for d in cur.description]
         rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
     by_id = {r["video_id"]: r for r in rows}
-    by_path = {bytes(r["path_bytes"]): r["video_id"] for r in rows
-               if r["status"] in (STATUS_DONE, STATUS_PARTIAL)}
+    by_path: dict[bytes, str] = {}
+    for r in sorted(rows, key=lambda r: r["status"] != STATUS_FAILED):  # a live row wins over a failed one
+        if r["status"] in (STATUS_DONE, STATUS_PARTIAL, STATUS_FAILED):
+            by_path[bytes(r["path_bytes"])] = r["video_id"]
     return by_id, by_path
 
 
@@ -615,6 +620,13 @@ class _Driver:
     def _fail(self, v: _Video, err: VideoError) -> None:
         if v.failed:
             return
+        if (err.stage in ("probe", "segment", "decode") and err.error_type not in _FILE_ACCESS_ERRORS
+                and self._changed(v.task)):
+            # A file still being written (B20) looks corrupt (moov not yet there) or cut short:
+            # that verdict is about bytes that are no longer the file's, so it must not stick
+            # (deterministic errors are never retried) nor count towards quarantine.
+            err = VideoError("Unstable", err.stage, f"file changed while being ingested ({err.error_type}: "
+                                                    f"{err.message}); retried next run")
         v.failed = True
         self.chunk_jobs[v.worker] = collections.deque(j for j in self.chunk_jobs[v.worker] if j[0] != v.task.video_id)
         row = failure_row(v.task, err.error_type, err.stage, err.message, run_id=self.writer.run_id,
@@ -640,6 +652,7 @@ class _Driver:
             return
         try:
             if ids.video_fingerprint(v.task.path_bytes) != v.task.video_id:
+                # No clip of content that is no longer the file's is committed (B20).
                 self._fail(v, VideoError("Unstable", "decode", "file changed while being ingested; retried next run"))
                 return
         except OSError as e:
@@ -666,6 +679,14 @@ class _Driver:
         v.kept.clear()
         v.failed = True  # settled: ignore anything late
         self._advance()
+
+    @staticmethod
+    def _changed(task: VideoTask) -> bool:
+        """Whether the file's content differs from what discovery fingerprinted."""
+        try:
+            return ids.video_fingerprint(task.path_bytes) != task.video_id
+        except OSError:
+            return False  # vanished or unreadable: the error at hand says enough
 
     # ---- progress --------------------------------------------------------------------------
     def _open_progress(self) -> None:
