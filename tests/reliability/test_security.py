@@ -1,16 +1,27 @@
-"""RELIABILITY.md 8.3 S1-S3, S8, S10 against real DuckDB files and real shards (DuckDB 2.0.0)."""
+"""RELIABILITY.md 8.3 against real DuckDB files, real shards and real ingests (DuckDB 2.0.0).
+
+S5 is in tests/unit/test_models_weights.py; S7's resource bombs run with the other probe limits in
+test_bad_inputs.py (they share its generated files).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib.util
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from media_tools import TEST_MODEL, lavfi_video
+from reliability.invariants import check_library
 
 from vidsearch.cli import main
 from vidsearch.library import sha256_file
+from vidsearch.pipeline.decode import DECODER_ENV
 
 pytestmark = pytest.mark.reliability
 
@@ -133,3 +144,151 @@ def test_s4_thumbnail_names_from_ids_only(library) -> None:  # type: ignore[no-u
     out = make_thumbnails(library.lib, [h], {"vid": "/nonexistent/../../etc/x.mp4"})
     assert out == {12345: None}  # extraction failed (no such video), nothing written elsewhere
     assert [p.name for p in library.lib.thumbs_dir.iterdir()] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# S6: reference-following media. Playlists named .mp4 point at a FIFO beside them (opening it for
+# reading is observable: a writer's non-blocking open succeeds only while a reader has it open;
+# discovery skips FIFOs without opening them, B22), at a regular video outside the ingested
+# folder whose atime is set in the past (this relatime filesystem then updates it on any read),
+# at a loopback HTTP listener that records every connection, and at /etc/hostname. Each detector
+# is first shown to fire on a decoder that follows references, so that "0 observed" in the real
+# run means something.
+# ---------------------------------------------------------------------------------------------
+class _Observers:
+    """A FIFO reader detector, a loopback listener and an atime watch, all started at once."""
+
+    def __init__(self, fifo_dir: Path, fixture: Path) -> None:
+        import socketserver
+        import threading
+
+        self.fifo = fifo_dir / "ref.fifo"
+        os.mkfifo(self.fifo)
+        self.fixture = fixture
+        self.fifo_opens = 0
+        self.requests: list[bytes] = []
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                outer.requests.append(self.request.recv(256))
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self.server.serve_forever, daemon=True),
+                         threading.Thread(target=self._watch_fifo, daemon=True)]
+        for t in self._threads:
+            t.start()
+        self.reset_atime()
+
+    def _watch_fifo(self) -> None:
+        while not self._stop.wait(0.002):
+            try:
+                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                assert e.errno == errno.ENXIO, e  # no reader: the normal case
+                continue
+            self.fifo_opens += 1
+            os.close(fd)  # the reader sees end-of-file at once: nothing blocks
+
+    def reset_atime(self) -> None:
+        st = self.fixture.stat()
+        os.utime(self.fixture, ns=(946684800 * 10**9, st.st_mtime_ns))  # atime 2000-01-01
+
+    def fixture_read(self) -> bool:
+        return self.fixture.stat().st_atime_ns != 946684800 * 10**9
+
+    def close(self) -> None:
+        self._stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def observers(tmp_path: Path):  # type: ignore[no-untyped-def]
+    refs, d = tmp_path / "refs", tmp_path / "in"
+    refs.mkdir()
+    d.mkdir()
+    fixture = lavfi_video(refs / "fixture.mp4", size="64x48", seconds=2, rate=10)
+    obs = _Observers(d, fixture)
+    yield obs
+    obs.close()
+
+
+def _playlists(obs: _Observers) -> dict[str, str]:
+    """Name -> text of each reference-following file, all named .mp4, written beside the FIFO."""
+    d = obs.fifo.parent
+    fix, fifo, http = obs.fixture, obs.fifo, f"http://127.0.0.1:{obs.port}"
+    hls = "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{}\n#EXT-X-ENDLIST\n"
+    rel_fix, rel_fifo = os.path.relpath(fix, d), fifo.name
+    lists = {
+        "hls_hostname.mp4": hls.format("file:///etc/hostname"),
+        "hls_fixture.mp4": hls.format(f"file://{fix}"),
+        "hls_fixture_rel.mp4": hls.format(rel_fix),
+        "hls_fifo.mp4": hls.format(f"file://{fifo}"),
+        "hls_http.mp4": hls.format(f"{http}/seg.ts"),
+        "concat_fixture.mp4": f"ffconcat version 1.0\nfile '{rel_fix}'\n",
+        "concat_fifo.mp4": f"ffconcat version 1.0\nfile '{rel_fifo}'\n",
+        "concat_http.mp4": f"ffconcat version 1.0\nfile '{http}/x.mp4'\n",
+        "concat_hostname.mp4": "ffconcat version 1.0\nfile '/etc/hostname'\n",
+    }
+    for name, text in lists.items():
+        (d / name).write_text(text)
+    return lists
+
+
+def test_s6_detectors_fire_on_decoders_that_follow_references(observers: _Observers, tmp_path: Path) -> None:
+    """The controls: decord follows an HLS playlist to the local video [M], PyAV left to guess
+    the format follows an ffconcat list to the FIFO, and forced to HLS with http allowed it
+    connects to the listener."""
+    import av
+    import decord
+
+    d = observers.fifo.parent
+    _playlists(observers)
+    assert len(decord.VideoReader(str(d / "hls_fixture.mp4"))) == 20
+    assert observers.fixture_read()
+    with contextlib.suppress(av.error.FFmpegError):
+        av.open(str(d / "concat_fifo.mp4")).close()
+    deadline = time.monotonic() + 5
+    while observers.fifo_opens == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert observers.fifo_opens >= 1
+    with contextlib.suppress(av.error.FFmpegError):
+        av.open(str(d / "hls_http.mp4"), format="hls", options={"protocol_whitelist": "file,http,tcp"}).close()
+    assert observers.requests
+
+
+def test_s6_reference_following_media_rejected_at_probe(observers: _Observers, tmp_path: Path) -> None:
+    from vidsearch.library import Library
+    from vidsearch.pipeline.runner import IngestOptions, run_ingest
+    from vidsearch.schemas.config import IngestCfg
+
+    d = observers.fifo.parent
+    lists = _playlists(observers)
+    good = lavfi_video(d / "good.mp4", size="48x32", seconds=1, rate=10)
+    observers.reset_atime()
+    # decord first: of the two readers it is the one that follows an HLS playlist [M]. The probe
+    # (PyAV, the demuxer forced to the sniffed container, file protocol only) must decide first.
+    os.environ[DECODER_ENV] = "decord"
+    try:
+        s = run_ingest([d], tmp_path / "lib", IngestCfg(decode_workers=1, decode_timeout_s=30),
+                       IngestOptions(model=TEST_MODEL, executor="local", build_index=False, progress=False))
+    finally:
+        os.environ.pop(DECODER_ENV, None)
+    assert (s.videos_done, s.videos_failed, s.exit_code) == (1, len(lists), 2)
+    with Library(tmp_path / "lib").connect_catalog() as con:
+        rows = {Path(p).name: (st, stage, et, msg) for p, st, stage, et, msg in con.execute(
+            "SELECT path, status, stage, error_type, error_message FROM videos").fetchall()}
+    assert rows[good.name][0] == "done"
+    for name in lists:
+        status, stage, error_type, msg = rows[name]
+        assert (status, stage, error_type) == ("failed", "probe", "NotAVideo"), rows[name]
+        kind = "hls" if name.startswith("hls") else "concat"
+        assert f"format {kind} not allowed" in msg and name in msg
+    check_library(tmp_path / "lib")
+    time.sleep(0.05)  # let the FIFO watcher take one more look
+    assert observers.requests == []        # no connection reached the loopback listener
+    assert observers.fifo_opens == 0       # nothing opened the referenced FIFO
+    assert not observers.fixture_read()    # nothing read the referenced video
