@@ -604,9 +604,13 @@ class Library:
 
     def _mkdir_no_symlink(self, d: Path) -> None:
         # A symlinked subfolder could point writes outside the library (RELIABILITY.md S4).
+        self._refuse_symlink(d)
+        d.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def _refuse_symlink(d: Path) -> None:
         if d.is_symlink():
             raise LibraryError(f"{d} is a symbolic link; library folders must be real directories")
-        d.mkdir(parents=True, exist_ok=True)
 
     # ---- lock ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -635,6 +639,9 @@ class Library:
         else:  # pragma: no cover - two racing takeovers
             raise LibraryLocked(f"{self.root}: could not take the writer lock")
         try:
+            # Refused before any work (S4): index/ and thumbs/ are written at the end of an ingest.
+            for d in (self.shards_dir, self.tmp_dir, self.index_dir, self.thumbs_dir):
+                self._refuse_symlink(d)
             self.recover()
             yield
         finally:
@@ -655,6 +662,10 @@ class Library:
         deleted: its videos are not marked done anywhere, so the resumed run redoes them.
         """
         removed: list[str] = []
+        # Recovery deletes files: through a symlinked .tmp or shards/ it would empty whatever
+        # folder the link points to (S4). Refuse before listing anything.
+        for d in (self.tmp_dir, self.shards_dir):
+            self._refuse_symlink(d)
         if self.tmp_dir.is_dir():
             for p in self.tmp_dir.iterdir():
                 if p.is_file() or p.is_symlink():

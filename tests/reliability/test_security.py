@@ -11,6 +11,7 @@ import errno
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -292,3 +293,110 @@ def test_s6_reference_following_media_rejected_at_probe(observers: _Observers, t
     assert observers.requests == []        # no connection reached the loopback listener
     assert observers.fifo_opens == 0       # nothing opened the referenced FIFO
     assert not observers.fixture_read()    # nothing read the referenced video
+
+
+# ---------------------------------------------------------------------------------------------
+# S4: library subfolders that are symbolic links pointing outside the library. Every writer
+# (ingest's lock and recovery, index build, thumbnails, search history) must refuse them before
+# touching anything: a recovery that empties ".tmp" would otherwise empty the folder it points to.
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sub", ["shards", ".tmp", "index", "thumbs"])
+def test_s4_symlinked_library_folders_refused_nothing_written_outside(library, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                      capsys: pytest.CaptureFixture, sub: str) -> None:
+    from vidsearch.library import Library, LibraryError
+
+    s = synth.copy_synthetic(library, tmp_path / "lib")
+    root = s.lib.root
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    # Bait named like what each writer writes or cleans up in that folder.
+    bait = {"precious.txt": b"keep", "part-000009.parquet": b"not a shard", "videos-000009.parquet": b"x",
+            "index.json": b"{}", "1.jpg": b"jpg"}
+    for name, data in bait.items():
+        (outside / name).write_bytes(data)
+    real = root / sub
+    if real.exists():
+        shutil.move(real, tmp_path / f"{sub}.real")
+    os.symlink(outside, real)
+    before = {p.name: p.read_bytes() for p in outside.iterdir()}
+
+    with pytest.raises(LibraryError, match="symbolic link"), Library(root).lock():
+        pass  # lock() is the ingest's first step (recovery runs inside it)
+    rc_index = main(["index", "--library", str(root), "--rebuild"])
+    rc_search = main(["search", "--like", str(s.clip_ids[0]), "--library", str(root), "--thumbnails", "-k", "2"])
+    err = capsys.readouterr().err
+    if sub in ("shards", ".tmp", "index"):
+        assert rc_index == 1 and "symbolic link" in err
+    if sub == "thumbs":
+        assert rc_search == 1 and "symbolic link" in err
+    assert {p.name: p.read_bytes() for p in outside.iterdir()} == before  # nothing written or deleted
+
+
+def test_s4_manifest_paths_outside_the_library_refused(library, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """A crafted manifest naming a shard outside the library is never read, nor deleted by a
+    --new-index restart (which deletes the listed shard files)."""
+    s = synth.copy_synthetic(library, tmp_path / "lib")
+    victim = tmp_path / "victim.parquet"
+    victim.write_bytes((s.lib.root / "shards" / "part-000001.parquet").read_bytes())
+    m = json.loads(s.lib.manifest_path.read_text())
+    m["shards"][0]["clips_file"] = "shards/../../victim.parquet"
+    s.lib.manifest_path.write_text(json.dumps(m))
+    digest = sha256_file(victim)
+    assert main(["index", "--library", str(s.lib.root), "--rebuild"]) == 1  # reads every listed shard
+    assert "escapes the library folder" in capsys.readouterr().err
+    from vidsearch.library import Library, LibraryError
+    from vidsearch.schemas.manifest import ModelInfo
+
+    lib = Library(s.lib.root)
+    with pytest.raises(LibraryError, match="escapes the library folder"), lib.lock():
+        lib.init(ModelInfo(name="other", fingerprint="f" * 16, embed_dim=8, num_frames=4), allow_new_model=True)
+    assert victim.is_file() and sha256_file(victim) == digest
+
+
+# ---------------------------------------------------------------------------------------------
+# S9: foreign Parquet files in shards/ are never read: only manifest-listed shards are opened.
+# ---------------------------------------------------------------------------------------------
+_OLD_ATIME_NS = 946684800 * 10**9
+
+
+def test_s9_foreign_parquet_in_shards_never_read(library, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                 capsys: pytest.CaptureFixture) -> None:
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    s = synth.copy_synthetic(library, tmp_path / "lib")
+    root = s.lib.root
+    shards = root / "shards"
+    # Crafted: valid magic at both ends around garbage, with a footer length far past the file
+    # (the DuckDB #4903 class of malformed metadata), under a shard-like name...
+    crafted = shards / "part-000099.parquet"
+    crafted.write_bytes(b"PAR1" + os.urandom(4096) + (2**31 - 1).to_bytes(4, "little") + b"PAR1")
+    # ...and a well-formed file whose rows would double the clips if anything globbed the folder.
+    planted = shards / "planted.parquet"
+    pq.write_table(pa.table({"clip_id": pa.array(list(range(library.n)), pa.int64())}), planted)
+    # The control: a glob over the folder does fail on them ([M] rule 4).
+    with pytest.raises(duckdb.Error):
+        duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{shards}/*.parquet')").fetchall()
+    before = digests(s)  # (reads every file in shards/, hence before the atime reset)
+    for p in (crafted, planted):
+        os.utime(p, ns=(_OLD_ATIME_NS, p.stat().st_mtime_ns))
+
+    status = json.loads(_run(["status", "--library", str(root), "--json"]))
+    assert status["clips"] == status["clips_in_shards"] == library.n
+    assert {"stray file shards/planted.parquet (not in the manifest; ignored)",
+            "stray file shards/part-000099.parquet (not in the manifest; ignored)"} <= set(status["health"]["problems"])
+    assert json.loads(_run(["sql", "SELECT count(*) AS n FROM clips", "--library", str(root),
+                            "--json"])) == [{"n": library.n}]
+    hits = search_json(s)
+    assert len(hits) == 20 and set(hits) <= {int(c) for c in library.clip_ids}
+    for p in (crafted, planted):
+        assert p.stat().st_atime_ns == _OLD_ATIME_NS, f"{p.name} was read"
+    # A writer (here the index rebuild) takes the lock, whose recovery deletes the unlisted
+    # shard-named file as an interrupted commit's leftover, unread; other names stay, unread.
+    assert main(["index", "--library", str(root), "--rebuild"]) == 0
+    assert json.loads((root / "index" / "index.json").read_text())["n"] == library.n
+    assert not crafted.exists() and planted.stat().st_atime_ns == _OLD_ATIME_NS
+    listed = s.lib.read_manifest().shard_file_names
+    assert {k: v for k, v in digests(s).items() if k in listed} == {k: v for k, v in before.items() if k in listed}

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vidsearch.library import Library, atomic_replace
+from vidsearch.library import Library, LibraryError, atomic_replace
 from vidsearch.search.searcher import Hit, SearchResult
 from vidsearch.search.timefmt import format_hms
 
@@ -146,8 +146,8 @@ def make_thumbnails(library: Library, hits: list[Hit], paths: dict[str, str], *,
     import imageio_ffmpeg
 
     thumbs = library.thumbs_dir
-    if thumbs.is_symlink():
-        raise ValueError(f"{thumbs} is a symbolic link; library folders must be real directories")
+    if thumbs.is_symlink():  # S4: a one-line user error, as the other library folders give
+        raise LibraryError(f"{thumbs} is a symbolic link; library folders must be real directories")
     thumbs.mkdir(parents=True, exist_ok=True)
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     out: dict[int, Path | None] = {}
