@@ -412,6 +412,7 @@ def plan_video(task: VideoTask, cfg: IngestCfg, pp: PreprocessCfg) -> VideoPlan:
                      expected_frames=max(info.frame_count, info.claimed_frames))
 
 
+_START_TIMEOUT_S = 120.0  # a decode child's imports; generous for a loaded machine
 DECODER_ENV = "VIDSEARCH_DECODER"  # "pyav" (default) or "decord": the reader tried first
 
 
@@ -607,6 +608,7 @@ def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None)
 
     torch.set_num_threads(1)
     _limit_memory(cfg.decode_memory_mb)
+    conn.send(("ready",))
     cap = cfg.decode_memory_mb << 20
     oom = f"out of memory (decode child capped at {cfg.decode_memory_mb} MiB; --decode-memory)"
     state = ChildState()
@@ -680,7 +682,15 @@ class DecodeWorker:
         self.restarts = 0
 
     def setup(self) -> None:
-        """Start the child (it imports decord, PyAV and torch once)."""
+        """Start the child (it imports decord, PyAV and torch once) and wait until it is ready.
+
+        Waiting here keeps start-up out of the per-job timeout: a child restarted after a killed
+        job takes seconds to import torch, which must not time out the next, innocent video.
+
+        Raises:
+            VideoError: ``DecoderCrash`` when the child dies or is not ready within
+                ``_START_TIMEOUT_S``.
+        """
         if self._proc is not None and self._proc.is_alive():
             return
         ctx = mp.get_context("spawn")
@@ -690,6 +700,14 @@ class DecodeWorker:
         self._proc.start()
         child.close()
         self._conn = parent
+        try:
+            ready = parent.poll(_START_TIMEOUT_S) and parent.recv() == ("ready",)
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            self._kill()
+            raise VideoError("DecoderCrash", "decode",
+                             f"the decode process did not start within {_START_TIMEOUT_S:.0f} s")
 
     def close(self) -> None:
         """Stop the child."""
