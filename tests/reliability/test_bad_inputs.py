@@ -298,6 +298,23 @@ def limit_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=1", "-c:v", "mjpeg", mj)
     v["S7_dims_mjpeg"] = d / "s7_mjpeg_header_30000.avi"
     _edit_avi_dims(mj, v["S7_dims_mjpeg"], 30000, 30000)
+    # Rule 2 (coverage from the container's metadata) on Matroska, which counts no frames: cut
+    # at 45 %; 10 % zeroed mid-file; and two that must stay "done": variable frame rate with a
+    # 2 s still stretch, and an audio track 0.6 s longer than the video.
+    mkv = lavfi_video(src / "r2.mkv", size="96x64", rate=25, seconds=4, extra=("-g", "25"))
+    data = mkv.read_bytes()
+    v["R2_cut"] = d / "r2_cut.mkv"
+    v["R2_cut"].write_bytes(data[: int(len(data) * 0.45)])
+    v["R2_hole"] = d / "r2_hole.mkv"
+    n = len(data)
+    v["R2_hole"].write_bytes(data[: n // 2] + bytes(n // 10) + data[n // 2 + n // 10:])
+    v["R2_still"] = d / "r2_vfr_still.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x64:rate=25:duration=4", "-vf",
+           "setpts='if(lt(N\\,50)\\,N/25\\,N/25+2)/TB'", "-fps_mode", "vfr", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", "-g", "25", v["R2_still"])
+    v["R2_audio"] = d / "r2_audio_longer.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x64:rate=25:duration=4", "-f", "lavfi", "-i",
+           "sine=duration=4.6", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "25", "-c:a", "aac", v["R2_audio"])
     return v
 
 
@@ -342,9 +359,28 @@ def _clip_rows(lib: Library) -> dict[str, list[tuple[Any, ...]]]:
     return out
 
 
+@pytest.mark.parametrize(("row_id", "status", "coverage", "why"), [
+    ("R2_cut", "partial", 0.42, "the container declares 4.00 s, the frames reach 1.68 s"),
+    ("R2_hole", "partial", 0.74, "the demuxer reported 1 error(s) and ~26 frames are missing"),
+    ("R2_still", "done", 1.0, None),
+    ("R2_audio", "done", 1.0, None),
+])
+def test_rule2_matroska_coverage_from_declared_duration_and_gaps(limits_run: dict[str, Any],
+                                                                 limit_inputs: dict[str, Path], row_id: str,
+                                                                 status: str, coverage: float, why: str | None) -> None:
+    """Matroska has no frame count: a cut file or a damaged cluster demuxes cleanly into fewer
+    frames ([M] 15 of 40 damaged Matroska mutants were "done" before this). The declared
+    duration and the timestamp gaps around demuxer errors give the missing frames; variable
+    frame rate and a longer audio track alone do not."""
+    r = _row(limits_run, limit_inputs[row_id])
+    assert (r["status"], r["coverage"]) == (status, pytest.approx(coverage, abs=0.011)), r
+    if why:
+        assert r["error_type"] == "PartialDecode" and why in r["error_message"], r["error_message"]
+
+
 def test_limits_run_completes_in_bounded_time_and_parent_memory(limits_run: dict[str, Any]) -> None:
     assert limits_run["rc"] == 2 and limits_run["summary"]["status"] == "partial"
-    # Bombs are refused at the probe: the run over 13 files takes seconds, not minutes.
+    # Bombs are refused at the probe: the run over 17 files takes seconds, not minutes.
     assert limits_run["elapsed"] < 60, limits_run["elapsed"]
     # The parent never holds a frame: its peak RSS grows by little (S7 "parent RSS stable").
     assert limits_run["parent_growth"] < 150 << 20, limits_run["parent_growth"] / 2**20

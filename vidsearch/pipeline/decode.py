@@ -112,6 +112,33 @@ def resize_uint8(frames: np.ndarray, pp: PreprocessCfg) -> np.ndarray:
 _SKIP_NONREF_CODECS = frozenset({"h264"})
 
 
+def h264_is_reference(head: bytes, length_size: int = 4) -> bool | None:
+    """Whether the first slice of an H.264 packet is a reference picture (``nal_ref_idc`` != 0);
+    None when no slice header is found in ``head`` (e.g. damaged data).
+
+    ``length_size``: bytes of each NAL unit's length prefix (MP4, Matroska: from the avcC
+    record), or 0 for Annex B start codes (MPEG-TS). The two cannot be told apart from the
+    bytes alone (a 4-byte length of 256-511 starts with 00 00 01).
+    """
+    nals: list[bytes] = []
+    if length_size == 0:
+        nals = [p.lstrip(b"\x00") for p in head.split(b"\x00\x00\x01")[1:]]
+    else:
+        pos = 0
+        while pos + length_size < len(head):
+            size = int.from_bytes(head[pos: pos + length_size], "big")
+            if size == 0:
+                return None
+            nals.append(head[pos + length_size: pos + length_size + 1])
+            pos += length_size + size
+    for nal in nals:
+        if not nal or nal[0] & 0x80:  # forbidden_zero_bit set: not a valid NAL header
+            return None
+        if (nal[0] & 0x1F) in (1, 5):  # coded slice (non-IDR, IDR)
+            return bool(nal[0] & 0x60)
+    return None
+
+
 class _PyAVReader:
     """Forward-only PyAV decoder over one file; a request behind the current position reopens.
 
@@ -156,8 +183,16 @@ class _PyAVReader:
         if not self._indexed:
             self._indexed = True
             self.index_of = self._pts_index()
+            n = len(self.index_of) if self.index_of else 0
+            self.must = bytearray(n)  # frame i's packet went in while nothing was being skipped
+            self.seen = bytearray(n)  # frame i came out of the decoder
+            self.checked = 0          # frames below this are accounted for (out, lost, or skipped)
+            self.lost = 0             # frames that should have come out and did not (rule 2)
         self.skip = (self.index_of is not None and self.keep is not None
                      and self.stream.codec_context.name in _SKIP_NONREF_CODECS)
+        extradata = self.stream.codec_context.extradata or b""
+        # avcC (MP4, Matroska) starts with version 1 and gives the NAL length size; else Annex B.
+        self.nal_length_size = (extradata[4] & 3) + 1 if len(extradata) > 4 and extradata[0] == 1 else 0
         self._skipping = False
         self.packets = self.container.demux(self.stream)
         self.buffer: list[Any] = []
@@ -216,6 +251,9 @@ class _PyAVReader:
                 if skip != self._skipping:
                     self.stream.codec_context.skip_frame = "NONREF" if skip else "DEFAULT"
                     self._skipping = skip
+                if i >= 0 and (not skip or h264_is_reference(bytes(memoryview(packet)[:256]),
+                                                             self.nal_length_size) is not False):
+                    self.must[i] = 1  # a reference picture is decoded even while skipping
             try:
                 self.buffer.extend(packet.decode())
             except av.error.EOFError:
@@ -272,11 +310,14 @@ class _PyAVReader:
             frame = self._next_frame()
             if frame is None:
                 ended = True
+                self._account(len(self.must))
                 break
             i = self.index_of.get(frame.pts, -1) if frame.pts is not None else -1
             if i < 0:
                 self.errors += 1  # a frame whose pts no packet had: cannot be placed
                 continue
+            self.seen[i] = 1
+            self._account(i)
             if self.skip and getattr(frame, "interlaced_frame", False):
                 self.skip = False
                 if self._skipping:
@@ -295,6 +336,17 @@ class _PyAVReader:
             why = "stream ended before" if ended else "did not decode:"
             return out, missing, f"pyav: {why} frame {missing} ({self.errors} bad packets)"
         return out, None, None
+
+    def _account(self, upto: int) -> None:
+        """Count as lost the frames below ``upto`` that were decoded in full (not skipped) yet
+        never came out: frames come out in presentation order, so they never will. A damaged
+        packet often makes the decoder drop its picture without an error; this is how the
+        coverage sees it. (A skipped non-reference picture is not counted: no sampled frame
+        depends on it.)"""
+        for i in range(self.checked, upto):
+            if self.must[i] and not self.seen[i]:
+                self.lost += 1
+        self.checked = max(self.checked, upto)
 
     def _get_counting(self, indices: list[int]) -> tuple[dict[int, np.ndarray], int | None, str | None]:
         """``get`` when frames cannot be placed by pts: the n-th decoded frame is frame n."""
@@ -409,7 +461,7 @@ def plan_video(task: VideoTask, cfg: IngestCfg, pp: PreprocessCfg) -> VideoPlan:
             cuts = detect_cuts(path, demuxer, cfg.scene_threshold, cfg.decode_timeout_s, fds)
     clips = plan_clips(info, cfg, pp.num_frames, pp.sampling, cuts)
     return VideoPlan(task=task, probe=info, clips=clips,
-                     expected_frames=max(info.frame_count, info.claimed_frames))
+                     expected_frames=max(info.frame_count, info.claimed_frames, info.expected_frames))
 
 
 _START_TIMEOUT_S = 120.0  # a decode child's imports; generous for a loaded machine
@@ -533,6 +585,10 @@ def decode_chunk(plan: VideoPlan, lo: int, hi: int, cfg: IngestCfg, pp: Preproce
     S = pp.img_size
     out = np.stack(arrays) if arrays else np.zeros((0, pp.num_frames, S, S, 3), np.uint8)
     decoded = ended if truncated and ended is not None else plan.probe.frame_count
+    lost = getattr(reader, "lost", 0)  # cumulative over the video: the runner keeps the minimum
+    if lost:
+        decoded = max(0, decoded - lost)
+        err = err or f"{reader.name}: {lost} frames did not decode"
     if isinstance(reader, _DecordReader):
         decoded = min(decoded, reader.length)
         truncated = truncated or reader.length < plan.probe.frame_count and hi == len(plan.clips)

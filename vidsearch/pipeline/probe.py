@@ -26,6 +26,7 @@ driver, which must stay light.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -199,8 +200,29 @@ def _probe_open(container: object, cfg: IngestCfg) -> ProbeInfo:
     # One decoder thread: only the first frame is decoded here, and frame threading would hold
     # one frame per thread in flight (at 8K, 50 MB each on every core).
     vs.thread_type = "NONE"
-    tb = float(vs.time_base) if vs.time_base else 1.0 / 90000
     pts: list[int] = []
+    # The demuxer's own error messages (a damaged Matroska cluster, a cut file) are the evidence
+    # that frames are missing; PyAV only routes ffmpeg's log while a level is set.
+    prev_level = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture(local=False) as logs:  # local=True misses them once a frame is decoded
+            rotation, cw, ch, decode_error = _demux_pass(container, vs, cfg, pts, cw, ch)
+    finally:
+        av.logging.set_level(prev_level)
+    # The demuxer logs under its full name ("matroska,webm"); fmt is the forced one ("matroska").
+    demux_errors = sum(1 for _, name, _ in logs if set(name.split(",")) & set(fmt.split(",")))
+    if not pts:
+        raise VideoError("CorruptContainer", "probe", "the video stream has no frames")
+    return _finish(container, vs, fmt, codec, claimed, pts, rotation, cw, ch, decode_error, demux_errors)
+
+
+def _demux_pass(container: object, vs: object, cfg: IngestCfg, pts: list[int], cw: int, ch: int,
+                ) -> tuple[int | None, int, int, str | None]:
+    """Append every video packet's pts to ``pts`` and decode the first frame; returns
+    (rotation or None, width, height, decode error) of that frame."""
+    import av
+
     rotation: int | None = None
     decode_error: str | None = None
     try:
@@ -228,8 +250,13 @@ def _probe_open(container: object, cfg: IngestCfg) -> ProbeInfo:
     except av.error.FFmpegError as e:
         # A truncated file ends the demux early: keep the frames found; coverage catches it.
         _logger.info("demux stopped early after %d frames: %s", len(pts), _short(e))
-    if not pts:
-        raise VideoError("CorruptContainer", "probe", "the video stream has no frames")
+    return rotation, cw, ch, decode_error
+
+
+def _finish(container: object, vs: object, fmt: str, codec: str, claimed: int, pts: list[int],
+            rotation: int | None, cw: int, ch: int, decode_error: str | None, demux_errors: int) -> ProbeInfo:
+    streams = container.streams  # type: ignore[attr-defined]
+    tb = float(vs.time_base) if vs.time_base else 1.0 / 90000  # type: ignore[attr-defined]
     if rotation is None and cw * ch == 0:
         # ffmpeg refused the declared frame size (e.g. a corrupted header claiming 60000x60000,
         # past its own image-size check): the header is broken, not the codec.
@@ -251,8 +278,51 @@ def _probe_open(container: object, cfg: IngestCfg) -> ProbeInfo:
         frame_dur = 1.0 / rate if rate > 0 else 0.04
     duration = times[-1] + frame_dur
     w, h = (ch, cw) if rotation in (90, 270) else (cw, ch)
+    expected, note = _implied_frames(container, vs, fmt, times, frame_dur, duration, demux_errors)
     return ProbeInfo(
         container=fmt, codec=codec, width=w, height=h, coded_width=cw, coded_height=ch,
         rotation=rotation, fps=n / duration if duration > 0 else 0.0, frame_count=n,
         claimed_frames=claimed, duration_s=duration, pts_s=times, num_streams=len(streams),
+        expected_frames=expected, expected_note=note,
     )
+
+
+# Containers whose duration is written in the header (not estimated by ffmpeg from timestamps
+# or the bit rate): a declared duration longer than the frames reach means frames are missing.
+_DECLARED_DURATION_FORMATS = frozenset({"mov", "mp4", "matroska", "webm", "avi", "asf", "flv"})
+
+
+def _implied_frames(container: object, vs: object, fmt: str, times: tuple[float, ...], frame_dur: float,
+                    duration: float, demux_errors: int) -> tuple[int, str]:
+    """Frames the container implies (rule 2: compare with the container's metadata), and why.
+
+    * Declared duration: the video stream's own (mp4 ``mdhd``), else the file's (Matroska
+      ``Duration``, AVI header) when the format writes one. If the frames stop short of it by more
+      than a slack (two frames + 2 %, plus 1 s when the duration is the file's and other streams
+      may outlast the video), the demuxed count is scaled up by declared / reached. [M] 15 of 40
+      cut or damaged Matroska mutants were "done" before: Matroska counts no frames.
+    * Timestamp gaps, only when the demuxer reported errors (so variable-frame-rate video with
+      long still stretches is not penalised): every gap of more than 1.5 frame durations counts
+      the frames that would fill it.
+    """
+    n = len(times)
+    expected, notes = n, []
+    declared, from_stream = None, False
+    if vs.duration and vs.time_base:  # type: ignore[attr-defined]
+        declared, from_stream = float(vs.duration * vs.time_base), True  # type: ignore[attr-defined]
+    elif container.duration and set(fmt.split(",")) & _DECLARED_DURATION_FORMATS:  # type: ignore[attr-defined]
+        declared = container.duration / 1e6  # type: ignore[attr-defined]  # AV_TIME_BASE units
+    if declared is not None and duration > 0:
+        others = len(container.streams) > 1 and not from_stream  # type: ignore[attr-defined]
+        slack = 2 * frame_dur + 0.02 * declared + (1.0 if others else 0.0)
+        if declared > duration + slack:
+            expected = max(expected, math.ceil(n * declared / duration))
+            notes.append(f"the container declares {declared:.2f} s, the frames reach {duration:.2f} s")
+    if demux_errors and n > 1 and frame_dur > 0:
+        gap = sum(max(0, round((b - a) / frame_dur) - 1) for a, b in zip(times, times[1:], strict=False)
+                  if b - a > 1.5 * frame_dur)
+        if gap:
+            expected = max(expected, n + gap)
+            notes.append(f"the demuxer reported {demux_errors} error(s) and ~{gap} frames are missing "
+                         "in timestamp gaps")
+    return expected, "; ".join(notes)

@@ -666,9 +666,10 @@ class _Driver:
         row = video_row(v.task, status=status, run_id=self.writer.run_id, attempts=v.task.attempts,
                         probe=plan.probe, coverage=round(coverage, 6), num_clips=len(clips))
         if not ok:
+            why = "; ".join(x for x in (plan.probe.expected_note, v.decode_error) if x)
             row.update(stage="decode", error_type="PartialDecode",
                        error_message=f"{v.task.display_path!r}: decoded {decoded} of {expected} frames "
-                                     f"(coverage {coverage:.2f}){': ' + v.decode_error if v.decode_error else ''}")
+                                     f"(coverage {coverage:.2f}){': ' + why if why else ''}")
             self.s.videos_partial += 1
             self.s.failures.append({k: row[k] for k in ("path", "stage", "error_type", "error_message")})
         else:

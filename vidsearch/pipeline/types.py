@@ -111,6 +111,10 @@ class ProbeInfo:
     duration_s: float             # from the frame timestamps: last pts - first pts + one frame
     pts_s: tuple[float, ...]      # presentation time of each frame in presentation order, from 0
     num_streams: int
+    # Frames the container implies beyond those demuxed (rule 2): a declared duration longer than
+    # the frames reach, or timestamp gaps where the demuxer reported damage. 0 = frame_count.
+    expected_frames: int = 0
+    expected_note: str = ""       # why expected_frames exceeds frame_count, for the failure message
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,7 @@ class VideoPlan:
     task: VideoTask
     probe: ProbeInfo
     clips: tuple[ClipSpan, ...]
-    expected_frames: int          # max(demuxed, claimed): the coverage denominator
+    expected_frames: int          # max(demuxed, claimed, implied by the probe): the coverage denominator
 
 
 @dataclass
