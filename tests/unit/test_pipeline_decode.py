@@ -161,3 +161,31 @@ def test_overlapping_clips_across_chunks_decode_once(videos: dict[str, Path], mo
                       for c in plan.clips[lo: lo + 4]]) for lo in range(0, len(plan.clips), 4)]
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("container", ["mp4", "ts"])
+def test_h264_is_reference_matches_the_decoders_nonref_skipping(videos: dict[str, Path], tmp_path: Path,
+                                                               container: str) -> None:
+    """The coverage count relies on telling reference pictures from skippable ones: with
+    skip_frame=NONREF on every packet, exactly the packets parsed as references come out."""
+    from vidsearch.pipeline.decode import h264_is_reference
+
+    path = videos["bframes"]
+    if container == "ts":  # Annex B start codes instead of avcC length prefixes
+        path = tmp_path / "bframes.ts"
+        ffmpeg("-i", videos["bframes"], "-c", "copy", path)
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        ext = s.codec_context.extradata or b""
+        length_size = (ext[4] & 3) + 1 if len(ext) > 4 and ext[0] == 1 else 0
+        assert length_size == (4 if container == "mp4" else 0)
+        s.codec_context.skip_frame = "NONREF"
+        refs, out = set(), set()
+        for packet in c.demux(s):
+            if packet.size:
+                ref = h264_is_reference(bytes(packet), length_size)
+                assert ref is not None
+                if ref:
+                    refs.add(packet.pts)
+            out |= {f.pts for f in packet.decode()}
+    assert out == refs and 0 < len(refs) < 150  # B-frames without references exist in this stream

@@ -251,7 +251,7 @@ class _PyAVReader:
                 if skip != self._skipping:
                     self.stream.codec_context.skip_frame = "NONREF" if skip else "DEFAULT"
                     self._skipping = skip
-                if i >= 0 and (not skip or h264_is_reference(bytes(memoryview(packet)[:256]),
+                if i >= 0 and (not skip or h264_is_reference(bytes(memoryview(packet)[:1024]),
                                                              self.nal_length_size) is not False):
                     self.must[i] = 1  # a reference picture is decoded even while skipping
             try:
