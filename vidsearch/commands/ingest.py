@@ -51,8 +51,8 @@ def add_parser(subparsers: Any) -> None:
                    help=f"refuse files with more streams (TooManyStreams; default {lim.max_streams}, "
                         f"of which at most {lim.max_video_streams} video)")
     p.add_argument("--decode-memory", type=int, default=lim.decode_memory_mb, metavar="MIB",
-                   help=f"memory cap of each decode process; a video needing more fails as TooLarge "
-                        f"(default {lim.decode_memory_mb}; 0 = no cap)")
+                   help=f"memory each decode process may use beyond its start-up; a video needing more "
+                        f"fails as TooLarge (default {lim.decode_memory_mb}; 0 = no cap)")
     p.add_argument("--shard-rows", type=int, default=4096, help="clip rows per shard (default 4096)")
     p.add_argument("--commit-interval", type=float, default=60.0, help="commit at least this often, seconds")
     p.add_argument("--new-index", action="store_true",

@@ -616,30 +616,40 @@ def _die_with_parent() -> None:
 
 
 def _limit_memory(mb: int) -> None:
-    """Cap this process's writable memory (RLIMIT_DATA: heap and private writable mappings, what
-    decoded frames live in; not address space reserved and never touched, which RLIMIT_AS would
-    count). An allocation past it fails with ENOMEM, which becomes ``TooLarge``."""
+    """Let this process's writable memory grow by at most ``mb`` MiB from now (RLIMIT_DATA: heap
+    and private writable mappings, what decoded frames live in; not address space reserved and
+    never touched, which RLIMIT_AS would count). An allocation past it fails with ENOMEM, which
+    becomes ``TooLarge``. Relative to the start-up (imports), which differs between machines
+    and torch builds, so that the setting means the same everywhere."""
     import resource
 
     if mb <= 0:
         return
-    want = mb << 20
+    want = _status_bytes("VmData") + (mb << 20)
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
     if hard != resource.RLIM_INFINITY:
         want = min(want, hard)
     resource.setrlimit(resource.RLIMIT_DATA, (want, hard))
 
 
-def _peak_rss_bytes() -> int:
-    """This process's peak resident memory. VmHWM, not ``ru_maxrss``: Linux carries ru_maxrss
-    over ``execve``, so a spawned child would report its forking parent's peak as its own."""
+def _status_bytes(key: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmHWM, VmRSS, VmData), or 0."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return 0
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident memory. VmHWM, not ``ru_maxrss``: Linux carries ru_maxrss
+    over ``execve``, so a spawned child would report its forking parent's peak as its own."""
+    peak = _status_bytes("VmHWM")
+    if peak:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
@@ -663,10 +673,11 @@ def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None)
     import torch
 
     torch.set_num_threads(1)
+    start_rss = _status_bytes("VmRSS")
     _limit_memory(cfg.decode_memory_mb)
     conn.send(("ready",))
     cap = cfg.decode_memory_mb << 20
-    oom = f"out of memory (decode child capped at {cfg.decode_memory_mb} MiB; --decode-memory)"
+    oom = f"out of memory (decode child capped at {cfg.decode_memory_mb} MiB over its start-up; --decode-memory)"
     state = ChildState()
     hooks = DecodeFaults(fault)
     lifetime_peak = _peak_rss_bytes()
@@ -674,7 +685,7 @@ def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None)
     def near_cap() -> bool:
         # ffmpeg reports some failed allocations as invalid data (the h264 decoder does): a job
         # that failed after its peak came close to the cap is taken as out of memory.
-        return cap > 0 and _peak_rss_bytes() >= 0.8 * cap
+        return cap > 0 and _peak_rss_bytes() - start_rss >= 0.8 * cap
 
     while True:
         try:
@@ -688,7 +699,7 @@ def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None)
             _reset_peak_rss()
         try:
             if kind == "stats":
-                result: Any = {"peak_rss_bytes": max(lifetime_peak, _peak_rss_bytes())}
+                result: Any = {"peak_rss_bytes": max(lifetime_peak, _peak_rss_bytes()), "start_rss_bytes": start_rss}
             elif kind == "plan":
                 hooks.before_job(job[1].display_path)
                 result = plan_video(job[1], cfg, pp)
@@ -833,9 +844,15 @@ class DecodeWorker:
                                 attempt, tries, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def memory_stats(self) -> dict[str, int]:
+        """The current decode child's ``peak_rss_bytes`` (its lifetime VmHWM) and
+        ``start_rss_bytes`` (after its imports, before any video)."""
+        return dict(self._call(("stats",), "decode"))
+
     def peak_rss_bytes(self) -> int:
-        """Peak resident memory of the current decode child (its ``ru_maxrss``), in bytes."""
-        return int(self._call(("stats",), "decode")["peak_rss_bytes"])
+        """Peak resident memory of the current decode child, in bytes."""
+        return self.memory_stats()["peak_rss_bytes"]
 
     def plan(self, task: VideoTask) -> VideoPlan | VideoError:
         """Probe + segment ``task``; per-video errors come back as values (errors as data).

@@ -52,8 +52,9 @@ class IngestCfg:
     # is made. At or below it frames reach the model's resize untouched (bit-exact with
     # preprocess_frames); 4096x2160 covers every 4K format.
     decode_max_pixels: int = 4096 * 2160
-    # Cap on a decode child's writable memory (RLIMIT_DATA, MiB; 0 = none). A file that needs
-    # more fails as TooLarge instead of taking the host's memory (S7).
+    # Writable memory (RLIMIT_DATA, MiB; 0 = no cap) a decode child may add to its start-up
+    # (~0.25 GB of imports). A file that needs more fails as TooLarge instead of taking the
+    # host's memory (S7). An 8K video needs ~0.35 GB.
     decode_memory_mb: int = 4096
     # Container formats the probe accepts (ffmpeg format_name parts). Playlists (hls, concat)
     # are refused: decoders follow references inside them (rule 3).
