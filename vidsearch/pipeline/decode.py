@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import multiprocessing as mp
 import os
@@ -673,7 +674,7 @@ def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None)
     import torch
 
     torch.set_num_threads(1)
-    start_rss = _status_bytes("VmRSS")
+    start_rss, start_data = _status_bytes("VmRSS"), _status_bytes("VmData")
     _limit_memory(cfg.decode_memory_mb)
     conn.send(("ready",))
     cap = cfg.decode_memory_mb << 20
@@ -683,9 +684,13 @@ def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None)
     lifetime_peak = _peak_rss_bytes()
 
     def near_cap() -> bool:
-        # ffmpeg reports some failed allocations as invalid data (the h264 decoder does): a job
-        # that failed after its peak came close to the cap is taken as out of memory.
-        return cap > 0 and _peak_rss_bytes() - start_rss >= 0.8 * cap
+        # ffmpeg reports some failed allocations as invalid data (the h264 decoder) or EAGAIN
+        # (swscale): a job that failed with its memory (still held: call this before
+        # state.reset()) or its peak close to the cap is taken as out of memory.
+        if cap <= 0:
+            return False
+        held = _status_bytes("VmData") - start_data
+        return held >= cap - max(32 << 20, cap // 8) or _peak_rss_bytes() - start_rss >= 0.8 * cap
 
     while True:
         try:
@@ -713,13 +718,20 @@ def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None)
                 return
             conn.send(("ok", result))
         except VideoError as e:
+            oom_like = near_cap()
             state.reset()
-            if e.error_type in ("UnsupportedCodec", "CorruptContainer", "DecodeError") and near_cap():
+            if e.error_type in ("UnsupportedCodec", "CorruptContainer", "DecodeError") and oom_like:
                 conn.send(("err", "TooLarge", e.stage, f"{oom}: {e.message}"))
             else:
                 conn.send(("err", e.error_type, e.stage, e.message))
         except OSError as e:
+            oom_like = near_cap()
             state.reset()
+            if e.errno == errno.ENOMEM or oom_like:
+                # Under the cap a failed allocation can surface as EAGAIN (swscale): not the
+                # filesystem's hiccup that is_transient_io retries.
+                conn.send(("err", "TooLarge", stage, f"{oom}: {type(e).__name__}: {str(e)[:160]}"))
+                continue
             if not is_transient_io(e):
                 conn.send(("err", "DecodeError", stage, f"{type(e).__name__}: {str(e)[:200]}"))
                 continue
