@@ -12,9 +12,11 @@ Layout (docs/ARCHITECTURE.md)::
       .lock                  held by the one writer (ingest, index)
 
 Every file becomes visible by temp file -> fsync -> ``os.replace`` -> manifest update, so a kill
-at any moment leaves either the old or the new state. The catalog is replaced as a whole file at
-each commit, so readers that opened the previous one keep reading it (a DuckDB file cannot have
-a writer and readers in different processes at once; RELIABILITY.md rule 7).
+at any moment leaves either the old or the new state. The catalog is replaced as a whole file
+when it is refreshed, so readers that opened the previous one keep reading it (a DuckDB file
+cannot have a writer and readers in different processes at once; RELIABILITY.md rule 7). It may
+lag the manifest by a few commits during a long run (``commit(refresh_catalog=False)``): it is a
+cache, the manifest is the commit point, and every writer catches it up before reading it.
 
 Shard files may instead live at a pyarrow filesystem URI (``--shards-uri s3://bucket/prefix``,
 ``gs://``, ``file://``, ``hdfs://``; recorded in the manifest when the library is created) while
@@ -41,10 +43,11 @@ import re
 import shutil
 import signal
 import socket
+import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +77,7 @@ CRASH_POINTS = (
     "before_rename",
     "after_rename_before_manifest",
     "after_manifest_before_catalog",
+    "after_commit_catalog_behind",   # ShardWriter: a commit whose catalog refresh was deferred
     "after_manifest_before_index",
 )
 
@@ -117,6 +121,21 @@ def failed_path(e: BaseException, default: str | os.PathLike[str]) -> str:
         return str(name)
     m = re.search(r'file "([^"]+)"', str(e))
     return m.group(1) if m else str(default)
+
+
+@dataclass(frozen=True)
+class CatalogRefresh:
+    """What :meth:`Library.refresh_catalog` did."""
+
+    shards_added: int
+    seconds: float
+    insert_seconds: float       # inserting the added shards' rows (work any catalog must do)
+
+    @property
+    def fixed_seconds(self) -> float:
+        """The part that does not depend on how many shards were added: copying the catalog,
+        opening it, checkpointing and swapping it in (grows with the catalog's size)."""
+        return max(0.0, self.seconds - self.insert_seconds)
 
 
 def crash_point(name: str) -> None:
@@ -687,11 +706,17 @@ class Library:
 
     # ---- commit ----------------------------------------------------------------------------
     def commit(self, clips: pa.Table, videos: pa.Table, run_id: str,
-               metadata: dict[str, str] | None = None) -> ShardEntry:
+               metadata: dict[str, str] | None = None, *, refresh_catalog: bool = True) -> ShardEntry:
         """Commit one shard pair (clips + video rows) and refresh the catalog. Writer only.
 
         The caller must hold :meth:`lock`. Videos listed in ``videos`` are settled by this
-        commit: their clips must all be in ``clips``.
+        commit: their clips must all be in ``clips``. The manifest write is the commit point.
+
+        Args:
+            refresh_catalog: bring ``catalog.duckdb`` up to date before returning. False leaves
+                the catalog behind the manifest (it is a cache): a refresh copies the whole
+                catalog, so a long run refreshes it only now and then (``ShardWriter``) and at
+                its end; any writer's start and ``vidsearch index`` catch a lagging one up.
         """
         if not self.lock_path.exists():
             raise LibraryError("commit() needs the writer lock (Library.lock())")
@@ -711,7 +736,7 @@ class Library:
         }
         videos = videos.cast(VIDEO_SCHEMA)
         try:
-            return self._commit(clips, videos, run_id, m, shard_id, names, file_meta)
+            return self._commit(clips, videos, run_id, m, shard_id, names, file_meta, refresh_catalog)
         except OSError as e:
             if not is_disk_full(e):
                 raise
@@ -722,7 +747,7 @@ class Library:
             ) from e
 
     def _commit(self, clips: pa.Table, videos: pa.Table, run_id: str, m: Manifest, shard_id: int,
-                names: tuple[str, str], file_meta: dict[str, str]) -> ShardEntry:
+                names: tuple[str, str], file_meta: dict[str, str], refresh: bool = True) -> ShardEntry:
         tmps: list[Path] = []
         digests: list[str] = []
         try:
@@ -760,15 +785,8 @@ class Library:
                     updated_at=utcnow().isoformat())
         self._write_manifest(m)
         crash_point("after_manifest_before_catalog")
-        try:
+        if refresh:
             self.refresh_catalog(m)
-        except (OSError, duckdb.Error) as e:
-            if not is_disk_full(e):
-                raise
-            # The shard is committed (the manifest lists it); only the cache is behind, and the
-            # next writer or `vidsearch index` brings it up to date.
-            raise DiskFull(f"disk full writing {failed_path(e, self.catalog_path)}: shard {shard_id} is committed "
-                           f"but the catalog is behind. Free space and rerun the same command") from e
         return entry
 
     def record_run(self, run: dict[str, Any]) -> None:
@@ -939,12 +957,22 @@ class Library:
         return list(rows.values())
 
     # ---- catalog ---------------------------------------------------------------------------
-    def refresh_catalog(self, manifest: Manifest | None = None) -> None:
+    def refresh_catalog(self, manifest: Manifest | None = None) -> CatalogRefresh:
         """Bring ``catalog.duckdb`` to the manifest's generation (incrementally when it can).
 
         Writer only. The new catalog is built in ``.tmp`` and swapped in with ``os.replace``;
-        a missing, corrupt or foreign catalog is rebuilt from shards (rule 11).
+        a missing, corrupt or foreign catalog is rebuilt from shards (rule 11). A catalog already
+        at the manifest's generation is left alone. The copy makes a refresh cost O(catalog
+        size), which is why long runs defer it (:meth:`commit`'s ``refresh_catalog``).
+
+        Returns:
+            What it did: shards added and seconds taken, of which inserting their rows.
+
+        Raises:
+            DiskFull: no space for the new catalog; the committed shards are kept and the
+                catalog stays behind until the next writer refreshes it.
         """
+        t0 = time.perf_counter()
         m = manifest or self.read_manifest()
         problem = self.catalog_problem()
         if problem is None and self.catalog_path.is_file():
@@ -955,6 +983,21 @@ class Library:
                 problem = f"is unreadable ({str(e).splitlines()[0][:200]})"
         if problem is not None:
             self._set_aside_catalog(problem)
+        elif self.catalog_is_current(m):
+            return CatalogRefresh(0, time.perf_counter() - t0, 0.0)
+        try:
+            added, insert_s = self._refresh_catalog(m)
+            return CatalogRefresh(added, time.perf_counter() - t0, insert_s)
+        except (OSError, duckdb.Error) as e:
+            if not is_disk_full(e):
+                raise
+            # The shards are committed (the manifest lists them); only the cache is behind, and
+            # the next writer or `vidsearch index` brings it up to date.
+            last = m.shards[-1].shard_id if m.shards else 0
+            raise DiskFull(f"disk full writing {failed_path(e, self.catalog_path)}: shard {last} is committed "
+                           f"but the catalog is behind. Free space and rerun the same command") from e
+
+    def _refresh_catalog(self, m: Manifest) -> tuple[int, float]:
         tmp = self.tmp_dir / f"catalog.{uuid.uuid4().hex}.duckdb"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         covered: set[int] | None = None
@@ -977,10 +1020,13 @@ class Library:
         try:
             with duckdb.connect(str(tmp)) as con:
                 con.execute(CATALOG_DDL)
+                t0, added = time.perf_counter(), 0
                 for entry in m.shards:
                     if entry.shard_id not in covered:
                         self._insert_shard(con, entry)
                         covered.add(entry.shard_id)
+                        added += 1
+                insert_s = time.perf_counter() - t0
                 self._insert_runs(con, m)
                 meta = {"library_id": m.library_id, "generation": str(m.generation),
                         "shards": json.dumps(sorted(covered)),
@@ -993,6 +1039,7 @@ class Library:
         finally:
             tmp.unlink(missing_ok=True)
             Path(f"{tmp}.wal").unlink(missing_ok=True)
+        return added, insert_s
 
     @staticmethod
     def _insert_runs(con: duckdb.DuckDBPyConnection, m: Manifest) -> None:

@@ -27,6 +27,9 @@ def library_status(root: str, max_attempts: int = 2) -> dict[str, Any]:
                                                  "embed_dim": m.model.embed_dim,
                                                  "is_test_model": m.model.is_test_model}),
         "shards": len(m.shards), "clips_in_shards": m.total_clips, "shards_at": lib.shards_location(m),
+        # A running ingest refreshes the catalog now and then, not at every commit: the counts
+        # below come from the catalog and may trail clips_in_shards until it does.
+        "catalog_current": lib.catalog_is_current(m),
     }
     with lib.connect_catalog() as con:
         def q(sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -75,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     ]
     if "://" in st["shards_at"] or not st["shards_at"].startswith(st["library"]):
         lines.insert(1, f"shards  {_esc(st['shards_at'])}")
+    if not st["catalog_current"]:
+        lines.append(f"catalog behind the manifest ({st['clips_in_shards']} clips committed in shards): "
+                     "a running ingest refreshes it periodically and at its end")
     if st["failures_by_type"]:
         lines.append("failures " + ", ".join(f"{k}: {n}" for k, n in st["failures_by_type"].items()))
         for f in st["recent_failures"][:10]:

@@ -174,9 +174,17 @@ class _Video:
 def _read_state(library: Library) -> tuple[dict[str, dict[str, Any]], dict[bytes, str]]:
     """Latest row per video_id, and the video_id last ingested at each path (done, partial or
     failed: new content at the path replaces any of them, so a failure of content that is gone,
-    e.g. a file caught while being written (B20), leaves the failure list)."""
-    if not library.exists() or not library.read_manifest().shards:
+    e.g. a file caught while being written (B20), leaves the failure list).
+
+    Writer only (lock held): a catalog left behind the manifest (a kill between deferred
+    refreshes) is caught up first, else videos settled in its missing shards would be redone.
+    """
+    if not library.exists():
         return {}, {}
+    m = library.read_manifest()
+    if not m.shards:
+        return {}, {}
+    library.refresh_catalog(m)  # no-op when current
     with library.connect_catalog() as con:
         cur = con.execute("SELECT * FROM videos")
         names = [d[0] for d in cur.description]
@@ -271,6 +279,7 @@ def run_ingest(inputs: Sequence[str | bytes], library_root: str | os.PathLike[st
             summary.elapsed_s = time.monotonic() - t_start
             summary.status = ("interrupted" if stop.is_set()
                               else "partial" if summary.exit_code == 2 else "ok")
+            # Also the end-of-run catalog refresh: the writer deferred some (ShardWriter).
             library.record_run(_run_record(summary, started, utcnow(), settings))
         finally:
             backend.close()

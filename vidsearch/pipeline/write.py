@@ -4,6 +4,18 @@ A video reaches the writer only when it is settled: every clip embedded (done/pa
 Its clip rows and its video row go into the same :meth:`Library.commit`, so a video is marked done
 in the catalog only after its clips are committed, and a kill between commits loses only videos
 that were never marked done (they are redone by the next run).
+
+The catalog refresh is deferred. A refresh copies the whole ``catalog.duckdb`` (so readers never
+wait on the writer), so refreshing at every commit costs O(library) per commit and O(N^2) over a
+long run. The writer commits shards as before (durable progress; the manifest is the commit
+point) but refreshes the catalog only once ``max(catalog_refresh_s, refresh_overhead x the last
+refresh's fixed cost)`` has passed since the last one, and always in :meth:`ShardWriter.finish`
+(the runner's final ``record_run`` does it for ingest). The fixed cost is the refresh minus
+inserting the new shards' rows (copy, open, checkpoint, swap: it grows with the catalog): the
+inserts are the same total work however they are batched, and counting them would let the lag
+grow without bound once inserting alone took a tenth of the commit period. So copying stays
+under ~1 / (1 + refresh_overhead) of the wall time and the lag stays bounded. The runner reads
+resume state from the catalog only after making it current.
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from vidsearch.library import Library, utcnow
+from vidsearch.library import Library, crash_point, utcnow
 from vidsearch.pipeline.types import ClipSpan, ProbeInfo, VideoTask
 from vidsearch.schemas import ids
 from vidsearch.schemas.manifest import ModelInfo
@@ -71,17 +83,36 @@ class PendingVideo:
 
 
 class ShardWriter:
-    """Buffers settled videos and commits them as shard pairs (the only writer of the library)."""
+    """Buffers settled videos and commits them as shard pairs (the only writer of the library).
+
+    Args:
+        library: the library; the caller holds its lock and made its catalog current.
+        model: the embedding model the rows belong to.
+        run_id: the run the rows are written by.
+        shard_rows: commit once this many clips are queued.
+        commit_interval_s: ... or once this long has passed since the last commit.
+        catalog_refresh_s: refresh the catalog at most this often (default: the commit interval).
+        refresh_overhead: ... and only after this many times the last refresh's fixed cost has
+            passed. ``catalog_refresh_s=0, refresh_overhead=0`` refreshes at every commit.
+    """
 
     def __init__(self, library: Library, model: ModelInfo, run_id: str, shard_rows: int,
-                 commit_interval_s: float) -> None:
+                 commit_interval_s: float, *, catalog_refresh_s: float | None = None,
+                 refresh_overhead: float = 10.0) -> None:
         self.library, self.model, self.run_id = library, model, run_id
         self.shard_rows, self.commit_interval_s = shard_rows, commit_interval_s
+        self.catalog_refresh_s = commit_interval_s if catalog_refresh_s is None else catalog_refresh_s
+        self.refresh_overhead = refresh_overhead
         self.schema = clip_schema(model.embed_dim)
         self.pending: list[PendingVideo] = []
         self.pending_clips = 0
         self.last_commit = time.monotonic()
+        self.last_refresh = time.monotonic()
+        self.last_refresh_fixed_s = 0.0
+        self.catalog_behind = False
         self.commits = 0
+        self.refreshes = 0
+        self.refresh_total_s = 0.0
         self.clips_committed = 0
 
     def add(self, video: PendingVideo) -> None:
@@ -93,16 +124,39 @@ class ShardWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Commit everything queued (no-op when nothing is queued)."""
+        """Commit everything queued (no-op when nothing is queued); refresh the catalog if due."""
         if not self.pending:
             return
         clips, videos = self._tables(self.pending)
-        self.library.commit(clips, videos, self.run_id)
+        self.library.commit(clips, videos, self.run_id, refresh_catalog=False)
+        self.catalog_behind = True
         self.commits += 1
         self.clips_committed += clips.num_rows
         _logger.info("committed %d clips of %d videos", clips.num_rows, videos.num_rows)
         self.pending, self.pending_clips = [], 0
         self.last_commit = time.monotonic()
+        wait = max(self.catalog_refresh_s, self.refresh_overhead * self.last_refresh_fixed_s)
+        if self.last_commit - self.last_refresh >= wait:
+            self.refresh_catalog()
+        else:
+            crash_point("after_commit_catalog_behind")
+
+    def refresh_catalog(self) -> None:
+        """Bring ``catalog.duckdb`` up to the last commit now (timed for the adaptive policy)."""
+        r = self.library.refresh_catalog()
+        self.last_refresh = time.monotonic()
+        self.last_refresh_fixed_s = r.fixed_seconds
+        self.refresh_total_s += r.seconds
+        self.refreshes += 1
+        self.catalog_behind = False
+        _logger.debug("catalog refreshed: %d shards in %.3f s (%.3f s inserting)", r.shards_added,
+                      r.seconds, r.insert_seconds)
+
+    def finish(self) -> None:
+        """End of a run: commit what is queued and bring the catalog up to date."""
+        self.flush()
+        if self.catalog_behind:
+            self.refresh_catalog()
 
     def _tables(self, items: list[PendingVideo]) -> tuple[pa.Table, pa.Table]:
         cols: dict[str, list[Any]] = {f.name: [] for f in self.schema if f.name != "embedding"}

@@ -160,6 +160,8 @@ class Searcher:
         self._extra_ids = np.empty(0, np.int64)
         self._extra_vecs = np.empty((0, self.manifest.model.embed_dim), np.float32)
         self._con = None
+        self._catalog_behind = False
+        self._catalog_stamp: tuple[int, int, int] | None = None
         self._mask_cache: OrderedDict[Filters, tuple[np.ndarray, int]] = OrderedDict()
         self._where_join: dict[str, bool] = {}
         self._open()
@@ -197,6 +199,7 @@ class Searcher:
             self._con.close()
         if self.auto_repair and not self.library.catalog_is_current(m):
             self._refresh_catalog()
+        self._catalog_stamp = self._catalog_identity()
         # history.duckdb is not attached: this process writes it after each search, and DuckDB
         # refuses a second handle on a file one connection already holds.
         self.library.left_out_shards = {}
@@ -207,9 +210,14 @@ class Searcher:
             self.warnings.append(f"reduced coverage: the {rows} clips of shard {sid} are not searched ({why}); "
                                  "the next `vidsearch ingest` sets the shard aside and re-ingests its videos")
         self._load_metadata()
-        if not self.library.catalog_is_current(m):
-            self.warnings.append("catalog.duckdb is behind the manifest; recent clips may be missing "
-                                 f"(run `vidsearch doctor --library {self.library.root}`)")
+        # A catalog behind the manifest (a writer defers refreshes during a long run, or was
+        # killed between them) lacks the newest clips' rows: their hits are left out, never shown
+        # without metadata, and refresh() reloads as soon as the catalog file is swapped.
+        self._catalog_behind = not self.library.catalog_is_current(m)
+        if self._catalog_behind:
+            self.warnings.append("catalog.duckdb is behind the manifest; the newest clips are not "
+                                 "searchable until the writer refreshes it (run `vidsearch index "
+                                 f"--library {self.library.root}` if no ingest is running)")
         for w in self.warnings:
             _logger.warning("%s", w)
 
@@ -222,7 +230,7 @@ class Searcher:
             with self.library.lock():
                 self.library.refresh_catalog()
         except LibraryLocked:
-            pass  # the writer refreshes it at its next commit
+            pass  # the writer refreshes it now and then, and at the end of its run
         except (LibraryError, OSError) as e:  # a corrupt shard, a read-only library: answer anyway
             _logger.warning("catalog not rebuilt: %s", e)
 
@@ -245,10 +253,20 @@ class Searcher:
                              f"Fix: `{fix}`")
         return None
 
+    def _catalog_identity(self) -> tuple[int, int, int] | None:
+        # The writer swaps catalog.duckdb by os.replace: a new inode means a new catalog.
+        try:
+            st = self.library.catalog_path.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
     def refresh(self) -> bool:
-        """Reload if a writer committed since; returns True if it did (F12/F13: cheap check)."""
+        """Reload if a writer committed since, or refreshed a catalog that was behind; returns
+        True if it did (F12/F13: a manifest read, plus a stat while the catalog lags)."""
         m = self.library.read_manifest()
-        if m.generation == self.manifest.generation and m.library_id == self.manifest.library_id:
+        same = m.generation == self.manifest.generation and m.library_id == self.manifest.library_id
+        if same and not (self._catalog_behind and self._catalog_identity() != self._catalog_stamp):
             return False
         self.manifest = m
         self._open()
