@@ -47,6 +47,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -1020,13 +1021,16 @@ class Library:
         try:
             with duckdb.connect(str(tmp)) as con:
                 con.execute(CATALOG_DDL)
-                t0, added = time.perf_counter(), 0
-                for entry in m.shards:
-                    if entry.shard_id not in covered:
-                        self._insert_shard(con, entry)
-                        covered.add(entry.shard_id)
-                        added += 1
-                insert_s = time.perf_counter() - t0
+                todo = [e for e in m.shards if e.shard_id not in covered]
+                t0 = time.perf_counter()
+                # One transaction for all new shards: no automatic checkpoint after every shard,
+                # and a compact file. The next shard is read and hash-checked while one is inserted.
+                con.execute("BEGIN")
+                for entry, (clips, videos) in zip(todo, self._shard_rows_ahead(todo), strict=True):
+                    self._insert_rows(con, entry, clips, videos)
+                    covered.add(entry.shard_id)
+                con.execute("COMMIT")
+                added, insert_s = len(todo), time.perf_counter() - t0
                 self._insert_runs(con, m)
                 meta = {"library_id": m.library_id, "generation": str(m.generation),
                         "shards": json.dumps(sorted(covered)),
@@ -1075,16 +1079,37 @@ class Library:
         self._insert_runs(con, m)
 
     def _insert_shard(self, con: duckdb.DuckDBPyConnection, entry: ShardEntry) -> None:
+        self._insert_rows(con, entry, *self._shard_rows(entry))
+
+    def _shard_rows(self, entry: ShardEntry) -> tuple[pa.Table, pa.Table]:
+        """A shard's catalog rows (clips without embeddings, plus row_in_shard; videos), SHA-256 checked."""
+        clips = self.read_shard(entry, "clips", columns=list(CLIP_CATALOG_COLUMNS), verify=True)
+        # Row numbers from the file's order here, not from row_number() OVER () in SQL, whose
+        # order over a parallel scan is not guaranteed.
+        clips = clips.append_column("row_in_shard", pa.array(range(clips.num_rows), pa.int32()))
+        return clips, self.read_shard(entry, "videos", verify=True)
+
+    def _shard_rows_ahead(self, entries: list[ShardEntry]) -> Iterator[tuple[pa.Table, pa.Table]]:
+        """:meth:`_shard_rows` of each entry in order, reading one shard ahead in a thread."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            nxt = pool.submit(self._shard_rows, entries[0]) if entries else None
+            for i in range(len(entries)):
+                assert nxt is not None
+                rows = nxt.result()
+                if i + 1 < len(entries):
+                    nxt = pool.submit(self._shard_rows, entries[i + 1])
+                yield rows
+
+    def _insert_rows(self, con: duckdb.DuckDBPyConnection, entry: ShardEntry, clips: pa.Table,
+                     videos: pa.Table) -> None:
         cols = list(CLIP_CATALOG_COLUMNS)
-        clips = self.read_shard(entry, "clips", columns=cols, verify=True)
-        videos = self.read_shard(entry, "videos", verify=True)
         con.register("_clips", clips)
         con.register("_videos", videos)
         try:
             col_list = ", ".join(cols)
             con.execute(
                 f"INSERT OR REPLACE INTO clips ({col_list}, shard_id, row_in_shard) "
-                f"SELECT {col_list}, {entry.shard_id}, (row_number() OVER ()) - 1 FROM _clips"
+                f"SELECT {col_list}, {entry.shard_id}, row_in_shard FROM _clips"
             )
             vcols = ", ".join(VIDEO_SCHEMA.names)
             con.execute(

@@ -162,3 +162,31 @@ def test_searcher_catches_up_a_catalog_left_behind_by_a_dead_writer(
         assert {h.clip_id for h in res.hits} == set(new_ids.tolist())
         assert not any("behind" in w for w in res.warnings)
     assert s.lib.catalog_is_current()
+
+
+def test_one_refresh_over_shards_that_redo_the_same_video(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Deferred shards are inserted in one transaction: a video settled again in a later shard
+    (same clip ids) must still replace its earlier rows, as refreshing per commit did."""
+    lib = Library(tmp_path / "lib")
+    with lib.lock():
+        lib.init(MODEL)
+        lib.refresh_catalog()
+        w = ShardWriter(lib, MODEL, "r", shard_rows=1, commit_interval_s=1e9, catalog_refresh_s=1e9)
+        w.add(pending(0))
+        w.add(pending(1))
+        redo = pending(0)
+        redo.row["run_id"] = "r2"
+        w.add(redo)
+        w.finish()
+    assert w.refreshes == 1
+    with lib.connect_catalog() as con:
+        assert con.execute("SELECT count(*), count(DISTINCT clip_id) FROM clips").fetchone() == (6, 6)
+        assert con.execute("SELECT shard_id, run_id FROM videos WHERE video_id = ?", [f"{0:032x}"]).fetchall() == \
+            [(3, "r2")]
+        assert con.execute("SELECT DISTINCT shard_id FROM clips WHERE video_id = ?", [f"{0:032x}"]).fetchall() == [(3,)]
+        # row_in_shard points back at the clip's row in its shard file.
+        rows = con.execute("SELECT clip_id, shard_id, row_in_shard FROM clips").fetchall()
+    m = lib.read_manifest()
+    for cid, sid, row in rows:
+        t = lib.read_shard(next(s for s in m.shards if s.shard_id == sid), "clips", columns=["clip_id"])
+        assert t.column("clip_id")[row].as_py() == cid

@@ -133,3 +133,59 @@ def test_index_cli_builds_and_reports(synthetic_library: SyntheticLibrary, capsy
     assert rep["vectors"] == synthetic_library.n and rep["recall_at_10"] == 1.0
     with duckdb.connect(str(synthetic_library.lib.catalog_path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM clips").fetchone()[0] == synthetic_library.n
+
+
+def test_extend_keeps_clip_ids_already_indexed_once(synthetic_library: SyntheticLibrary) -> None:
+    s = synthetic_library
+    m = s.lib.read_manifest()
+    t = s.lib.read_shard(m.shards[0], "clips")
+    vids = s.lib.read_shard(m.shards[0], "videos")
+    with s.lib.lock():
+        update_index(s.lib, IndexCfg(factory="IVF32,Flat"))
+        s.lib.commit(t.slice(0, 5), vids.slice(0, 1), run_id="run-redo")  # a redone video, same ids
+        report = update_index(s.lib, IndexCfg(factory="IVF32,Flat"))
+    assert report.action == "extended" and report.added == 0 and report.vectors == s.n
+    assert load_index(s.lib).ntotal == s.n
+
+
+def _list_of_each_id(ivf: faiss.IndexIVF) -> dict[int, int]:
+    inv = ivf.invlists
+    out = {}
+    for lst in range(ivf.nlist):
+        size = inv.list_size(lst)
+        if size:
+            for cid in faiss.rev_swig_ptr(inv.get_ids(lst), size).tolist():
+                out[cid] = lst
+    return out
+
+
+def test_coarse_kmeans_and_assignment_through_torch(synthetic_library: SyntheticLibrary,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path used when FAISS has no GPU build but PyTorch sees a CUDA device (k-means of the
+    coarse centroids and the assignment of every vector in PyTorch), run on the CPU here."""
+    pytest.importorskip("torch")
+    from vidsearch.indexer import build
+
+    monkeypatch.setattr(build, "_coarse_device", lambda cfg: "cpu")
+    s = synthetic_library
+    with s.lib.lock():
+        report = update_index(s.lib, IndexCfg(factory="IVF64,PQ8"))
+        assert report.gpu and report.recall_at_10 >= 0.95
+        rng = np.random.default_rng(6)
+        videos = [dict(s.videos[0], video_id="e" * 32, path="/media/new/extra.mp4", num_clips=30)]
+        v = rng.standard_normal((30, s.dim)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        clips, vids, new_ids = make_shard_tables(videos, [30], [v], s.lib.read_manifest().model.fingerprint, s.dim)
+        s.lib.commit(clips, vids, run_id="run-2")
+        assert update_index(s.lib, IndexCfg(factory="IVF64,PQ8")).added == 30  # extended through torch too
+    idx = load_index(s.lib)
+    ivf = faiss.extract_index_ivf(idx.index)
+    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    assert np.allclose(np.linalg.norm(centroids, axis=1), 1, atol=1e-5)  # spherical k-means
+    # Every vector sits in the list FAISS's own quantizer picks for it at search time.
+    lists = _list_of_each_id(ivf)
+    all_ids = np.concatenate([s.clip_ids, new_ids])
+    _, want = ivf.quantizer.search(np.concatenate([s.vectors, v]), 1)
+    assert [lists[int(c)] for c in all_ids] == want[:, 0].tolist()
+    _, got = idx.search(v, 1)
+    assert (got[:, 0] == new_ids).mean() >= 0.95

@@ -22,6 +22,7 @@ from vidsearch.indexer.store import (
     IndexMissing,
     IndexStale,
     VectorStore,
+    in_sorted,
     read_meta,
     stale_reasons,
     uncovered_shards,
@@ -29,6 +30,6 @@ from vidsearch.indexer.store import (
 
 __all__ = [
     "IndexCorrupt", "IndexError_", "IndexMeta", "IndexMissing", "IndexPlan", "IndexReport",
-    "IndexStale", "LoadedIndex", "VectorStore", "choose_index", "load_index", "read_meta",
+    "IndexStale", "LoadedIndex", "VectorStore", "choose_index", "in_sorted", "load_index", "read_meta",
     "read_shard_vectors", "stale_reasons", "uncovered_shards", "update_index",
 ]

@@ -20,12 +20,14 @@ import math
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import faiss
 import numpy as np
 
+from vidsearch.indexer import torch_coarse
 from vidsearch.indexer.store import (
     CoveredShard,
     IndexCorrupt,
@@ -35,6 +37,7 @@ from vidsearch.indexer.store import (
     VectorStore,
     check_file,
     cleanup_unreferenced,
+    in_sorted,
     index_dir_is_safe,
     new_index_name,
     read_meta,
@@ -118,6 +121,11 @@ def _kind_of_factory(factory: str) -> str:
 
 def _make_index(factory: str, dim: int) -> faiss.Index:
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if isinstance(index, faiss.IndexIVFPQ):
+        # The factory turns on polysemous training (simulated annealing of the PQ code order for
+        # Hamming-distance filtering, which search never uses): measured >20 min of CPU for
+        # IVF4096,PQ256 at 1M, for nothing.
+        index.do_polysemous_training = False
     if faiss.try_extract_index_ivf(index) is None and not isinstance(index, faiss.IndexIDMap):
         index = faiss.IndexIDMap2(index)  # Flat / HNSW store no ids of their own
     return index
@@ -176,11 +184,12 @@ class IndexReport:
 class LoadedIndex:
     """A verified FAISS index with its vector cache; ``search`` applies the tuned parameters."""
 
-    def __init__(self, library: Library, meta: IndexMeta, index: faiss.Index) -> None:
+    def __init__(self, library: Library, meta: IndexMeta, index: faiss.Index,
+                 verified: frozenset[int] = frozenset()) -> None:
         self.library = library
         self.meta = meta
         self.index = index
-        self.vectors = VectorStore(library, meta.shards, meta.dim)
+        self.vectors = VectorStore(library, meta.shards, meta.dim, verified)
         inner = _inner(index)
         self._ivf = faiss.try_extract_index_ivf(inner)
         self._hnsw = isinstance(inner, faiss.IndexHNSW)
@@ -301,36 +310,77 @@ def read_shard_vectors(library: Library, entry: ShardEntry, dim: int) -> tuple[n
     return ids, np.ascontiguousarray(vecs, dtype=np.float32)
 
 
-def _cache_shard(library: Library, entry: ShardEntry, dim: int,
-                 seen: set[int]) -> tuple[CoveredShard, np.ndarray, np.ndarray]:
-    """Write a shard's vectors into the cache, minus clip ids already in ``seen`` (updated)."""
-    ids, vecs = read_shard_vectors(library, entry, dim)
-    # A clip id already indexed (a video redone in a later run) is kept once: the first copy.
-    keep = np.ones(len(ids), bool)
-    for i, cid in enumerate(ids.tolist()):
-        if cid in seen:
-            keep[i] = False
-        else:
-            seen.add(cid)
-    if not keep.all():
-        _logger.info("%s: %d clip ids already indexed from earlier shards; kept once",
-                     entry.clips_file, int((~keep).sum()))
-        ids, vecs = ids[keep], vecs[keep]
-    vrel, irel = vectors_names(entry.shard_id)
-    cov = CoveredShard(entry.shard_id, entry.clips_sha256, int(len(ids)), vrel,
-                       write_npy_atomic(library, vrel, vecs), irel, write_npy_atomic(library, irel, ids))
-    return cov, ids, vecs
+def _keep_masks(library: Library, entries: list[ShardEntry], known: np.ndarray) -> list[np.ndarray]:
+    """Per shard, which rows to index: a clip id already indexed (``known``, sorted) or in an
+    earlier shard (a video redone in a later run) is kept once, the first copy. Reads only the
+    clip_id column (NumPy, no set of millions of Python ints)."""
+    id_arrays = [library.read_shard(e, "clips", columns=["clip_id"]).column("clip_id").to_numpy()
+                 .astype(np.int64, copy=False) for e in entries]
+    if not id_arrays:
+        return []
+    all_ids = np.concatenate(id_arrays)
+    keep = np.zeros(len(all_ids), bool)
+    keep[np.unique(all_ids, return_index=True)[1]] = True  # first occurrence of each id
+    keep &= ~in_sorted(all_ids, known)
+    return np.split(keep, np.cumsum([len(a) for a in id_arrays])[:-1])
+
+
+def _cache_shards(library: Library, entries: list[ShardEntry], dim: int, known: np.ndarray,
+                  say: Callable[[str], None]) -> list[CoveredShard]:
+    """Write each shard's vectors (minus duplicate clip ids) into the vector cache.
+
+    Shards are independent, so they are read, hashed and written by a few threads (Parquet
+    decoding, SHA-256 and file writes release the GIL); memory holds one shard per thread, never
+    the library (10M x 512 float32 would be 20 GB).
+    """
+    masks = _keep_masks(library, entries, known)
+    done = [0]
+
+    def one(entry: ShardEntry, keep: np.ndarray) -> CoveredShard:
+        ids, vecs = read_shard_vectors(library, entry, dim)
+        if len(keep) != len(ids):
+            raise LibraryError(f"{entry.clips_file}: changed while being indexed")
+        if not keep.all():
+            _logger.info("%s: %d clip ids already indexed from earlier shards; kept once",
+                         entry.clips_file, int((~keep).sum()))
+            ids, vecs = ids[keep], vecs[keep]
+        vrel, irel = vectors_names(entry.shard_id)
+        cov = CoveredShard(entry.shard_id, entry.clips_sha256, int(len(ids)), vrel,
+                           write_npy_atomic(library, vrel, vecs), irel, write_npy_atomic(library, irel, ids))
+        done[0] += 1
+        if done[0] % 50 == 0:
+            say(f"cached the vectors of {done[0]}/{len(entries)} shards")
+        return cov
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1, len(entries)))) as ex:
+        return list(ex.map(one, entries, masks))
+
+
+def _coarse_device(cfg: IndexCfg) -> str | None:
+    """Where the IVF coarse k-means and assignment run when FAISS has no GPU: a CUDA device
+    through PyTorch (``torch_coarse``), or None for FAISS on the CPU."""
+    return torch_coarse.cuda_device() if cfg.use_gpu else None
 
 
 def _gpu_available(cfg: IndexCfg) -> bool:
     return bool(cfg.use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0)
 
 
-def _train(index: faiss.Index, x: np.ndarray, cfg: IndexCfg, rng: np.random.Generator) -> tuple[int, bool]:
+def _train_size(index: faiss.Index, n: int, cfg: IndexCfg) -> int:
+    # k-means wants 39..256 points per centroid: a large nlist needs more than max_train_vectors.
+    ivf = faiss.try_extract_index_ivf(index)
+    return min(n, max(cfg.max_train_vectors, 40 * int(ivf.nlist) if ivf is not None else 0))
+
+
+def _train(index: faiss.Index, store: VectorStore, cfg: IndexCfg,
+           rng: np.random.Generator) -> tuple[int, str | None]:
+    """Train on a random sample gathered from the vector cache; returns (sample size, the
+    device of the coarse k-means: "faiss-gpu", "cuda" (PyTorch) or None for the CPU)."""
     if index.is_trained:
-        return 0, False
-    sample = x if len(x) <= cfg.max_train_vectors else x[np.sort(rng.choice(len(x), cfg.max_train_vectors,
-                                                                            replace=False))]
+        return 0, None
+    n = store.n
+    size = _train_size(index, n, cfg)
+    sample = store.take_rows(np.sort(rng.choice(n, size, replace=False)) if size < n else np.arange(n))
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None and _gpu_available(cfg):
         # k-means of the coarse quantizer on GPU, the rest on CPU (GPU FAISS when present).
@@ -341,11 +391,40 @@ def _train(index: faiss.Index, x: np.ndarray, cfg: IndexCfg, rng: np.random.Gene
             clus.train(sample, gpu_q)
             ivf.quantizer.add(faiss.vector_float_to_array(clus.centroids).reshape(ivf.nlist, ivf.d))
             index.train(sample)
-            return len(sample), True
+            return len(sample), "faiss-gpu"
         except RuntimeError as e:  # pragma: no cover - GPU only
             _logger.warning("GPU training failed (%s); training on CPU", e)
+    device = _coarse_device(cfg)
+    if ivf is not None and device is not None and isinstance(index, faiss.IndexIVF):
+        ivf.quantizer.add(torch_coarse.spherical_kmeans(sample, int(ivf.nlist), device=device,
+                                                        seed=int(rng.integers(1 << 31))))
+        index.train(sample)  # the quantizer is set: FAISS trains only the codes (PQ)
+        return len(sample), device
     index.train(sample)
-    return len(sample), False
+    return len(sample), None
+
+
+def _add(index: faiss.Index, store: VectorStore, device: str | None, say: Callable[[str], None]) -> None:
+    """Add the store's vectors shard by shard (one shard in memory at a time)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    coarse = None
+    if device is not None and ivf is not None and isinstance(index, faiss.IndexIVF):
+        # The coarse assignment (n x nlist inner products) on the GPU; FAISS encodes and stores.
+        coarse = torch_coarse.TorchCoarse(ivf.quantizer.reconstruct_n(0, ivf.nlist), device)
+    ids_all, _ = store.store_order()
+    shards = store.shard_rows()
+    for j, (sid, a, b) in enumerate(shards):
+        if b == a:
+            continue
+        x = np.ascontiguousarray(store.vectors(sid))
+        ids = np.ascontiguousarray(ids_all[a:b])
+        if coarse is not None:
+            assign = coarse.assign(x)
+            index.add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(assign))
+        else:
+            index.add_with_ids(x, ids)
+        if (j + 1) % 50 == 0:
+            say(f"added {j + 1}/{len(shards)} shards")
 
 
 def _drop_self(labels: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
@@ -357,16 +436,48 @@ def _drop_self(labels: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _quality(loaded: LoadedIndex, xb: np.ndarray, ids: np.ndarray, cfg: IndexCfg,
-             rng: np.random.Generator, tune: bool) -> dict[str, Any]:
-    """Tune nprobe/efSearch, then recall@1/10 and single-query latency on held-out embeddings."""
-    n = len(ids)
+def exact_topk(store: VectorStore, q: np.ndarray, k: int,
+               mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` (scores, clip ids) of ``q`` over the vectors of ``store`` (only the store
+    rows where ``mask`` is True, if given), one shard at a time; ties broken by clip id."""
+    nq = len(q)
+    best_s = np.full((nq, 0), -np.inf, np.float32)
+    best_i = np.full((nq, 0), -1, np.int64)
+    ids_all, _ = store.store_order()
+    q = np.ascontiguousarray(q, np.float32)
+    for sid, a, b in store.shard_rows():
+        v, ids = store.vectors(sid), ids_all[a:b]
+        if mask is not None:
+            rows = np.flatnonzero(mask[a:b])
+            v, ids = np.take(v, rows, axis=0), ids[rows]
+        if len(ids) == 0:
+            continue
+        s, pos = faiss.knn(q, np.ascontiguousarray(v), min(k, len(ids)), metric=faiss.METRIC_INNER_PRODUCT)
+        cs = np.concatenate([best_s, s], axis=1)
+        ci = np.concatenate([best_i, ids[pos]], axis=1)
+        order = np.lexsort((ci, -cs), axis=1)[:, :k] if cs.shape[1] > k else np.lexsort((ci, -cs), axis=1)
+        best_s = np.take_along_axis(cs, order, axis=1)
+        best_i = np.take_along_axis(ci, order, axis=1)
+    return best_s, best_i
+
+
+def _quality(loaded: LoadedIndex, cfg: IndexCfg, rng: np.random.Generator, tune: bool) -> dict[str, Any]:
+    """Tune nprobe/efSearch, then recall@1/10 and single-query latency on held-out embeddings.
+
+    Queries and exact answers come from the vector cache, shard by shard: memory holds the
+    queries and their answers, never the library.
+    """
+    store = loaded.vectors
+    n = store.n
     if n == 0:
         return {}
     nq = min(cfg.quality_queries, n)
     qpos = rng.choice(n, nq, replace=False)
-    q = xb[qpos]
-    qid = ids[qpos]
+    ids_all, _ = store.store_order()
+    order = np.argsort(qpos)
+    q = np.empty((nq, store.dim), np.float32)
+    q[order] = store.take_rows(qpos[order])
+    qid = ids_all[qpos]
     k = min(10, n - 1)
     if k < 1:
         return {}
@@ -377,8 +488,7 @@ def _quality(loaded: LoadedIndex, xb: np.ndarray, ids: np.ndarray, cfg: IndexCfg
     # clusters of ~30 clips forced nprobe 1024/4096 at 1M: neighbours past a clip's own video
     # are noise there, so deep recall needs near-exhaustive probing.)
     depth = min(max(cfg.tune_depth, k), n - 1)
-    _, gt_pos = faiss.knn(q, xb, depth + 1, metric=faiss.METRIC_INNER_PRODUCT)
-    gt_deep = _drop_self(ids[gt_pos], qid, depth)
+    gt_deep = _drop_self(exact_topk(store, q, depth + 1)[1], qid, depth)
 
     def recall(params: dict[str, Any], kk: int = k) -> tuple[float, float]:
         loaded.meta = replace(loaded.meta, search_params=params)
@@ -515,29 +625,17 @@ def _build(library: Library, m: Manifest, cfg: IndexCfg, notes: list[str], t0: f
            rng: np.random.Generator, say: Callable[[str], None], action: str) -> IndexReport:
     assert m.model is not None
     dim = m.model.embed_dim
-    covered: list[CoveredShard] = []
-    all_ids: list[np.ndarray] = []
-    all_vecs: list[np.ndarray] = []
-    seen: set[int] = set()
-    for i, entry in enumerate(m.shards):
-        if entry.clips_rows == 0:
-            continue
-        cov, ids, vecs = _cache_shard(library, entry, dim, seen)
-        covered.append(cov)
-        all_ids.append(ids)
-        all_vecs.append(vecs)
-        if (i + 1) % 50 == 0:
-            say(f"read {i + 1}/{len(m.shards)} shards")
-    ids = np.concatenate(all_ids) if all_ids else np.empty(0, np.int64)
-    xb = np.concatenate(all_vecs) if all_vecs else np.empty((0, dim), np.float32)
-    del all_vecs
-    plan = choose_index(len(ids), dim, cfg)
-    say(f"building {plan.kind} index ({plan.factory}) over {len(ids)} vectors: {plan.reason}")
+    entries = [e for e in m.shards if e.clips_rows > 0]
+    covered = _cache_shards(library, entries, dim, np.empty(0, np.int64), say)
+    store = VectorStore(library, tuple(covered), dim, verified=frozenset(c.shard_id for c in covered))
+    n = store.n
+    plan = choose_index(n, dim, cfg)
+    say(f"building {plan.kind} index ({plan.factory}) over {n} vectors: {plan.reason}")
     index = _make_index(plan.factory, dim)
-    trained_n, gpu = _train(index, xb, cfg, rng) if len(ids) else (0, False)
-    if len(ids) and not index.is_trained:
-        raise LibraryError(f"{plan.factory}: {len(ids)} vectors are too few to train this index")
-    index.add_with_ids(xb, ids)
+    trained_n, device = _train(index, store, cfg, rng) if n else (0, None)
+    if n and not index.is_trained:
+        raise LibraryError(f"{plan.factory}: {n} vectors are too few to train this index")
+    _add(index, store, device if device != "faiss-gpu" else None, say)
     sp: dict[str, Any] = {"rerank": PQ_RERANK_FACTOR} if plan.kind == "ivf_pq" else {}
     meta = IndexMeta(
         library_id=m.library_id, model_name=m.model.name, model_fingerprint=m.model.fingerprint,
@@ -546,11 +644,11 @@ def _build(library: Library, m: Manifest, cfg: IndexCfg, notes: list[str], t0: f
         faiss_version=faiss.__version__, shards=tuple(covered), search_params=sp,
         manifest_generation=m.generation, built_at=utcnow().isoformat(),
     )
-    loaded = LoadedIndex(library, meta, index)
+    loaded = LoadedIndex(library, meta, index, verified=frozenset(c.shard_id for c in covered))
     say("measuring recall and latency on held-out clip embeddings")
-    quality = _quality(loaded, xb, ids, cfg, rng, tune=True)
+    quality = _quality(loaded, cfg, rng, tune=True)
     report = IndexReport(action=action, kind=plan.kind, factory=plan.factory, vectors=meta.n,
-                         index_bytes=0, build_seconds=0.0, added=meta.n, notes=notes, gpu=gpu,
+                         index_bytes=0, build_seconds=0.0, added=meta.n, notes=notes, gpu=device is not None,
                          **quality)
     return _finish(library, meta, loaded, report, t0)
 
@@ -581,25 +679,17 @@ def _extend(library: Library, old: LoadedIndex, m: Manifest, cfg: IndexCfg, note
                                          "latency_p50_ms", "latency_p99_ms", "search_params")})
         _suggest(meta, cfg, report)
         return report
-    seen = set(old.vectors.all_ids().tolist())
-    covered = list(meta.shards)
-    added = 0
-    for entry in new:
-        cov, ids, vecs = _cache_shard(library, entry, dim, seen)
-        old.index.add_with_ids(vecs, ids)
-        covered.append(cov)
-        added += len(ids)
+    fresh = _cache_shards(library, new, dim, old.vectors.all_ids(), say)
+    added = sum(c.rows for c in fresh)
+    device = _coarse_device(cfg)
+    _add(old.index, VectorStore(library, tuple(fresh), dim, frozenset(c.shard_id for c in fresh)), device, say)
     say(f"added {added} vectors from {len(new)} new shard(s) without retraining")
-    meta = replace(meta, shards=tuple(covered), n=int(old.index.ntotal),
+    meta = replace(meta, shards=tuple(meta.shards) + tuple(fresh), n=int(old.index.ntotal),
                    added_since_training=meta.added_since_training + (added if meta.trained_n else 0),
                    manifest_generation=m.generation)
-    loaded = LoadedIndex(library, meta, old.index)
+    loaded = LoadedIndex(library, meta, old.index, verified=frozenset(c.shard_id for c in fresh))
     # Quality over every vector now indexed, read back from the (verified) vector cache.
-    xb = np.concatenate([loaded.vectors.vectors(s.shard_id) for s in meta.shards]) if meta.shards \
-        else np.empty((0, dim), np.float32)
-    ids = np.concatenate([loaded.vectors.ids(s.shard_id) for s in meta.shards]) if meta.shards \
-        else np.empty(0, np.int64)
-    quality = _quality(loaded, np.ascontiguousarray(xb), ids, cfg, rng, tune=False)
+    quality = _quality(loaded, cfg, rng, tune=False)
     report = IndexReport(action="extended", kind=meta.kind, factory=meta.factory, vectors=meta.n,
                          index_bytes=0, build_seconds=0.0, added=added, notes=notes, **quality)
     _suggest(meta, cfg, report)
