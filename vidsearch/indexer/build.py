@@ -396,10 +396,15 @@ def _train(index: faiss.Index, store: VectorStore, cfg: IndexCfg,
             _logger.warning("GPU training failed (%s); training on CPU", e)
     device = _coarse_device(cfg)
     if ivf is not None and device is not None and isinstance(index, faiss.IndexIVF):
-        ivf.quantizer.add(torch_coarse.spherical_kmeans(sample, int(ivf.nlist), device=device,
-                                                        seed=int(rng.integers(1 << 31))))
-        index.train(sample)  # the quantizer is set: FAISS trains only the codes (PQ)
-        return len(sample), device
+        try:
+            centroids = torch_coarse.spherical_kmeans(sample, int(ivf.nlist), device=device,
+                                                      seed=int(rng.integers(1 << 31)))
+        except RuntimeError as e:  # CUDA out of memory or a driver error: FAISS on the CPU
+            _logger.warning("k-means on %s failed (%s); training on CPU", device, e)
+        else:
+            ivf.quantizer.add(centroids)
+            index.train(sample)  # the quantizer is set: FAISS trains only the codes (PQ)
+            return len(sample), device
     index.train(sample)
     return len(sample), None
 
@@ -418,8 +423,14 @@ def _add(index: faiss.Index, store: VectorStore, device: str | None, say: Callab
             continue
         x = np.ascontiguousarray(store.vectors(sid))
         ids = np.ascontiguousarray(ids_all[a:b])
+        assign = None
         if coarse is not None:
-            assign = coarse.assign(x)
+            try:
+                assign = coarse.assign(x)
+            except RuntimeError as e:  # CUDA out of memory or a driver error: FAISS assigns
+                _logger.warning("coarse assignment on %s failed (%s); assigning on CPU", device, e)
+                coarse = None
+        if assign is not None:
             index.add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(assign))
         else:
             index.add_with_ids(x, ids)

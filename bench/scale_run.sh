@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Search latency at scale, one machine: for each N, build a synthetic library of N clips, index it,
+# time queries with every core, then time the query phase again pinned to 2 cores (taskset and
+# 2 threads for OpenMP/BLAS; DuckDB uses SearchCfg.sql_threads = 2 in both runs). Each phase runs
+# in its own process, so each prints its own peak memory.
+#
+#   bench/scale_run.sh DATA_DIR OUT_DIR N [N ...]
+#   bench/scale_run.sh /data /tmp/results 10000000 1000000
+#
+# Writes OUT_DIR/{build,index,search-all,search-2cores}-N.json and logs to stdout.
+# Env: QUERIES (200), TEXT_MODEL (internvideo2-s2-1b: its text tower with random weights).
+set -u
+data=$1 out=$2
+shift 2
+mkdir -p "$data" "$out"
+queries=${QUERIES:-200}
+text_model=${TEXT_MODEL:-internvideo2-s2-1b}
+here=$(cd "$(dirname "$0")" && pwd)
+stamp() { echo "=== $(date +%T) $*"; }
+for n in "$@"; do
+    lib="$data/lib-$n"
+    bench=(python3 "$here/search_latency.py" --n "$n" --library "$lib")
+    stamp "N=$n build"
+    "${bench[@]}" --phase build --json "$out/build-$n.json" || exit 1
+    stamp "N=$n index"
+    "${bench[@]}" --phase index --json "$out/index-$n.json" || exit 1
+    stamp "N=$n search, all $(nproc) cores"
+    "${bench[@]}" --phase search --queries "$queries" --model "$text_model" --json "$out/search-all-$n.json"
+    stamp "N=$n search, 2 cores"
+    OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2 taskset -c 0,1 \
+        "${bench[@]}" --phase search --queries "$queries" --model "$text_model" --no-recall \
+        --json "$out/search-2cores-$n.json"
+    stamp "N=$n done"
+done
