@@ -27,7 +27,6 @@ from typing import Any
 import faiss
 import numpy as np
 
-from vidsearch.indexer import torch_coarse
 from vidsearch.indexer.store import (
     CoveredShard,
     IndexCorrupt,
@@ -97,9 +96,11 @@ def choose_index(n: int, dim: int, cfg: IndexCfg | None = None) -> IndexPlan:
     if flat_bytes * 1.05 <= cfg.memory_budget_bytes:
         return IndexPlan(f"IVF{nlist},Flat", "ivf_flat",
                          f"{flat_bytes / 2**30:.1f} GiB of vectors fit the budget")
-    # PQ: the largest code (bytes per vector) that fits; m must divide dim.
+    # PQ: the largest code (bytes per vector) that fits, m dividing dim, with sub-vectors of at
+    # least 4 dimensions: exact re-ranking restores the precision, and 2-d sub-vectors (PQ256 at
+    # 512-d) double the index and the scan cost for little gain.
     per_vec = cfg.memory_budget_bytes / max(n, 1) - 8 - 8  # id + inverted-list overhead
-    m = max((m for m in range(1, dim + 1) if dim % m == 0 and m <= per_vec and m <= dim // 2),
+    m = max((m for m in range(1, dim + 1) if dim % m == 0 and m <= per_vec and m <= dim // 4),
             default=0)
     if m < 4:
         raise LibraryError(f"{n} vectors of dim {dim} cannot fit a {cfg.memory_budget_bytes} byte "
@@ -356,12 +357,6 @@ def _cache_shards(library: Library, entries: list[ShardEntry], dim: int, known: 
         return list(ex.map(one, entries, masks))
 
 
-def _coarse_device(cfg: IndexCfg) -> str | None:
-    """Where the IVF coarse k-means and assignment run when FAISS has no GPU: a CUDA device
-    through PyTorch (``torch_coarse``), or None for FAISS on the CPU."""
-    return torch_coarse.cuda_device() if cfg.use_gpu else None
-
-
 def _gpu_available(cfg: IndexCfg) -> bool:
     return bool(cfg.use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0)
 
@@ -373,11 +368,10 @@ def _train_size(index: faiss.Index, n: int, cfg: IndexCfg) -> int:
 
 
 def _train(index: faiss.Index, store: VectorStore, cfg: IndexCfg,
-           rng: np.random.Generator) -> tuple[int, str | None]:
-    """Train on a random sample gathered from the vector cache; returns (sample size, the
-    device of the coarse k-means: "faiss-gpu", "cuda" (PyTorch) or None for the CPU)."""
+           rng: np.random.Generator) -> tuple[int, bool]:
+    """Train on a random sample gathered from the vector cache; returns (sample size, GPU used)."""
     if index.is_trained:
-        return 0, None
+        return 0, False
     n = store.n
     size = _train_size(index, n, cfg)
     sample = store.take_rows(np.sort(rng.choice(n, size, replace=False)) if size < n else np.arange(n))
@@ -391,49 +385,20 @@ def _train(index: faiss.Index, store: VectorStore, cfg: IndexCfg,
             clus.train(sample, gpu_q)
             ivf.quantizer.add(faiss.vector_float_to_array(clus.centroids).reshape(ivf.nlist, ivf.d))
             index.train(sample)
-            return len(sample), "faiss-gpu"
+            return len(sample), True
         except RuntimeError as e:  # pragma: no cover - GPU only
             _logger.warning("GPU training failed (%s); training on CPU", e)
-    device = _coarse_device(cfg)
-    if ivf is not None and device is not None and isinstance(index, faiss.IndexIVF):
-        try:
-            centroids = torch_coarse.spherical_kmeans(sample, int(ivf.nlist), device=device,
-                                                      seed=int(rng.integers(1 << 31)))
-        except RuntimeError as e:  # CUDA out of memory or a driver error: FAISS on the CPU
-            _logger.warning("k-means on %s failed (%s); training on CPU", device, e)
-        else:
-            ivf.quantizer.add(centroids)
-            index.train(sample)  # the quantizer is set: FAISS trains only the codes (PQ)
-            return len(sample), device
     index.train(sample)
-    return len(sample), None
+    return len(sample), False
 
 
-def _add(index: faiss.Index, store: VectorStore, device: str | None, say: Callable[[str], None]) -> None:
+def _add(index: faiss.Index, store: VectorStore, say: Callable[[str], None]) -> None:
     """Add the store's vectors shard by shard (one shard in memory at a time)."""
-    ivf = faiss.try_extract_index_ivf(index)
-    coarse = None
-    if device is not None and ivf is not None and isinstance(index, faiss.IndexIVF):
-        # The coarse assignment (n x nlist inner products) on the GPU; FAISS encodes and stores.
-        coarse = torch_coarse.TorchCoarse(ivf.quantizer.reconstruct_n(0, ivf.nlist), device)
     ids_all, _ = store.store_order()
     shards = store.shard_rows()
     for j, (sid, a, b) in enumerate(shards):
-        if b == a:
-            continue
-        x = np.ascontiguousarray(store.vectors(sid))
-        ids = np.ascontiguousarray(ids_all[a:b])
-        assign = None
-        if coarse is not None:
-            try:
-                assign = coarse.assign(x)
-            except RuntimeError as e:  # CUDA out of memory or a driver error: FAISS assigns
-                _logger.warning("coarse assignment on %s failed (%s); assigning on CPU", device, e)
-                coarse = None
-        if assign is not None:
-            index.add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(assign))
-        else:
-            index.add_with_ids(x, ids)
+        if b > a:
+            index.add_with_ids(np.ascontiguousarray(store.vectors(sid)), np.ascontiguousarray(ids_all[a:b]))
         if (j + 1) % 50 == 0:
             say(f"added {j + 1}/{len(shards)} shards")
 
@@ -643,10 +608,10 @@ def _build(library: Library, m: Manifest, cfg: IndexCfg, notes: list[str], t0: f
     plan = choose_index(n, dim, cfg)
     say(f"building {plan.kind} index ({plan.factory}) over {n} vectors: {plan.reason}")
     index = _make_index(plan.factory, dim)
-    trained_n, device = _train(index, store, cfg, rng) if n else (0, None)
+    trained_n, gpu = _train(index, store, cfg, rng) if n else (0, False)
     if n and not index.is_trained:
         raise LibraryError(f"{plan.factory}: {n} vectors are too few to train this index")
-    _add(index, store, device if device != "faiss-gpu" else None, say)
+    _add(index, store, say)
     sp: dict[str, Any] = {"rerank": PQ_RERANK_FACTOR} if plan.kind == "ivf_pq" else {}
     meta = IndexMeta(
         library_id=m.library_id, model_name=m.model.name, model_fingerprint=m.model.fingerprint,
@@ -659,8 +624,7 @@ def _build(library: Library, m: Manifest, cfg: IndexCfg, notes: list[str], t0: f
     say("measuring recall and latency on held-out clip embeddings")
     quality = _quality(loaded, cfg, rng, tune=True)
     report = IndexReport(action=action, kind=plan.kind, factory=plan.factory, vectors=meta.n,
-                         index_bytes=0, build_seconds=0.0, added=meta.n, notes=notes, gpu=device is not None,
-                         **quality)
+                         index_bytes=0, build_seconds=0.0, added=meta.n, notes=notes, gpu=gpu, **quality)
     return _finish(library, meta, loaded, report, t0)
 
 
@@ -692,8 +656,7 @@ def _extend(library: Library, old: LoadedIndex, m: Manifest, cfg: IndexCfg, note
         return report
     fresh = _cache_shards(library, new, dim, old.vectors.all_ids(), say)
     added = sum(c.rows for c in fresh)
-    device = _coarse_device(cfg)
-    _add(old.index, VectorStore(library, tuple(fresh), dim, frozenset(c.shard_id for c in fresh)), device, say)
+    _add(old.index, VectorStore(library, tuple(fresh), dim, frozenset(c.shard_id for c in fresh)), say)
     say(f"added {added} vectors from {len(new)} new shard(s) without retraining")
     meta = replace(meta, shards=tuple(meta.shards) + tuple(fresh), n=int(old.index.ntotal),
                    added_since_training=meta.added_since_training + (added if meta.trained_n else 0),
