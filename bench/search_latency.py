@@ -1,17 +1,22 @@
 """Search latency and recall at scale, on a synthetic library (real shards, catalog and index).
 
     python bench/search_latency.py --n 100000            # builds /tmp/vidsearch-bench-100000
-    python bench/search_latency.py --n 1000000 --queries 200
+    python bench/search_latency.py --n 1000000 --queries 200 --model ''
+    bench/scale_run.sh DATA OUT 10000000                 # per phase, all cores and 2 cores
 
 Builds (or reuses) a library of ``--n`` clips with clustered synthetic 512-d embeddings (one
-centre per video, clips around it), indexes it with the automatic choice (or ``--factory``),
+centre per video, clips around it) with the bulk path (shards committed without a catalog
+refresh, one catalog build at the end), indexes it with the automatic choice (or ``--factory``),
 then runs ``--queries`` vector queries (stored clip embeddings plus noise, so they are not exact
 copies) through :class:`vidsearch.search.Searcher` with no filter and with filters of about 50%,
 5% and 0.5% selectivity (each filter twice: cold, i.e. the filter cache cleared before every
-query, and cached, the same filter repeated). Prints p50/p99 of each stage (DuckDB filter, ANN, DuckDB metadata, total
-without text encoding) and recall@10 against exact brute-force filtered search. Text encoding is
-timed separately with ``--model`` (the tiny test model by default: its time says nothing about
-the 1B model; use --model internvideo2-s2-1b with weights for that).
+query, and cached, the same filter repeated). Prints p50/p99 of each stage (DuckDB filter, ANN,
+DuckDB metadata, total without text encoding) and recall@10 against exact brute-force filtered
+search (streamed over the vector cache), plus the peak anonymous memory of each phase
+(``--phase build|index|search`` runs one phase per process). Text encoding is timed separately
+with ``--model``: ``internvideo2-s2-1b`` times its real-size text tower (BERT-large, random
+weights, a stand-in vocabulary of the same size) on all CPU threads, on 2 threads and on CUDA;
+the default tiny test model says nothing about the 1B model.
 """
 
 from __future__ import annotations

@@ -105,7 +105,8 @@ class IndexCfg:
     # Suggest `--rebuild` when vectors added since training exceed this multiple of trained_n
     # (IVF centroids fitted on a small library become unbalanced as it grows).
     rebuild_ratio: float = 1.0
-    # Vectors sampled to train IVF centroids / PQ codebooks (FAISS wants 39..256 per centroid).
+    # Vectors sampled to train IVF centroids / PQ codebooks (FAISS wants 39..256 per centroid:
+    # the sample is raised to 40 x nlist when that is larger, e.g. 655k for IVF16384).
     max_train_vectors: int = 256 * 1024
     extra: dict[str, Any] = field(default_factory=dict)
 
