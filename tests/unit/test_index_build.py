@@ -107,15 +107,23 @@ def test_incremental_add_without_retraining(synthetic_library: SyntheticLibrary)
     assert (got[:, 0] == new_ids).all()
 
 
-def test_duplicate_clip_ids_across_shards_are_indexed_once(synthetic_library: SyntheticLibrary) -> None:
+@pytest.mark.parametrize("indexed_before", [False, True])
+def test_duplicate_clip_ids_across_shards_are_indexed_once(synthetic_library: SyntheticLibrary,
+                                                           indexed_before: bool) -> None:
+    """A redone video (its clip ids again in a later shard) is indexed once, whether the index is
+    built after it (dedupe across shards) or extended with it (dedupe against the index)."""
     s = synthetic_library
     m = s.lib.read_manifest()
     t = s.lib.read_shard(m.shards[0], "clips")
     vids = s.lib.read_shard(m.shards[0], "videos")
+    cfg = IndexCfg(factory="IVF32,Flat")
     with s.lib.lock():
+        if indexed_before:
+            update_index(s.lib, cfg)
         s.lib.commit(t.slice(0, 5), vids.slice(0, 1), run_id="run-redo")  # a redone video, same ids
-        report = update_index(s.lib)
-    assert report.vectors == s.n
+        report = update_index(s.lib, cfg)
+    assert report.action == ("extended" if indexed_before else "built") and report.vectors == s.n
+    assert report.added == (0 if indexed_before else s.n)
     idx = load_index(s.lib)
     assert len(np.unique(idx.vectors.all_ids())) == idx.ntotal == s.n
 
@@ -133,16 +141,3 @@ def test_index_cli_builds_and_reports(synthetic_library: SyntheticLibrary, capsy
     assert rep["vectors"] == synthetic_library.n and rep["recall_at_10"] == 1.0
     with duckdb.connect(str(synthetic_library.lib.catalog_path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM clips").fetchone()[0] == synthetic_library.n
-
-
-def test_extend_keeps_clip_ids_already_indexed_once(synthetic_library: SyntheticLibrary) -> None:
-    s = synthetic_library
-    m = s.lib.read_manifest()
-    t = s.lib.read_shard(m.shards[0], "clips")
-    vids = s.lib.read_shard(m.shards[0], "videos")
-    with s.lib.lock():
-        update_index(s.lib, IndexCfg(factory="IVF32,Flat"))
-        s.lib.commit(t.slice(0, 5), vids.slice(0, 1), run_id="run-redo")  # a redone video, same ids
-        report = update_index(s.lib, IndexCfg(factory="IVF32,Flat"))
-    assert report.action == "extended" and report.added == 0 and report.vectors == s.n
-    assert load_index(s.lib).ntotal == s.n
