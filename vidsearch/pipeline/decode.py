@@ -759,6 +759,7 @@ class DecodeWorker:
         self._proc: Any = None
         self._conn: Any = None
         self.restarts = 0
+        self.retired_peak_growth_bytes = 0  # the largest peak-over-start-up of a retired child
 
     def setup(self) -> None:
         """Start the child (it imports decord, PyAV and torch once) and wait until it is ready.
@@ -837,8 +838,24 @@ class DecodeWorker:
                 raise VideoError("DecoderCrash", stage, f"decoder crashed (signal={name})") from None
             raise VideoError("DecoderCrash", stage, f"decoder exited with code {code}") from None
         if reply[0] == "err":
+            if reply[1] == "TooLarge":
+                self._retire_after_oom()
             raise VideoError(reply[1], reply[2], reply[3])
         return reply[1]
+
+    def _retire_after_oom(self) -> None:
+        """Replace a child that hit its memory cap. What the failed job allocated may stay held
+        (allocator arenas, the decoder's buffer pools) and fail the next, small video with
+        EAGAIN or ENOMEM; a fresh child gives that video its whole budget back. The retired
+        child's peak growth is kept in ``retired_peak_growth_bytes``."""
+        with contextlib.suppress(OSError, EOFError, TypeError, KeyError, IndexError):
+            self._conn.send(("stats",))
+            if self._conn.poll(5):
+                st = self._conn.recv()[1]
+                growth = int(st["peak_rss_bytes"]) - int(st["start_rss_bytes"])
+                self.retired_peak_growth_bytes = max(self.retired_peak_growth_bytes, growth)
+        self.close()
+        self.restarts += 1
 
     def _call_retrying(self, job: tuple[Any, ...], stage: str, what: str) -> Any:
         """``_call``, retrying a transient read error (``IOError``) with exponential backoff."""
