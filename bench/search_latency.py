@@ -188,6 +188,9 @@ def main() -> None:
     ap.add_argument("--model", default="internvideo2-tiny", help="model whose text encoding is timed ('' = skip)")
     ap.add_argument("--nprobe", type=int, default=None, help="override the tuned IVF nprobe at search time")
     ap.add_argument("--ef", type=int, default=None, help="override the tuned HNSW efSearch at search time")
+    ap.add_argument("--overfetch-boost", type=float, default=None,
+                    help="override SearchCfg.overfetch_boost (nprobe/efSearch widening of over-fetch)")
+    ap.add_argument("--exact-subset-max", type=int, default=None, help="override SearchCfg.exact_subset_max")
     ap.add_argument("--skip-index", action="store_true", help="use the existing index as it is")
     ap.add_argument("--no-recall", action="store_true", help="skip the exact filtered search (recall@10)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
@@ -302,7 +305,9 @@ def search_phase(lib: Library, args: argparse.Namespace, out: dict) -> None:
     }
     out["cases"] = {}
     t0 = time.perf_counter()
-    searcher = Searcher(lib, cfg=SearchCfg(), record_history=False)
+    over = {k: v for k, v in (("overfetch_boost", args.overfetch_boost),
+                               ("exact_subset_max", args.exact_subset_max)) if v is not None}
+    searcher = Searcher(lib, cfg=SearchCfg(**over), record_history=False)
     out["searcher_open_s"] = time.perf_counter() - t0
     with searcher:
         assert searcher.index is not None

@@ -19,7 +19,16 @@ def reference_ids(s: SyntheticLibrary, where: str) -> np.ndarray:
                                    ).fetchnumpy()["clip_id"])
 
 
-def test_score_rows_equals_gathered_matvec(synthetic_library: SyntheticLibrary) -> None:
+@pytest.mark.parametrize("threaded", [False, True])
+def test_score_rows_equals_gathered_matvec(synthetic_library: SyntheticLibrary, threaded: bool,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exact subset scores equal a gather + matvec, serial and split over threads (pieces that
+    cut runs and shards at arbitrary rows)."""
+    import vidsearch.indexer.store as store_mod
+
+    if threaded:
+        monkeypatch.setattr(store_mod, "_PARALLEL_ROWS", 4)
+        monkeypatch.setattr(store_mod.os, "cpu_count", lambda: 3)
     s = synthetic_library
     with s.lib.lock():
         update_index(s.lib)

