@@ -28,6 +28,7 @@ def test_score_rows_equals_gathered_matvec(synthetic_library: SyntheticLibrary, 
 
     if threaded:
         monkeypatch.setattr(store_mod, "_PARALLEL_ROWS", 4)
+        monkeypatch.setattr(store_mod, "_PIECE_ROWS", 7)
         monkeypatch.setattr(store_mod.os, "cpu_count", lambda: 3)
     s = synthetic_library
     with s.lib.lock():
