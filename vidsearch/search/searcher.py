@@ -566,8 +566,8 @@ class Searcher:
                 parts.append((d[0][i[0] >= 0], i[0][i[0] >= 0]))
             else:
                 # Over-fetch keeps ~selectivity of the candidates: search deeper in proportion.
-                d, i = self.index.search(q[None], m,
-                                         boost=min(16.0, self.cfg.overfetch_boost / max(selectivity, 1e-6)))
+                boost = min(16.0, self.cfg.overfetch_boost / max(selectivity, 1e-6)) if strategy == "overfetch" else 1.0
+                d, i = self.index.search(q[None], m, boost=boost)
                 parts.append((d[0][i[0] >= 0], i[0][i[0] >= 0]))
         if len(self._extra_ids):
             if mask is None:
