@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -85,6 +86,39 @@ def test_corrupt_vector_cache_detected(s) -> None:  # type: ignore[no-untyped-de
     with pytest.raises(IndexCorrupt, match="SHA-256"):
         idx.vectors.vectors(meta.shards[0].shard_id)
     assert diagnose(s.lib)
+
+
+@pytest.mark.parametrize("when", ["at check", "at query"])
+@pytest.mark.parametrize("writer", [False, True])
+def test_corrupt_vector_cache_found_by_a_searcher_is_repaired_or_searched_exactly(s, when: str, writer: bool) -> None:  # type: ignore[no-untyped-def]
+    """A vector-cache file altered after the index was loaded: found when the server checks the
+    cache at start, or when a filtered query first reads it. Without a writer the index is
+    rebuilt; with one, the searcher answers exactly from the shards; either way, right."""
+    from vidsearch.search import Filters
+
+    meta = read_meta(s.lib)
+    f = Filters(where="clips.clip_index % 7 = 0")  # a small subset: exact scoring from the cache
+    with Searcher(s.lib, record_history=False) as good:
+        expected = [h.clip_id for h in good.search(vector=s.vectors[3], k=5, filters=f, merge=False).hits]
+    with contextlib.ExitStack() as stack:
+        if writer:
+            stack.enter_context(s.lib.lock())
+        searcher = stack.enter_context(Searcher(s.lib, record_history=False))
+        assert searcher.index is not None
+        p = s.lib.index_dir / meta.shards[0].vectors_file
+        data = bytearray(p.read_bytes())
+        data[-5] ^= 0xFF
+        p.write_bytes(bytes(data))
+        if when == "at check":
+            searcher.check_vector_cache()
+        res = searcher.search(vector=s.vectors[3], k=5, filters=f, merge=False)
+        assert [h.clip_id for h in res.hits] == expected
+        if writer:
+            assert searcher.index is None and any("SHA-256" in w and "--rebuild" in w for w in res.warnings)
+        else:
+            assert searcher.index is not None and res.strategy == "exact-subset"
+    if not writer:
+        assert diagnose(s.lib) == []  # rebuilt: the cache checks again
 
 
 def test_shard_added_after_indexing_is_searched_not_dropped(s) -> None:  # type: ignore[no-untyped-def]

@@ -160,11 +160,13 @@ class Searcher:
         self._open()
 
     # ---- loading ---------------------------------------------------------------------------
-    def _open(self) -> None:
+    def _open(self, problem: IndexCorrupt | None = None) -> None:
         m = self.manifest
         assert m.model is not None
         self.warnings = []
         try:
+            if problem is not None:  # found after load_index: a vector-cache file failed its check
+                raise problem
             self.index = load_index(self.library, m)
         except (IndexMissing, IndexStale, IndexCorrupt) as e:
             self.index = self._repair(e)
@@ -213,6 +215,18 @@ class Searcher:
                                  f"--library {self.library.root}` if no ingest is running)")
         for w in self.warnings:
             _logger.warning("%s", w)
+
+    def check_vector_cache(self) -> None:
+        """Hash-check every file of the index's vector cache now instead of as queries first
+        touch them (a server does this at start: 2 s at 10M clips on 16 cores, 7 s on 2). A
+        corrupt file is handled like a corrupt index: rebuilt when no writer holds the library,
+        else exact search over the shards with a warning."""
+        if self.index is None:
+            return
+        try:
+            self.index.vectors.open_all()
+        except IndexCorrupt as e:
+            self._open(problem=e)
 
     def _refresh_catalog(self) -> None:
         """Rebuild a missing, behind or corrupt catalog when no writer holds the library (F15).
@@ -604,6 +618,19 @@ class Searcher:
         Raises:
             SearchError: bad filter or predicate, unknown clip, wrong model, nothing to search with.
         """
+        args = dict(query=query, like_clip_id=like_clip_id, vector=vector, k=k, filters=filters,
+                    per_video=per_video, rerank=rerank, offset=offset, merge=merge)
+        try:
+            return self._search(**args)
+        except IndexCorrupt as e:
+            # A vector-cache file failed its check when a query first touched it: rebuild, or
+            # answer exactly from the shards (with a warning), as for a corrupt index at open.
+            self._open(problem=e)
+            return self._search(**args)
+
+    def _search(self, query: str | None, *, like_clip_id: int | None, vector: np.ndarray | None,
+                k: int | None, filters: Filters | None, per_video: int | None, rerank: int,
+                offset: int, merge: bool) -> SearchResult:
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         self.refresh()

@@ -159,6 +159,11 @@ class LibraryService:
                 s.encode_text("warm up")  # loads weights + tokenizer, runs one forward pass
                 self._model = s.model
                 _logger.info("text encoder %s warm in %.1f s", self._model.name, time.perf_counter() - t0)
+                # Re-ranking and exact filtered search touch many vector-cache files: check them
+                # all now rather than on the first queries.
+                t0 = time.perf_counter()
+                s.check_vector_cache()
+                _logger.info("vector cache checked in %.1f s", time.perf_counter() - t0)
 
     def close(self) -> None:
         """Close the searcher; searches still queued for the history are written first."""
