@@ -43,6 +43,13 @@ def test_score_rows_equals_gathered_matvec(synthetic_library: SyntheticLibrary, 
                  np.arange(len(ids)), np.empty(0, np.int64)):
         _, want = store.gather(ids[rows])
         np.testing.assert_allclose(store.score_rows(rows, q), want @ q, rtol=1e-5, atol=1e-6)
+    # FAISS reads unchecked memory: a wrong-sized query or a row past the end is refused first.
+    with pytest.raises(ValueError, match="shape"):
+        store.score_rows(np.arange(3), q[:-1])
+    with pytest.raises(IndexError, match="out of range"):
+        store.score_rows(np.array([0, len(ids)]), q)
+    with pytest.raises(ValueError, match="ascending"):
+        store.score_rows(np.array([5, 2 * len(ids), 7]), q)
 
 
 WHERES = (

@@ -338,6 +338,12 @@ class VectorStore:
         self._table()
         rows = np.asarray(rows, dtype=np.int64)
         q = np.ascontiguousarray(q, dtype=np.float32)
+        if q.shape != (self.dim,):  # FAISS reads dim floats from q and from each row, unchecked
+            raise ValueError(f"query vector has shape {q.shape}, the store ({self.dim},)")
+        if len(rows) and (rows[0] < 0 or rows[-1] >= self._offsets[-1]):
+            raise IndexError(f"store rows out of range 0..{int(self._offsets[-1]) - 1}")
+        if len(rows) > 1 and bool((rows[1:] < rows[:-1]).any()):
+            raise ValueError("store rows must be ascending")
         out = np.empty(len(rows), np.float32)
         bounds = np.searchsorted(rows, self._offsets)
         pieces = []  # (shard index, first, end) into rows, at most _PIECE_ROWS each
