@@ -43,9 +43,11 @@ import re
 import shutil
 import signal
 import socket
+import threading
 import time
 import urllib.parse
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -100,6 +102,8 @@ class DiskFull(LibraryError):
 
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# Catalog rows of freshly committed shards kept in memory for the next catalog refresh (bytes).
+_FRESH_ROWS_BYTES = 256 << 20
 _NO_SPACE_TEXT = tuple(os.strerror(n) for n in _NO_SPACE)
 
 
@@ -457,6 +461,11 @@ class Library:
         self._store: _LocalShards | _UriShards | None = None
         # Shards the last in-memory catalog (load_catalog_into) had to leave out: {id: why} (F10).
         self.left_out_shards: dict[int, str] = {}
+        # Catalog rows of shards this process committed and the catalog has not taken in yet,
+        # keyed by shard id with both files' SHA-256: a refresh inserts them from memory instead
+        # of reading back (and, for a remote store, downloading) the files it just wrote.
+        self._fresh_rows: OrderedDict[int, tuple[str, str, pa.Table, pa.Table]] = OrderedDict()
+        self._fresh_lock = threading.Lock()  # refreshes read shards on a helper thread
 
     # ---- paths ---------------------------------------------------------------------------
     @property
@@ -785,6 +794,7 @@ class Library:
         m = replace(m, shards=m.shards + (entry,), generation=m.generation + 1,
                     updated_at=utcnow().isoformat())
         self._write_manifest(m)
+        self._keep_fresh_rows(entry, clips, videos)
         crash_point("after_manifest_before_catalog")
         if refresh:
             self.refresh_catalog(m)
@@ -1081,8 +1091,26 @@ class Library:
     def _insert_shard(self, con: duckdb.DuckDBPyConnection, entry: ShardEntry) -> None:
         self._insert_rows(con, entry, *self._shard_rows(entry))
 
+    def _keep_fresh_rows(self, entry: ShardEntry, clips: pa.Table, videos: pa.Table) -> None:
+        # The tables just written, as _shard_rows would read them back. Bounded: past
+        # _FRESH_ROWS_BYTES the oldest are dropped and read from their files instead.
+        try:
+            rows = clips.select(list(CLIP_CATALOG_COLUMNS))
+            rows = rows.append_column("row_in_shard", pa.array(range(rows.num_rows), pa.int32()))
+        except (KeyError, ValueError, pa.ArrowException):  # an odd table: read it back instead
+            return
+        with self._fresh_lock:
+            self._fresh_rows[entry.shard_id] = (entry.clips_sha256, entry.videos_sha256, rows, videos)
+            while sum(r.nbytes + v.nbytes for _, _, r, v in self._fresh_rows.values()) > _FRESH_ROWS_BYTES:
+                self._fresh_rows.popitem(last=False)
+
     def _shard_rows(self, entry: ShardEntry) -> tuple[pa.Table, pa.Table]:
-        """A shard's catalog rows (clips without embeddings, plus row_in_shard; videos), SHA-256 checked."""
+        """A shard's catalog rows (clips without embeddings, plus row_in_shard; videos), SHA-256
+        checked; from memory when this process committed the shard (the same bytes it hashed)."""
+        with self._fresh_lock:
+            fresh = self._fresh_rows.pop(entry.shard_id, None)
+        if fresh is not None and fresh[:2] == (entry.clips_sha256, entry.videos_sha256):
+            return fresh[2], fresh[3]
         clips = self.read_shard(entry, "clips", columns=list(CLIP_CATALOG_COLUMNS), verify=True)
         # Row numbers from the file's order here, not from row_number() OVER () in SQL, whose
         # order over a parallel scan is not guaranteed.

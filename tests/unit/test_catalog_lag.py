@@ -190,3 +190,40 @@ def test_one_refresh_over_shards_that_redo_the_same_video(tmp_path) -> None:  # 
     for cid, sid, row in rows:
         t = lib.read_shard(next(s for s in m.shards if s.shard_id == sid), "clips", columns=["clip_id"])
         assert t.column("clip_id")[row].as_py() == cid
+
+
+def test_refresh_takes_rows_of_shards_this_process_committed_from_memory(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A refresh after deferred commits inserts the committed tables kept in memory instead of
+    reading back (for a remote store: downloading) the files it just wrote, and builds the same
+    catalog as a rebuild from the files. A shard whose entry changed since is read from its file."""
+    lib = Library(tmp_path / "lib")
+    with lib.lock():
+        lib.init(MODEL)
+        w = ShardWriter(lib, MODEL, "r", shard_rows=1, commit_interval_s=1e9,
+                        catalog_refresh_s=0.0, refresh_overhead=0.0)
+        for i in range(0, 6, 2):
+            clips, videos = w._tables([pending(i), pending(i + 1, clips=2)])
+            lib.commit(clips, videos, "r", refresh_catalog=False)
+        first = lib.read_manifest().shards[0]
+        lib._fresh_rows[first.shard_id] = ("not-its-hash",) + lib._fresh_rows[first.shard_id][1:]
+        reads: list[tuple[int, str]] = []
+        real_read = Library.read_shard
+
+        def counting_read(self, entry, kind, **kw):  # type: ignore[no-untyped-def]
+            reads.append((entry.shard_id, kind))
+            return real_read(self, entry, kind, **kw)
+
+        monkeypatch.setattr(Library, "read_shard", counting_read)
+        assert lib.refresh_catalog().shards_added == 3
+        assert reads == [(first.shard_id, "clips"), (first.shard_id, "videos")]  # only the mismatched one
+        assert not lib._fresh_rows  # taken in: nothing held after the refresh
+
+        def dump() -> list:  # type: ignore[type-arg]
+            with lib.connect_catalog() as con:
+                return [con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
+                        for t in ("clips", "videos", "failures")]
+
+        from_memory = dump()
+        lib.catalog_path.unlink()
+        lib.refresh_catalog()  # rebuilt from the files alone
+        assert dump() == from_memory and len(from_memory[0]) == 15 and len(from_memory[1]) == 6
