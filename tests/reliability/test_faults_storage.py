@@ -334,7 +334,9 @@ def test_f15_corrupt_catalog_or_wal_is_set_aside_and_rebuilt(corpus: Path, clean
 @pytest.mark.slow
 def test_f12_cli_search_during_ingest_sees_only_committed_clips(corpus: Path, tmp_path: Path) -> None:
     lib = Library(tmp_path / "lib")
-    env = {**env_with_repo(), "VIDSEARCH_TEST_DECODE_FAULT": "slow=5:.mp4"}  # a long ingest: ~45 s
+    # A long ingest (4 videos, ~12 s each, one commit per video): commits further apart than the
+    # writer's 10 s catalog-refresh floor, so searches can see the clips grow between commits.
+    env = {**env_with_repo(), "VIDSEARCH_TEST_DECODE_FAULT": "slow=12:.mp4"}
     ingest_p = subprocess.Popen(
         [sys.executable, "-m", "vidsearch.cli", "-q", "ingest", str(corpus), "--library", str(lib.root),
          "--model", TEST_MODEL, "--executor", "local", "--decode-workers", "1", "--shard-rows", "1",

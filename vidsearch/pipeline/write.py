@@ -91,17 +91,19 @@ class ShardWriter:
         run_id: the run the rows are written by.
         shard_rows: commit once this many clips are queued.
         commit_interval_s: ... or once this long has passed since the last commit.
-        catalog_refresh_s: refresh the catalog at most this often (default: the commit interval).
+        catalog_refresh_s: refresh the catalog at most this often (default 10 s: a search during
+            the run sees new commits within about that long while the catalog is small; the
+            overhead rule below spaces refreshes out as it grows).
         refresh_overhead: ... and only after this many times the last refresh's fixed cost has
             passed. ``catalog_refresh_s=0, refresh_overhead=0`` refreshes at every commit.
     """
 
     def __init__(self, library: Library, model: ModelInfo, run_id: str, shard_rows: int,
-                 commit_interval_s: float, *, catalog_refresh_s: float | None = None,
+                 commit_interval_s: float, *, catalog_refresh_s: float = 10.0,
                  refresh_overhead: float = 10.0) -> None:
         self.library, self.model, self.run_id = library, model, run_id
         self.shard_rows, self.commit_interval_s = shard_rows, commit_interval_s
-        self.catalog_refresh_s = commit_interval_s if catalog_refresh_s is None else catalog_refresh_s
+        self.catalog_refresh_s = catalog_refresh_s
         self.refresh_overhead = refresh_overhead
         self.schema = clip_schema(model.embed_dim)
         self.pending: list[PendingVideo] = []
