@@ -13,8 +13,8 @@ cached per filter until the library changes. How it is answered depends on how m
 - at least ``overfetch_min_selectivity`` of the library: ANN over-fetch (nprobe/efSearch widened
   by ``overfetch_boost``/selectivity), non-matching dropped;
 - else at most ``SearchCfg.exact_subset_max`` matches: exact search over exactly those clips,
-  scored straight from the index's vector cache, one matvec per run of consecutive rows (a
-  video's clips are consecutive; exact, hence as good as brute force), split over threads;
+  scored straight from the index's memory-mapped vector cache by FAISS, split over threads
+  (exact, hence as good as brute force);
 - else (only in libraries past exact_subset_max / overfetch_min_selectivity clips, 10M by
   default): FAISS ``IDSelectorBatch`` with nprobe/efSearch widened by 1/selectivity.
 
@@ -218,7 +218,7 @@ class Searcher:
 
     def check_vector_cache(self) -> None:
         """Hash-check every file of the index's vector cache now instead of as queries first
-        touch them (a server does this at start: 2 s at 10M clips on 16 cores, 7 s on 2). A
+        touch them (a server does this at start: 2 s at 10M clips on 16 cores, 7-11 s on 2). A
         corrupt file is handled like a corrupt index: rebuilt when no writer holds the library,
         else exact search over the shards with a warning."""
         if self.index is None:
@@ -459,7 +459,7 @@ class Searcher:
         """Clip spans and video paths in memory: per-query metadata without a DuckDB round trip.
 
         Clips live at *positions*: first the index's vector-store rows (store order, so a video's
-        clips are one run and an exact subset is scored by one matvec per run), then the
+        clips are one run, read sequentially when an exact subset is scored), then the
         uncovered shards' clips (``_extra_ids`` order), then catalog clips without a vector.
         ~40 bytes per clip. Read from the same read-only catalog the filters use, so both agree
         on which clips exist and which videos are searchable.
