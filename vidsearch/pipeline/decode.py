@@ -56,14 +56,12 @@ from typing import Any
 
 import numpy as np
 
-from vidsearch.pipeline.faults import DECODE_FAULT_ENV, DecodeFaults
+from vidsearch.pipeline.faults import DecodeFaults
 from vidsearch.pipeline.types import FramesChunk, VideoError, VideoPlan, VideoTask, is_transient_io
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.model_config import PreprocessCfg
 
 _logger = logging.getLogger(__name__)
-
-FAULT_ENV = DECODE_FAULT_ENV
 
 
 # ---------------------------------------------------------------------------------------------
