@@ -186,11 +186,12 @@ class LoadedIndex:
     """A verified FAISS index with its vector cache; ``search`` applies the tuned parameters."""
 
     def __init__(self, library: Library, meta: IndexMeta, index: faiss.Index,
-                 verified: frozenset[int] = frozenset()) -> None:
+                 vectors: VectorStore | None = None) -> None:
+        """``vectors``: the store over ``meta.shards`` when the caller has one open already."""
         self.library = library
         self.meta = meta
         self.index = index
-        self.vectors = VectorStore(library, meta.shards, meta.dim, verified)
+        self.vectors = vectors if vectors is not None else VectorStore(library, meta.shards, meta.dim)
         inner = _inner(index)
         self._ivf = faiss.try_extract_index_ivf(inner)
         self._hnsw = isinstance(inner, faiss.IndexHNSW)
@@ -620,7 +621,7 @@ def _build(library: Library, m: Manifest, cfg: IndexCfg, notes: list[str], t0: f
         faiss_version=faiss.__version__, shards=tuple(covered), search_params=sp,
         manifest_generation=m.generation, built_at=utcnow().isoformat(),
     )
-    loaded = LoadedIndex(library, meta, index, verified=frozenset(c.shard_id for c in covered))
+    loaded = LoadedIndex(library, meta, index, vectors=store)  # its id table is built already
     say("measuring recall and latency on held-out clip embeddings")
     quality = _quality(loaded, cfg, rng, tune=True)
     report = IndexReport(action=action, kind=plan.kind, factory=plan.factory, vectors=meta.n,
@@ -656,12 +657,13 @@ def _extend(library: Library, old: LoadedIndex, m: Manifest, cfg: IndexCfg, note
         return report
     fresh = _cache_shards(library, new, dim, old.vectors.all_ids(), say)
     added = sum(c.rows for c in fresh)
-    _add(old.index, VectorStore(library, tuple(fresh), dim, frozenset(c.shard_id for c in fresh)), say)
+    written = frozenset(c.shard_id for c in fresh)
+    _add(old.index, VectorStore(library, tuple(fresh), dim, written), say)
     say(f"added {added} vectors from {len(new)} new shard(s) without retraining")
     meta = replace(meta, shards=tuple(meta.shards) + tuple(fresh), n=int(old.index.ntotal),
                    added_since_training=meta.added_since_training + (added if meta.trained_n else 0),
                    manifest_generation=m.generation)
-    loaded = LoadedIndex(library, meta, old.index, verified=frozenset(c.shard_id for c in fresh))
+    loaded = LoadedIndex(library, meta, old.index, VectorStore(library, meta.shards, dim, written))
     # Quality over every vector now indexed, read back from the (verified) vector cache.
     quality = _quality(loaded, cfg, rng, tune=False)
     report = IndexReport(action="extended", kind=meta.kind, factory=meta.factory, vectors=meta.n,

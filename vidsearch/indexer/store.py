@@ -248,18 +248,22 @@ class VectorStore:
         v = self._vecs.get(shard_id)
         if v is None:
             s = self._shards[shard_id]
-            p = self.library.index_dir / s.vectors_file if shard_id in self._verified else \
-                check_file(self.library, s.vectors_file, s.vectors_sha256)
+            p = self._checked(shard_id, s.vectors_file, s.vectors_sha256)
             v = np.load(p, mmap_mode="r", allow_pickle=False)
             if v.shape != (s.rows, self.dim) or v.dtype != np.float32 or not v.flags.c_contiguous:
                 raise IndexCorrupt(f"{p}: shape {v.shape} {v.dtype}, expected ({s.rows}, {self.dim}) float32")
             self._vecs[shard_id] = v
         return v
 
+    def _checked(self, shard_id: int, rel: str, digest: str) -> Path:
+        # Files this process just wrote and hashed (``verified``) are not hashed again.
+        if shard_id in self._verified:
+            return self.library.index_dir / rel
+        return check_file(self.library, rel, digest)
+
     def ids(self, shard_id: int) -> np.ndarray:
         s = self._shards[shard_id]
-        p = self.library.index_dir / s.ids_file if shard_id in self._verified else \
-            check_file(self.library, s.ids_file, s.ids_sha256)
+        p = self._checked(shard_id, s.ids_file, s.ids_sha256)
         ids = np.load(p, allow_pickle=False)
         if ids.shape != (s.rows,):
             raise IndexCorrupt(f"{p}: {ids.shape[0]} ids, expected {s.rows}")
