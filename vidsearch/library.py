@@ -143,6 +143,17 @@ class CatalogRefresh:
         return max(0.0, self.seconds - self.insert_seconds)
 
 
+def _catalog_clip_rows(clips: pa.Table) -> pa.Table:
+    """A shard's catalog clip columns plus ``row_in_shard``, numbered in the file's order (not by
+    row_number() OVER () in SQL, whose order over a parallel scan is not guaranteed)."""
+    return clips.append_column("row_in_shard", pa.array(range(clips.num_rows), pa.int32()))
+
+
+def _meta_is_current(meta: dict[str, str], m: Manifest) -> bool:
+    """Whether a catalog's ``meta`` says it holds exactly manifest ``m``'s generation."""
+    return meta.get("library_id") == m.library_id and meta.get("generation") == str(m.generation)
+
+
 def crash_point(name: str) -> None:
     """Kill this process with SIGKILL if ``VIDSEARCH_CRASH_AT`` names this point (tests only)."""
     assert name in CRASH_POINTS, name
@@ -986,15 +997,15 @@ class Library:
         t0 = time.perf_counter()
         m = manifest or self.read_manifest()
         problem = self.catalog_problem()
+        meta: dict[str, str] | None = None
         if problem is None and self.catalog_path.is_file():
             try:
-                with duckdb.connect(str(self.catalog_path), read_only=True) as con:
-                    con.execute("SELECT key, value FROM meta").fetchall()
+                meta = self._catalog_meta()
             except duckdb.Error as e:
                 problem = f"is unreadable ({str(e).splitlines()[0][:200]})"
         if problem is not None:
             self._set_aside_catalog(problem)
-        elif self.catalog_is_current(m):
+        elif meta is not None and _meta_is_current(meta, m):
             return CatalogRefresh(0, time.perf_counter() - t0, 0.0)
         try:
             added, insert_s = self._refresh_catalog(m)
@@ -1095,8 +1106,7 @@ class Library:
         # The tables just written, as _shard_rows would read them back. Bounded: past
         # _FRESH_ROWS_BYTES the oldest are dropped and read from their files instead.
         try:
-            rows = clips.select(list(CLIP_CATALOG_COLUMNS))
-            rows = rows.append_column("row_in_shard", pa.array(range(rows.num_rows), pa.int32()))
+            rows = _catalog_clip_rows(clips.select(list(CLIP_CATALOG_COLUMNS)))
         except (KeyError, ValueError, pa.ArrowException):  # an odd table: read it back instead
             return
         with self._fresh_lock:
@@ -1112,10 +1122,7 @@ class Library:
         if fresh is not None and fresh[:2] == (entry.clips_sha256, entry.videos_sha256):
             return fresh[2], fresh[3]
         clips = self.read_shard(entry, "clips", columns=list(CLIP_CATALOG_COLUMNS), verify=True)
-        # Row numbers from the file's order here, not from row_number() OVER () in SQL, whose
-        # order over a parallel scan is not guaranteed.
-        clips = clips.append_column("row_in_shard", pa.array(range(clips.num_rows), pa.int32()))
-        return clips, self.read_shard(entry, "videos", verify=True)
+        return _catalog_clip_rows(clips), self.read_shard(entry, "videos", verify=True)
 
     def _shard_rows_ahead(self, entries: list[ShardEntry]) -> Iterator[tuple[pa.Table, pa.Table]]:
         """:meth:`_shard_rows` of each entry in order, reading one shard ahead in a thread."""
@@ -1158,11 +1165,15 @@ class Library:
         if self.catalog_problem() is not None:
             return False
         try:
-            with duckdb.connect(str(self.catalog_path), read_only=True) as con:
-                meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+            meta = self._catalog_meta()
         except (duckdb.Error, OSError):
             return False
-        return meta.get("library_id") == m.library_id and meta.get("generation") == str(m.generation)
+        return _meta_is_current(meta, m)
+
+    def _catalog_meta(self) -> dict[str, str]:
+        """The ``meta`` table of ``catalog.duckdb`` (raises duckdb.Error when it cannot be read)."""
+        with duckdb.connect(str(self.catalog_path), read_only=True) as con:
+            return dict(con.execute("SELECT key, value FROM meta").fetchall())
 
     def connect_catalog(self) -> duckdb.DuckDBPyConnection:
         """A read-only connection to the last committed catalog.
