@@ -192,8 +192,10 @@ class Searcher:
             self._extra_ids, self._extra_vecs = self._extra_ids[~dup], self._extra_vecs[~dup]
         if self._con is not None:
             self._con.close()
-        if self.auto_repair and not self.library.catalog_is_current(m):
+        current = self.library.catalog_is_current(m)
+        if self.auto_repair and not current:
             self._refresh_catalog()
+            current = self.library.catalog_is_current(m)
         self._catalog_stamp = self._catalog_identity()
         # history.duckdb is not attached: this process writes it after each search, and DuckDB
         # refuses a second handle on a file one connection already holds.
@@ -208,7 +210,7 @@ class Searcher:
         # A catalog behind the manifest (a writer defers refreshes during a long run, or was
         # killed between them) lacks the newest clips' rows: their hits are left out, never shown
         # without metadata, and refresh() reloads as soon as the catalog file is swapped.
-        self._catalog_behind = not self.library.catalog_is_current(m)
+        self._catalog_behind = not current
         if self._catalog_behind:
             self.warnings.append("catalog.duckdb is behind the manifest; the newest clips are not "
                                  "searchable until the writer refreshes it (run `vidsearch index "
