@@ -109,6 +109,12 @@ class Embedder:
             i += len(batch)
         return out
 
+    def process_parts(self, parts: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`process` over several frame arrays (the chunks of one embed call) as one
+        batch; returns their embeddings split back, one array per part."""
+        emb = self.process(np.concatenate(parts))
+        return list(np.split(emb, np.cumsum([len(p) for p in parts])[:-1]))
+
     def close(self) -> None:
         self.model = None
 

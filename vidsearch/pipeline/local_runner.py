@@ -55,9 +55,7 @@ class LocalBackend:
     def submit_embed(self, worker: int, frames: list[cf.Future]) -> cf.Future:
         def run() -> list[np.ndarray]:
             chunks: list[FramesChunk] = [f.result() for f in frames]
-            sizes = [len(c.kept) for c in chunks]
-            emb = self.embedder.process(np.concatenate([c.frames for c in chunks]))
-            return list(np.split(emb, np.cumsum(sizes)[:-1]))
+            return self.embedder.process_parts([c.frames for c in chunks])
 
         return self._embed_thread.submit(run)
 

@@ -82,9 +82,7 @@ class _EmbedActor:
         return self.embedder.info()
 
     def embed(self, *frames: np.ndarray) -> list[np.ndarray]:
-        sizes = [len(f) for f in frames]
-        emb = self.embedder.process(np.concatenate(frames))
-        return list(np.split(emb, np.cumsum(sizes)[:-1]))
+        return self.embedder.process_parts(list(frames))
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
