@@ -76,6 +76,47 @@ def test_parts_do_not_change_each_other_init(tiny) -> None:
     assert vis.fingerprint == txt.fingerprint == tiny.fingerprint
 
 
+TEXTS = ["a dog", "A playful dog and its owner wrestle in the snowy yard.", "", "zzz qqq " * 30]
+
+
+def test_text_only_is_bit_identical_to_the_full_model(tiny) -> None:
+    """create_text_encoder: no vision tower, same text embeddings to the bit, same fingerprint."""
+    from vidsearch.models import create_text_encoder
+
+    txt = create_text_encoder("internvideo2-tiny")
+    assert not hasattr(txt, "vision_encoder") and not hasattr(txt, "vision_proj")
+    assert txt.fingerprint == tiny.fingerprint
+    assert torch.equal(txt.encode_text(TEXTS), tiny.encode_text(TEXTS))
+    with pytest.raises(RuntimeError, match="without the vision tower"):
+        txt.encode_video(_frames(0))
+    with pytest.raises(ValueError, match="exclude each other"):
+        create_model("internvideo2-tiny", vision_only=True, text_only=True)
+    with pytest.raises(ValueError, match="both towers"):
+        create_model("internvideo2-tiny", text_only=True, with_itm=True)
+
+
+def test_text_only_with_weights_is_bit_identical() -> None:
+    """The demo model's shipped weights: the text-only load maps the same tensors."""
+    from vidsearch.models import create_text_encoder
+
+    full = create_model("internvideo2-demo")
+    txt = create_text_encoder("internvideo2-demo")
+    assert txt.fingerprint == full.fingerprint and txt.weights_id == full.weights_id
+    assert torch.equal(txt.encode_text(TEXTS), full.encode_text(TEXTS))
+    assert sum(p.numel() for p in txt.parameters()) < sum(p.numel() for p in full.parameters())
+
+
+def test_test_model_warning() -> None:
+    """A random-weight test model says so in one line; a real model has no such warning."""
+    tiny = create_model("internvideo2-tiny", vision_only=True)
+    assert tiny.is_test_model
+    warning = tiny.test_model_warning
+    assert warning is not None and "TEST MODEL" in warning and "internvideo2-tiny" in warning
+    assert "\n" not in warning
+    demo = create_model("internvideo2-demo", vision_only=True)
+    assert not demo.is_test_model and demo.test_model_warning is None
+
+
 def test_global_rng_untouched() -> None:
     torch.manual_seed(5)
     expected = torch.rand(3)

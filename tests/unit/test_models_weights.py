@@ -113,6 +113,10 @@ def test_official_layout_without_itm_drops_fusion(official_ckpt, source_model) -
     v = create_model("internvideo2-tiny", checkpoint=official_ckpt, vision_only=True)
     torch.testing.assert_close(v.encode_video(fr), source_model.encode_video(fr), rtol=0, atol=0)
     assert v.fingerprint == m.fingerprint  # same weights, same preprocessing: same space
+    t = create_model("internvideo2-tiny", checkpoint=official_ckpt, text_only=True)
+    assert not hasattr(t, "vision_encoder") and t.fingerprint == m.fingerprint
+    texts = ["a dog", "snow in the yard"]
+    assert torch.equal(t.encode_text(texts), m.encode_text(texts))
 
 
 @pytest.mark.parametrize("container", ["model", "state_dict", "flat", "module_prefix"])

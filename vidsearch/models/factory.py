@@ -26,7 +26,14 @@ from .weights import load_checkpoint
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["list_models", "add_model_config", "get_model_config", "create_model", "build_model_skeleton"]
+__all__ = [
+    "list_models",
+    "add_model_config",
+    "get_model_config",
+    "create_model",
+    "create_text_encoder",
+    "build_model_skeleton",
+]
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
 _MODEL_CONFIGS: dict[str, dict[str, Any]] = {}  # name -> parsed JSON (validated on registration)
@@ -104,13 +111,18 @@ def get_model_config(name: str, **overrides: Any) -> ModelCfg:
 
 
 def build_model_skeleton(
-    cfg: ModelCfg, *, with_text: bool = True, with_itm: bool = False, tokenizer: TextTokenizer | None = None
+    cfg: ModelCfg,
+    *,
+    with_vision: bool = True,
+    with_text: bool = True,
+    with_itm: bool = False,
+    tokenizer: TextTokenizer | None = None,
 ) -> InternVideo2Model:
     """Instantiate the architecture with its deterministic random init (seed ``init_seed``).
 
     The model saves and restores the global RNG state, so building it does not disturb callers.
     """
-    return InternVideo2Model(cfg, with_text=with_text, with_itm=with_itm, tokenizer=tokenizer)
+    return InternVideo2Model(cfg, with_vision=with_vision, with_text=with_text, with_itm=with_itm, tokenizer=tokenizer)
 
 
 def create_model(
@@ -123,6 +135,7 @@ def create_model(
     *,
     pretrained: bool = True,
     vision_only: bool = False,
+    text_only: bool = False,
     weights_sha256: str | None = None,
     **overrides: Any,
 ) -> InternVideo2Model:
@@ -138,7 +151,9 @@ def create_model(
         dtype: parameter dtype (default float32; ``torch.bfloat16`` is meant for CUDA).
         pretrained: False builds the random-init architecture without looking for weights (test
             models never have weights; an explicit ``checkpoint`` is still loaded).
-        vision_only: skip the text tower and the tokenizer (video embedding only, e.g. benchmarks).
+        vision_only: skip the text tower and the tokenizer (video embedding only, e.g. ingest).
+        text_only: skip the vision tower (text embedding only, e.g. search); same embeddings and
+            fingerprint as the full model. ``create_text_encoder`` is the short form.
         weights_sha256: require this SHA-256 of the weights file (default: the registry's, if any).
         **overrides: architecture/preprocessing overrides, see ``get_model_config``.
 
@@ -147,6 +162,10 @@ def create_model(
         WeightsNotFoundError: weights or vocabulary not found (the message says how to get them).
         CheckpointError: the weights file is unsafe, corrupt or does not fit.
     """
+    if vision_only and text_only:
+        raise ValueError("vision_only and text_only exclude each other")
+    if with_itm and (vision_only or text_only):
+        raise ValueError("with_itm=True needs both towers (neither vision_only nor text_only)")
     cfg = get_model_config(name, **overrides)
     tok: TextTokenizer | None = None
     if not vision_only:
@@ -162,13 +181,14 @@ def create_model(
     elif pretrained and cfg.pretrained is None and not cfg.is_test_model:
         raise WeightsNotFoundError(f"{name} has no pretrained entry; pass checkpoint=... or pretrained=False")
 
+    parts: dict[str, Any] = {"with_vision": not text_only, "with_text": not vision_only, "with_itm": with_itm}
     if ckpt_path is None:
-        model = build_model_skeleton(cfg, with_text=not vision_only, with_itm=with_itm, tokenizer=tok)
+        model = build_model_skeleton(cfg, tokenizer=tok, **parts)
     else:
         # Every persistent tensor comes from the checkpoint: skip the random init (25 s for 1B on
         # two cores) by building on the meta device and allocating empty storage.
         with torch.device("meta"):
-            model = build_model_skeleton(cfg, with_text=not vision_only, with_itm=with_itm, tokenizer=tok)
+            model = build_model_skeleton(cfg, tokenizer=tok, **parts)
         model.to_empty(device="cpu")
         _reset_nonpersistent_buffers(model)
         expected = weights_sha256 or (cfg.pretrained.sha256 if cfg.pretrained is not None else None)
@@ -180,6 +200,23 @@ def create_model(
         model.to(device=device, dtype=dtype)
     model.eval()
     return model
+
+
+def create_text_encoder(
+    name: str,
+    checkpoint: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
+    dtype: torch.dtype | None = None,
+    **kwargs: Any,
+) -> InternVideo2Model:
+    """The text tower of ``name`` only: what a search needs to embed its query.
+
+    ``create_model(name, ..., text_only=True)``: no vision tower is built or loaded, so it starts
+    much faster; ``encode_text`` returns bit-identical embeddings and ``fingerprint`` is the full
+    model's. ``encode_video`` raises. Arguments as for ``create_model``.
+    """
+    return create_model(name, checkpoint, device, tokenizer, dtype=dtype, text_only=True, **kwargs)
 
 
 def _reset_nonpersistent_buffers(model: InternVideo2Model) -> None:

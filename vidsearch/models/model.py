@@ -75,13 +75,16 @@ class InternVideo2Model(nn.Module):
         self,
         cfg: ModelCfg,
         *,
+        with_vision: bool = True,
         with_text: bool = True,
         with_itm: bool = False,
         tokenizer: TextTokenizer | None = None,
     ) -> None:
         super().__init__()
-        if with_itm and not with_text:
-            raise ValueError("with_itm=True needs the text tower (vision_only=False)")
+        if with_itm and not (with_text and with_vision):
+            raise ValueError("with_itm=True needs both towers (neither vision_only nor text_only)")
+        if not (with_vision or with_text):
+            raise ValueError("build at least one tower (with_vision or with_text)")
         enc = cfg.encoder
         v = enc.vision
         self.cfg = cfg
@@ -94,14 +97,17 @@ class InternVideo2Model(nn.Module):
         self.tokenizer = tokenizer
         self.weights_id = f"seed:{enc.init_seed}"  # replaced by the factory when weights are loaded
         self.weights_source = "random init"
+        self.with_vision = with_vision
+        self.with_text = with_text
 
         # Each part draws from its own seeded stream, so e.g. the vision tower of a vision-only
         # build equals that of a full build (same fingerprint "seed:<n>" -> same embeddings).
         seed = enc.init_seed
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.vision_encoder = VisionTransformer3D(**asdict(v))
-            self.vision_proj = _init_linear(nn.Linear(v.clip_embed_dim, enc.embed_dim))
+            if with_vision:
+                torch.manual_seed(seed)
+                self.vision_encoder = VisionTransformer3D(**asdict(v))
+                self.vision_proj = _init_linear(nn.Linear(v.clip_embed_dim, enc.embed_dim))
             if with_text:
                 torch.manual_seed(seed + 1)
                 self.text_encoder = build_text_encoder(enc.text)
@@ -151,14 +157,27 @@ class InternVideo2Model(nn.Module):
         }
 
     @property
+    def test_model_warning(self) -> str | None:
+        """One line for ingest/search warnings when this is a random-weight test model, else None."""
+        if not self.is_test_model:
+            return None
+        return (
+            f"{self.name} is a TEST MODEL with random weights: its results mean nothing; use a real model "
+            "(vidsearch weights list) for search"
+        )
+
+    def _proj(self) -> nn.Linear:
+        return self.vision_proj if self.with_vision else self.text_proj
+
+    @property
     def device(self) -> torch.device:
         """Device of the parameters."""
-        return self.vision_proj.weight.device
+        return self._proj().weight.device
 
     @property
     def dtype(self) -> torch.dtype:
         """Dtype of the parameters."""
-        return self.vision_proj.weight.dtype
+        return self._proj().weight.dtype
 
     # ------------------------------------------------------------------ vision
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,6 +189,8 @@ class InternVideo2Model(nn.Module):
         Returns:
             (B, 1 + T*g*g, D) in the model dtype.
         """
+        if not self.with_vision:
+            raise RuntimeError(f"model {self.name} was built without the vision tower (text_only=True)")
         if x.ndim != 5 or x.shape[2] != 3:
             raise ValueError(f"expected (B, T, 3, H, W), got {tuple(x.shape)}")
         x = x.permute(0, 2, 1, 3, 4)  # (B, 3, T, H, W) as encode_vision does
@@ -211,7 +232,7 @@ class InternVideo2Model(nn.Module):
 
     # -------------------------------------------------------------------- text
     def _require_text(self) -> TextTokenizer:
-        if not hasattr(self, "text_encoder") or self.tokenizer is None:
+        if not self.with_text or self.tokenizer is None:
             raise RuntimeError(f"model {self.name} was built without the text tower (vision_only=True)")
         return self.tokenizer
 

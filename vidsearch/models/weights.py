@@ -82,6 +82,7 @@ OFFICIAL_STAGE2_DROP_PREFIXES: tuple[str, ...] = (
 # Parts of this package's own layout that a model built without them ignores.
 _ITM_PREFIXES = ("itm_head.", "av_concat_vision_proj.", "text_fusion.")
 _TEXT_PREFIXES = ("text_encoder.", "text_proj.")
+_VISION_PREFIXES = ("vision_encoder.", "vision_proj.")
 
 _SENTINEL_VISION = "vision_encoder.blocks.0.attn.qkv.weight"
 _SENTINEL_OFFICIAL_TEXT = "text_encoder.bert."
@@ -229,7 +230,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
 
     Unwraps ``model``/``module``/``state_dict`` containers, strips a ``module.`` prefix, maps keys
     of the detected layout, drops training-only keys and parts the model was built without (ITM,
-    text tower), and resamples ``pos_embed`` in time/space to the model's frames and grid. Tensors
+    text or vision tower), and resamples ``pos_embed`` in time/space to the model's frames and grid. Tensors
     keep the checkpoint dtype.
     """
     sd = _unwrap(state_dict)
@@ -242,6 +243,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
         sd = {k: v for k, v in sd.items() if not k.startswith(_ITM_PREFIXES)}
     if not any(k.startswith(_TEXT_PREFIXES) for k in own):
         sd = {k: v for k, v in sd.items() if not k.startswith(_TEXT_PREFIXES)}
+    if not any(k.startswith(_VISION_PREFIXES) for k in own):
+        sd = {k: v for k, v in sd.items() if not k.startswith(_VISION_PREFIXES)}
 
     v = cfg.encoder.vision
     src_t = cfg.pretrained.num_frames if cfg.pretrained is not None else None
