@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from media_tools import CUTS_S, SHARED_MEDIA, TEST_MODEL, ffmpeg, ffmpeg_exe, lavfi_video  # noqa: F401
+from media_tools import CUTS_S, DEMO_VIDEO, TEST_MODEL, ffmpeg, ffmpeg_exe, lavfi_video  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -55,11 +55,8 @@ def media_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def shared_demo_video() -> Path:
-    """``../shared/media/internvideo2_demo_example1.mp4`` (640x480, 5 fps, 8 s) or skip."""
-    p = SHARED_MEDIA / "internvideo2_demo_example1.mp4"
-    if not p.is_file():
-        pytest.skip(f"{p} not present")
-    return p
+    """The official InternVideo2 demo video (MPEG-4 Part 2, 640x480, 5 fps, 8 s) in ``tests/data/``."""
+    return DEMO_VIDEO
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,9 @@ import os
 import subprocess
 from pathlib import Path
 
-SHARED_MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+TEST_DATA = Path(__file__).resolve().parent / "data"
+# The official InternVideo2 demo video, shipped with the tests (tests/data/README.md: source, licence).
+DEMO_VIDEO = TEST_DATA / "internvideo2_demo_example1.mp4"
 TEST_MODEL = "internvideo2-tiny"
 # Scene cuts of the "cuts" video: three different pictures of 2 s, 3 s and 2 s at 25 fps.
 CUTS_S = (2.0, 5.0)
