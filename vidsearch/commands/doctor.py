@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from vidsearch.commands import add_library_argument
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("doctor", help="check a library's shards, catalog and index",
                               description="Verify shard SHA-256s, catalog currency and the index against "
                                           "the manifest; print each problem with the command that fixes it.")
-    p.add_argument("--library", required=True, help="library folder")
+    add_library_argument(p)
     p.add_argument("--json", action="store_true", help="problems as JSON on stdout")
     p.set_defaults(func=run)
 

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from vidsearch.commands import add_library_argument
+
 
 def _bytes(text: str) -> int:
     """Parse ``4G`` / ``512M`` / ``1000000`` into bytes (argparse type)."""
@@ -23,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("index", help="build or update the FAISS index of a library",
                               description="Build the index from the library's shards, add shards "
                                           "committed since the last build, or rebuild it.")
-    p.add_argument("--library", required=True, help="library folder")
+    add_library_argument(p)
     p.add_argument("--rebuild", action="store_true", help="retrain and rebuild from all shards")
     p.add_argument("--factory", default=None,
                    help="FAISS factory string overriding the automatic choice (e.g. 'IVF4096,Flat', 'HNSW32')")

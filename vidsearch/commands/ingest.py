@@ -8,6 +8,8 @@ import sys
 from dataclasses import replace
 from typing import Any
 
+from vidsearch.commands import add_library_argument
+
 
 def add_parser(subparsers: Any) -> None:
     from vidsearch.schemas.config import IngestCfg
@@ -18,7 +20,7 @@ def add_parser(subparsers: Any) -> None:
                     "into a library folder. Rerunning the same command resumes: committed videos "
                     "are skipped, failed ones retried up to twice.")
     p.add_argument("paths", nargs="+", help="folders, files, globs, or @FILE listing paths")
-    p.add_argument("--library", required=True, help="library folder (created if missing); always local")
+    add_library_argument(p, "library folder (created if missing); always local")
     p.add_argument("--shards-uri", metavar="URI",
                    help="keep the Parquet shards at this pyarrow filesystem URI instead of LIBRARY/shards "
                         "(s3://bucket/prefix, gs://..., file:///abs/path, hdfs://...; set when the library is "

@@ -6,6 +6,8 @@ import argparse
 import math
 import sys
 
+from vidsearch.commands import add_library_argument
+
 
 def _nonneg_float(text: str) -> float:
     from vidsearch.search.timefmt import parse_time
@@ -43,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("search", help="search a library by text or by example clip",
                               description="Ranked moments (merged adjacent clips) for a text query.")
     p.add_argument("query", nargs="?", default=None, help="what to look for, e.g. 'dog playing in snow'")
-    p.add_argument("--library", required=True, help="library folder")
+    add_library_argument(p)
     p.add_argument("-k", "--k", type=_pos_int, default=10, help="number of results (moments)")
     p.add_argument("--offset", type=_nonneg_int, default=0, help="skip this many results (paging)")
     g = p.add_argument_group("filters (values are bound parameters, never pasted into SQL)")

@@ -7,6 +7,8 @@ import ipaddress
 import logging
 import socket
 
+from vidsearch.commands import add_library_argument
+
 _logger = logging.getLogger(__name__)
 
 
@@ -26,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Serve a library over HTTP: a search page at / and a JSON API under /api "
                     "(OpenAPI at /openapi.json). Reads the last committed generation, so it keeps "
                     "answering while an ingest runs.")
-    p.add_argument("--library", required=True, help="library folder")
+    add_library_argument(p)
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1, this machine only); anything else exposes "

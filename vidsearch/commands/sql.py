@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vidsearch.commands import add_library_argument
+
 # Useful analytics (also in the README); tests/unit/test_sql_analytics.py runs each one.
 ANALYTICS = {
     "hits per folder for the latest search": (
@@ -30,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "and reading files or URLs are refused.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sql", help="one SELECT statement")
-    p.add_argument("--library", required=True, help="library folder")
+    add_library_argument(p)
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="CSV on stdout")
     fmt.add_argument("--json", action="store_true", help="JSON (list of row objects) on stdout")

@@ -7,10 +7,12 @@ import json
 import sys
 from typing import Any
 
+from vidsearch.commands import add_library_argument
+
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("status", help="summarise a library: videos, clips, failures, runs, health")
-    p.add_argument("--library", required=True, help="library folder")
+    add_library_argument(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
