@@ -29,7 +29,7 @@ from vidsearch.library import Library
 from vidsearch.schemas.tables import VIDEO_STATUSES
 
 TOP_LEVEL = {"manifest.json", "shards", "catalog.duckdb", "index", "thumbs", ".tmp", ".lock",
-             "history.duckdb", "quarantine"}
+             "history.duckdb", "quarantine", "logs"}  # logs/: crash logs of writer commands (cli.py)
 
 
 def _all_clips(lib: Library) -> pa.Table:
