@@ -92,6 +92,45 @@ def test_vocab_in_tmp_path_and_missing_special_tokens(tmp_path) -> None:
         TextTokenizer(g)
 
 
+# Texts that exercise every normalisation step: case, accents, CJK, control characters, special
+# tokens written in the text, words longer than WordPiece's 100-character limit, emoji.
+TRICKY_TEXTS = [
+    "a dog",
+    "A playful dog and its owner wrestle in the snowy yard.",
+    "",
+    "\u00dcn\u00efc\u00f6d\u00e9 caf\u00e9 na\u00efve",
+    "\u4e2d\u6587 \u5b57\u7b26 test",
+    "[CLS] x [SEP] [MASK] [mask] [PAD]",
+    "tab\there\r\nnew\x00ctl\u200b",
+    "a" * 150,
+    "red,circle!!moving-left?",
+    "  lots   of   space  ",
+    "emoji \U0001f600 ok",
+    "\ufb01 ligature \u216b",
+]
+
+
+@pytest.mark.parametrize("vocab", ["tiny_vocab.txt", "demo_vocab.txt", "tmp"])
+def test_tokenizer_ids_equal_transformers_bert_tokenizer(tmp_path, vocab) -> None:
+    """The tokenizers pipeline gives BertTokenizer's ids (which the checkpoints were trained with)."""
+    transformers = pytest.importorskip("transformers")
+    if vocab == "tmp":  # accents and CJK pieces, a blank line and a duplicate line
+        path = tmp_path / "vocab.txt"
+        path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "cafe", "naive", "\u4e2d",
+                                    "##s", "", "a", "dog", "cafe", "##ve", "na", "x", "\u00e9"]) + "\n",
+                        encoding="utf-8")
+    else:
+        path = ASSETS_DIR / vocab
+    ours = TextTokenizer(path, context_length=40)
+    ref = transformers.BertTokenizer(vocab=str(path), do_lower_case=True)
+    for text in TRICKY_TEXTS:
+        got = ours(["x", text]).input_ids[1]
+        want = [ours.cls_id, *ref(text, add_special_tokens=False)["input_ids"][:39]]
+        assert got[: len(want)].tolist() == want, text
+        assert (got[len(want):] == ours.pad_id).all(), text
+        assert ours.tokenize(text) == ref.tokenize(text), text
+
+
 # --------------------------------------------------------------------------- sampling
 def test_uniform_sampling() -> None:
     assert uniform_indices(0, 40, 4).indices == (0, 10, 20, 30)  # demo: frames[::10][:4]

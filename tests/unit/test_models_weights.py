@@ -100,9 +100,7 @@ def test_official_layout_loads_every_tensor(official_ckpt, source_model) -> None
     torch.testing.assert_close(m.encode_text(["a dog"]), source_model.encode_text(["a dog"]), rtol=0, atol=0)
     torch.testing.assert_close(m.itm_score(fr, ["a dog", "x"]), source_model.itm_score(fr, ["a dog", "x"]))
     assert m.weights_id.startswith("sha256:") and m.fingerprint != source_model.fingerprint
-    # buffers not carried by state dicts were rebuilt after the meta-device build
-    assert torch.equal(m.text_encoder.embeddings.position_ids[0], torch.arange(64))
-    assert not m.text_encoder.embeddings.token_type_ids.any()
+    assert not any(b.is_meta for b in m.buffers())  # the meta-device build left nothing unfilled
 
 
 def test_official_layout_without_itm_drops_fusion(official_ckpt, source_model) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from vidsearch.schemas.model_config import ModelCfg, PreprocessCfg, TextCfg, VisionCfg
 
@@ -187,9 +188,9 @@ def create_model(
     else:
         # Every persistent tensor comes from the checkpoint: skip the random init (25 s for 1B on
         # two cores) by building on the meta device and allocating empty storage.
-        with torch.device("meta"):
+        with torch.device("meta"), _SkipInitOnMeta():
             model = build_model_skeleton(cfg, tokenizer=tok, **parts)
-        model.to_empty(device="cpu")
+        _materialize_on_cpu(model)
         _reset_nonpersistent_buffers(model)
         expected = weights_sha256 or (cfg.pretrained.sha256 if cfg.pretrained is not None else None)
         model.weights_id = load_checkpoint(model, ckpt_path, expected_sha256=expected)
@@ -200,6 +201,33 @@ def create_model(
         model.to(device=device, dtype=dtype)
     model.eval()
     return model
+
+
+class _SkipInitOnMeta(TorchFunctionMode):
+    """Skip the value-only in-place ops (random init) on meta tensors while a model is built.
+
+    On the meta device they compute nothing, yet several (``normal_``, ``uniform_``) run through
+    Python reference implementations that import ``torch._dynamo``: 2-3 s of every one-shot search
+    before its query was encoded. Ops that change a shape or a flag are never skipped.
+    """
+
+    _VALUE_OPS = frozenset({
+        "normal_", "uniform_", "trunc_normal_", "zero_", "zeros_", "ones_", "fill_", "constant_",
+        "copy_", "erfinv_", "mul_", "add_", "sub_", "div_", "clamp_", "sqrt_", "exponential_",
+        "random_", "bernoulli_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+        "xavier_normal_", "orthogonal_",
+    })  # fmt: skip
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in self._VALUE_OPS:
+            # nn.init passes the tensor by keyword ("tensor"), Tensor methods positionally.
+            target = args[0] if args else kwargs.get("tensor", kwargs.get("self"))
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        return func(*args, **kwargs)
 
 
 def create_text_encoder(
@@ -217,6 +245,25 @@ def create_text_encoder(
     model's. ``encode_video`` raises. Arguments as for ``create_model``.
     """
     return create_model(name, checkpoint, device, tokenizer, dtype=dtype, text_only=True, **kwargs)
+
+
+def _materialize_on_cpu(model: torch.nn.Module) -> None:
+    """Give every meta parameter and buffer uninitialised CPU storage (the checkpoint fills it).
+
+    What ``Module.to_empty`` does, without its ``empty_like`` on meta tensors: that runs through
+    Python reference code that imports sympy and torch.fx (about 2 s per one-shot search).
+    """
+    made: dict[int, torch.Tensor] = {}  # a tensor shared by two modules stays shared
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for key, t in list(table.items()):
+                if t is None or not t.is_meta:
+                    continue
+                if id(t) not in made:
+                    empty = torch.empty(t.shape, dtype=t.dtype, device="cpu")
+                    is_param = isinstance(t, torch.nn.Parameter)
+                    made[id(t)] = torch.nn.Parameter(empty, t.requires_grad) if is_param else empty
+                table[key] = made[id(t)]  # type: ignore[assignment]
 
 
 def _reset_nonpersistent_buffers(model: InternVideo2Model) -> None:

@@ -70,7 +70,9 @@ class LayerScale(nn.Module):
 
     def __init__(self, dim: int, init_values: float = 1e-5) -> None:
         super().__init__()
-        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+        # torch.full, not init_values * ones: the same values, and no Python-level op on the meta
+        # device (those import torch._dynamo, seconds per process).
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x * self.gamma).to(x.dtype)
@@ -325,6 +327,8 @@ class VisionTransformer3D(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """Random init as the official builder (sincos pos embeds, trunc-normal 0.02 Linears)."""
+        if self.pos_embed.is_meta:
+            return  # a build for loading weights: nothing to fill (the factory's meta build)
         t = self.num_frames // self.tubelet_size
         pe = get_3d_sincos_pos_embed(self.embed_dim, self.grid_size, t, cls_token=True)
         self.pos_embed.copy_(torch.from_numpy(pe).float().unsqueeze(0))
@@ -342,7 +346,8 @@ class VisionTransformer3D(nn.Module):
                 nn.init.zeros_(m.bias)
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.proj.bias)
+        if self.patch_embed.proj.bias is not None:
+            nn.init.zeros_(self.patch_embed.proj.bias)
 
     def _pos_embed_for(self, t: int) -> torch.Tensor:
         if t == self.num_frames // self.tubelet_size:

@@ -12,7 +12,6 @@ Hugging Face BERT with two quirks reproduced here (facts §2):
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +25,15 @@ from vidsearch.schemas.model_config import TextCfg
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["TextTokenizer", "TokenBatch", "build_text_encoder", "BertFusionLayer", "BertFusion"]
+__all__ = [
+    "TextTokenizer",
+    "TokenBatch",
+    "BertTextEncoder",
+    "TextEncoderOutput",
+    "build_text_encoder",
+    "BertFusionLayer",
+    "BertFusion",
+]
 
 
 @dataclass(frozen=True)
@@ -44,32 +51,47 @@ class TokenBatch:
 class TextTokenizer:
     """bert-large-uncased WordPiece with the official single-text layout (no ``[SEP]``).
 
-    Word pieces come from ``transformers.BertTokenizer`` with ``add_special_tokens=False``; the ids
-    are then built by hand: truncate to ``context_length - 1`` pieces, prepend ``[CLS]``, pad with
-    ``[PAD]``. The attention mask covers ``[CLS]`` and the pieces; token types are all 0.
+    Word pieces come from a ``tokenizers`` WordPiece pipeline built exactly as
+    ``transformers.BertTokenizer`` builds it (BertNormalizer, BertPreTokenizer, the special tokens
+    matched whole), without importing transformers (seconds per process). A unit test checks that
+    both give the same ids. The ids are then built by hand: truncate to ``context_length - 1``
+    pieces, prepend ``[CLS]``, pad with ``[PAD]``. The attention mask covers ``[CLS]`` and the
+    pieces; token types are all 0.
     """
 
+    SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
     def __init__(self, vocab_file: str | Path, context_length: int = 40, do_lower_case: bool = True) -> None:
-        from transformers import BertTokenizer
+        from tokenizers import Tokenizer, normalizers, pre_tokenizers
+        from tokenizers.models import WordPiece
 
         vocab_file = Path(vocab_file)
         if not vocab_file.is_file():
             raise FileNotFoundError(f"tokenizer vocabulary not found: {vocab_file}")
-        # transformers 5 renamed the argument `vocab_file` -> `vocab` and silently ignores the old
-        # name (giving an EMPTY vocabulary); pass whichever this version accepts.
-        params = inspect.signature(BertTokenizer.__init__).parameters
-        key = "vocab" if "vocab" in params else "vocab_file"
-        self._tok = BertTokenizer(**{key: str(vocab_file)}, do_lower_case=do_lower_case)
+        # One token per line, id = line number; the last of duplicate lines wins (BertTokenizer's
+        # load_vocab, whose ids the checkpoints were trained with).
         with open(vocab_file, encoding="utf-8") as f:
-            vocab = {line.rstrip("\n"): i for i, line in enumerate(f) if line.rstrip("\n")}
+            lines = f.read().split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()  # the final newline ends the last line, it does not start another
+        vocab = {token: i for i, token in enumerate(lines)}
         missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]") if t not in vocab]
         if missing:
-            # BertTokenizer would silently append them as new ids the checkpoint never saw.
+            # A tokenizer would silently append them as new ids the checkpoint never saw.
             raise ValueError(f"vocabulary {vocab_file} has no {', '.join(missing)} token")
-        if self._tok.convert_tokens_to_ids("[CLS]") != vocab["[CLS]"] or len(self._tok) < len(vocab):
-            raise RuntimeError(f"tokenizer did not load {vocab_file} ({len(self._tok)} tokens)")
+        tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=do_lower_case
+        )
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        # Special tokens written in a text ("[SEP]") are matched whole, as BertTokenizer does; only
+        # those the vocabulary has, so that no id past the embedding table can appear.
+        tok.add_special_tokens([t for t in self.SPECIAL_TOKENS if t in vocab])
+        if tok.get_vocab_size(with_added_tokens=True) != len(vocab):
+            raise RuntimeError(f"tokenizer did not load {vocab_file} ({tok.get_vocab_size()} tokens)")
+        self._tok = tok
         self.vocab_file = vocab_file
-        self.vocab_size = len(vocab)
+        self.vocab_size = len(lines)
         self.context_length = context_length
         self.cls_id = vocab["[CLS]"]
         self.pad_id = vocab["[PAD]"]
@@ -77,7 +99,7 @@ class TextTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         """Word pieces of ``text`` (lower-cased, no special tokens)."""
-        return self._tok.tokenize(text)
+        return list(self._tok.encode(text, add_special_tokens=False).tokens)
 
     def __call__(self, texts: Sequence[str]) -> TokenBatch:
         """Tokenise a batch of texts to (B, context_length) ids and mask."""
@@ -86,39 +108,163 @@ class TextTokenizer:
         L = self.context_length
         ids = torch.full((len(texts), L), self.pad_id, dtype=torch.long)  # (B, L)
         mask = torch.zeros((len(texts), L), dtype=torch.long)  # (B, L)
-        for i, text in enumerate(texts):
-            pieces = self._tok(text, add_special_tokens=False)["input_ids"][: L - 1]
-            row = [self.cls_id, *pieces]  # official: [CLS] + pieces, no [SEP]
+        encoded = self._tok.encode_batch(list(texts), add_special_tokens=False) if texts else []
+        for i, enc in enumerate(encoded):
+            row = [self.cls_id, *enc.ids[: L - 1]]  # official: [CLS] + pieces, no [SEP]
             ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             mask[i, : len(row)] = 1
         return TokenBatch(ids, mask)
 
 
-def build_text_encoder(cfg: TextCfg, attn_implementation: str = "sdpa") -> nn.Module:
-    """``transformers.BertModel`` with the first ``fusion_layer`` layers and no pooler.
+# ----------------------------------------------------------------------------- BERT text path
+# The text path is the first ``fusion_layer`` layers of BERT, written here with the parameter
+# names of ``transformers.BertModel`` (so checkpoints map 1:1) and the same operations in the same
+# order as its SDPA path, so that the outputs are bit-identical (a unit test compares them).
+# transformers is not imported: importing BertModel costs seconds and pulls in torch._dynamo,
+# which every one-shot search paid before encoding its query.
 
-    SDPA vs the official eager ``(1-mask)*-10000`` additive mask: both give exactly zero weight to
-    pads in fp32 (exp underflows), so they agree to fp32 rounding; a unit test checks sdpa == eager.
+
+@dataclass(frozen=True)
+class TextEncoderOutput:
+    """What ``BertTextEncoder`` returns (the field name of transformers' output)."""
+
+    last_hidden_state: torch.Tensor  # (B, L, hidden)
+
+
+class _BertEmbeddings(nn.Module):
+    """word + token type + position embeddings, then LayerNorm (``BertEmbeddings``)."""
+
+    def __init__(self, cfg: TextCfg) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=0)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        L = input_ids.shape[1]
+        if self.position_embeddings.num_embeddings < L:
+            raise ValueError(f"{L} tokens exceed the {self.position_embeddings.num_embeddings} positions")
+        position_ids = torch.arange(L, device=input_ids.device)[None]  # (1, L)
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)  # (B, L, h)
+        x = x + self.position_embeddings(position_ids)
+        return self.LayerNorm(x)
+
+
+class _BertTextSelfAttention(nn.Module):
+    """``BertSelfAttention`` on the SDPA path (explicit scale, boolean key mask)."""
+
+    def __init__(self, hidden: int, num_heads: int) -> None:
+        super().__init__()
+        self.head_dim = hidden // num_heads
+        self.scaling = self.head_dim**-0.5  # a Python float, as transformers passes it
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, L, _ = x.shape
+        shape = (B, L, -1, self.head_dim)
+        q = self.query(x).view(shape).transpose(1, 2)  # (B, H, L, hd)
+        k = self.key(x).view(shape).transpose(1, 2)  # (B, H, L, hd)
+        v = self.value(x).view(shape).transpose(1, 2)  # (B, H, L, hd)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=0.0, scale=self.scaling, is_causal=False
+        )  # (B, H, L, hd)
+        return out.transpose(1, 2).contiguous().reshape(B, L, -1).contiguous()  # (B, L, h)
+
+
+class _BertTextAttention(nn.Module):
+    def __init__(self, cfg: TextCfg) -> None:
+        super().__init__()
+        self.self = _BertTextSelfAttention(cfg.hidden_size, cfg.num_attention_heads)
+        self.output = _BertOutput(cfg.hidden_size, cfg.hidden_size, cfg.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.output(self.self(x, mask), x)
+
+
+class _BertTextLayer(nn.Module):
+    """``BertLayer`` of an encoder: self-attention, FFN, post-LN."""
+
+    def __init__(self, cfg: TextCfg) -> None:
+        super().__init__()
+        self.attention = _BertTextAttention(cfg)
+        self.intermediate = _BertIntermediate(cfg.hidden_size, cfg.intermediate_size)
+        self.output = _BertOutput(cfg.intermediate_size, cfg.hidden_size, cfg.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.attention(x, mask)  # (B, L, h)
+        return self.output(self.intermediate(x), x)  # (B, L, h)
+
+
+class _BertTextLayers(nn.Module):
+    def __init__(self, cfg: TextCfg) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList([_BertTextLayer(cfg) for _ in range(cfg.fusion_layer)])
+
+
+class BertTextEncoder(nn.Module):
+    """BERT's first ``fusion_layer`` layers without a pooler (``BertModel(add_pooling_layer=False)``).
+
+    Keys: ``embeddings.*`` and ``encoder.layer.{i}.*`` as in transformers. Built with transformers'
+    random init (same RNG draws in the same order), so seeded test models keep their weights.
     """
-    from transformers import BertConfig, BertModel
 
-    config = BertConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.fusion_layer,
-        num_attention_heads=cfg.num_attention_heads,
-        intermediate_size=cfg.intermediate_size,
-        hidden_act=cfg.hidden_act,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        max_position_embeddings=cfg.max_position_embeddings,
-        type_vocab_size=cfg.type_vocab_size,
-        layer_norm_eps=cfg.layer_norm_eps,
-    )
-    config._attn_implementation = attn_implementation
-    model = BertModel(config, add_pooling_layer=False)
-    assert model.config._attn_implementation == attn_implementation
-    return model
+    def __init__(self, cfg: TextCfg) -> None:
+        super().__init__()
+        if cfg.hidden_act != "gelu":
+            raise ValueError(f"text hidden_act {cfg.hidden_act!r} is not supported (only the exact 'gelu')")
+        self.embeddings = _BertEmbeddings(cfg)
+        self.encoder = _BertTextLayers(cfg)
+        self._init_like_transformers()
+
+    @torch.no_grad()
+    def _init_like_transformers(self) -> None:
+        # PreTrainedModel.post_init: children before parents (smart_apply), normal(0, 0.02) for
+        # Linear and Embedding (padding row zeroed), ones/zeros for LayerNorm.
+        def init(m: nn.Module) -> None:
+            for child in m.children():
+                init(child)
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, mean=0.0, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, mean=0.0, std=0.02)
+                if m.padding_idx is not None:
+                    m.weight[m.padding_idx].zero_()
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+        if not self.embeddings.word_embeddings.weight.is_meta:
+            init(self)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> TextEncoderOutput:
+        """Hidden states of the last layer for ``input_ids`` (B, L); mask 1 = attend."""
+        B, L = input_ids.shape
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, L, h)
+        mask: torch.Tensor | None = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            # transformers' bidirectional mask for SDPA: boolean (B, 1, L, L), True = attend;
+            # none at all when every token of the batch attends.
+            mask = attention_mask.bool()[:, None, None, :].expand(B, 1, L, L).contiguous()
+        for layer in self.encoder.layer:
+            x = layer(x, mask)
+        return TextEncoderOutput(x)
+
+
+def build_text_encoder(cfg: TextCfg) -> BertTextEncoder:
+    """The text path: BERT's first ``fusion_layer`` layers, no pooler (see ``BertTextEncoder``)."""
+    return BertTextEncoder(cfg)
 
 
 class _BertSelfAttention(nn.Module):

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vidsearch.schemas.model_config import ModelCfg
+
 from .errors import CheckpointError
 from .pos_embed import resample_pos_embed
 
@@ -168,6 +170,14 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- filtering
+def _cfg_of(model: nn.Module) -> ModelCfg:
+    """The resolved config of an ``InternVideo2Model`` (the key mapping depends on it)."""
+    cfg = getattr(model, "cfg", None)
+    if not isinstance(cfg, ModelCfg):
+        raise TypeError(f"expected an InternVideo2Model, got {type(model).__name__}")
+    return cfg
+
+
 def _unwrap(sd: Mapping[str, Any]) -> dict[str, Any]:
     # Official loaders: ckpt["model"] if present, else ckpt["module"] (DeepSpeed), else flat.
     for key in ("model", "module", "state_dict"):
@@ -235,7 +245,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     """
     sd = _unwrap(state_dict)
     layout = detect_layout(sd)
-    cfg = model.cfg  # type: ignore[attr-defined]
+    cfg = _cfg_of(model)
     if layout == "official_stage2":
         sd = _map_official(sd, cfg.encoder.text.fusion_layer)
     own = model.state_dict()
@@ -275,7 +285,7 @@ def _check_and_load(model: nn.Module, sd: dict[str, torch.Tensor], origin: str) 
             parts.append(f"{len(unexpected)} unexpected keys, first: {unexpected[:8]}")
         if shape_bad:
             parts.append(f"{len(shape_bad)} shape mismatches, first: {shape_bad[:4]}")
-        raise CheckpointError(f"{origin} does not fit model {model.cfg.name}: " + "; ".join(parts))  # type: ignore[attr-defined]
+        raise CheckpointError(f"{origin} does not fit model {_cfg_of(model).name}: " + "; ".join(parts))
     # Cast (e.g. bf16 checkpoint -> fp32 model) before copying; copy_ would also cast, but doing it
     # here keeps load_state_dict's own checks meaningful.
     sd = {k: t.to(own[k].dtype) for k, t in sd.items()}
@@ -319,7 +329,7 @@ def load_checkpoint(
     raw = load_state_dict(path)
     sd = checkpoint_filter_fn(raw, model)
     _check_and_load(model, sd, str(path))
-    _logger.info("loaded %s (%d tensors) into %s", path, len(sd), model.cfg.name)  # type: ignore[attr-defined]
+    _logger.info("loaded %s (%d tensors) into %s", path, len(sd), _cfg_of(model).name)
     return weights_id
 
 
