@@ -32,6 +32,7 @@ from vidsearch import __version__
 from vidsearch.commands import LIBRARY_ENV
 
 EXIT_OK, EXIT_USER, EXIT_PARTIAL, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`
 
 # Order is the order of `vidsearch --help`.
 COMMANDS = ("demo", "ingest", "status", "index", "search", "sql", "serve", "weights", "doctor")
@@ -155,6 +156,19 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}{' ...' if len(lines) > 1 else ''}" if lines else type(exc).__name__
 
 
+def _stdout_closed() -> int:
+    """The reader of our output went away (``vidsearch sql ... | head -2``): stop quietly, as
+    Unix tools do, instead of a BrokenPipeError traceback."""
+    try:
+        # Python flushes stdout again at exit and would report that failure too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a real file (tests capture stdout): nothing to silence
+        pass
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (tests call ``main([...])`` directly)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -168,7 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER
     _setup_logging(args.verbose, args.quiet)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # output that fit in the buffer meets a closed pipe only here
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
