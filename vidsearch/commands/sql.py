@@ -25,6 +25,9 @@ EXAMPLES = "examples:\n" + "\n".join(f"  # {name}\n  vidsearch sql \"{sql}\" --l
                                      for name, sql in ANALYTICS.items()) + "\n"
 
 
+TERMINAL_WIDTH = 60
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "sql", help="read-only SQL over videos, clips, failures, runs, searches, search_results",
@@ -36,8 +39,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="CSV on stdout")
     fmt.add_argument("--json", action="store_true", help="JSON (list of row objects) on stdout")
-    p.add_argument("--timeout", type=float, default=30.0, help="interrupt the query after this many seconds")
-    p.add_argument("--max-width", type=int, default=60, help="cut table cells longer than this")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="stop the query after this many seconds (default 30)")
+    p.add_argument("--memory-limit", default="2GB",
+                   help="memory the query may use, e.g. 2GB or 512MiB (default 2GB); past it the query is ended")
+    p.add_argument("--max-width", type=int, default=None,
+                   help=f"cut table cells longer than this many characters (paths keep their end); default "
+                        f"{TERMINAL_WIDTH} on a terminal, no limit otherwise; 0: no limit")
     p.set_defaults(func=run)
 
 
@@ -46,21 +54,37 @@ def run(args: argparse.Namespace) -> int:
 
     from vidsearch.cli import UserError
     from vidsearch.library import Library
-    from vidsearch.search.sandbox import QueryFailed, QueryRefused
+    from vidsearch.search.sandbox import QueryFailed, QueryRefused, size_bytes
     from vidsearch.search.sql import format_rows, run_sql, to_csv_rows, to_json_rows
 
     if not (args.timeout > 0 and math.isfinite(args.timeout)):
         raise UserError("--timeout must be a positive number of seconds")
+    if args.max_width is not None and args.max_width < 0:
+        raise UserError("--max-width must be 0 (no limit) or a positive number of characters")
+    try:
+        size_bytes(args.memory_limit)
+    except ValueError as e:
+        raise UserError(f"--memory-limit: {e}") from None
     lib = Library(args.library)
     lib.read_manifest()
     try:
-        table = run_sql(lib, args.sql, timeout_s=args.timeout)
+        table = run_sql(lib, args.sql, timeout_s=args.timeout, memory_limit=args.memory_limit,
+                        shape="json" if args.json else "text")
     except (QueryRefused, QueryFailed) as e:
         raise UserError(str(e)) from None
     if args.json:
-        print(to_json_rows(table))
+        _write(to_json_rows(table) + "\n")
     elif args.csv:
-        sys.stdout.write(to_csv_rows(table))
+        _write(to_csv_rows(table))
     else:
-        print(format_rows(table, args.max_width))
+        width = args.max_width if args.max_width is not None else (TERMINAL_WIDTH if sys.stdout.isatty() else 0)
+        _write(format_rows(table, width) + "\n")
     return 0
+
+
+def _write(text: str, chunk: int = 1 << 16) -> None:
+    # In pieces: one huge write() into a pipe whose reader left (`| head`) can end as a short
+    # write that Python does not report; the next piece then raises BrokenPipeError, which the
+    # CLI turns into a quiet exit.
+    for i in range(0, len(text), chunk):
+        sys.stdout.write(text[i:i + chunk])
