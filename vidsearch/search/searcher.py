@@ -50,7 +50,7 @@ from vidsearch.library import Library, LibraryError, LibraryLocked
 from vidsearch.schemas.config import IndexCfg, SearchCfg
 from vidsearch.schemas.manifest import Manifest
 from vidsearch.schemas.tables import SEARCHABLE_STATUSES
-from vidsearch.search.sandbox import QueryFailed, QueryRefused, open_sandbox, run_query, validate_predicate
+from vidsearch.search.sandbox import QueryFailed, QueryRefused, matching_clip_ids, open_sandbox, run_query
 from vidsearch.search.shaping import ClipHit, Moment, shape
 
 _logger = logging.getLogger(__name__)
@@ -156,7 +156,6 @@ class Searcher:
         self._catalog_behind = False
         self._catalog_stamp: tuple[int, int, int] | None = None
         self._mask_cache: OrderedDict[Filters, tuple[np.ndarray, int]] = OrderedDict()
-        self._where_join: dict[str, bool] = {}
         self._open()
 
     # ---- loading ---------------------------------------------------------------------------
@@ -364,8 +363,8 @@ class Searcher:
         if f.video_id is not None:
             conds.append("videos.video_id = ?")
             params.append(f.video_id)
-        if f.where:
-            conds.append(f"({validate_predicate(self._con, f.where)})")
+        if f.where:  # user SQL never runs in this process: see _where_mask
+            raise ValueError("_filter_sql takes no where predicate")
         return " AND ".join(conds), params
 
     def _query(self, sql: str, params: list[Any]) -> Any:
@@ -429,32 +428,17 @@ class Searcher:
         return out
 
     def _where_mask(self, where: str) -> np.ndarray:
-        """Clip positions satisfying the ``--where`` predicate (status is checked by the caller)."""
-        pred = validate_predicate(self._con, where)
+        """Clip positions satisfying the ``--where`` predicate (status is checked by the caller).
+
+        The predicate is user SQL: a sandbox worker process evaluates it (killed at the timeout,
+        memory capped; :func:`vidsearch.search.sandbox.matching_clip_ids`) and returns the
+        matching clip ids, which are looked up here.
+        """
+        ids = matching_clip_ids(self.library, where, timeout_s=self.cfg.sql_timeout_s,
+                                memory_limit=self.cfg.sql_memory_limit, threads=self.cfg.sql_threads)
         mask = np.zeros(len(self._p_ids), bool)
-        join_sql = "FROM {c} AS clips JOIN {v} AS videos USING (video_id) WHERE ({p})"
-        if self._base is None:  # no base tables with row ids: clip ids, looked up
-            sql = join_sql.format(c="clips", v="videos", p=pred)
-            ids = self._query(f"SELECT clips.clip_id {sql}", []).column(0).to_numpy().astype(np.int64)
-            pos, ok = self._positions(ids)
-            mask[pos[ok]] = True
-            return mask
-        c, v = self._base
-        join = self._where_join.get(pred)
-        if join is None:
-            # Same meaning as the join, minus the join, when every column resolves in clips:
-            # the join version must bind (an ambiguous or unknown column stays an error), and the
-            # clips-alone version too (else it names a videos column).
-            self._query(f"SELECT clips.rowid {join_sql.format(c=c, v=v, p=pred)} LIMIT 0", [])
-            try:
-                run_query(self._con, f"SELECT clips.rowid FROM {c} AS clips WHERE ({pred}) LIMIT 0")
-                join = False
-            except (QueryRefused, QueryFailed):
-                join = True
-            self._where_join[pred] = join
-        sql = join_sql.format(c=c, v=v, p=pred) if join else f"FROM {c} AS clips WHERE ({pred})"
-        rid = self._query(f"SELECT clips.rowid {sql}", []).column(0).to_numpy()
-        mask[self._rowid_pos[rid]] = True
+        pos, ok = self._positions(ids)
+        mask[pos[ok]] = True
         return mask
 
     def _load_metadata(self) -> None:
@@ -469,7 +453,6 @@ class Searcher:
         import pyarrow.compute as pc
 
         self._mask_cache.clear()
-        self._where_join.clear()
         clips = None
         self._base: tuple[str, str] | None = None
         for schema in ("catalog.main", "main"):
