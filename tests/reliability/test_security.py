@@ -137,6 +137,108 @@ def test_s3_runaway_query_interrupted(library, capsys: pytest.CaptureFixture) ->
     assert rc == 1 and "timeout" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------------------------------------
+# Issue 10 S1 (sandbox part): nothing is read or built in the sandbox before it is locked.
+# ---------------------------------------------------------------------------------------------
+def test_s1_sandbox_is_locked_before_the_catalog_is_loaded(library, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Whatever the in-memory catalog loader executes (a manifest value pasted into SQL was the
+    hole) runs on a connection that can no longer touch files."""
+    import duckdb
+
+    from vidsearch.library import Library
+    from vidsearch.search.sandbox import open_sandbox
+
+    s = synth.copy_synthetic(library, tmp_path / "lib")
+    (s.lib.root / "catalog.duckdb").unlink()  # a rebuildable cache: readers load it from the shards
+    marker = tmp_path / "PWNED.txt"
+
+    class Injected(Library):
+        def load_catalog_into(self, con: duckdb.DuckDBPyConnection, manifest: object = None) -> None:
+            con.execute(f"COPY (SELECT 'owned') TO '{marker}' (HEADER false)")
+
+    with pytest.raises(duckdb.PermissionException):
+        open_sandbox(Injected(s.lib.root)).close()
+    assert not marker.exists()
+    # The real loader works on the locked connection.
+    con = open_sandbox(Library(s.lib.root))
+    try:
+        assert con.execute("SELECT count(*) FROM clips").fetchone() == (library.n,)
+        with pytest.raises(duckdb.Error, match="lock|configuration"):
+            con.execute("SET enable_external_access = true")
+    finally:
+        con.close()
+
+
+def test_s1_crafted_catalog_views_read_no_file(library, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                               capsys: pytest.CaptureFixture) -> None:
+    """A catalog.duckdb whose tables are views over files (a folder handed over by someone
+    else) binds with file access already off: it is unusable, and the tables come from the
+    shards instead."""
+    import duckdb
+
+    s = synth.copy_synthetic(library, tmp_path / "lib")
+    secret = tmp_path / "secret.csv"
+    secret.write_text("clip_id\n123\n")
+    with duckdb.connect(str(s.lib.root / "catalog.duckdb")) as con:
+        con.execute("DROP TABLE clips")
+        con.execute(f"CREATE VIEW clips AS SELECT * FROM read_csv('{secret}')")
+    out = _run(["sql", "SELECT count(*) AS n, max(clip_id) AS top FROM clips", "--library", str(s.lib.root),
+                "--json"])
+    row = json.loads(out)[0]
+    assert row["n"] == library.n and int(row["top"]) == int(library.clip_ids.max())
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 10 S4 / D1: user SQL is bounded for single expressions, and spills privately.
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("query", ["SELECT len(range(40000000))", "SELECT length(repeat('x', 1000000000))"])
+def test_s4_single_expression_stopped_at_the_timeout(library, capsys: pytest.CaptureFixture,  # type: ignore[no-untyped-def]
+                                                     query: str) -> None:
+    """One expression that DuckDB's interrupt() cannot stop (it returned a result after 23-57 s
+    with --timeout 1) is ended with the worker process."""
+    rc = main(["sql", query, "--library", str(library.lib.root), "--timeout", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "timeout" in err and err.count("\n") == 1
+
+
+def test_s4_memory_of_user_sql_is_capped(library, capsys: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """3 GB in one expression, allowed 256 MB: ended with a clear message (it reached 3.6 GB)."""
+    rc = main(["sql", "SELECT length(repeat('x', 3000000000))", "--library", str(library.lib.root),
+               "--memory-limit", "256MB", "--timeout", "60"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "out of memory (limit 256MB)" in err and err.count("\n") == 1
+
+
+def test_s4_where_predicate_stopped_at_the_timeout(library, capsys: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    rc = main(["search", "--like", str(library.clip_ids[0]), "--library", str(library.lib.root), "--no-history",
+               "--where", "len(range(40000000)) > 0", "--timeout", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "timeout" in err and err.count("\n") == 1
+    # The predicate ran in a worker; a good one still works afterwards in the same process.
+    assert search_json(library, "--where", "codec = 'h264'")
+
+
+def test_d1_spill_goes_to_a_private_folder(library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+                                           capsys: pytest.CaptureFixture) -> None:
+    """A query past its memory limit spills, but not into ./.tmp (DuckDB's default) nor the
+    library, and the spill folder is gone afterwards."""
+    import tempfile
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    before = sorted(p.name for p in library.lib.root.iterdir())
+    out = _run(["sql", "SELECT count(DISTINCT i::VARCHAR || 'padding-padding-padding') AS n FROM range(4000000) t(i)",
+                "--library", str(library.lib.root), "--memory-limit", "64MB", "--json"])
+    assert json.loads(out) == [{"n": 4000000}]  # it needed more than 64 MB: it spilled, and finished
+    assert list(cwd.iterdir()) == [] and sorted(p.name for p in library.lib.root.iterdir()) == before
+    assert list(tmp.iterdir()) == []  # the worker's private folder is removed with it
+
+
 def test_s4_thumbnail_names_from_ids_only(library) -> None:  # type: ignore[no-untyped-def]
     from vidsearch.search.output import make_thumbnails
     from vidsearch.search.searcher import Hit
