@@ -20,6 +20,7 @@ from vidsearch.indexer.store import (
     IndexError_,
     IndexMeta,
     IndexMissing,
+    IndexProblem,
     IndexStale,
     VectorStore,
     in_sorted,
@@ -29,7 +30,7 @@ from vidsearch.indexer.store import (
 )
 
 __all__ = [
-    "IndexCorrupt", "IndexError_", "IndexMeta", "IndexMissing", "IndexPlan", "IndexReport",
+    "IndexCorrupt", "IndexError_", "IndexMeta", "IndexMissing", "IndexPlan", "IndexProblem", "IndexReport",
     "IndexStale", "LoadedIndex", "VectorStore", "choose_index", "in_sorted", "load_index", "read_meta",
     "read_shard_vectors", "stale_reasons", "uncovered_shards", "update_index",
 ]

@@ -14,6 +14,7 @@ training outnumber ``rebuild_ratio`` x the training set, and done with ``rebuild
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import math
@@ -34,10 +35,10 @@ from vidsearch.indexer.store import (
     IndexMissing,
     IndexStale,
     VectorStore,
-    check_file,
     cleanup_unreferenced,
     in_sorted,
     index_dir_is_safe,
+    index_file_path,
     new_index_name,
     read_meta,
     stale_reasons,
@@ -46,6 +47,7 @@ from vidsearch.indexer.store import (
     write_meta,
     write_npy_atomic,
 )
+from vidsearch.indexer.structure import ACCEPTED_FAMILIES, UnsupportedIndex, check_structure, read_checked_index
 from vidsearch.library import (
     DiskFull,
     Library,
@@ -60,6 +62,11 @@ from vidsearch.schemas.config import IndexCfg
 from vidsearch.schemas.manifest import Manifest, ShardEntry
 
 _logger = logging.getLogger(__name__)
+
+# faiss 1.15 ships a stub (faiss/__init__.pyi) older than the module: no SearchParametersHNSW, no
+# keyword arguments for search parameters (the Python wrapper takes them). Those calls go through
+# this untyped alias instead of a type: ignore on each.
+_FAISS: Any = faiss
 
 # Vectors examined per IVF-PQ result before exact re-ranking (PQ distances are approximate).
 PQ_RERANK_FACTOR = 10
@@ -121,14 +128,25 @@ def _kind_of_factory(factory: str) -> str:
 
 
 def _make_index(factory: str, dim: int) -> faiss.Index:
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise LibraryError(f"FAISS factory {factory!r}: {str(e).splitlines()[0][:200]}") from None
     if isinstance(index, faiss.IndexIVFPQ):
         # The factory turns on polysemous training (simulated annealing of the PQ code order for
         # Hamming-distance filtering, which search never uses): measured >20 min of CPU for
         # IVF4096,PQ256 at 1M, for nothing.
-        index.do_polysemous_training = False
+        index.do_polysemous_training = False  # type: ignore[attr-defined]  # not in faiss's stub
     if faiss.try_extract_index_ivf(index) is None and not isinstance(index, faiss.IndexIDMap):
         index = faiss.IndexIDMap2(index)  # Flat / HNSW store no ids of their own
+    # Readers accept only a few FAISS structures (vidsearch.indexer.structure); refuse to build
+    # any other (e.g. a custom --factory 'PCA64,IVF1024,Flat') instead of an unloadable index.
+    empty = faiss.serialize_index(index).tobytes()  # untrained and empty: a few bytes
+    try:
+        check_structure(io.BytesIO(empty), len(empty), dim)
+    except UnsupportedIndex as e:
+        raise LibraryError(f"FAISS factory {factory!r} builds a structure vidsearch does not load ({e}); "
+                           f"use one of: {', '.join(ACCEPTED_FAMILIES)}") from None
     return index
 
 
@@ -219,16 +237,17 @@ class LoadedIndex:
         kk = min(k * rerank, self.ntotal)
         sel = faiss.IDSelectorBatch(np.ascontiguousarray(sel_ids, dtype=np.int64)) \
             if sel_ids is not None else None
+        params: Any = None
         if self._ivf is not None:
             nprobe = min(int(self._ivf.nlist), max(1, math.ceil(sp.get("nprobe", 1) * boost)))
-            params: faiss.SearchParameters = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe) \
-                if sel is not None else faiss.SearchParametersIVF(nprobe=nprobe)
+            params = _FAISS.SearchParametersIVF(sel=sel, nprobe=nprobe) \
+                if sel is not None else _FAISS.SearchParametersIVF(nprobe=nprobe)
         elif self._hnsw:
             ef = min(4096, max(kk, math.ceil(sp.get("efSearch", 64) * boost)))
-            params = faiss.SearchParametersHNSW(sel=sel, efSearch=ef) if sel is not None \
-                else faiss.SearchParametersHNSW(efSearch=ef)
-        else:
-            params = faiss.SearchParameters(sel=sel) if sel is not None else None
+            params = _FAISS.SearchParametersHNSW(sel=sel, efSearch=ef) if sel is not None \
+                else _FAISS.SearchParametersHNSW(efSearch=ef)
+        elif sel is not None:
+            params = _FAISS.SearchParameters(sel=sel)
         # One query gains nothing from OpenMP threads, and on a busy machine their barriers
         # cost milliseconds (measured: HNSW p50 8 ms with 2 threads vs 0.4 ms with 1).
         threads = faiss.omp_get_max_threads()
@@ -285,15 +304,21 @@ def load_index(library: Library, manifest: Manifest | None = None, *,
     if reasons:
         raise IndexStale(f"{library.index_dir}: " + "; ".join(reasons) +
                          f"; rebuild with `vidsearch index --rebuild --library {library.root}`")
-    # The digest first: FAISS reads a bit-flipped file without complaint (RELIABILITY F9).
-    p = check_file(library, meta.index_file, meta.index_sha256)
+    # The digest first: FAISS reads a bit-flipped file without complaint (RELIABILITY F9); then
+    # the structure, before FAISS sees a byte: only what vidsearch builds, nothing that would
+    # make FAISS open or map another file (RELIABILITY S2; vidsearch.indexer.structure).
+    p = index_file_path(library, meta.index_file)
     try:
-        index = faiss.read_index(str(p))
-    except RuntimeError as e:
-        raise IndexCorrupt(f"{p}: FAISS cannot read it ({str(e).splitlines()[0]})") from e
-    if index.ntotal != meta.n or index.d != meta.dim:
+        index, shape = read_checked_index(p, meta.dim, meta.index_sha256)
+    except FileNotFoundError:
+        raise IndexCorrupt(f"{p}: missing index file") from None
+    except UnsupportedIndex as e:
+        raise IndexCorrupt(f"{p}: {e}") from e
+    if index.ntotal != meta.n:
         raise IndexCorrupt(f"{p}: holds {index.ntotal} vectors of dim {index.d}, "
                            f"index.json says {meta.n} of dim {meta.dim}")
+    if meta.kind != "custom" and meta.kind != shape.family:
+        raise IndexCorrupt(f"{p}: a {shape.family} index, index.json says {meta.kind}")
     return LoadedIndex(library, meta, index)
 
 

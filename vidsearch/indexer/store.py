@@ -19,9 +19,13 @@ re-ranking of IVF-PQ candidates and query-by-example read it instead of the Parq
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
+import re
+import stat
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,19 +47,24 @@ INDEX_FORMAT = 1
 METRIC = "inner_product"  # on L2-normalised vectors = cosine similarity
 
 
-class IndexError_(LibraryError):
-    """Base of index problems (named with a trailing underscore: ``IndexError`` is a builtin)."""
+class IndexProblem(LibraryError):
+    """Base of index problems: missing, corrupt (or not a structure vidsearch builds), stale."""
 
 
-class IndexMissing(IndexError_):
+# The old name (``IndexError`` is a builtin, hence the underscore); kept for code that imports it.
+IndexError_ = IndexProblem
+
+
+class IndexMissing(IndexProblem):
     """No index has been built for this library yet."""
 
 
-class IndexCorrupt(IndexError_):
-    """An index file is truncated, bit-flipped or unreadable; rebuild it from the shards."""
+class IndexCorrupt(IndexProblem):
+    """An index file is truncated, bit-flipped, unreadable or not a structure vidsearch builds;
+    readers search exactly instead, writers rebuild it from the shards."""
 
 
-class IndexStale(IndexError_):
+class IndexStale(IndexProblem):
     """The index belongs to another model, or covers shards the manifest no longer lists."""
 
 
@@ -106,11 +115,103 @@ class IndexMeta:
 
     @classmethod
     def from_json(cls, text: str) -> IndexMeta:
+        """Parse and validate every field (index.json is untrusted input, RELIABILITY S2).
+
+        Raises:
+            ValueError: an unknown format, a missing or extra key, a value of the wrong type or
+                range, or a file name that is not one vidsearch writes (no path can leave index/).
+        """
         raw = json.loads(text)
         if not isinstance(raw, dict) or raw.get("format") != INDEX_FORMAT:
             raise ValueError("unsupported index.json format")
-        raw["shards"] = tuple(CoveredShard(**s) for s in raw.get("shards", []))
+        _check_keys(raw, {f.name for f in dataclasses.fields(cls)}, "index.json",
+                    optional={"shards", "search_params", "report", "manifest_generation", "built_at",
+                              "metric", "format"})
+        for key in ("library_id", "model_name", "model_fingerprint", "factory", "faiss_version", "built_at"):
+            _want(raw, key, str)
+        for key in ("n", "trained_n", "added_since_training", "index_bytes", "manifest_generation"):
+            _want_int(raw, key, 0, 1 << 62)
+        _want_int(raw, "dim", 1, 1 << 16)
+        if raw.get("kind") not in KINDS:
+            raise ValueError(f"kind {raw.get('kind')!r} is not one of {sorted(KINDS)}")
+        if raw.get("metric", METRIC) != METRIC:
+            raise ValueError(f"metric {raw.get('metric')!r}, expected {METRIC!r}")
+        if not isinstance(raw["index_file"], str) or not _INDEX_FILE_RE.fullmatch(raw["index_file"]):
+            raise ValueError(f"index_file {raw['index_file']!r} is not a name vidsearch writes (faiss-<hex>.index)")
+        _want_sha(raw, "index_sha256")
+        shards = raw.get("shards", [])
+        if not isinstance(shards, list):
+            raise ValueError("shards must be a list")
+        raw["shards"] = tuple(_covered_shard(s) for s in shards)
+        ids = [c.shard_id for c in raw["shards"]]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a shard is listed twice")
+        raw["search_params"] = _search_params(raw.get("search_params", {}))
+        report = raw.get("report", {})
+        if not isinstance(report, dict):
+            raise ValueError("report must be an object")
+        for key in ("recall_at_1", "recall_at_10", "latency_p50_ms", "latency_p99_ms"):
+            if report.get(key) is not None:
+                _want(report, key, (int, float))
+        if "search_params" in report:
+            report["search_params"] = _search_params(report["search_params"])
         return cls(**raw)
+
+
+# What index.json may name: the index file and, per shard, its two vector-cache files.
+KINDS = frozenset({"flat", "hnsw", "ivf_flat", "ivf_pq", "custom"})
+_INDEX_FILE_RE = re.compile(r"faiss-[0-9a-f]{16}\.index")
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
+_SEARCH_PARAMS = {"nprobe": (1, 1 << 24), "efSearch": (1, 1 << 16), "rerank": (1, 1000)}
+
+
+def _check_keys(raw: dict[str, Any], names: set[str], what: str, optional: frozenset[str] | set[str] = frozenset()
+                ) -> None:
+    extra, missing = sorted(set(raw) - names), sorted(names - optional - set(raw))
+    if extra or missing:
+        raise ValueError(f"{what}: " + "; ".join(
+            ([f"unknown keys {extra}"] if extra else []) + ([f"missing keys {missing}"] if missing else [])))
+
+
+def _want(raw: dict[str, Any], key: str, types: type | tuple[type, ...]) -> None:
+    v = raw.get(key)
+    if not isinstance(v, types) or isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v)):
+        raise ValueError(f"{key}: {v!r} has the wrong type")
+
+
+def _want_int(raw: dict[str, Any], key: str, lo: int, hi: int) -> None:
+    _want(raw, key, int)
+    if not lo <= raw[key] <= hi:
+        raise ValueError(f"{key}: {raw[key]} is outside {lo}..{hi}")
+
+
+def _want_sha(raw: dict[str, Any], key: str) -> None:
+    if not isinstance(raw.get(key), str) or not _SHA_RE.fullmatch(raw[key]):
+        raise ValueError(f"{key}: not a SHA-256 hex digest")
+
+
+def _covered_shard(s: Any) -> CoveredShard:
+    if not isinstance(s, dict):
+        raise ValueError("shards: every entry must be an object")
+    _check_keys(s, {f.name for f in dataclasses.fields(CoveredShard)}, "index.json shard")
+    _want_int(s, "shard_id", 0, 1 << 62)
+    _want_int(s, "rows", 0, 1 << 62)
+    for key in ("clips_sha256", "vectors_sha256", "ids_sha256"):
+        _want_sha(s, key)
+    if (s["vectors_file"], s["ids_file"]) != vectors_names(s["shard_id"]):
+        raise ValueError(f"shard {s['shard_id']}: vector-cache names {s['vectors_file']!r}, {s['ids_file']!r} "
+                         f"are not the ones vidsearch writes {vectors_names(s['shard_id'])}")
+    return CoveredShard(**s)
+
+
+def _search_params(sp: Any) -> dict[str, Any]:
+    if not isinstance(sp, dict):
+        raise ValueError("search_params must be an object")
+    for key in sp:
+        if key not in _SEARCH_PARAMS:
+            raise ValueError(f"search_params: unknown key {key!r}")
+        _want_int(sp, key, *_SEARCH_PARAMS[key])
+    return dict(sp)
 
 
 def meta_path(library: Library) -> Path:
@@ -125,15 +226,30 @@ def read_meta(library: Library) -> IndexMeta:
         IndexCorrupt: it exists but cannot be parsed.
     """
     p = meta_path(library)
+    if library.index_dir.is_symlink():
+        raise IndexCorrupt(f"{library.index_dir} is a symbolic link; library folders must be real directories")
     try:
-        text = p.read_text()
+        # No symbolic link, nothing but a regular file of sane size: a FIFO would block the
+        # reader forever and /dev/zero would fill its memory.
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise IndexMissing(f"{library.root}: no index yet; build it with "
                            f"`vidsearch index --library {library.root}`") from None
+    except OSError as e:
+        raise IndexCorrupt(f"{p}: cannot open it ({e.strerror}; a symbolic link?)") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _META_MAX_BYTES:
+            raise IndexCorrupt(f"{p}: not a regular file of at most {_META_MAX_BYTES >> 20} MiB")
+        data = f.read(_META_MAX_BYTES + 1)
     try:
-        return IndexMeta.from_json(text)
-    except (ValueError, TypeError, KeyError) as e:
+        return IndexMeta.from_json(data.decode("utf-8"))
+    except (ValueError, TypeError, KeyError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise IndexCorrupt(f"{p}: unreadable index metadata ({e})") from e
+
+
+# index.json of a 10M-clip library (~2,500 shards) is about 1.5 MB.
+_META_MAX_BYTES = 64 << 20
 
 
 def write_meta(library: Library, meta: IndexMeta) -> None:
@@ -167,15 +283,33 @@ def uncovered_shards(meta: IndexMeta | None, manifest: Manifest) -> list[ShardEn
     return [s for s in manifest.shards if s.shard_id not in covered and s.clips_rows > 0]
 
 
+def index_file_path(library: Library, rel: str) -> Path:
+    """``index/<rel>`` for a name vidsearch writes (``faiss-<hex>.index``, ``vectors/v-N.*.npy``).
+
+    Raises:
+        IndexCorrupt: any other name (``..``, an absolute path): index.json is untrusted.
+    """
+    if not (_INDEX_FILE_RE.fullmatch(rel) or _VECTORS_FILE_RE.fullmatch(rel)):
+        raise IndexCorrupt(f"{library.index_dir}: index.json names {rel!r}, not a file vidsearch writes")
+    return library.index_dir / rel
+
+
+_VECTORS_FILE_RE = re.compile(r"vectors/v-[0-9]{6,}\.(f32|ids)\.npy")
+
+
 def check_file(library: Library, rel: str, digest: str) -> Path:
     """Path of an index-folder file after checking its SHA-256 against ``digest``.
 
     Raises:
         IndexCorrupt: missing or different file.
     """
-    p = library.index_dir / rel
-    if not p.is_file():
-        raise IndexCorrupt(f"{p}: missing index file")
+    p = index_file_path(library, rel)
+    try:
+        st = p.lstat()
+    except FileNotFoundError:
+        raise IndexCorrupt(f"{p}: missing index file") from None
+    if not stat.S_ISREG(st.st_mode):  # a symbolic link could point anywhere (RELIABILITY S2/S4)
+        raise IndexCorrupt(f"{p}: not a regular file (a symbolic link?); index files must be real files")
     if sha256_file(p) != digest:
         raise IndexCorrupt(f"{p}: SHA-256 differs from index.json (truncated or corrupted)")
     return p
@@ -360,8 +494,8 @@ class VectorStore:
             j, a, b = piece
             r = np.ascontiguousarray(rows[a:b] - self._offsets[j])
             v = self.vectors(sids[j]).view(np.ndarray)  # C-contiguous float32: checked on open
-            faiss.fvec_inner_products_by_idx(faiss.swig_ptr(out[a:b]), faiss.swig_ptr(q), faiss.swig_ptr(v),
-                                             faiss.swig_ptr(r), self.dim, 1, b - a)
+            faiss.fvec_inner_products_by_idx(  # type: ignore[attr-defined]  # not in faiss's stub
+                faiss.swig_ptr(out[a:b]), faiss.swig_ptr(q), faiss.swig_ptr(v), faiss.swig_ptr(r), self.dim, 1, b - a)
 
         workers = min(8, os.cpu_count() or 1, len(pieces))
         if workers <= 1 or len(rows) < _PARALLEL_ROWS:
