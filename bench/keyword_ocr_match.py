@@ -30,7 +30,15 @@ import pyarrow as pa
 from vidsearch.indexer.keyword import KeywordIndex, build_keyword_index, sanitize_query
 from vidsearch.schemas.text_tables import KEYWORD_DOC_SCHEMA, WORD_TYPE
 
-WORDS = ["grand", "opening", "sale", "today", "only", "fresh", "bread", "coffee", "station", "platform", "exit", "north", "south", "museum", "library", "closed", "open", "monday", "friday", "weekend", "discount", "kitchen", "garden", "hotel", "pharmacy", "police", "parking", "entrance", "welcome", "introduction", "results", "chapter", "summary", "revenue", "growth", "quarter", "market", "analysis", "project", "timeline", "team", "meeting", "agenda", "questions", "thank", "you", "final", "score", "home", "away", "minutes", "goal", "penalty", "free", "delivery", "premium", "organic", "chocolate", "milk", "tomato", "sauce", "pasta", "recipe", "ingredients", "warning", "danger", "caution", "wet", "floor"]
+WORDS = [
+    "grand", "opening", "sale", "today", "only", "fresh", "bread", "coffee", "station", "platform", "exit",
+    "north", "south", "museum", "library", "closed", "open", "monday", "friday", "weekend", "discount",
+    "kitchen", "garden", "hotel", "pharmacy", "police", "parking", "entrance", "welcome", "introduction",
+    "results", "chapter", "summary", "revenue", "growth", "quarter", "market", "analysis", "project",
+    "timeline", "team", "meeting", "agenda", "questions", "thank", "you", "final", "score", "home", "away",
+    "minutes", "goal", "penalty", "free", "delivery", "premium", "organic", "chocolate", "milk", "tomato",
+    "sauce", "pasta", "recipe", "ingredients", "warning", "danger", "caution", "wet", "floor",
+]
 CONFUSE = {"o": "0", "O": "0", "l": "1", "I": "l", "i": "l", "S": "5", "s": "5", "B": "8", "m": "rn", "e": "c"}
 
 
