@@ -197,6 +197,8 @@ def test_searches_are_recorded_in_the_history(server: Any, lib: Any) -> None:
         assert time.monotonic() < deadline, "search not recorded in history.duckdb"
         time.sleep(0.2)
     assert rows == [(2, 2)]
+    # The page offers the library's recent searches as examples (newest first).
+    assert api(server, "/api/status").json()["examples"][0] == "remember me"
 
 
 # ---- metadata, thumbnails --------------------------------------------------------------------------
@@ -307,6 +309,66 @@ def test_openapi_and_page(server: Any) -> None:
     assert "default-src 'self'" in page.headers["content-security-policy"]
     for asset in ("/static/app.js", "/static/style.css"):
         assert harness.get(server.url + asset).status == 200
+
+
+def test_openapi_operation_ids_are_unique(tmp_path: Path) -> None:
+    """One route serving GET and HEAD gave both one operation id: FastAPI warned about it on
+    every /openapi.json (issue 11 item 18)."""
+    import warnings
+
+    from vidsearch.library import Library
+    from vidsearch.serve import LibraryService, create_app
+
+    app = create_app(LibraryService(Library(tmp_path / "lib"), record_history=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spec = app.openapi()
+    ops = [op["operationId"] for item in spec["paths"].values() for op in item.values()]
+    assert len(ops) == len(set(ops)) and {"get", "head"} <= set(spec["paths"]["/api/videos/{video_id}/file"])
+
+
+# ---- the page's example queries: from the library, read as untrusted files ---------------------------
+
+def test_demo_captions_are_examples_and_world_json_is_untrusted(tmp_path: Path) -> None:
+    from vidsearch.library import Library
+    from vidsearch.serve.service import MAX_EXAMPLE_CHARS, demo_captions
+
+    lib = Library(tmp_path / "lib")
+    world = lib.root / "world"
+    world.mkdir(parents=True)
+    assert demo_captions(lib) == []  # no world.json: not a demo library
+    scenes = [{"caption": "a red circle moving left"}, {"caption": 7}, {"caption": "x" * (MAX_EXAMPLE_CHARS + 1)},
+              {"caption": "bell\x07"}, "not a scene", {"caption": "  a   blue square\ngrowing "},
+              {"caption": "a red circle moving left"}]
+    (world / "world.json").write_text(json.dumps({"videos": [{"scenes": scenes}, {"scenes": "no"}, 3]}))
+    assert demo_captions(lib) == ["a red circle moving left", "a blue square growing"]
+    for junk in ("[1, 2]", "{", '{"videos": {"scenes": []}}'):
+        (world / "world.json").write_text(junk)
+        assert demo_captions(lib) == []
+
+
+def test_recent_queries_read_the_history_locked(tmp_path: Path) -> None:
+    """A crafted history.duckdb whose searches table is a view over a file gives no examples
+    (and reads nothing); a real one gives its latest distinct queries."""
+    from vidsearch.library import Library
+    from vidsearch.search.sandbox import HISTORY_DDL, recent_queries
+
+    lib = Library(tmp_path / "lib")
+    lib.root.mkdir()
+    assert recent_queries(lib) == []
+    with duckdb.connect(str(lib.root / "history.duckdb")) as con:
+        con.execute(HISTORY_DDL)
+        for i, q in enumerate(["old", "cats", "dogs", "cats", None]):
+            con.execute("INSERT INTO searches (search_id, searched_at, query, k, offset_, rerank, filters, strategy, "
+                        "n_results, latency_ms, timings, library_generation) VALUES (?, TIMESTAMPTZ '2025-01-01' + "
+                        "to_seconds(?), ?, 10, 0, 0, '{}', 'ann', 1, 1.0, '{}', 1)", [f"s{i}", i, q])
+    assert recent_queries(lib, 2) == ["cats", "dogs"]
+    secret = tmp_path / "secret.csv"
+    secret.write_text("query\nmy password\n")
+    with duckdb.connect(str(lib.root / "history.duckdb")) as con:
+        con.execute("DROP TABLE searches")
+        con.execute(f"CREATE VIEW searches AS SELECT query, now() AS searched_at FROM read_csv('{secret}')")
+    assert recent_queries(lib) == []
 
 
 # ---- concurrent ingest (F12): keep last, it changes the library ---------------------------------------

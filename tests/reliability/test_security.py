@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from media_tools import TEST_MODEL, lavfi_video
@@ -502,3 +503,139 @@ def test_s9_foreign_parquet_in_shards_never_read(library, tmp_path: Path,  # typ
     assert not crafted.exists() and planted.stat().st_atime_ns == _OLD_ATIME_NS
     listed = s.lib.read_manifest().shard_file_names
     assert {k: v for k, v in digests(s).items() if k in listed} == {k: v for k, v in before.items() if k in listed}
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 10 S3 / S4 over HTTP: a real `vidsearch serve` over a library whose videos are real
+# H.264 files named like documents (.html, .htm, .svg, .xhtml, no extension; discovery finds them
+# by content), plus a GIF named .html (a container with no video/* type).
+# ---------------------------------------------------------------------------------------------
+_hspec = importlib.util.spec_from_file_location("_serve_harness", Path(__file__).parents[1] / "browser" / "harness.py")
+harness = sys.modules.get("_serve_harness") or importlib.util.module_from_spec(_hspec)
+if "_serve_harness" not in sys.modules:
+    sys.modules["_serve_harness"] = harness  # dataclasses look their module up there
+    _hspec.loader.exec_module(harness)
+
+DOCUMENT_NAMES = {"holiday.html": "testsrc2", "page.htm": "smptebars", "drawing.svg": "mandelbrot",
+                  "doc.xhtml": "rgbtestsrc", "README": "testsrc"}
+SQL_TIMEOUT = 4
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    pytest.importorskip("fastapi", reason="vidsearch serve needs fastapi + uvicorn")
+    base = tmp_path_factory.mktemp("web")
+    media = base / "media"
+    files = {}
+    for i, (name, src) in enumerate(DOCUMENT_NAMES.items()):
+        mp4 = harness.make_video(media / f"v{i}.mp4", src, 2 + i)
+        files[name] = mp4.rename(media / name)  # the content decides, never the name
+    gif = media / "anim.html"
+    harness.ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-t", "2", "-f", "gif", gif)
+    files["anim.html"] = gif
+    lib = base / "lib"
+    r = harness.ingest([media], lib)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with duckdb_rows(lib, "SELECT path, video_id, container FROM videos WHERE status = 'done'") as rows:
+        ids = {Path(p).name: (vid, container) for p, vid, container in rows}
+    assert set(ids) == set(files), ids
+    with harness.serving(lib, "--no-history", "--sql-timeout", str(SQL_TIMEOUT)) as server:
+        yield server, files, ids
+
+
+@contextlib.contextmanager
+def duckdb_rows(lib: Path, query: str):  # type: ignore[no-untyped-def]
+    import duckdb
+
+    with duckdb.connect(str(lib / "catalog.duckdb"), read_only=True) as con:
+        yield con.execute(query).fetchall()
+
+
+def test_s3_video_type_comes_from_the_probed_container(web) -> None:  # type: ignore[no-untyped-def]
+    server, files, ids = web
+    for name in DOCUMENT_NAMES:
+        vid, container = ids[name]
+        assert {"mov", "mp4"} & set(container.split(","))  # the probe's name for ISO BMFF / QuickTime
+        for method in ("GET", "HEAD"):
+            r = harness.get(f"{server.url}/api/videos/{vid}/file", method=method)
+            assert r.status == 200, (name, r.status)
+            assert r.headers["content-type"] == "video/mp4", name  # never text/html or image/svg+xml
+            assert r.headers["x-content-type-options"] == "nosniff"
+            assert r.headers["content-security-policy"] == "sandbox"
+            assert "content-disposition" not in r.headers
+            assert r.body == (files[name].read_bytes() if method == "GET" else b"")
+
+
+def test_s3_container_without_a_video_type_is_a_download(web) -> None:  # type: ignore[no-untyped-def]
+    server, files, ids = web
+    vid, container = ids["anim.html"]
+    assert container == "gif"
+    r = harness.get(f"{server.url}/api/videos/{vid}/file")
+    assert r.status == 200 and r.body == files["anim.html"].read_bytes()
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert r.headers["content-disposition"] == f'attachment; filename="{vid}.bin"'  # not "anim.html"
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["content-security-policy"] == "sandbox"
+
+
+def test_s3_every_response_says_nosniff(web) -> None:  # type: ignore[no-untyped-def]
+    server, _, ids = web
+    hit = harness.get(f"{server.url}/api/search?q=x&k=1").json()["hits"][0]
+    replies = {p: harness.get(server.url + p) for p in (
+        "/", "/static/app.js", "/api/status", "/api/search?q=", "/api/nothing", "/api/clips/1",
+        hit["thumbnail_url"], "/openapi.json")}
+    assert replies["/api/search?q="].status == 400 and replies["/api/nothing"].status == 404
+    for path, r in replies.items():
+        assert r.headers.get("x-content-type-options") == "nosniff", path
+    thumb = replies[hit["thumbnail_url"]]
+    assert thumb.status == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert thumb.headers["content-security-policy"] == "sandbox"
+    assert "default-src 'self'" in replies["/"].headers["content-security-policy"]  # the page keeps its own
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({}, 200),                                              # curl, scripts: no browser to steer
+    ({"Sec-Fetch-Site": "same-origin"}, 200),               # the page itself
+    ({"Sec-Fetch-Site": "none"}, 200),                      # typed into the address bar
+    ({"Sec-Fetch-Site": "cross-site"}, 403),                # any web page
+    ({"Sec-Fetch-Site": "same-site"}, 403),                 # another port of localhost
+    ({"Origin": "http://evil.example"}, 403),
+    ({"Origin": "null"}, 403),                              # sandboxed frames, file:// pages
+    ({"Origin": "http://127.0.0.1:1"}, 403),
+    ({"Origin": "SERVER", "Sec-Fetch-Site": "same-origin"}, 200),
+])
+def test_s4_cross_site_api_requests_are_refused(web, headers: dict[str, str], status: int) -> None:  # type: ignore[no-untyped-def]
+    server, _, ids = web
+    h = {k: (server.url if v == "SERVER" else v) for k, v in headers.items()}
+    vid = ids["holiday.html"][0]
+    for path in ("/api/status", "/api/search?q=x&where=clip_index%20%3E%3D%200", f"/api/videos/{vid}/file"):
+        r = harness.get(server.url + path, h)
+        assert r.status == status, (path, headers, r.status, r.body[:200])
+        if status == 403:
+            assert "refused" in r.json()["error"] and r.headers["x-content-type-options"] == "nosniff"
+    # Following a link to the page from elsewhere is fine; its own requests are same-origin.
+    assert harness.get(server.url + "/", h).status == 200
+
+
+def test_s4_a_slow_where_holds_up_no_other_request(web) -> None:  # type: ignore[no-untyped-def]
+    """A predicate that runs until the server's --sql-timeout: meanwhile status and other
+    searches answer (they waited behind the service lock for 55 s), and it ends with a clear 400."""
+    import threading
+    import urllib.parse
+
+    server, _, _ = web
+    slow = urllib.parse.quote("(SELECT count(*) FROM range(10000000000000) t(i) WHERE i % 7 = 3) > 0")
+    result: list[Any] = []
+    t = threading.Thread(target=lambda: result.append(harness.get(f"{server.url}/api/search?q=a&where={slow}")))
+    t.start()
+    answered_meanwhile = 0
+    while t.is_alive():
+        alive_before = t.is_alive()
+        status = harness.get(f"{server.url}/api/status", timeout=SQL_TIMEOUT * 10)
+        search = harness.get(f"{server.url}/api/search?q=b&k=2", timeout=SQL_TIMEOUT * 10)
+        assert status.status == 200 and search.status == 200
+        answered_meanwhile += alive_before and t.is_alive()
+    t.join()
+    assert answered_meanwhile >= 1
+    r = result[0]
+    assert r.status == 400 and "timeout" in r.json()["error"], r.body
+    assert harness.get(f"{server.url}/api/search?q=a&where=clip_index%20%3E%3D%200").status == 200

@@ -39,6 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="torch device for the text encoder (default cpu)")
     p.add_argument("--no-history", action="store_true", help="do not record searches in history.duckdb")
     p.add_argument("--no-warm", action="store_true", help="load the text encoder on the first query instead")
+    p.add_argument("--sql-timeout", type=float, default=None,
+                   help="seconds a request's `where` predicate may run before it is stopped (default 30)")
     p.set_defaults(func=run)
 
 
@@ -61,9 +63,15 @@ def run(args: argparse.Namespace) -> int:
 
         raise UserError(f"vidsearch serve needs {e.name}: pip install fastapi uvicorn "
                         "(dependencies of vidsearch)") from None
+    import math
+
     from vidsearch.cli import UserError
     from vidsearch.library import Library
+    from vidsearch.schemas.config import SearchCfg
 
+    if args.sql_timeout is not None and not (args.sql_timeout > 0 and math.isfinite(args.sql_timeout)):
+        raise UserError("--sql-timeout must be a positive number of seconds")
+    cfg = SearchCfg() if args.sql_timeout is None else SearchCfg(sql_timeout_s=args.sql_timeout)
     loopback = _is_loopback(args.host)
     if not loopback:
         _logger.warning("binding %s: anyone who can reach this address can search the library and "
@@ -71,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     lib = Library(args.library)
     lib.read_manifest()  # not a library -> one-line error, exit 1
     service = LibraryService(lib, model_name=args.model, checkpoint=args.checkpoint, tokenizer=args.tokenizer,
-                             device=args.device, record_history=not args.no_history)
+                             device=args.device, record_history=not args.no_history, cfg=cfg)
     service.start(warm=not args.no_warm)
     app = create_app(service, allowed_hosts=None if loopback else ["*"])
     # Bind here rather than in uvicorn, so that --port 0 can print the port it got.

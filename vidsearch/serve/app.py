@@ -1,6 +1,6 @@
 """The HTTP API and the search page of ``vidsearch serve`` (FastAPI; OpenAPI at ``/openapi.json``).
 
-Endpoints (all JSON unless noted; errors are ``{"error": "..."}`` with 400/404/422/503)::
+Endpoints (all JSON unless noted; errors are ``{"error": "..."}`` with 400/403/404/422/503)::
 
     GET /                                  the search page (static HTML/JS/CSS, no build step)
     GET /api/search?q=...|like=CLIP_ID     ranked moments; filters, per_video, k/offset paging
@@ -8,11 +8,27 @@ Endpoints (all JSON unless noted; errors are ``{"error": "..."}`` with 400/404/4
     GET /api/clips/{clip_id}/thumbnail     JPEG (cached in LIBRARY/thumbs/<clip_id>.jpg)
     GET /api/videos/{video_id}             video metadata and its clips
     GET /api/videos/{video_id}/file        the video file, HTTP range requests (206/416) for seeking
-    GET /api/status                        generation, model, counts, index, running writer
+                                           (also HEAD)
+    GET /api/status                        generation, model, counts, index, running writer,
+                                           example queries for the page
 
 Ids are the catalog's: ``clip_id`` a positive int64 (sent as a decimal string in JSON, because a
 JavaScript number holds 53 bits), ``video_id`` 32 hex characters. No parameter is a path: files
 are looked up by id in the catalog (RELIABILITY.md S4).
+
+What the server defends against (docs/RELIABILITY.md S3, S4) and what it does not:
+
+- other web pages: a request under ``/api/`` that a browser marks ``Sec-Fetch-Site: cross-site``
+  or ``same-site`` (another port of localhost), or that carries an ``Origin`` other than the
+  server's own, gets 403 before anything runs; a foreign ``Host`` (DNS rebinding) gets 400;
+- content sniffing and stored XSS: every response carries ``X-Content-Type-Options: nosniff``;
+  a video is sent as the ``video/*`` type of its probed container (never one guessed from its
+  name), else as a download; video files and thumbnails carry ``Content-Security-Policy:
+  sandbox``; the page has its own strict CSP;
+- heavy user SQL (``where``): run in a sandbox worker process, killed at the timeout, memory
+  capped, outside the service lock;
+- not: anyone who can reach the port. There is no authentication; the default bind is
+  127.0.0.1, and any other address exposes the library's videos to that network.
 
 Range requests are Starlette's ``FileResponse`` (>= 0.39: 206 with Content-Range, 416 with
 ``bytes */size``, multipart for several ranges, If-Range), checked by tests/integration/test_serve_api.py.
@@ -33,8 +49,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vidsearch import __version__
 from vidsearch.search.searcher import Filters
@@ -51,6 +69,10 @@ MAX_K = 200
 # markup into the DOM could not run anything even if the page escaped it wrongly.
 PAGE_CSP = ("default-src 'self'; img-src 'self' data:; media-src 'self'; style-src 'self'; script-src 'self'; "
             "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+# Video files and thumbnails are data, never a document: even opened on their own (or sniffed by
+# an old browser) they get a unique origin with no script, no forms, no plugins.
+FILE_CSP = "sandbox"
 
 CLIP_ID = Annotated[str, PathParam(pattern=r"^[0-9]{1,19}$", description="clip id (decimal int64)")]
 VIDEO_ID = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="video id (32 hex characters)")]
@@ -123,6 +145,56 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def cross_site_reason(headers: Headers) -> str | None:
+    """Why a request must be refused as coming from another site, or None.
+
+    Browsers mark every request with ``Sec-Fetch-Site``; ``same-origin`` (the page itself) and
+    ``none`` (typed into the address bar, a bookmark) pass, ``cross-site`` and ``same-site``
+    (another port of this host is the same *site*) do not. Older browsers send ``Origin`` on
+    cross-origin requests: it must be this server's own. Clients without either header (curl,
+    scripts) are not a browser someone else steers, and pass.
+    """
+    site = headers.get("sec-fetch-site")
+    if site in ("cross-site", "same-site"):
+        return f"refused a {site} request: the vidsearch API answers its own page only (Sec-Fetch-Site)"
+    origin = headers.get("origin")
+    if origin is not None:
+        host = headers.get("host", "")
+        if origin.lower() not in (f"http://{host}".lower(), f"https://{host}".lower()):
+            return "refused a request from another origin: the vidsearch API answers its own page only (Origin)"
+    return None
+
+
+class SiteGuard:
+    """ASGI middleware: ``nosniff`` on every response; cross-site ``/api/`` requests get 403.
+
+    Outermost, so that it also covers errors of the other layers (a foreign Host, a 404).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        api = scope["path"].startswith("/api/")
+
+        async def send_guarded(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                h = MutableHeaders(scope=message)
+                h["X-Content-Type-Options"] = "nosniff"
+                if api:  # our data is for our page: no other origin may embed it
+                    h["Cross-Origin-Resource-Policy"] = "same-origin"
+            await send(message)
+
+        why = cross_site_reason(Headers(scope=scope)) if api else None
+        if why is not None:
+            await _error(403, why)(scope, receive, send_guarded)
+            return
+        await self.app(scope, receive, send_guarded)
+
+
 def create_app(service: LibraryService, *, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The FastAPI application serving ``service``'s library.
 
@@ -141,8 +213,10 @@ def create_app(service: LibraryService, *, allowed_hosts: list[str] | None = Non
                   description="Search a vidsearch video library by text or example clip; "
                               "metadata, thumbnails and video files (by id only).")
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_HOSTS)
+    app.add_middleware(SiteGuard)  # added last: the outermost layer
     app.state.service = service
-    err = {400: {"model": ErrorOut}, 404: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}}
+    err: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorOut} for code in (400, 403, 404, 422, 503)}
 
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
@@ -193,9 +267,11 @@ def create_app(service: LibraryService, *, allowed_hosts: list[str] | None = Non
                     max_duration_s=_seconds("max_duration", max_duration), from_s=_seconds("from", from_),
                     to_s=_seconds("to", to), where=where.strip() or None if where else None)
         for lo, hi, name in ((f.min_duration_s, f.max_duration_s, "min_duration > max_duration"),
-                             (f.from_s, f.to_s, "from > to"), (date_from, date_to, "date_from > date_to")):
+                             (f.from_s, f.to_s, "from > to")):
             if lo is not None and hi is not None and lo > hi:
                 raise BadRequest(name)
+        if date_from is not None and date_to is not None and date_from > date_to:
+            raise BadRequest("date_from > date_to")
         params = SearchParams(query=q, like_clip_id=_clip_id(like) if like else None, k=k, offset=offset,
                               per_video=per_video, merge=merge, filters=f, date_from=date_from, date_to=date_to)
         r, more = service.search(params)
@@ -213,22 +289,36 @@ def create_app(service: LibraryService, *, allowed_hosts: list[str] | None = Non
              response_class=FileResponse, summary="Thumbnail (JPEG) of a clip")
     def thumbnail(clip_id: CLIP_ID) -> FileResponse:
         return FileResponse(service.thumbnail(_clip_id(clip_id)), media_type="image/jpeg",
-                            headers={"Cache-Control": "max-age=3600"})
+                            headers={"Cache-Control": "max-age=3600", "Content-Security-Policy": FILE_CSP})
 
     @app.get("/api/videos/{video_id}", responses=err, summary="Video metadata and its clips")
     def video(video_id: VIDEO_ID) -> dict[str, Any]:
         return service.video(video_id)
 
-    @app.api_route("/api/videos/{video_id}/file", methods=["GET", "HEAD"], response_class=FileResponse,
-                   responses={**err, 206: {"description": "partial content (Range)"},
-                              416: {"description": "range not satisfiable"}},
-                   summary="The video file, with HTTP range requests")
-    def video_file(video_id: VIDEO_ID) -> FileResponse:
-        path, st, media = service.video_file(video_id)
+    def file_response(video_id: str) -> FileResponse:
+        f = service.video_file(video_id)
         # stat_result from the regular-file check: FileResponse does not stat again, and the
-        # length it announces is the one checked.
-        return FileResponse(path, media_type=media, stat_result=st,
-                            headers={"Cache-Control": "no-cache"})
+        # length it announces is the one checked. A container without a video/* type is a
+        # download named by its id (never its own name: a saved "x.html" opened later would run).
+        return FileResponse(f.path, media_type=f.media_type, stat_result=f.stat, filename=f.attachment,
+                            content_disposition_type="attachment",
+                            headers={"Cache-Control": "no-cache", "Content-Security-Policy": FILE_CSP})
+
+    file_responses: dict[int | str, dict[str, Any]] = {
+        **err, 200: {"content": {"video/*": {}, "application/octet-stream": {}}},
+        206: {"description": "partial content (Range)"}, 416: {"description": "range not satisfiable"}}
+
+    # GET and HEAD as two routes: one route with both methods gives both the same OpenAPI
+    # operation id, which FastAPI warns about on every /openapi.json.
+    @app.get("/api/videos/{video_id}/file", response_class=FileResponse, responses=file_responses,
+             summary="The video file, with HTTP range requests")
+    def video_file(video_id: VIDEO_ID) -> FileResponse:
+        return file_response(video_id)
+
+    @app.head("/api/videos/{video_id}/file", response_class=FileResponse, responses=file_responses,
+              summary="Size and type of the video file")
+    def video_file_head(video_id: VIDEO_ID) -> FileResponse:
+        return file_response(video_id)
 
     @app.get("/api/status", responses=err, summary="Library status")
     def status() -> dict[str, Any]:

@@ -11,7 +11,16 @@ are in one place:
   ``videos`` table (searchable status only) and served only if it is a regular file; no request
   carries a path. Thumbnails are ``LIBRARY/thumbs/<clip_id>.jpg``, named by an integer.
 - **One lock** guards the Searcher and its DuckDB connection, which are not made for concurrent
-  use; thumbnail extraction (an ffmpeg child) and file streaming run outside it.
+  use; thumbnail extraction (an ffmpeg child), file streaming and **user SQL** run outside it. A
+  ``where`` predicate is evaluated first, in a sandbox worker process
+  (:func:`vidsearch.search.sandbox.matching_clip_ids`: killed at ``SearchCfg.sql_timeout_s``,
+  memory capped), and only then is the lock taken; the searcher's own evaluation of the same
+  predicate is then a lookup. A slow predicate holds up its own request only (RELIABILITY S4).
+- **Files by the probed container** (RELIABILITY S3): a video is sent as the ``video/*`` type of
+  the container the probe found (``videos.container``), never a type guessed from its name; a
+  container without one is ``application/octet-stream`` as an attachment. (A real H.264 file
+  named ``holiday.html`` was served as ``text/html``: markup in its metadata ran in the page's
+  origin.)
 - **Search history off the request path**: recording a search opens ``history.duckdb`` and
   commits (~90 ms on the 2-core dev machine, 10x the search itself), so a background thread
   records them in order; when it falls behind by ``HISTORY_QUEUE`` searches, newer ones are
@@ -20,9 +29,10 @@ are in one place:
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import json
 import logging
-import mimetypes
 import os
 import queue
 import stat
@@ -35,17 +45,32 @@ from typing import Any
 from vidsearch.library import Library
 from vidsearch.schemas.config import SearchCfg
 from vidsearch.schemas.tables import SEARCHABLE_STATUSES
-from vidsearch.search.sandbox import QueryFailed, QueryRefused, run_query, validate_predicate
+from vidsearch.search.sandbox import (
+    QueryFailed,
+    QueryRefused,
+    matching_clip_ids,
+    recent_queries,
+    run_query,
+    validate_predicate,
+)
 from vidsearch.search.searcher import Filters, Hit, Searcher, SearchError, SearchResult
 from vidsearch.search.timefmt import format_hms
 
 _logger = logging.getLogger(__name__)
 
-# Browsers play these; anything else is still served (a download), with a generic type.
 HISTORY_QUEUE = 1000
 
-_VIDEO_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm",
-                ".mkv": "video/x-matroska", ".ogv": "video/ogg", ".avi": "video/x-msvideo"}
+# Media type by the probed container (ffmpeg's demuxer name in videos.container, e.g.
+# "mov,mp4,m4a,3gp,3g2,mj2" or "matroska,webm"), never by the file name. QuickTime/MP4 share one
+# demuxer and browsers play H.264 in either as video/mp4 (Firefox refuses video/quicktime).
+_CONTAINER_TYPES = {"mp4": "video/mp4", "mov": "video/mp4", "matroska": "video/x-matroska", "webm": "video/webm",
+                    "avi": "video/x-msvideo", "mpegts": "video/mp2t", "mpeg": "video/mpeg", "flv": "video/x-flv",
+                    "ogg": "video/ogg", "asf": "video/x-ms-asf"}
+# Example queries offered by the page: at most this many, each at most this long.
+MAX_EXAMPLES = 5
+MAX_EXAMPLE_CHARS = 120
+# world.json of a demo library (`vidsearch demo`) is read for its captions up to this size.
+MAX_WORLD_BYTES = 16 * 2**20
 
 
 class ServeError(Exception):
@@ -104,6 +129,55 @@ def _date_predicate(date_from: dt.date | None, date_to: dt.date | None) -> str |
     return " AND ".join(conds) or None
 
 
+def media_type(container: str | None) -> str | None:
+    """The ``video/*`` type of a probed container (``videos.container``), or None for any other."""
+    names = [n.strip().lower() for n in (container or "").split(",")]
+    if "mp4" in names:
+        return "video/mp4"
+    return next((_CONTAINER_TYPES[n] for n in names if n in _CONTAINER_TYPES), None)
+
+
+@dataclass(frozen=True)
+class VideoFile:
+    """What the file endpoint sends: a checked regular file and how to label it."""
+
+    path: str
+    stat: os.stat_result
+    media_type: str            # video/* from the probed container, else application/octet-stream
+    attachment: str | None     # download file name when the type is not video/* (never the real name)
+
+
+def _good_example(text: Any) -> str | None:
+    if not isinstance(text, str):
+        return None
+    t = " ".join(text.split())
+    return t if t and len(t) <= MAX_EXAMPLE_CHARS and t.isprintable() else None
+
+
+def demo_captions(library: Library, limit: int = MAX_EXAMPLES) -> list[str]:
+    """Scene captions of the demo world beside a library made by ``vidsearch demo`` (its
+    ``world/world.json``), or []. The file is untrusted like the rest of the folder: size, types
+    and lengths are checked, anything odd is skipped."""
+    path = library.root / "world" / "world.json"
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_WORLD_BYTES:
+            return []
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return []
+    out: list[str] = []
+    videos = doc.get("videos") if isinstance(doc, dict) else None
+    for v in videos if isinstance(videos, list) else []:
+        scenes = v.get("scenes") if isinstance(v, dict) else None
+        for sc in scenes if isinstance(scenes, list) else []:
+            c = _good_example(sc.get("caption") if isinstance(sc, dict) else None)
+            if c is not None and c not in out:
+                out.append(c)
+                if len(out) >= limit:
+                    return out
+    return out
+
+
 def _iso(v: Any) -> Any:
     return v.isoformat() if isinstance(v, (dt.datetime, dt.date)) else v
 
@@ -128,13 +202,15 @@ class LibraryService:
         self.record_history = record_history
         self._model = model
         self._model_name = model_name
-        self._model_args = {"checkpoint": checkpoint, "tokenizer": tokenizer, "device": device}
+        self._checkpoint, self._tokenizer, self._device = checkpoint, tokenizer, device
         self._searcher: Searcher | None = None
         self._lock = threading.Lock()
         self.started_at = time.time()
         self._history: queue.Queue[SearchResult | None] = queue.Queue(HISTORY_QUEUE)
         self._history_dropped = 0
         self._history_thread: threading.Thread | None = None
+        self._examples: list[str] = []
+        self._recent: collections.deque[str] = collections.deque(maxlen=MAX_EXAMPLES)
         if record_history:
             self._history_thread = threading.Thread(target=self._record_history, name="vidsearch-history",
                                                     daemon=True)
@@ -148,6 +224,11 @@ class LibraryService:
         503 until a commit appears.
         """
         self.library.read_manifest()  # LibraryError: not a library at all
+        # Before the history thread writes: the reader would hold the file it writes.
+        self._examples = demo_captions(self.library)
+        for q in reversed(recent_queries(self.library, MAX_EXAMPLES)):
+            if (g := _good_example(q)) is not None and g not in self._recent:
+                self._recent.appendleft(g)
         with self._lock:
             try:
                 s = self._get_searcher()
@@ -184,10 +265,12 @@ class LibraryService:
             if self._model is None and self._model_name is not None:
                 from vidsearch.models import create_model
 
-                self._model = create_model(self._model_name, **self._model_args)
+                self._model = create_model(self._model_name, checkpoint=self._checkpoint, tokenizer=self._tokenizer,
+                                           device=self._device)
             try:
                 self._searcher = Searcher(self.library, self._model, cfg=self.cfg, auto_repair=False,
-                                          record_history=False, **self._model_args)
+                                          record_history=False, checkpoint=self._checkpoint,
+                                          tokenizer=self._tokenizer, device=self._device)
             except SearchError as e:  # "the library has no clips yet"
                 raise Unavailable(str(e)) from None
         else:
@@ -209,17 +292,25 @@ class LibraryService:
             raise BadRequest("give exactly one of q (text) or like (a clip id)")
         if p.query is not None and not p.query.strip():
             raise BadRequest("q is empty")
+        f = p.filters
+        if f.where:
+            try:
+                validate_predicate(None, f.where)  # alone, before it is combined with dates
+            except QueryRefused as e:
+                raise BadRequest(str(e)) from None
+        dates = _date_predicate(p.date_from, p.date_to)
+        if dates:
+            f = replace(f, where=f"({f.where}) AND {dates}" if f.where else dates)
+        if f.where:
+            # User SQL, before the lock (see the module docstring): a slow or failing predicate
+            # ends here without holding up any other request.
+            try:
+                matching_clip_ids(self.library, f.where, timeout_s=self.cfg.sql_timeout_s,
+                                  memory_limit=self.cfg.sql_memory_limit, threads=self.cfg.sql_threads)
+            except (QueryRefused, QueryFailed) as e:
+                raise BadRequest(str(e)) from None
         with self._lock:
             s = self._get_searcher()
-            f = p.filters
-            if f.where:
-                try:
-                    validate_predicate(s.connection, f.where)  # alone, before it is combined with dates
-                except (QueryRefused, QueryFailed) as e:
-                    raise BadRequest(str(e)) from None
-            dates = _date_predicate(p.date_from, p.date_to)
-            if dates:
-                f = replace(f, where=f"({f.where}) AND {dates}" if f.where else dates)
             if p.like_clip_id is not None:
                 self._clip_row(p.like_clip_id)  # 404 for an unknown clip, before the search
             try:
@@ -233,6 +324,11 @@ class LibraryService:
         more = len(r.hits) > p.k
         r.hits = r.hits[:p.k]
         r.k = p.k
+        if p.query and r.hits and (g := _good_example(p.query)) is not None:
+            with self._lock:
+                if g in self._recent:
+                    self._recent.remove(g)
+                self._recent.appendleft(g)
         if self.record_history:
             try:
                 self._history.put_nowait(r)
@@ -302,11 +398,11 @@ class LibraryService:
         v["clips"] = [{"clip_id": str(c["clip_id"]), "start_s": c["start_s"], "end_s": c["end_s"]} for c in clips]
         return v
 
-    def video_file(self, video_id: str) -> tuple[str, os.stat_result, str]:
-        """(path, stat, media type) of a searchable video's file; only regular files are served."""
+    def video_file(self, video_id: str) -> VideoFile:
+        """A searchable video's file, checked to be a regular file, with its media type."""
         with self._lock:
             self._get_searcher()
-            rows = self._rows(f"SELECT path_bytes FROM videos WHERE video_id = ? AND {self._STATUS_IN}",
+            rows = self._rows(f"SELECT path_bytes, container FROM videos WHERE video_id = ? AND {self._STATUS_IN}",
                               [video_id, *SEARCHABLE_STATUSES])
         if not rows:
             raise NotFound(f"video {video_id} is not in this library")
@@ -318,9 +414,10 @@ class LibraryService:
         # A FIFO or device swapped in at that path would block or stream forever (B22).
         if not stat.S_ISREG(st.st_mode):
             raise NotFound(f"video {video_id}: its path is not a regular file")
-        ext = os.path.splitext(path)[1].lower()
-        media = _VIDEO_TYPES.get(ext) or mimetypes.guess_type(path)[0] or "application/octet-stream"
-        return path, st, media
+        media = media_type(rows[0]["container"])
+        if media is None:
+            return VideoFile(path, st, "application/octet-stream", f"{video_id}.bin")
+        return VideoFile(path, st, media, None)
 
     def thumbnail(self, clip_id: int) -> Path:
         """``LIBRARY/thumbs/<clip_id>.jpg``, extracted on first request (middle of the clip)."""
@@ -355,6 +452,7 @@ class LibraryService:
                                                    "is_test_model": m.model.is_test_model},
             "shards": len(m.shards), "ready": False, "videos": {}, "clips": 0, "index": None,
             "warnings": [], "writer": self._writer(), "uptime_s": round(time.time() - self.started_at, 1),
+            "examples": self.examples(),
         }
         with self._lock:
             try:
@@ -372,6 +470,13 @@ class LibraryService:
             out["warnings"] = list(s.warnings)
             out["model_loaded"] = self._model is not None or s._model is not None
         return out
+
+    def examples(self) -> list[str]:
+        """Queries to offer as examples: the demo world's captions (a demo library), else recent
+        searches (this server's, then the history's), else none (the page has a generic one)."""
+        with self._lock:
+            recent = list(self._recent)
+        return (self._examples or recent)[:MAX_EXAMPLES]
 
     def _writer(self) -> dict[str, Any] | None:
         """The ingest/index process holding the writer lock, if any (read only, never taken)."""
