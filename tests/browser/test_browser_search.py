@@ -87,7 +87,16 @@ def test_type_query_click_hit_plays_the_moment(browser: Any, server: Any, tmp_pa
     first = page.locator("#grid li.hit").first
     first.wait_for(timeout=30_000)
     assert first.get_attribute("data-clip-id") == want["clip_id"]
-    assert want["name"] in first.inner_text() and f"{want['start']}–{want['end']}" in first.inner_text()
+    card_text = first.inner_text()
+    assert want["name"] in card_text
+    assert card_text.count(f"{want['start']}–{want['end']}") == 1  # the time range once, not twice
+    # Names and folders wrap at separators (<wbr> after each "/"), inside a word only if a piece
+    # cannot fit: no more "/me|dia" breaks.
+    folder = first.locator(".folder")
+    assert folder.evaluate("e => getComputedStyle(e).overflowWrap") == "break-word"
+    assert folder.evaluate("e => e.querySelectorAll('wbr').length") == want["folder"].count("/")
+    assert folder.inner_text() == want["folder"]
+    assert first.locator(".range").evaluate("e => getComputedStyle(e).whiteSpace") == "nowrap"
     # The URL holds the search, so it can be shared.
     qs = urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)
     assert qs["q"] == ["a dog on the grass"] and qs["from"] == ["4"]
@@ -117,6 +126,21 @@ def test_type_query_click_hit_plays_the_moment(browser: Any, server: Any, tmp_pa
     page.close()
 
 
+def test_placeholder_is_an_example_from_the_library(browser: Any, server: Any) -> None:
+    """Not a fixed "dog playing in snow": a recent search of this library (or, in a demo
+    library, one of its captions: tests/integration/test_serve_api.py)."""
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    page.wait_for_function("() => document.getElementById('library-status').textContent.length > 0")
+    before = page.get_by_label("Search", exact=True).get_attribute("placeholder")
+    assert "dog playing in snow" not in before
+    assert api_search(server, q="a test card with colour bars", k="3")["hits"]
+    page.reload()
+    page.wait_for_function("() => document.getElementById('q').placeholder === 'e.g. a test card with colour bars'",
+                           timeout=30_000)
+    page.close()
+
+
 def test_more_like_this_and_shared_url(browser: Any, server: Any, tmp_path: Path) -> None:
     page = browser.new_page(viewport={"width": 1100, "height": 900})
     page.goto(server.url + "/?q=bars&per_video=1")
@@ -125,6 +149,7 @@ def test_more_like_this_and_shared_url(browser: Any, server: Any, tmp_path: Path
     assert page.get_by_label("Search", exact=True).input_value() == "bars"
     assert page.locator("#grid li.hit").count() == 3  # one per video, from the shared URL
     clip = first.get_attribute("data-clip-id")
+    example = api_search(server, q="bars", per_video="1", k="24")["hits"][0]
     want = api_search(server, like=clip, per_video="1", k="24")["hits"]
     first.get_by_role("button", name="More like this").click()
     page.wait_for_function(f"() => location.search.includes('like={clip}')")
@@ -132,6 +157,11 @@ def test_more_like_this_and_shared_url(browser: Any, server: Any, tmp_path: Path
                            f"document.querySelector('#grid li.hit').dataset.clipId === '{want[0]['clip_id']}'",
                            timeout=30_000)
     assert page.locator("#like-banner").is_visible()
+    # The example clip is named by its file and time, not by its 19-digit id.
+    label = f"{example['name']} at {example['start']}–{example['end']}"
+    assert page.locator("#like-text").inner_text() == f"Moments like {label}"
+    message = page.locator("#message").inner_text()
+    assert f"like {label}" in message and clip not in message
     assert [h.get_attribute("data-clip-id") for h in page.locator("#grid li.hit").all()] == \
         [h["clip_id"] for h in want]
     shot(page, tmp_path, "more_like_this.png")

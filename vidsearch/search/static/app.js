@@ -10,6 +10,7 @@ const $ = (id) => document.getElementById(id);
 let inflight = null;       // AbortController of the running search
 let moment = null;         // {start, end, done} of the playing hit
 let playingCard = null;
+const clipLabels = new Map();  // clip id -> "name at start–end" (for "more like this")
 
 function readState() {
   const p = new URLSearchParams(location.search);
@@ -51,15 +52,31 @@ function setMessage(text, isError = false) {
   m.classList.toggle("error", isError);
 }
 
+// "dog.mp4 at 00:00:04–00:00:06" for a clip id (the API's clip record), or null.
+async function clipLabel(id) {
+  if (clipLabels.has(id)) return clipLabels.get(id);
+  try {
+    const r = await fetch(`/api/clips/${encodeURIComponent(id)}`);
+    if (!r.ok) return null;
+    const c = await r.json();
+    const label = `${c.name} at ${c.start}–${c.end}`;
+    clipLabels.set(id, label);
+    return label;
+  } catch (e) {
+    return null;
+  }
+}
+
 async function run(s) {
   fillForm(s);
   const likeBanner = $("like-banner");
   likeBanner.hidden = !s.like;
+  const likeLabel = s.like ? clipLabel(s.like) : Promise.resolve(null);
   if (s.like) {
-    $("like-text").textContent = `Moments like clip ${s.like}`;
-    fetch(`/api/clips/${encodeURIComponent(s.like)}`).then((r) => (r.ok ? r.json() : null)).then((c) => {
-      if (c && readState().like === s.like) $("like-text").textContent = `Moments like ${c.name} at ${c.start}–${c.end}`;
-    }).catch(() => {});
+    $("like-text").textContent = "Moments like the chosen clip";
+    likeLabel.then((label) => {
+      if (label && readState().like === s.like) $("like-text").textContent = `Moments like ${label}`;
+    });
   }
   if (!s.q && !s.like) {
     $("grid").replaceChildren();
@@ -76,7 +93,7 @@ async function run(s) {
   if (inflight) inflight.abort();
   inflight = new AbortController();
   setMessage("Searching…");
-  document.title = `${s.like ? "Like clip " + s.like : s.q} – vidsearch`;
+  document.title = `${s.like ? "More like a clip" : s.q} – vidsearch`;
   let body;
   try {
     const resp = await fetch(`/api/search?${api}`, { signal: inflight.signal });
@@ -92,17 +109,19 @@ async function run(s) {
     setMessage(`Search failed: ${e.message}`, true);
     return;
   }
-  render(s, body);
+  const label = await likeLabel;
+  if (s.like && label) document.title = `Like ${label} – vidsearch`;
+  render(s, body, label);
 }
 
-function render(s, body) {
+function render(s, body, likeLabel = null) {
   const grid = $("grid");
   grid.replaceChildren();
   playingCard = null;
   if (!body) { $("pager").hidden = true; return; }
   const first = body.offset + 1;
   const n = body.hits.length;
-  const what = s.like ? `like clip ${s.like}` : `for “${s.q}”`;
+  const what = s.like ? `like ${likeLabel || "the chosen clip"}` : `for “${s.q}”`;
   const ms = body.timings_ms && body.timings_ms.total != null ? ` in ${Math.round(body.timings_ms.total)} ms` : "";
   setMessage(n ? `Results ${first}–${first + n - 1} ${what}${ms}` : `No results ${what}`);
   for (const h of body.hits) grid.appendChild(card(h, s));
@@ -120,12 +139,29 @@ function el(tag, cls, text) {
   return e;
 }
 
+// Text that may wrap only after the given separators (and inside a word only when a piece is
+// wider than the card): "/media/pets/dog.mp4" breaks at "/", never as "/me|dia".
+function breakable(cls, text, seps) {
+  const e = el("div", cls);
+  let piece = "";
+  for (const ch of text) {
+    piece += ch;
+    if (seps.includes(ch)) {
+      e.append(piece, document.createElement("wbr"));
+      piece = "";
+    }
+  }
+  if (piece) e.append(piece);
+  return e;
+}
+
 function card(h, s) {
   const li = el("li", "hit");
   li.dataset.clipId = h.clip_id;
   li.dataset.start = h.start_s;
   li.dataset.end = h.end_s;
   const range = `${h.start}–${h.end}`;
+  clipLabels.set(String(h.clip_id), `${h.name} at ${range}`);
   const thumb = el("button", "thumb");
   thumb.type = "button";
   thumb.setAttribute("aria-label", `Play ${h.name} from ${h.start} to ${h.end}`);
@@ -135,14 +171,14 @@ function card(h, s) {
   img.loading = "lazy";
   img.decoding = "async";
   img.addEventListener("error", () => { img.alt = `No thumbnail for ${h.name} at ${h.start}`; });
-  thumb.append(img, el("span", "span", range));
+  thumb.append(img);
   thumb.addEventListener("click", () => play(h, li));
   const info = el("div", "info");
-  const name = el("div", "name", h.name);
+  const name = breakable("name", h.name, "_-. ");
   name.title = h.path;
   const meta = el("div", "meta");
   meta.append(el("span", "range", range), el("span", "score", `score ${h.score.toFixed(3)}`));
-  const folder = el("div", "folder", h.folder);
+  const folder = breakable("folder", h.folder, "/\\");
   const more = el("button", "more", "More like this");
   more.type = "button";
   more.setAttribute("aria-label", `More like this: ${h.name} at ${h.start}`);
@@ -235,6 +271,9 @@ async function loadStatus() {
     if (!r.ok) return;
     const vids = Object.entries(st.videos || {}).filter(([k]) => k === "done" || k === "partial")
       .reduce((a, [, n]) => a + n, 0);
+    // An example the library's model can answer (the demo world's captions, recent searches),
+    // instead of a fixed one that may mean nothing to it.
+    if (st.examples && st.examples.length) $("q").placeholder = `e.g. ${st.examples[0]}`;
     let text = st.ready ? `${st.clips} clips in ${vids} videos` : "No clips yet";
     if (st.model) text += ` · ${st.model.name}${st.model.is_test_model ? " (test model)" : ""}`;
     if (st.writer) text += " · ingest running";
