@@ -170,7 +170,9 @@ def test_rates_conform_and_timeline_rate() -> None:
     assert conform_rate(10.0) == (Fraction(10), None)
     r, note = conform_rate(22.79, variable=True)
     assert r == NTSC24 and note and "variable" in note
-    assert conform_rate(7.3)[0] == Fraction(8) or conform_rate(7.3)[0] in (NTSC24, Fraction(24))
+    r, note = conform_rate(7.3)  # an odd constant rate: nearest standard rate, with a note
+    assert r == NTSC24 and note and "7.300" in note
+    assert conform_rate(None)[0] == 25 and conform_rate(12.0) == (Fraction(12), None)
     assert timeline_rate([Fraction(10)] * 3) == 30
     assert timeline_rate([Fraction(12)]) == 24
     assert timeline_rate([Fraction(25), NTSC30, NTSC30]) == NTSC30
