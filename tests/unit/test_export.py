@@ -474,8 +474,11 @@ def test_hostile_names_stay_data(sources: dict[str, Source], tmp_path: Path) -> 
         assert sum(c.startswith(" |C:") for c in ev.comments) == 1
     urls = [a.get("src") for a in ET.parse(tmp_path / "h.fcpxml").getroot().iter("asset")]
     assert [unquote_to_bytes(urlparse(u).path) for u in urls] == [os.path.join(os.fsencode(d), n) for n in names]
-    files = ET.parse(tmp_path / "h.xml").getroot().iter("file")
-    paths = [f.findtext("pathurl") for f in files if f.find("pathurl") is not None]
+    files = [f for f in ET.parse(tmp_path / "h.xml").getroot().iter("file") if f.find("pathurl") is not None]
+    # the file's own name (not the percent-encoded URL's), line breaks and bad bytes escaped
+    assert [f.findtext("name") for f in files] == [
+        'it\'s a "clip".mp4', "line\\nbreak |C:x.mp4", "=HYPERLINK(1).mp4", "\\udcff\\udcfe bytes.mp4"]
+    paths = [f.findtext("pathurl") for f in files]
     assert [unquote_to_bytes(urlparse(u).path) for u in paths] == [os.path.join(os.fsencode(d), n) for n in names]
     with open(tmp_path / "h.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -421,8 +421,10 @@ def build_otio_timeline(plan: TimelinePlan, *, url: Callable[[str], str] = _file
         if smpte_only and e.rate not in STANDARD_RATES:
             e = _at_timeline_rate(e, plan)
         r = float(e.rate)
+        # name: the file's own name (OTIO's writers otherwise take it from the percent-encoded URL)
         ref = otio.schema.ExternalReference(target_url=url(e.hit.path),
                                             available_range=tr(rt(e.tc_start, r), rt(e.media_frames, r)))
+        ref.name = e.name
         clip = otio.schema.Clip(name=e.name, media_reference=ref,
                                 source_range=tr(rt(e.src_in, r), rt(e.src_out - e.src_in, r)))
         clip.metadata["vidsearch"] = _hit_metadata(e)
@@ -723,6 +725,8 @@ def clean_text(value: object) -> str:
     for ch in str(value):
         if ch.isprintable():
             out.append(ch)
+        elif ch in "\n\r\t":
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}[ch])
         else:
             o = ord(ch)
             out.append(f"\\x{o:02x}" if o < 0x100 else (f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"))
