@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
+from pathlib import Path
 
 from vidsearch.commands import add_library_argument
 
@@ -19,6 +21,21 @@ def _bytes(text: str) -> int:
         return int(t)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4G, 512M)") from None
+
+
+def read_only_error(e: OSError, root: Path) -> Exception | None:
+    """A one-line user error for a write refused because the library is read-only (D3), or None.
+
+    EROFS (read-only mount) and EACCES/EPERM (no write permission) name the path that refused.
+    """
+    if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return None
+    from vidsearch.cli import UserError
+
+    where = e.filename or root
+    why = "is on a read-only file system" if e.errno == errno.EROFS else "is not writable"
+    return UserError(f"{where} {why}: this command writes into the library {root}; run it where the "
+                     "library is writable (search, sql, status and doctor without --fix only read)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -56,16 +73,22 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, target_recall=args.target_recall)
     if args.no_gpu:
         cfg = replace(cfg, use_gpu=False)
-    with lib.lock(break_lock=args.break_lock):
-        lost = lib.quarantine_bad_shards()  # F10: the index is built from intact shards only
-        if lost:
-            print(f"set aside {len(lost)} missing or corrupt shard(s) in quarantine/; their videos are "
-                  "re-ingested by the next `vidsearch ingest`", file=sys.stderr)
-        if not lib.catalog_is_current():
-            print("refreshing catalog.duckdb from the shards", file=sys.stderr)
-            lib.refresh_catalog()
-        report = update_index(lib, cfg, rebuild=args.rebuild,
-                              progress=lambda msg: print(msg, file=sys.stderr))
+    try:
+        with lib.lock(break_lock=args.break_lock):
+            lost = lib.quarantine_bad_shards()  # F10: the index is built from intact shards only
+            if lost:
+                print(f"set aside {len(lost)} missing or corrupt shard(s) in quarantine/; their videos are "
+                      "re-ingested by the next `vidsearch ingest`", file=sys.stderr)
+            if not lib.catalog_is_current():
+                print("refreshing catalog.duckdb from the shards", file=sys.stderr)
+                lib.refresh_catalog()
+            report = update_index(lib, cfg, rebuild=args.rebuild,
+                                  progress=lambda msg: print(msg, file=sys.stderr))
+    except OSError as e:
+        ro = read_only_error(e, lib.root)
+        if ro is None:
+            raise
+        raise ro from None
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
