@@ -33,7 +33,6 @@ text->clip R@1/R@5 for training-style captions and for held-out paraphrases, sav
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -70,6 +69,7 @@ from vidsearch.demo.model import (
     write_json,
 )
 from vidsearch.demo.world import SceneRenderer, SceneSpec, sample_scene
+from vidsearch.files import sha256_file
 
 _logger = logging.getLogger(__name__)
 
@@ -283,10 +283,6 @@ def _lr_at(step: int, cfg: TrainCfg) -> float:
     return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def train(cfg: TrainCfg, out_dir: Path, config_dir: Path, device: str = "cpu", workers: int = 1,
           log_every: int = 50) -> dict[str, Any]:
     """Train, save the weights/vocab/config, reload the saved model and evaluate it.
@@ -368,7 +364,7 @@ def train(cfg: TrainCfg, out_dir: Path, config_dir: Path, device: str = "cpu", w
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(weights), metadata={"model": DEMO_MODEL, "trained_by": "vidsearch.demo.train",
                                              "seed": str(cfg.seed), "steps": str(cfg.steps)})
-    digest = _sha256(weights)
+    digest = sha256_file(weights)
     config_path = config_dir / f"{DEMO_MODEL}.json"
     write_json(config_path, demo_config(len(vocab), digest))
 

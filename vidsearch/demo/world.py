@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from vidsearch.demo.captions import COLOURS, COUNTS, MOTIONS, SHAPES, Attributes, canonical_caption
+from vidsearch.files import atomic_write_text
 
 _logger = logging.getLogger(__name__)
 
@@ -522,7 +523,7 @@ def generate_world(root: str | os.PathLike[str], *, n_videos: int = 24, seed: in
         _logger.debug("wrote %s (%d scenes, %.1f s)", out, len(spec.scenes), truth.duration_s)
     world = World(root.absolute(), seed, tuple(truths))
     doc = {"format": WORLD_FORMAT, "seed": seed, "videos": [asdict(v) for v in truths]}
-    _atomic_write_text(root / "world.json", json.dumps(doc, indent=1))
+    atomic_write_text(root / "world.json", json.dumps(doc, indent=1))
     return world
 
 
@@ -535,10 +536,3 @@ def load_world(root: str | os.PathLike[str]) -> World:
     return World(root.absolute(), int(doc["seed"]), tuple(_truth_from_dict(v) for v in doc["videos"]))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -15,12 +15,10 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vidsearch import files
 from vidsearch.schemas.model_config import ModelCfg
 
 from .errors import CheckpointError
@@ -152,21 +151,10 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(obj)
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """SHA-256 hex digest of a file (cached per process by path, size and mtime)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 23):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
+    """SHA-256 hex digest of a file (remembered per process for an unchanged file: checkpoints are
+    large and are hashed at every load)."""
+    return files.sha256_file(path, cache=True)
 
 
 # ----------------------------------------------------------------------------- filtering
@@ -383,23 +371,7 @@ def convert_to_safetensors(
         "source_sha256": sha256_file(src),
         "with_itm": str(with_itm).lower(),
     }
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # persist the rename itself
-        dir_fd = os.open(dst.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    with files.atomic_output(dst) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     _logger.info("wrote %s (%d tensors)", dst, len(tensors))
     return dst
