@@ -22,9 +22,9 @@ from vidsearch.library import (
     LibraryError,
     LibraryLocked,
     ModelMismatch,
-    _explain,
     normalize_shards_uri,
 )
+from vidsearch.library.shards import _explain
 from vidsearch.schemas.ids import clip_id
 from vidsearch.schemas.manifest import Manifest, ModelInfo
 from vidsearch.schemas.tables import VIDEO_SCHEMA, clip_schema
@@ -211,8 +211,8 @@ def test_disk_full_during_commit_leaves_the_library_as_it_was(tmp_path: Path,
     """RELIABILITY.md F8: ENOSPC while writing a shard -> a clear DiskFull, no temp files, nothing lost."""
     import errno
 
-    from vidsearch import library as library_mod
     from vidsearch.library import DiskFull
+    from vidsearch.library import folder as library_mod
 
     lib = Library(tmp_path)
     with lib.lock():
