@@ -10,9 +10,10 @@ User SQL is code (DuckDB's security model; docs/RELIABILITY.md rule 8). Two laye
   ``allowed_directories`` / ``allowed_paths`` (they also grant write access: a ``COPY ... TO`` a
   shard overwrote it when they were set), extension auto-install/auto-load off, memory, threads
   and spill space capped, ``lock_configuration=true``;
-- only then the views over the attached tables (a view or macro in a crafted catalog file binds
-  with file access already off), or, without a usable catalog, the in-memory catalog built from
-  the shards by :meth:`Library.load_catalog_into` (registered Arrow tables, bound parameters);
+- only then the catalog's tables, by :meth:`Library.load_catalog_into` (registered Arrow tables,
+  bound parameters): views over the attached catalog (a view or macro in a crafted catalog file
+  binds with file access already off), completed with newer shards' rows when it lags the
+  manifest, or, without a usable catalog, tables built in memory from the shards;
 - exactly one statement, of type SELECT (``extract_statements``), before anything runs.
 
 **The worker process** (:class:`SqlWorker`, :class:`SqlPool`): a connection's ``interrupt()``
@@ -134,9 +135,12 @@ def open_sandbox(library: Library, *, memory_limit: str = "2GB", threads: int = 
         # Order matters: the ATTACHes above need file access; from the next line on none is
         # possible, and everything read or built below (views, the in-memory catalog) runs locked.
         _lock_down(con, memory_limit=memory_limit, threads=threads, spill_dir=spill_dir, spill_limit=spill_limit)
-        if not (catalog and _create_views(con, "catalog", CATALOG_TABLES)):
-            # No usable catalog: build its tables from the manifest's shards in this memory database.
-            library.load_catalog_into(con)
+        # Views over the attached catalog when it is current; completed with the rows of newer
+        # shards when it is behind the manifest (a writer killed or out of disk before its
+        # refresh: every committed clip stays searchable, D9); without a usable one, its tables
+        # built from the manifest's shards in this memory database. Arrow tables and constant SQL
+        # only: this runs locked.
+        library.load_catalog_into(con, attached="catalog" if catalog else None)
         if not (hist and _create_views(con, "history", HISTORY_TABLES)):
             # Same columns, no rows: queries over the history work before the first search.
             con.execute(HISTORY_DDL)

@@ -205,14 +205,14 @@ class Searcher:
             rows = next((s.clips_rows for s in m.shards if s.shard_id == sid), 0)
             self.warnings.append(f"reduced coverage: the {rows} clips of shard {sid} are not searched ({why}); "
                                  "the next `vidsearch ingest` sets the shard aside and re-ingests its videos")
-        self._load_metadata()
         # A catalog behind the manifest (a writer defers refreshes during a long run, or was
-        # killed between them) lacks the newest clips' rows: their hits are left out, never shown
-        # without metadata, and refresh() reloads as soon as the catalog file is swapped.
+        # killed or ran out of disk between them) lacks the newest clips' rows: the sandbox
+        # reads them from their shards (D9), and refresh() reloads once the file is swapped.
         self._catalog_behind = not current
+        self._load_metadata()
         if self._catalog_behind:
-            self.warnings.append("catalog.duckdb is behind the manifest; the newest clips are not "
-                                 "searchable until the writer refreshes it (run `vidsearch index "
+            self.warnings.append("catalog.duckdb is behind the manifest; the newest clips' metadata was "
+                                 "read from their shards (run `vidsearch index "
                                  f"--library {self.library.root}` if no ingest is running)")
         for w in self.warnings:
             _logger.warning("%s", w)
@@ -455,7 +455,9 @@ class Searcher:
         self._mask_cache.clear()
         clips = None
         self._base: tuple[str, str] | None = None
-        for schema in ("catalog.main", "main"):
+        # The attached file's tables directly (rowids) only when current: a lagging one is
+        # completed with newer shards' rows in the sandbox's views (D9).
+        for schema in ("main",) if self._catalog_behind else ("catalog.main", "main"):
             try:
                 clips = run_query(self._con, f"SELECT rowid AS rid, clip_id, video_id, start_s, end_s "
                                   f"FROM {schema}.clips", timeout_s=None)
