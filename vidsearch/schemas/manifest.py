@@ -320,8 +320,8 @@ def _shard(o: _Obj, remote: bool) -> ShardEntry:
            "videos_sha256", "run_id", "created_at", "min_clip_id", "max_clip_id", "tables")
     sid = o.integer("shard_id", 1, MAX_SHARD_ID)
     clips_rows = o.integer("clips_rows", 0, MAX_ROWS)
-    lo = o.integer("min_clip_id", INT64_MIN, INT64_MAX, default=None)
-    hi = o.integer("max_clip_id", INT64_MIN, INT64_MAX, default=None)
+    lo = o.integer("min_clip_id", INT64_MIN, INT64_MAX, default=None, nullable=True)
+    hi = o.integer("max_clip_id", INT64_MIN, INT64_MAX, default=None, nullable=True)
     if lo is not None and hi is not None and lo > hi:
         raise ManifestInvalid(f"{o.where}: min_clip_id {lo} is above max_clip_id {hi}")
     tables: dict[str, TableFile] = {}
