@@ -256,9 +256,19 @@ def recent_queries(library: Library, limit: int = 5) -> list[str]:
 
 # ---- checks (parse only) -------------------------------------------------------------------------
 
-def _parser() -> duckdb.DuckDBPyConnection:
-    # A fresh, empty connection: parsing needs one, and no data is reachable from it.
-    return duckdb.connect(":memory:")
+_PARSER: duckdb.DuckDBPyConnection | None = None
+_PARSER_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _parser() -> Iterator[duckdb.DuckDBPyConnection]:
+    # One empty connection for parsing (opening one costs tens of ms): no data is reachable from
+    # it, and a lock keeps threads (the server's) from using it at once.
+    global _PARSER
+    with _PARSER_LOCK:
+        if _PARSER is None:
+            _PARSER = duckdb.connect(":memory:")
+        yield _PARSER
 
 
 def check_select(con: duckdb.DuckDBPyConnection | None, sql: str) -> str:
@@ -266,15 +276,13 @@ def check_select(con: duckdb.DuckDBPyConnection | None, sql: str) -> str:
 
     Parses only (``con`` None: a private empty connection).
     """
-    own = con is None
-    c = _parser() if con is None else con
+    if con is None:
+        with _parser() as c:
+            return check_select(c, sql)
     try:
-        stmts = c.extract_statements(sql)
+        stmts = con.extract_statements(sql)
     except duckdb.Error as e:
         raise QueryRefused(f"SQL does not parse: {_one_line(e)}") from None
-    finally:
-        if own:
-            c.close()
     if len(stmts) != 1:
         raise QueryRefused(f"exactly one statement is allowed, got {len(stmts)}")
     st = stmts[0]
@@ -853,6 +861,16 @@ class SqlPool:
                 else:
                     self._idle.append(w)
                 self._cond.notify()
+
+    def prestart(self) -> None:
+        """Start a worker now, without waiting for it (its start-up, ~0.3-1.5 s of interpreter
+        and imports, then overlaps other work such as loading a model)."""
+        with self._cond:
+            if self._closed or self._idle or self._busy >= self.size:
+                return
+            w = SqlWorker(self.library, memory_limit=self.memory_limit, threads=self.threads)
+            self._idle.append(w)
+        w.start()
 
     def query(self, sql: str, *, timeout_s: float | None = 30.0, shape: Shape = "raw") -> pa.Table:
         """Run one user SELECT in a worker; see :func:`run_user_sql`."""

@@ -51,6 +51,7 @@ from vidsearch.search.sandbox import (
     matching_clip_ids,
     recent_queries,
     run_query,
+    sql_pool,
     validate_predicate,
 )
 from vidsearch.search.searcher import Filters, Hit, Searcher, SearchError, SearchResult
@@ -229,6 +230,8 @@ class LibraryService:
         for q in reversed(recent_queries(self.library, MAX_EXAMPLES)):
             if (g := _good_example(q)) is not None and g not in self._recent:
                 self._recent.appendleft(g)
+        # The first `where` then does not wait for a worker's start-up.
+        sql_pool(self.library, memory_limit=self.cfg.sql_memory_limit, threads=self.cfg.sql_threads).prestart()
         with self._lock:
             try:
                 s = self._get_searcher()
