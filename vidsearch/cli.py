@@ -5,7 +5,7 @@ Each subcommand lives in ``vidsearch/commands/<name>.py`` with ``add_parser(subp
 so that ``vidsearch --help`` and argument errors stay instant.
 
 Exit codes: 0 ok, 1 user error, 2 partial success (some videos failed: see ``failures``),
-3 internal error, 130 interrupted.
+3 internal error, 130 interrupted, 141 stdout closed by its reader (``| head``; quiet).
 
 A user error (bad input, a library problem, missing weights) is one line on stderr. An internal
 error (a bug) is one line too, naming the log file that holds its traceback: ``LIBRARY/logs/``
