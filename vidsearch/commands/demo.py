@@ -72,8 +72,8 @@ The world's ground truth (scene times and captions) is in {shlex.quote(str(repor
 
 The demo model knows shapes, colours, counts and motions; it knows nothing else. For real videos
 use InternVideo2 (3 GB, gated on Hugging Face; a GPU is recommended):
-  huggingface-cli login      # after accepting the licence of OpenGVLab/InternVideo2-Stage2_1B-224p-f4
-  huggingface-cli download OpenGVLab/InternVideo2-Stage2_1B-224p-f4 InternVideo2-stage2_1b-224p-f4.pt
+  hf auth login              # after accepting the licence of OpenGVLab/InternVideo2-Stage2_1B-224p-f4
+  vidsearch weights download internvideo2-s2-1b         # checkpoint + vocabulary into the HF cache
   vidsearch ingest ~/videos --library ~/vlib            # --model internvideo2-s2-1b is the default
   vidsearch search 'dog playing in the snow' --library ~/vlib""")
     return 0 if report.ingest_exit_code == 0 else report.ingest_exit_code

@@ -1,8 +1,12 @@
-"""``vidsearch weights``: convert official checkpoints to safetensors, list model variants.
+"""``vidsearch weights``: download, list and convert model weights.
 
-Conversion runs once on a trusted machine; afterwards only the safetensors file is loaded. The
-official ``.pt`` is read with ``torch.load(weights_only=True)`` as well: a file that needs full
-pickle is refused (exit 1) with the names of its globals.
+``download NAME`` fetches a model's checkpoint and the BERT vocabulary into the Hugging Face
+cache through the hub API (the same as ``hf download``), with one clear line when the repository
+is gated, the user is not logged in (``hf auth login``) or the machine is offline. ``list`` says
+for every variant whether its weights are on this machine, and where. ``convert`` runs once on a
+trusted machine; afterwards only the safetensors file is loaded. The official ``.pt`` is read
+with ``torch.load(weights_only=True)`` as well: a file that needs full pickle is refused (exit 1)
+with the names of its globals.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
 
 _logger = logging.getLogger(__name__)
 
@@ -18,13 +23,24 @@ EXIT_OK, EXIT_USER, EXIT_INTERNAL = 0, 1, 3
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``weights convert`` and ``weights list``."""
+    """Register ``weights download``, ``weights list`` and ``weights convert``."""
     p = subparsers.add_parser(
         "weights",
-        help="convert model checkpoints to safetensors, list model variants",
+        help="download, list and convert model weights",
         description="Manage InternVideo2 weights.",
     )
     sub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+
+    d = sub.add_parser(
+        "download",
+        help="download a model's checkpoint and tokenizer vocabulary into the Hugging Face cache",
+        description="Fetch the checkpoint and the BERT vocabulary of MODEL from the Hugging Face hub into "
+        "its cache, where vidsearch finds them. The InternVideo2 repositories are gated: accept the licence "
+        "on the model page and log in first (`hf auth login`, or set HF_TOKEN).",
+    )
+    d.add_argument("model", metavar="MODEL", help="model variant, e.g. internvideo2-s2-1b (see `weights list`)")
+    d.add_argument("--json", action="store_true", help="print the paths as JSON on stdout")
+    d.set_defaults(func=run)
 
     c = sub.add_parser(
         "convert",
@@ -42,7 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     c.set_defaults(func=run)
 
-    ls = sub.add_parser("list", help="list model variants and where their weights come from")
+    ls = sub.add_parser("list", help="list model variants and whether their weights are on this machine")
     ls.add_argument("--json", action="store_true", help="print JSON on stdout")
     ls.set_defaults(func=run)
 
@@ -54,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
             return _convert(args)
         if args.weights_command == "list":
             return _list(args)
+        if args.weights_command == "download":
+            return _download(args)
         print(f"vidsearch weights: unknown action {args.weights_command!r}", file=sys.stderr)
         return EXIT_USER
     except Exception as e:  # noqa: BLE001 - mapped to exit codes below
@@ -90,14 +108,30 @@ def _convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _download(args: argparse.Namespace) -> int:
+    from vidsearch.models import get_model_config
+    from vidsearch.models.hub import download_weights
+
+    cfg = get_model_config(args.model)
+    weights, vocab = download_weights(cfg)
+    if args.json:
+        print(json.dumps({"model": cfg.name, "weights": str(weights), "vocab": str(vocab)}))
+    else:
+        print(f"{cfg.name}: weights {weights}\n{' ' * len(cfg.name)}  vocabulary {vocab}\n"
+              f"vidsearch finds them in the Hugging Face cache: `vidsearch ingest DIR --library LIB "
+              f"--model {cfg.name}`")
+    return EXIT_OK
+
+
 def _list(args: argparse.Namespace) -> int:
     from vidsearch.models import get_model_config, list_models
-    from vidsearch.models.hub import model_env_var
+    from vidsearch.models.hub import local_weights, model_env_var
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in list_models():
         cfg = get_model_config(name)
         pre = cfg.pretrained
+        local = local_weights(cfg)
         rows.append(
             {
                 "name": name,
@@ -108,6 +142,11 @@ def _list(args: argparse.Namespace) -> int:
                 "filename": pre.filename if pre else None,
                 "env_var": model_env_var(name),
                 "description": cfg.description,
+                "present": local.present or cfg.is_test_model,
+                "weights_path": str(local.weights) if local.weights else None,
+                "weights_origin": local.weights_origin,
+                "vocab_path": str(local.vocab) if local.vocab else None,
+                "vocab_origin": local.vocab_origin,
             }
         )
     if args.json:
@@ -121,4 +160,13 @@ def _list(args: argparse.Namespace) -> int:
             else:
                 src = "random weights (test model)"
             print(f"{r['name']:<22} {r['embed_dim']:>4}-d {r['num_frames']} frames  {src}  [{r['env_var']}]")
+            if r["is_test_model"]:
+                state = "present (random init, nothing to download)"
+            elif r["present"]:
+                state = f"present: {r['weights_path']} ({r['weights_origin']})"
+            else:
+                state = f"weights {r['weights_origin']}"
+            print(f"{'':<22} {state}")
+            if not r["is_test_model"] and r["vocab_path"] is None:
+                print(f"{'':<22} vocabulary {r['vocab_origin']}")
     return EXIT_OK
