@@ -63,8 +63,8 @@ def make_video(i: int, clips: int, dim: int, rng: np.random.Generator, run_id: s
     path = f"/bench/folder{i % 20:02d}/video_{i:07d}.mp4".encode()
     task = VideoTask(path, path.decode(), f"{i:032x}", 10_000_000,
                      dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
-    probe = ProbeInfo("mov,mp4,m4a,3gp,3g2,mj2", "h264", 1280, 720, 1280, 720, 0, 30.0, clips * 120,
-                      clips * 120, clips * 4.0, (), 1)
+    probe = ProbeInfo("mp4", "mov", "h264", 1280, 720, 1280, 720, 0, 30.0, clips * 120,
+                      clips * 120, clips * 4.0, 1)
     spans = [ClipSpan(c, c * 120, c * 120 + 120, c * 4.0, c * 4.0 + 4.0, (c * 120, c * 120 + 30,
                       c * 120 + 60, c * 120 + 90), (c * 4.0, c * 4.0 + 1, c * 4.0 + 2, c * 4.0 + 3),
                       False, "fixed") for c in range(clips)]

@@ -41,7 +41,7 @@ from typing import Any
 def run_once(files: list[Path], workers: int, cfg: Any, pp: Any, chunk: int) -> dict[str, float]:
     from vidsearch.pipeline.decode import DecodeWorker
     from vidsearch.pipeline.discover import make_task
-    from vidsearch.pipeline.types import VideoError
+    from vidsearch.pipeline.types import ChunkRequest, VideoError
 
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     pool = [DecodeWorker(cfg, pp) for _ in range(workers)]
@@ -60,7 +60,7 @@ def run_once(files: list[Path], workers: int, cfg: Any, pp: Any, chunk: int) -> 
             n = len(plan.clips)
             t = time.perf_counter()
             for lo in range(0, n, chunk):
-                out = w.decode(plan, lo, min(n, lo + chunk))
+                out = w.decode(ChunkRequest(plan.task, lo, min(n, lo + chunk), n))
                 if isinstance(out, VideoError):
                     st["failed"] += 1
                     break

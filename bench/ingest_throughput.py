@@ -33,6 +33,7 @@ import numpy as np
 def decode_rate(files: list[Path], workers: int, cfg: object, pp: object) -> dict[str, float]:
     from vidsearch.pipeline.decode import DecodeWorker
     from vidsearch.pipeline.discover import make_task
+    from vidsearch.pipeline.types import ChunkRequest
 
     pool = [DecodeWorker(cfg, pp) for _ in range(workers)]  # type: ignore[arg-type]
     for w in pool:
@@ -50,7 +51,7 @@ def decode_rate(files: list[Path], workers: int, cfg: object, pp: object) -> dic
         n = len(plan.clips)
         got = 0
         for lo in range(0, n, 16):
-            got += len(w.decode(plan, lo, min(n, lo + 16)).kept)
+            got += len(w.decode(ChunkRequest(plan.task, lo, min(n, lo + 16), n)).kept)
         return got, plan.probe.duration_s
 
     t0 = time.perf_counter()

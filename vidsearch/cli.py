@@ -60,13 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"vidsearch.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"vidsearch.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"vidsearch.commands.{name}").add_parser(sub)
     # -v/-q/--debug also work after the subcommand (`vidsearch ingest DIR -q`); SUPPRESS keeps a
     # value given before the subcommand from being reset by the subparser's default.
     for p in sub.choices.values():

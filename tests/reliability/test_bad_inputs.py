@@ -429,10 +429,12 @@ def test_b21_over_claimed_frames_clamped_and_partial(limits_run: dict[str, Any],
 def _decode_all(w: Any, path: Path) -> tuple[Any, list[Any]]:
     """Plan and decode every clip of ``path`` with the decode worker ``w``."""
     from vidsearch.pipeline.discover import make_task
+    from vidsearch.pipeline.types import ChunkRequest
 
     plan = w.plan(make_task(os.fsencode(path)))
     chunks = [] if isinstance(plan, Exception) else [
-        w.decode(plan, lo, min(len(plan.clips), lo + 16)) for lo in range(0, len(plan.clips), 16)]
+        w.decode(ChunkRequest(plan.task, lo, min(len(plan.clips), lo + 16), len(plan.clips)))
+        for lo in range(0, len(plan.clips), 16)]
     return plan, chunks
 
 
@@ -447,7 +449,8 @@ def test_b13_decode_child_peak_rss_under_budget(limit_inputs: dict[str, Path], d
     peak) stays under 1 GB. [M] 8K before the downscale: 1.16 GB (PyAV), 1.70 GB (decord);
     after: 0.56 GB and 0.72 GB, of which 0.24 GB is the child's start-up."""
     from vidsearch.models import get_model_config
-    from vidsearch.pipeline.decode import DECODER_ENV, DecodeWorker, resize_uint8
+    from vidsearch.pipeline.decode import DecodeWorker
+    from vidsearch.pipeline.readers import DECODER_ENV, resize_uint8
     from vidsearch.pipeline.types import FramesChunk, VideoError
 
     monkeypatch.setenv(DECODER_ENV, decoder)  # the reader tried first; the child inherits it

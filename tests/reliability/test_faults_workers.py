@@ -251,10 +251,8 @@ def test_f5_repeated_worker_kills_end_as_a_failure_row_not_a_loop(
 # ---- F17: weights missing or corrupt ----------------------------------------------------------------
 
 def _no_run_state(lib: Path) -> None:
-    assert not (lib / "manifest.json").exists()
-    assert not (lib / "catalog.duckdb").exists()
-    assert not any((lib / "shards").glob("*")) if (lib / "shards").exists() else True
-    assert not (lib / ".lock").exists()
+    # Nothing at all: not even an empty library folder (issue 11).
+    assert not lib.exists(), sorted(lib.rglob("*"))
 
 
 @pytest.mark.ray

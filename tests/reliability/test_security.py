@@ -23,7 +23,7 @@ from reliability.invariants import check_library
 
 from vidsearch.cli import main
 from vidsearch.library import sha256_file
-from vidsearch.pipeline.decode import DECODER_ENV
+from vidsearch.pipeline.readers import DECODER_ENV
 
 pytestmark = pytest.mark.reliability
 

@@ -2,7 +2,7 @@
 
 * ``resize_uint8`` (reused float buffer, one frame at a time) must give exactly the frames that
   make ``preprocess_frames`` a no-op resize: same model input, bit for bit.
-* ``_PyAVReader`` converts only the requested frames and, for h264, lets the decoder drop the
+* ``PyAVReader`` converts only the requested frames and, for h264, lets the decoder drop the
   non-reference pictures no clip samples (``skip_frame=NONREF``); every frame it hands out must
   equal the same frame of a plain full decode, across chunk boundaries, after a request behind
   the current position, and in the frame-counting fallback.
@@ -22,9 +22,10 @@ import torch
 from media_tools import ffmpeg
 
 from vidsearch.models.preprocess import preprocess_frames
-from vidsearch.pipeline import decode
-from vidsearch.pipeline.decode import ChildState, _PyAVReader, decode_chunk, plan_video, resize_uint8
+from vidsearch.pipeline import readers
+from vidsearch.pipeline.decode import ChildState, decode_chunk, plan_video
 from vidsearch.pipeline.discover import make_task
+from vidsearch.pipeline.readers import PyAVReader, resize_uint8
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.model_config import PreprocessCfg
 
@@ -75,7 +76,7 @@ def test_pyav_reader_equals_full_decode_across_chunks(videos: dict[str, Path], n
     n = len(ref)
     chunks = [[0, 7, 14, 21], [30, 37, 44, 51], [52, 53, 90], [91, 119, n - 1]]
     keep = frozenset(i for c in chunks for i in c)
-    r = _PyAVReader(str(videos[name]), _demuxer(videos[name]), 0, keep)
+    r = PyAVReader(str(videos[name]), _demuxer(videos[name]), 0, keep)
     assert r.index_of is not None and r.skip == (name != "hevc")
     for idx in chunks:
         got, ended, err = r.get(idx)
@@ -93,9 +94,9 @@ def test_pyav_reader_equals_full_decode_across_chunks(videos: dict[str, Path], n
 
 def test_pyav_reader_counting_fallback_equals_full_decode(videos: dict[str, Path],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_PyAVReader, "_pts_index", lambda self: None)  # e.g. packets without pts
+    monkeypatch.setattr(PyAVReader, "_pts_index", lambda self: None)  # e.g. packets without pts
     ref = _full_decode(videos["bframes"])
-    r = _PyAVReader(str(videos["bframes"]), "mov", 0, frozenset(range(0, len(ref), 5)))
+    r = PyAVReader(str(videos["bframes"]), "mov", 0, frozenset(range(0, len(ref), 5)))
     assert r.index_of is None and not r.skip
     for idx in ([0, 5, 10], [15, 20, 140]):
         got, _, err = r.get(idx)
@@ -107,7 +108,7 @@ def test_pyav_reader_counting_fallback_equals_full_decode(videos: dict[str, Path
 
 def test_pyav_reader_past_the_end_reports_missing(videos: dict[str, Path]) -> None:
     ref = _full_decode(videos["bframes"])
-    r = _PyAVReader(str(videos["bframes"]), "mov", 0, frozenset({10, len(ref) - 1, len(ref) + 5}))
+    r = PyAVReader(str(videos["bframes"]), "mov", 0, frozenset({10, len(ref) - 1, len(ref) + 5}))
     got, ended, err = r.get([10, len(ref) - 1, len(ref) + 5])
     assert sorted(got) == [10, len(ref) - 1] and ended == len(ref) + 5 and err
     r.close()
@@ -115,7 +116,7 @@ def test_pyav_reader_past_the_end_reports_missing(videos: dict[str, Path]) -> No
 
 def _chunks(plan: object, cfg: IngestCfg, pp: PreprocessCfg, reader: str,
             monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
-    monkeypatch.setenv(decode.DECODER_ENV, reader)
+    monkeypatch.setenv(readers.DECODER_ENV, reader)
     n = len(plan.clips)  # type: ignore[attr-defined]
     state = ChildState()
     chunks = [decode_chunk(plan, lo, min(n, lo + 4), cfg, pp, state) for lo in range(0, n, 4)]  # type: ignore[arg-type]
@@ -148,8 +149,8 @@ def test_overlapping_clips_across_chunks_decode_once(videos: dict[str, Path], mo
     """stride < clip length: the next chunk asks for frames behind the decoder's position; the
     reader keeps them (no reopen, no second decode from the start) and they stay exact."""
     opens = []
-    orig = _PyAVReader._open
-    monkeypatch.setattr(_PyAVReader, "_open", lambda self: (opens.append(1), orig(self))[1])
+    orig = PyAVReader._open
+    monkeypatch.setattr(PyAVReader, "_open", lambda self: (opens.append(1), orig(self))[1])
     pp = PreprocessCfg(img_size=32)
     cfg = IngestCfg(clip_seconds=1.0, stride=0.5)
     plan = plan_video(make_task(os.fsencode(videos["bframes"])), cfg, pp)  # type: ignore[arg-type]
@@ -168,7 +169,7 @@ def test_h264_is_reference_matches_the_decoders_nonref_skipping(videos: dict[str
                                                                container: str) -> None:
     """The coverage count relies on telling reference pictures from skippable ones: with
     skip_frame=NONREF on every packet, exactly the packets parsed as references come out."""
-    from vidsearch.pipeline.decode import h264_is_reference
+    from vidsearch.pipeline.readers import h264_is_reference
 
     path = videos["bframes"]
     if container == "ts":  # Annex B start codes instead of avcC length prefixes
@@ -189,3 +190,64 @@ def test_h264_is_reference_matches_the_decoders_nonref_skipping(videos: dict[str
                     refs.add(packet.pts)
             out |= {f.pts for f in packet.decode()}
     assert out == refs and 0 < len(refs) < 150  # B-frames without references exist in this stream
+
+
+class _BrokenReader:
+    """A reader that opens but cannot read (as decord on some files): the next one must take over."""
+
+    name = "broken"
+    lost = 0
+    available = None
+
+    def get(self, indices: list[int], retain_from: int | None = None) -> readers.ReadResult:
+        raise RuntimeError("cannot read this file")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_reader_that_fails_on_the_first_chunk_hands_the_video_to_the_next(
+        videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader interface: a new reader is one factory in READERS; a reader that opens a file
+    but fails on its first chunk costs nothing but the attempt."""
+    monkeypatch.setitem(readers.READERS, "broken", lambda plan, path, cfg, pp: _BrokenReader())
+    monkeypatch.setenv(readers.DECODER_ENV, "broken")
+    assert readers.reader_order()[0] == "broken"
+    pp = PreprocessCfg(img_size=32)
+    cfg = IngestCfg(clip_seconds=1.0, stride=1.0)
+    plan = plan_video(make_task(os.fsencode(videos["bframes"])), cfg, pp)  # type: ignore[arg-type]
+    state = ChildState()
+    chunk = decode_chunk(plan, 0, 2, cfg, pp, state)
+    state.reset()
+    assert chunk.decoder == "pyav" and chunk.kept == [0, 1] and not chunk.truncated and chunk.error is None
+    ref = _full_decode(videos["bframes"])
+    np.testing.assert_array_equal(chunk.frames[0], resize_uint8(np.stack([ref[i] for i in plan.clips[0].frame_indices]),
+                                                                pp))
+
+
+def test_decode_worker_keeps_plans_and_plans_again_when_it_has_none(videos: dict[str, Path]) -> None:
+    """Chunk requests name the video; the worker that planned it holds the plan (dropped after
+    the last chunk). A worker without it (a restarted actor, or one taking over from a dead
+    worker) plans the video again, and refuses if the new plan is not the driver's."""
+    from vidsearch.pipeline.decode import DecodeWorker
+    from vidsearch.pipeline.types import ChunkRequest, FramesChunk, VideoError
+
+    pp = PreprocessCfg(img_size=32)
+    cfg = IngestCfg(clip_seconds=1.0, stride=1.0)
+    w = DecodeWorker(cfg, pp)
+    try:
+        plan = w.plan(make_task(os.fsencode(videos["bframes"])))  # type: ignore[arg-type]
+        assert not isinstance(plan, VideoError) and len(plan.clips) == 5
+        assert not plan.probe.__dict__.get("pts_s")  # the plan carries spans, not per-frame times
+        n = len(plan.clips)
+        first = [w.decode(ChunkRequest(plan.task, lo, min(n, lo + 2), n)) for lo in range(0, n, 2)]
+        assert all(isinstance(c, FramesChunk) for c in first) and w.replans == 0
+        assert plan.task.video_id not in w._plans  # dropped after the last chunk
+        again = w.decode(ChunkRequest(plan.task, 2, 4, n))
+        assert w.replans == 1 and isinstance(again, FramesChunk) and isinstance(first[1], FramesChunk)
+        np.testing.assert_array_equal(again.frames, first[1].frames)
+        w._plans.clear()
+        wrong = w.decode(ChunkRequest(plan.task, 0, 2, n + 1))
+        assert isinstance(wrong, VideoError) and wrong.error_type == "Unstable", wrong
+    finally:
+        w.close()

@@ -7,27 +7,15 @@ wall-clock timeout (reset by each reply, so long videos are fine as long as chun
 A child that dies becomes ``DecoderCrash(signal=SIGSEGV)``, one that stops answering is killed
 and becomes ``DecodeTimeout``; the next job gets a fresh child.
 
-Decoding (in the child), one reader per video kept between its chunks (chunks come in order,
-so a video is read in one forward pass, never re-seeked per chunk):
-
-* PyAV first (:class:`_PyAVReader`): one decoder thread (one worker per core is the
-  parallelism), only the sampled frames are converted to RGB, and for h264 the non-reference
-  pictures that no clip samples are not decoded at all (``skip_frame=NONREF`` on their packets;
-  no other picture is predicted from them, so the kept frames are bit-exact). Frames are placed by
-  pts; they are rotated by the display matrix so that frames are upright whichever decoder ran
-  (B16).
-* decord as the fallback when PyAV cannot open the file (``VIDSEARCH_DECODER=decord`` puts it
-  first, for comparisons): ``get_batch`` of the sorted frame indices of a chunk; decord applies
-  the display rotation itself. It converts every frame it passes to RGB, which is why it is
-  second. Both give identical frames for 8-bit h264/hevc/vp9 (tests/unit/test_pipeline_decode.py);
-  MPEG-4 part 2 (a few pixels, +-2) and 10-bit video differ, as decord bundles ffmpeg 4.1.
-* Coverage (rule 2): decord's frame count and the point where a decoder stops early are compared
-  with the probe's frame count; the runner marks a video ``partial`` below ``min_coverage``.
-* Frames are resized to the model's input size here, with exactly the resize of
-  :func:`vidsearch.models.preprocess.preprocess_frames` (so the model's own resize is the
-  identity and embeddings are unchanged), which keeps full-resolution frames inside this process.
-  Each sampled frame is resized once (a frame shared by two clips too), through a reused float
-  buffer (:func:`resize_uint8`).
+Decoding (in the child): one reader per video (:mod:`vidsearch.pipeline.readers`: PyAV first,
+decord as the fallback), kept open between the video's chunks (chunks come in order, so a video
+is read in one forward pass, never re-seeked per chunk). A reader that opens the file but fails
+on its first chunk hands the video to the next reader. The chunk's clips are assembled from the
+frames it delivers (resized as they were decoded, so full-resolution frames never leave the
+reader); coverage (rule 2) compares the frames a reader delivered, lost or knew of with the
+probe's frame count, and the runner marks a video ``partial`` below ``min_coverage``.
+:class:`DecodeWorker` keeps the plans of the videos it planned: the driver's chunk requests
+name the video (:class:`~vidsearch.pipeline.types.ChunkRequest`) instead of sending the plan back.
 
 Transient I/O errors (RELIABILITY.md F18): an ``OSError`` such as EIO or ESTALE while the child
 reads a video (a network filesystem hiccup) comes back as ``IOError``; :class:`DecodeWorker`
@@ -42,6 +30,7 @@ on a file whose path contains a substring. Inert otherwise.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import errno
@@ -50,14 +39,23 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from vidsearch.pipeline import readers
 from vidsearch.pipeline.faults import DecodeFaults
-from vidsearch.pipeline.types import FramesChunk, VideoError, VideoPlan, VideoTask, is_transient_io
+from vidsearch.pipeline.readers import FrameReader
+from vidsearch.pipeline.types import (
+    ChunkRequest,
+    ClipSpan,
+    FramesChunk,
+    VideoError,
+    VideoPlan,
+    VideoTask,
+    is_transient_io,
+)
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.model_config import PreprocessCfg
 
@@ -67,356 +65,15 @@ _logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 # In-child work
 # ---------------------------------------------------------------------------------------------
-_RESIZE_BUF: dict[str, Any] = {}
-
-
-def resize_uint8(frames: np.ndarray, pp: PreprocessCfg) -> np.ndarray:
-    """(K, H, W, 3) uint8 -> (K, S, S, 3) uint8, exactly as ``preprocess_frames`` resizes.
-
-    Same arithmetic as ``preprocess_frames`` (float32 ``F.interpolate`` of a channels-last
-    (1, 3, H, W) view, then round and clamp), so the results are bit-identical; what differs is
-    only where the float32 copy of the frame lives: one buffer per frame size, reused, filled by
-    ``copy_`` from the contiguous (H, W, 3) frame. A fresh ``x.float()`` of four 1080p frames is a
-    100 MB allocation that the allocator maps and faults in anew on every call (~20 ms a frame,
-    more than the interpolation itself); the reused buffer costs ~2.5 ms a frame. torch's uint8
-    bilinear path is not used: it rounds differently in ~20 % of the pixels.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    S = pp.img_size
-    K, H, W = frames.shape[:3]
-    if (H, W) == (S, S):
-        return frames
-    buf = _RESIZE_BUF.get("buf")
-    if buf is None or tuple(buf.shape) != (1, H, W, 3):
-        _RESIZE_BUF.clear()  # one size kept: a video's frames all have one size
-        buf = _RESIZE_BUF["buf"] = torch.empty((1, H, W, 3), dtype=torch.float32)
-    out = np.empty((K, S, S, 3), np.uint8)
-    src = torch.from_numpy(np.ascontiguousarray(frames))  # (K, H, W, 3) uint8
-    for k in range(K):
-        buf.copy_(src[k : k + 1])
-        x = F.interpolate(buf.permute(0, 3, 1, 2), size=(S, S), mode=pp.interpolation,
-                          align_corners=False, antialias=False)  # (1, 3, S, S) channels-last
-        x = x.round_().clamp_(0, 255).to(torch.uint8)
-        out[k] = x[0].permute(1, 2, 0).numpy()  # (S, S, 3)
-    return out
-
-
-# Codecs whose decoder may drop the non-reference pictures that no clip samples (skip_frame
-# NONREF, see _PyAVReader). h264 only: a non-reference picture (nal_ref_idc 0) is by definition
-# never used to predict another one, and its POC/frame_num bookkeeping does not feed later
-# pictures. HEVC's "sub-layer non-reference" pictures can still be references of higher
-# temporal layers, and other decoders apply skip_frame in their own ways, so they decode fully.
-_SKIP_NONREF_CODECS = frozenset({"h264"})
-
-
-def h264_is_reference(head: bytes, length_size: int = 4) -> bool | None:
-    """Whether the first slice of an H.264 packet is a reference picture (``nal_ref_idc`` != 0);
-    None when no slice header is found in ``head`` (e.g. damaged data).
-
-    ``length_size``: bytes of each NAL unit's length prefix (MP4, Matroska: from the avcC
-    record), or 0 for Annex B start codes (MPEG-TS). The two cannot be told apart from the
-    bytes alone (a 4-byte length of 256-511 starts with 00 00 01).
-    """
-    nals: list[bytes] = []
-    if length_size == 0:
-        nals = [p.lstrip(b"\x00") for p in head.split(b"\x00\x00\x01")[1:]]
-    else:
-        pos = 0
-        while pos + length_size < len(head):
-            size = int.from_bytes(head[pos: pos + length_size], "big")
-            if size == 0:
-                return None
-            nals.append(head[pos + length_size: pos + length_size + 1])
-            pos += length_size + size
-    for nal in nals:
-        if not nal or nal[0] & 0x80:  # forbidden_zero_bit set: not a valid NAL header
-            return None
-        if (nal[0] & 0x1F) in (1, 5):  # coded slice (non-IDR, IDR)
-            return bool(nal[0] & 0x60)
-    return None
-
-
-class _PyAVReader:
-    """Forward-only PyAV decoder over one file; a request behind the current position reopens.
-
-    * One decoder thread (``thread_type="NONE"``): the decode stage runs one worker per core, so
-      decoder threads would only compete with the other workers; and with one thread a packet
-      is decoded inside its own ``decode`` call, which the skipping below relies on.
-    * Only the requested frames are converted to RGB (``to_ndarray``, the same swscale
-      conversion decord's filter graph does: identical frames for 8-bit video).
-    * Frame index = rank of the frame's pts among the pts of all packets (read by a packet-only
-      demux pass at open), when every packet has a pts and no two share one; else the number of
-      frames decoded so far (as before).
-    * With pts indices, an h264 stream and ``keep`` (every frame any clip of the video samples),
-      the packet of a frame outside ``keep`` is decoded with ``skip_frame=NONREF``: the decoder
-      drops it only if it is a non-reference picture, which no other picture is predicted from,
-      so every frame handed out is bit-identical to a full decode (tested against one). About
-      half the pictures of a typical x264 stream with B-frames are non-reference. Skipping stops
-      at the first interlaced frame (field pairs with one reference field: not worth the risk).
-    * A requested frame that the decoder never outputs (a corrupt packet) is reported missing
-      once a later frame comes out; a sampled frame that a later chunk needs (decoded past the
-      request, or shared by overlapping clips) is kept (``pending``), so chunks never re-decode.
-    """
-
-    name = "pyav"
-
-    def __init__(self, path: str, demuxer: str, rotation: int, keep: frozenset[int] | None = None,
-                 max_pixels: int | None = None, post: Callable[[np.ndarray], np.ndarray] | None = None,
-                 ) -> None:
-        self.path, self.demuxer, self.rotation = path, demuxer, rotation
-        self.max_pixels, self.post = max_pixels, post
-        self.keep: set[int] | None = set(keep) if keep is not None else None
-        self.index_of: dict[int, int] | None = None
-        self._indexed = False
-        self._open()
-
-    def _open(self) -> None:
-        import av
-
-        self.container = av.open(self.path, format=self.demuxer, options={"protocol_whitelist": "file"})
-        self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "NONE"
-        self.stream.thread_count = 1
-        if not self._indexed:
-            self._indexed = True
-            self.index_of = self._pts_index()
-            n = len(self.index_of) if self.index_of else 0
-            self.must = bytearray(n)  # frame i's packet went in while nothing was being skipped
-            self.seen = bytearray(n)  # frame i came out of the decoder
-            self.checked = 0          # frames below this are accounted for (out, lost, or skipped)
-            self.lost = 0             # frames that should have come out and did not (rule 2)
-        self.skip = (self.index_of is not None and self.keep is not None
-                     and self.stream.codec_context.name in _SKIP_NONREF_CODECS)
-        extradata = self.stream.codec_context.extradata or b""
-        # avcC (MP4, Matroska) starts with version 1 and gives the NAL length size; else Annex B.
-        self.nal_length_size = (extradata[4] & 3) + 1 if len(extradata) > 4 and extradata[0] == 1 else 0
-        self._skipping = False
-        self.packets = self.container.demux(self.stream)
-        self.buffer: list[Any] = []
-        self.pending: dict[int, np.ndarray] = {}  # sampled frames decoded ahead of the request
-        self.pos = 0  # frames below pos are decoded, skipped or lost (a request below reopens)
-        self.fed = -1  # highest frame index whose packet went into the decoder (pts mode)
-        self.errors = 0
-        self.eof = False
-
-    def _pts_index(self) -> dict[int, int] | None:
-        """{packet pts: presentation index} from a packet-only demux, or None when ambiguous."""
-        import av
-
-        pts: list[int] = []
-        try:
-            with av.open(self.path, format=self.demuxer, options={"protocol_whitelist": "file"}) as c:
-                for packet in c.demux(c.streams.video[0]):
-                    if packet.size == 0:
-                        continue
-                    if packet.pts is None:
-                        return None
-                    pts.append(packet.pts)
-        except av.error.FFmpegError:
-            pass  # a cut container: index the packets that exist
-        if not pts or len(set(pts)) != len(pts):
-            return None
-        return {p: i for i, p in enumerate(sorted(pts))}
-
-    def close(self) -> None:
-        self.container.close()
-
-    def _next_frame(self) -> Any:
-        """Next decoded frame; a packet that fails to decode is skipped (its frames are lost,
-        which the coverage check sees) instead of ending the whole decode."""
-        import av
-
-        while not self.buffer:
-            if self.eof:
-                return None
-            try:
-                packet = next(self.packets)
-            except StopIteration:
-                self.eof = True
-                return None
-            except MemoryError:
-                raise  # av.error.MemoryError is an FFmpegError too: the child's memory cap, not a cut file
-            except av.error.FFmpegError as e:
-                if is_transient_io(e):
-                    raise  # a network filesystem hiccup: the job is retried, not truncated
-                self.eof = True  # the container itself is cut: nothing after this point
-                return None
-            if self.index_of is not None and packet.size and packet.pts is not None:
-                i = self.index_of.get(packet.pts, -1)
-                self.fed = max(self.fed, i)
-                skip = self.skip and i >= 0 and i not in self.keep  # type: ignore[operator]
-                if skip != self._skipping:
-                    self.stream.codec_context.skip_frame = "NONREF" if skip else "DEFAULT"
-                    self._skipping = skip
-                if i >= 0 and (not skip or h264_is_reference(bytes(memoryview(packet)[:1024]),
-                                                             self.nal_length_size) is not False):
-                    self.must[i] = 1  # a reference picture is decoded even while skipping
-            try:
-                self.buffer.extend(packet.decode())
-            except av.error.EOFError:
-                self.eof = True
-            except MemoryError:
-                raise
-            except av.error.FFmpegError as e:
-                if is_transient_io(e):
-                    raise
-                self.errors += 1
-        return self.buffer.pop(0)
-
-    def _rgb(self, frame: Any) -> np.ndarray:
-        size = downscaled_size(frame.width, frame.height, self.max_pixels)
-        if size is None:
-            a = frame.to_ndarray(format="rgb24")
-        else:
-            # Decode-side downscale (B13): swscale converts and shrinks in one pass, so no
-            # full-resolution RGB copy of the frame is ever made.
-            a = frame.reformat(width=size[0], height=size[1], format="rgb24",
-                               interpolation="AREA").to_ndarray()
-        if self.rotation:
-            a = np.ascontiguousarray(np.rot90(a, self.rotation // 90))
-        return self.post(a) if self.post is not None else a
-
-    def get(self, indices: list[int], retain_from: int | None = None,
-            ) -> tuple[dict[int, np.ndarray], int | None, str | None]:
-        """Frames for sorted ``indices``; returns (frames, frames_available_if_ended, error).
-
-        ``retain_from``: the smallest frame index a later request may ask for (default: past
-        ``indices``). Sampled frames at or above it that this pass decodes or hands out are kept
-        for that request, so overlapping clips (stride < clip length) across a chunk boundary
-        do not reopen the file and decode it again from the start.
-        """
-        if not indices:
-            return {}, None, None
-        if self.keep is not None and not self.keep.issuperset(indices):
-            new = set(indices) - self.keep
-            self.keep |= new
-            if min(new) <= self.fed:  # its packet may have been skipped already
-                self.close()
-                self._open()
-        if any(i < self.pos and i not in self.pending for i in indices):
-            self.close()
-            self._open()
-        if self.index_of is None:
-            return self._get_counting(indices)
-        want = set(indices)
-        last = indices[-1]
-        hold = last + 1 if retain_from is None else retain_from
-        out = {i: self.pending[i] for i in indices if i in self.pending}
-        ended = False
-        while len(out) < len(want):
-            frame = self._next_frame()
-            if frame is None:
-                ended = True
-                self._account(len(self.must))
-                break
-            i = self.index_of.get(frame.pts, -1) if frame.pts is not None else -1
-            if i < 0:
-                self.errors += 1  # a frame whose pts no packet had: cannot be placed
-                continue
-            self.seen[i] = 1
-            self._account(i)
-            if self.skip and getattr(frame, "interlaced_frame", False):
-                self.skip = False
-                if self._skipping:
-                    self.stream.codec_context.skip_frame = "DEFAULT"
-                    self._skipping = False
-            self.pos = max(self.pos, i + 1)
-            if i in want:
-                out[i] = self._rgb(frame)
-            elif i >= hold and self.keep is not None and i in self.keep:
-                self.pending[i] = self._rgb(frame)  # sampled by a later request
-            if i > last:
-                break  # frames come out in presentation order: what is missing is lost
-        self.pending = {i: a for i, a in {**self.pending, **out}.items() if i >= hold}
-        if len(out) < len(want):
-            missing = min(want - out.keys())
-            why = "stream ended before" if ended else "did not decode:"
-            return out, missing, f"pyav: {why} frame {missing} ({self.errors} bad packets)"
-        return out, None, None
-
-    def _account(self, upto: int) -> None:
-        """Count as lost the frames below ``upto`` that were decoded in full (not skipped) yet
-        never came out: frames come out in presentation order, so they never will. A damaged
-        packet often makes the decoder drop its picture without an error; this is how the
-        coverage sees it. (A skipped non-reference picture is not counted: no sampled frame
-        depends on it.)"""
-        for i in range(self.checked, upto):
-            if self.must[i] and not self.seen[i]:
-                self.lost += 1
-        self.checked = max(self.checked, upto)
-
-    def _get_counting(self, indices: list[int]) -> tuple[dict[int, np.ndarray], int | None, str | None]:
-        """``get`` when frames cannot be placed by pts: the n-th decoded frame is frame n."""
-        want = set(indices)
-        out: dict[int, np.ndarray] = {}
-        last = indices[-1]
-        while self.pos <= last:
-            frame = self._next_frame()
-            if frame is None:
-                return out, self.pos, f"pyav: stream ended after {self.pos} frames ({self.errors} bad packets)"
-            if self.pos in want:
-                out[self.pos] = self._rgb(frame)
-            self.pos += 1
-        return out, None, None
-
-
-def downscaled_size(width: int, height: int, max_pixels: int | None) -> tuple[int, int] | None:
-    """(w, h) with the aspect ratio of ``width x height`` and at most ``max_pixels``, or None
-    when the frame is already within the limit."""
-    if not max_pixels or width * height <= max_pixels:
-        return None
-    f = (max_pixels / (width * height)) ** 0.5
-    return max(2, int(width * f)), max(2, int(height * f))
-
-
-_DECORD_BATCH_BYTES = 256 << 20  # RGB bytes of one get_batch call (a chunk asks for up to ~64 frames)
-
-
-class _DecordReader:
-    name = "decord"
-
-    def __init__(self, path: str, size: tuple[int, int] | None = None, max_pixels: int | None = None,
-                 post: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
-        import decord
-
-        # decord scales inside its ffmpeg filter graph: frames above max_pixels never exist at
-        # full resolution in RGB (B13).
-        small = downscaled_size(*size, max_pixels) if size is not None else None
-        w, h = small if small is not None else (-1, -1)
-        self.vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, width=w, height=h)
-        self.length = len(self.vr)
-        self.post = post
-        fw, fh = small or size or (1920, 1080)
-        self.batch = max(1, _DECORD_BATCH_BYTES // (fw * fh * 3))
-
-    def close(self) -> None:
-        del self.vr
-
-    def get(self, indices: list[int], retain_from: int | None = None,
-            ) -> tuple[dict[int, np.ndarray], int | None, str | None]:
-        ok = [i for i in indices if i < self.length]
-        ended = self.length if len(ok) < len(indices) else None
-        if not ok:
-            return {}, ended, "decord: frame index past the decodable frames"
-        out: dict[int, np.ndarray] = {}
-        for k in range(0, len(ok), self.batch):  # in order: still one forward pass for sorted ok
-            part = ok[k : k + self.batch]
-            batch = self.vr.get_batch(part).asnumpy()  # (K, H, W, 3)
-            for i, a in zip(part, batch, strict=True):
-                out[i] = self.post(a) if self.post is not None else a
-        return out, ended, None
-
-
 class ChildState:
     """Per-child cache: the open reader of the video being decoded (chunks come in order)."""
 
     def __init__(self) -> None:
         self.key: tuple[str, str] | None = None
-        self.reader: Any = None
+        self.reader: FrameReader | None = None
         self.last_sig: np.ndarray | None = None
         self.fd: int | None = None
+        self.failed_readers: set[str] = set()  # readers that failed on this video (kept by reset())
 
     def reset(self) -> None:
         if self.reader is not None:
@@ -444,74 +101,62 @@ def _child_path(path_bytes: bytes, state: ChildState | None = None) -> str:
 def plan_video(task: VideoTask, cfg: IngestCfg, pp: PreprocessCfg) -> VideoPlan:
     """Probe and segment one video (runs in the child).
 
+    The frame timestamps end here: segmentation is their last user, so the plan that travels to
+    the driver and back carries clip spans, not one float per frame.
+
     Failure branches: every probe error (see :func:`vidsearch.pipeline.probe.probe`), scene
     detection ``DecodeTimeout``/``DecodeError``, ``NoClips``.
     """
-    from vidsearch.pipeline.probe import SNIFF_BYTES, open_path, probe, sniff_container
+    from vidsearch.pipeline.probe import open_path, probe
     from vidsearch.pipeline.segment import detect_cuts, plan_clips
 
-    info = probe(task.path_bytes, cfg)
+    info, pts_s = probe(task.path_bytes, cfg)
     cuts: list[float] = []
     if cfg.segment == "shots" and info.frame_count > 1:
-        with open(task.path_bytes, "rb") as f:
-            demuxer = sniff_container(f.read(SNIFF_BYTES)) or "mov"
         with open_path(task.path_bytes) as path:
             fds = (int(path.rsplit("/", 1)[1]),) if path.startswith("/proc/self/fd/") else ()
-            cuts = detect_cuts(path, demuxer, cfg.scene_threshold, cfg.decode_timeout_s, fds)
-    clips = plan_clips(info, cfg, pp.num_frames, pp.sampling, cuts)
+            cuts = detect_cuts(path, info.demuxer, cfg.scene_threshold, cfg.decode_timeout_s, fds)
+    clips = plan_clips(pts_s, info.duration_s, cfg, pp.num_frames, pp.sampling, cuts)
     return VideoPlan(task=task, probe=info, clips=clips,
                      expected_frames=max(info.frame_count, info.claimed_frames, info.expected_frames))
 
 
 _START_TIMEOUT_S = 120.0  # a decode child's imports; generous for a loaded machine
-DECODER_ENV = "VIDSEARCH_DECODER"  # "pyav" (default) or "decord": the reader tried first
+# Plans a worker keeps. The driver gives a worker a new video only once the chunks of the last
+# one are queued, so two or three are live at a time; older ones belong to videos that failed.
+_PLANS_KEPT = 8
 
 
-def _open_pyav(plan: VideoPlan, state: ChildState, cfg: IngestCfg, pp: PreprocessCfg) -> _PyAVReader:
-    keep = frozenset(i for c in plan.clips for i in c.frame_indices)
-    return _PyAVReader(_child_path(plan.task.path_bytes, state), _demuxer_of(plan), plan.probe.rotation, keep,
-                       max_pixels=cfg.decode_max_pixels, post=_model_resize(pp))
+def _open_reader(plan: VideoPlan, state: ChildState, cfg: IngestCfg, pp: PreprocessCfg) -> FrameReader:
+    """The first reader of :func:`readers.reader_order` that opens the file, skipping those that
+    already failed on this video (``state.failed_readers``, which gains those that fail here).
 
-
-def _model_resize(pp: PreprocessCfg) -> Callable[[np.ndarray], np.ndarray]:
-    """Per-frame resize to the model's input size, applied as each frame is decoded: a chunk
-    then holds (S, S, 3) frames only, never ~64 full-resolution ones (2 GB at 4K)."""
-    return lambda a: resize_uint8(a[None], pp)[0]
-
-
-def _open_reader(plan: VideoPlan, state: ChildState, cfg: IngestCfg, pp: PreprocessCfg) -> Any:
-    """The first reader that opens the file: PyAV, then decord (or decord first, see DECODER_ENV).
-
-    PyAV is first because it converts only the sampled frames to RGB and can skip unsampled
-    non-reference frames (see :class:`_PyAVReader`); decord converts every frame it passes.
-    Both give identical frames for 8-bit h264/hevc/vp9 (tested); 10-bit video and MPEG-4 part 2
-    differ slightly (decord bundles ffmpeg 4.1, PyAV a current ffmpeg).
+    Raises:
+        VideoError: ``UnsupportedCodec`` when none does.
     """
     import av
 
-    order = ["decord", "pyav"] if os.environ.get(DECODER_ENV, "pyav") == "decord" else ["pyav", "decord"]
     errors = []
-    for name in order:
+    for name in readers.reader_order():
+        if name in state.failed_readers:
+            continue
         try:
-            if name == "decord":
-                return _DecordReader(_child_path(plan.task.path_bytes, state),
-                                     (plan.probe.coded_width, plan.probe.coded_height),
-                                     cfg.decode_max_pixels, _model_resize(pp))
-            return _open_pyav(plan, state, cfg, pp)
+            return readers.READERS[name](plan, _child_path(plan.task.path_bytes, state), cfg, pp)
         except MemoryError:
             raise
         except av.error.FFmpegError as e:
             if is_transient_io(e):
                 raise
-            errors.append(f"pyav: {str(e)[:120]}")
+            errors.append(f"{name}: {str(e)[:120]}")
         except OSError:
             raise  # the file itself (vanished, unreadable): not a codec problem
         except Exception as e:  # noqa: BLE001 - decord raises bare RuntimeError/DECORDError subclasses
             errors.append(f"{name}: {str(e)[:120]}")
         _logger.info("%s cannot open %s (%s)", name, plan.task.display_path, errors[-1])
+        state.failed_readers.add(name)
         state.reset()
     raise VideoError("UnsupportedCodec", "decode",
-                     f"codec {plan.probe.codec}: neither decord nor PyAV opens it ({'; '.join(errors)})")
+                     f"codec {plan.probe.codec}: no reader opens it ({'; '.join(errors) or 'none left to try'})")
 
 
 def _static_signature(clip_frames: np.ndarray) -> np.ndarray:
@@ -527,13 +172,15 @@ def decode_chunk(plan: VideoPlan, lo: int, hi: int, cfg: IngestCfg, pp: Preproce
                  state: ChildState) -> FramesChunk:
     """Decode the sampled frames of clips ``[lo, hi)`` of ``plan`` (runs in the child).
 
-    Failure branches: no decoder opens the file -> ``UnsupportedCodec``; a decoder error mid-way
-    ends the chunk early (``truncated``; the runner records partial coverage; never an
+    Failure branches: no reader opens the file -> ``UnsupportedCodec``; a reader that opened the
+    file but fails on its first chunk -> the next reader decodes the whole video; a decoder error
+    mid-way ends the chunk early (``truncated``; the runner records partial coverage; never an
     exception); zero clips decodable in the first chunk -> the runner's ``NoClips``.
     """
     key = (plan.task.video_id, plan.task.display_path)
-    if state.key != key:
+    if state.key != key or state.reader is None:
         state.reset()
+        state.failed_readers.clear()
         state.reader = _open_reader(plan, state, cfg, pp)
         state.key = key
     reader = state.reader
@@ -541,29 +188,51 @@ def decode_chunk(plan: VideoPlan, lo: int, hi: int, cfg: IngestCfg, pp: Preproce
     wanted = sorted({i for c in clips for i in c.frame_indices})
     # Frames the next chunks may still ask for (overlapping clips): the reader keeps those.
     later = min((min(c.frame_indices) for c in plan.clips[hi:hi + 64]), default=None)
-    try:
-        got, ended, err = reader.get(wanted, later)
-    except Exception as e:  # noqa: BLE001 - decord raises untyped errors on corrupt data
-        if is_transient_io(e) or _is_oom(e):
-            raise
-        if isinstance(reader, _DecordReader) and lo == 0:
-            # decord opened the file but cannot read it: retry the whole video with PyAV.
-            state.reset()
-            state.reader = _open_pyav(plan, state, cfg, pp)
-            state.key = key
-            return decode_chunk(plan, lo, hi, cfg, pp, state)
-        got, ended, err = {}, (clips[0].frame_indices[0] if clips else 0), f"{reader.name}: {e}"
-        # decord cannot tell how far it got inside a failed batch: decode clip by clip.
-        for c in clips:
-            try:
-                part, _, perr = reader.get(list(c.frame_indices))
-            except Exception as e2:  # noqa: BLE001
-                err = f"{reader.name}: {e2}"
-                break
-            if perr or len(part) < len(set(c.frame_indices)):
-                break
-            got.update(part)
-            ended = c.end_frame
+    while True:
+        try:
+            got, ended, err = reader.get(wanted, later)
+            break
+        except Exception as e:  # noqa: BLE001 - decord raises untyped errors on corrupt data
+            if is_transient_io(e) or _is_allocation_failure(e):
+                raise
+            if lo == 0 and set(readers.reader_order()) - state.failed_readers - {reader.name}:
+                # The reader opened the file but cannot read it: the next one decodes the video.
+                _logger.info("%s fails on %s (%s); trying the next reader", reader.name,
+                             plan.task.display_path, str(e)[:120])
+                state.failed_readers.add(reader.name)
+                state.reset()
+                state.reader = reader = _open_reader(plan, state, cfg, pp)
+                state.key = key
+                continue
+            got, ended, err = _clip_by_clip(reader, clips, e)
+            break
+    return _assemble(plan, lo, hi, got, ended, err, reader, cfg, pp, state)
+
+
+def _clip_by_clip(reader: FrameReader, clips: tuple[ClipSpan, ...], first_error: Exception) -> readers.ReadResult:
+    """After a failed request: how far the reader gets clip by clip (decord cannot tell how far
+    it got inside a failed batch)."""
+    got: dict[int, np.ndarray] = {}
+    ended = clips[0].frame_indices[0] if clips else 0
+    err = f"{reader.name}: {first_error}"
+    for c in clips:
+        try:
+            part, _, perr = reader.get(list(c.frame_indices))
+        except Exception as e2:  # noqa: BLE001
+            err = f"{reader.name}: {e2}"
+            break
+        if perr or len(part) < len(set(c.frame_indices)):
+            break
+        got.update(part)
+        ended = c.end_frame
+    return readers.ReadResult(got, ended, err)
+
+
+def _assemble(plan: VideoPlan, lo: int, hi: int, got: dict[int, np.ndarray], ended: int | None,
+              err: str | None, reader: FrameReader, cfg: IngestCfg, pp: PreprocessCfg,
+              state: ChildState) -> FramesChunk:
+    """The chunk's clips from the frames a reader delivered, and the video's coverage so far."""
+    clips = plan.clips[lo:hi]
     kept: list[int] = []
     arrays: list[np.ndarray] = []
     for c in clips:
@@ -584,22 +253,14 @@ def decode_chunk(plan: VideoPlan, lo: int, hi: int, cfg: IngestCfg, pp: Preproce
     S = pp.img_size
     out = np.stack(arrays) if arrays else np.zeros((0, pp.num_frames, S, S, 3), np.uint8)
     decoded = ended if truncated and ended is not None else plan.probe.frame_count
-    lost = getattr(reader, "lost", 0)  # cumulative over the video: the runner keeps the minimum
-    if lost:
-        decoded = max(0, decoded - lost)
-        err = err or f"{reader.name}: {lost} frames did not decode"
-    if isinstance(reader, _DecordReader):
-        decoded = min(decoded, reader.length)
-        truncated = truncated or reader.length < plan.probe.frame_count and hi == len(plan.clips)
+    if reader.lost:  # cumulative over the video: the runner keeps the minimum
+        decoded = max(0, decoded - reader.lost)
+        err = err or f"{reader.name}: {reader.lost} frames did not decode"
+    if reader.available is not None:
+        decoded = min(decoded, reader.available)
+        truncated = truncated or reader.available < plan.probe.frame_count and hi == len(plan.clips)
     return FramesChunk(video_id=plan.task.video_id, clip_lo=lo, clip_hi=hi, frames=out, kept=kept,
                        decoded_frames=decoded, truncated=truncated, decoder=reader.name, error=err)
-
-
-def _demuxer_of(plan: VideoPlan) -> str:
-    from vidsearch.pipeline.probe import SNIFF_BYTES, sniff_container
-
-    with open(plan.task.path_bytes, "rb") as f:
-        return sniff_container(f.read(SNIFF_BYTES)) or "mov"
 
 
 def _die_with_parent() -> None:
@@ -654,8 +315,9 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _is_oom(e: BaseException) -> bool:
-    # torch's CPU allocator raises RuntimeError("... can't allocate memory ..."), not MemoryError.
+def _is_allocation_failure(e: BaseException) -> bool:
+    """An allocation failed under the child's memory cap: ``MemoryError``, or torch's CPU
+    allocator's ``RuntimeError("... can't allocate memory ...")``."""
     return isinstance(e, MemoryError) or "can't allocate memory" in str(e)
 
 
@@ -736,7 +398,7 @@ def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None)
             conn.send(("err", "IOError", stage, f"read error: {e.strerror or e} (errno {e.errno})"))
         except Exception as e:  # noqa: BLE001 - a decoder bug on one file must stay one failed video
             state.reset()
-            if _is_oom(e):
+            if _is_allocation_failure(e):
                 conn.send(("err", "TooLarge", "decode", oom))
                 continue
             _logger.debug("decode job failed", exc_info=True)
@@ -750,12 +412,16 @@ class DecodeWorker:
     """One persistent decode child; ``setup()`` / ``plan()`` / ``decode()`` / ``close()``.
 
     Plain class (no Ray): the local runner uses it directly and Ray's decode actors wrap it.
+    It keeps the plans of the videos it planned (the driver's chunk requests only name them; see
+    :class:`~vidsearch.pipeline.types.ChunkRequest`), dropping a plan after its last chunk.
     """
 
     def __init__(self, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None = None) -> None:
         self.cfg, self.pp, self.fault = cfg, pp, fault
         self._proc: Any = None
         self._conn: Any = None
+        self._plans: collections.OrderedDict[str, VideoPlan] = collections.OrderedDict()
+        self.replans = 0  # chunk requests for a video this worker had no plan of
         self.restarts = 0
         self.retired_peak_growth_bytes = 0  # the largest peak-over-start-up of a retired child
 
@@ -889,16 +555,42 @@ class DecodeWorker:
         (a read kept failing after the retries).
         """
         try:
-            return self._call_retrying(("plan", task), "probe", task.display_path)
+            plan: VideoPlan = self._call_retrying(("plan", task), "probe", task.display_path)
         except VideoError as e:
             return e
+        self._plans[task.video_id] = plan
+        while len(self._plans) > _PLANS_KEPT:  # only videos that failed elsewhere stay unfinished
+            self._plans.popitem(last=False)
+        return plan
 
-    def decode(self, plan: VideoPlan, lo: int, hi: int) -> FramesChunk | VideoError:
-        """Frames of clips ``[lo, hi)``; failure branches as :meth:`plan` plus ``UnsupportedCodec``."""
+    def decode(self, request: ChunkRequest) -> FramesChunk | VideoError:
+        """Frames of clips ``[request.lo, request.hi)`` of a planned video.
+
+        Failure branches as :meth:`plan` plus ``UnsupportedCodec``; a video this worker must plan
+        again (see :class:`ChunkRequest`) whose new plan differs from the driver's -> ``Unstable``.
+        """
+        task = request.task
+        plan = self._plans.get(task.video_id)
+        if plan is None:
+            self.replans += 1
+            _logger.info("%s: planning again (this worker did not plan it)", task.display_path)
+            replanned = self.plan(task)
+            if isinstance(replanned, VideoError):
+                return replanned
+            if len(replanned.clips) != request.n_clips:
+                self._plans.pop(task.video_id, None)
+                return VideoError("Unstable", "decode", f"planned again: {len(replanned.clips)} clips, not "
+                                                        f"{request.n_clips} (file changed?); retried next run")
+            plan = replanned
         try:
-            return self._call_retrying(("decode", plan, lo, hi), "decode", plan.task.display_path)
+            out: FramesChunk = self._call_retrying(("decode", plan, request.lo, request.hi), "decode",
+                                                   task.display_path)
         except VideoError as e:
+            self._plans.pop(task.video_id, None)
             return e
+        if request.hi >= len(plan.clips):
+            self._plans.pop(task.video_id, None)
+        return out
 
 
 def strip_frames(chunk: FramesChunk) -> tuple[FramesChunk, Any]:

@@ -11,8 +11,10 @@ per line (relative paths are relative to the list file's folder). Policy (RELIAB
   directories named ``x.mp4`` are skipped, never opened, so discovery cannot block (B22);
 * folders are visited once by ``(st_dev, st_ino)``, so symlink loops terminate (B18); a file
   reached twice through links is one candidate;
-* a dangling link or a missing explicit path is a ``NotFound`` failure, an unreadable file a
-  ``PermissionDenied`` failure.
+* a dangling link or a path of a list file that is missing is a ``NotFound`` failure, an
+  unreadable file a ``PermissionDenied`` failure; but a command-line input that names nothing (a
+  mistyped path, a glob that matches nothing, a missing list file) is the user's error:
+  :func:`check_inputs` raises :class:`InputError` before anything is created.
 """
 
 from __future__ import annotations
@@ -33,6 +35,34 @@ from vidsearch.schemas import ids
 _logger = logging.getLogger(__name__)
 
 _GLOB_CHARS = frozenset(b"*?[")
+
+
+class InputError(ValueError):
+    """A command-line input names nothing (:func:`check_inputs`); one line naming it."""
+
+
+def check_inputs(inputs: Sequence[str | bytes]) -> list[bytes]:
+    """The inputs as absolute paths (list files and globs expanded), or an error for the first
+    input that names nothing.
+
+    Run before the library, Ray or the model are touched: a mistyped path costs nothing and
+    creates nothing. Paths inside a list file may be missing (they become ``NotFound`` rows).
+
+    Raises:
+        InputError: a path that does not exist (not even as a dangling link), a glob that matches
+            nothing, a list file that cannot be read.
+    """
+    out: list[bytes] = []
+    for raw in inputs:
+        p = os.fsencode(raw)
+        if not os.path.lexists(p) and not (p.startswith(b"@") and os.path.lexists(p[1:])) \
+                and not _GLOB_CHARS & set(p):
+            raise InputError(f"{ids.display_path(p)}: no such file or folder")
+        paths = [path for path, _ in _expand_inputs([p])]
+        if not paths and _GLOB_CHARS & set(p) and not p.startswith(b"@"):
+            raise InputError(f"{ids.display_path(p)}: no file matches this pattern")
+        out.extend(paths)
+    return out
 
 
 @dataclass(frozen=True)
@@ -106,15 +136,14 @@ def _expand_inputs_raw(inputs: Sequence[str | bytes]) -> Iterable[tuple[bytes, b
                 with open(listfile, "rb") as f:
                     lines = f.read().splitlines()
             except OSError as e:
-                raise FileNotFoundError(f"cannot read path list {ids.display_path(listfile)}: {e}") from e
+                raise InputError(f"cannot read path list {ids.display_path(listfile)}: "
+                                 f"{e.strerror or e}") from e
             for line in lines:
                 line = line.strip()
                 if line and not line.startswith(b"#"):
                     yield (line if os.path.isabs(line) else os.path.join(base, line)), True
         elif not os.path.lexists(p) and _GLOB_CHARS & set(p):
             matches = sorted(glob.glob(p, recursive=True))
-            if not matches:
-                _logger.warning("glob %s matched nothing", ids.display_path(p))
             for m in matches:
                 yield m, True
         else:

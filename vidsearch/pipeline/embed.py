@@ -51,9 +51,15 @@ class Embedder:
             dtype = getattr(torch, self.dtype_arg)
         else:
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-        self.model = create_model(self.model_name, checkpoint=self.checkpoint, device=device,
-                                  tokenizer=self.tokenizer, dtype=dtype, vision_only=True,
-                                  pretrained=self.pretrained)
+        factory_log = logging.getLogger("vidsearch.models.factory")
+        quiet = _NoTestModelNotice()
+        factory_log.addFilter(quiet)
+        try:
+            self.model = create_model(self.model_name, checkpoint=self.checkpoint, device=device,
+                                      tokenizer=self.tokenizer, dtype=dtype, vision_only=True,
+                                      pretrained=self.pretrained)
+        finally:
+            factory_log.removeFilter(quiet)
         _logger.info("embedder: %s on %s (%s)", self.model_name, device, dtype)
 
     def info(self) -> ModelInfo:
@@ -91,7 +97,7 @@ class Embedder:
                 self.faults.before_forward(len(batch))
                 emb = self.model.encode_video(batch)
             except RuntimeError as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
-                if not _is_oom(e):
+                if not _is_cuda_oom(e):
                     raise
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -119,8 +125,18 @@ class Embedder:
         self.model = None
 
 
-def _is_oom(e: BaseException) -> bool:
-    """A CUDA (or CPU allocator) out-of-memory error, whatever torch version raised it."""
+class _NoTestModelNotice(logging.Filter):
+    """Drops the model factory's "TEST MODEL" warning while the embedder loads one: the ingest
+    driver says it once for the run, before anything starts (in-process embedders would repeat it,
+    Ray actors' logs are not shown)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "TEST MODEL" not in record.getMessage()
+
+
+def _is_cuda_oom(e: BaseException) -> bool:
+    """The GPU ran out of memory: ``torch.cuda.OutOfMemoryError``, or the "out of memory"
+    ``RuntimeError`` older torch versions raise (also what the test hook raises)."""
     import torch
 
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()

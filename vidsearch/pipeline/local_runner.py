@@ -15,7 +15,7 @@ import numpy as np
 
 from vidsearch.pipeline.decode import DecodeWorker
 from vidsearch.pipeline.embed import Embedder
-from vidsearch.pipeline.types import FramesChunk, VideoPlan, VideoTask
+from vidsearch.pipeline.types import ChunkRequest, FramesChunk, VideoTask
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.manifest import ModelInfo
 from vidsearch.schemas.model_config import PreprocessCfg
@@ -48,14 +48,14 @@ class LocalBackend:
     def submit_plan(self, worker: int, task: VideoTask) -> cf.Future:
         return self._threads[worker].submit(self._workers[worker].plan, task)
 
-    def submit_decode(self, worker: int, plan: VideoPlan, lo: int, hi: int) -> tuple[cf.Future, cf.Future]:
-        f = self._threads[worker].submit(self._workers[worker].decode, plan, lo, hi)
+    def submit_decode(self, worker: int, request: ChunkRequest) -> tuple[cf.Future, cf.Future]:
+        f = self._threads[worker].submit(self._workers[worker].decode, request)
         return f, f
 
     def submit_embed(self, worker: int, frames: list[cf.Future]) -> cf.Future:
         def run() -> list[np.ndarray]:
             chunks: list[FramesChunk] = [f.result() for f in frames]
-            return self.embedder.process_parts([c.frames for c in chunks])
+            return self.embedder.process_parts([np.asarray(c.frames) for c in chunks])
 
         return self._embed_thread.submit(run)
 
@@ -68,9 +68,6 @@ class LocalBackend:
 
     def get(self, handle: cf.Future) -> Any:
         return handle.result()
-
-    def release(self, handles: list[Any]) -> None:
-        """Nothing to free locally (Ray frees object-store frames here)."""
 
     def close(self) -> None:
         for f in self._setups:

@@ -6,7 +6,9 @@ Order of checks, each a failure branch (RELIABILITY.md §8.1):
 2. the first bytes must be a known video container (:func:`sniff_container`), else
    ``NotAVideo`` (random bytes, text, PNG, HLS/concat playlists: B5, B6, B8, S6). The demuxer is
    then forced to the sniffed format, so ffmpeg never runs a playlist demuxer that would follow
-   references inside the file (rule 3), and only the ``file`` protocol is allowed;
+   references inside the file (rule 3), and only the ``file`` protocol is allowed. The demuxer
+   goes into ``ProbeInfo.demuxer`` (decoders and scene detection reuse it, never sniff again),
+   the name users know the container by into ``ProbeInfo.container`` (:func:`container_name`);
 3. the container must open -> else ``CorruptContainer`` (B2: moov atom missing);
 4. ``format_name`` allowlisted -> else ``NotAVideo``; streams (all, and video) within
    ``max_streams`` / ``max_video_streams`` -> else ``TooManyStreams`` (B23, S7);
@@ -30,6 +32,7 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, NamedTuple
 
 from vidsearch.pipeline.types import ProbeInfo, VideoError, is_transient_io
 from vidsearch.schemas.config import IngestCfg
@@ -67,6 +70,48 @@ def sniff_container(head: bytes) -> str | None:
     return None
 
 
+# ISO base media brands (the ftyp box: major brand, then compatible brands) -> the name users
+# know the file by. ffmpeg reads all of them with one demuxer, "mov", whose name alone would list
+# every .mp4 as "mov" (issue 11).
+_MOV_BRANDS = (
+    (("qt  ",), "mov"),
+    (("3g2",), "3g2"),
+    (("3gp", "3ge", "3gg", "3gr", "3gs"), "3gp"),
+    (("mjp2", "mj2s"), "mj2"),
+    (("M4A ", "M4B ", "M4P "), "m4a"),
+    (("M4V ", "M4VH", "M4VP"), "m4v"),
+    (("crx ",), "mov"),
+)
+
+
+def container_name(demuxer: str, head: bytes) -> str:
+    """The container a file really is, for users and the ``videos.container`` column.
+
+    ``demuxer`` is what :func:`sniff_container` chose; ``head`` the file's first bytes. The ISO
+    family (``mov`` demuxer) is told apart by the ``ftyp`` brand (mp4, mov, 3gp, 3g2, m4a, m4v,
+    mj2; mp4 when there is no ftyp box), Matroska by its EBML DocType (webm or matroska); other
+    demuxers name their container already.
+    """
+    if demuxer == "mov":
+        if len(head) >= 12 and head[4:8] == b"ftyp":
+            brand = head[8:12].decode("latin-1")
+            for prefixes, name in _MOV_BRANDS:
+                if brand.startswith(prefixes):
+                    return name
+        elif len(head) >= 8 and head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"skip"):
+            return "mov"  # no ftyp box: an old QuickTime file (mp4 requires ftyp first)
+        return "mp4"
+    if demuxer == "matroska":
+        # EBML header: DocType element 0x4282, then its size as a 1-byte vint, then the text.
+        i = head.find(b"\x42\x82", 4, 64)
+        if i >= 0 and i + 3 <= len(head) and head[i + 2] & 0x80:
+            size = head[i + 2] & 0x7F
+            if head[i + 3: i + 3 + size].rstrip(b"\x00") == b"webm":
+                return "webm"
+        return "matroska"
+    return demuxer
+
+
 def _describe_head(head: bytes) -> str:
     if head.lstrip().startswith(b"#EXTM3U"):
         return "an HLS playlist (format hls not allowed: it references other files)"
@@ -102,7 +147,14 @@ def open_path(path_bytes: bytes) -> Iterator[str]:
         os.close(fd)
 
 
-def probe(path_bytes: bytes, cfg: IngestCfg) -> ProbeInfo:
+class ProbeResult(NamedTuple):
+    """A probe's findings: the video's metadata and every frame's presentation time."""
+
+    info: ProbeInfo
+    pts_s: tuple[float, ...]      # presentation time of each frame in presentation order, from 0
+
+
+def probe(path_bytes: bytes, cfg: IngestCfg) -> ProbeResult:
     """Probe one file.
 
     Args:
@@ -110,7 +162,7 @@ def probe(path_bytes: bytes, cfg: IngestCfg) -> ProbeInfo:
         cfg: limits and the container allowlist.
 
     Returns:
-        ProbeInfo with per-frame timestamps.
+        The metadata and the per-frame timestamps (segmentation needs them; nothing after it does).
 
     Raises:
         VideoError: EmptyFile, NotAVideo, CorruptContainer, NoVideoStream, TooManyStreams,
@@ -142,7 +194,7 @@ def probe(path_bytes: bytes, cfg: IngestCfg) -> ProbeInfo:
                 raise  # EIO from a network filesystem: retried by the decode worker (F18)
             raise VideoError("CorruptContainer", "probe", f"container does not open ({_short(e)})") from None
         try:
-            return _probe_open(container, cfg)
+            return _probe_open(container, cfg, demuxer, container_name(demuxer, head))
         finally:
             container.close()
 
@@ -157,12 +209,12 @@ def _check_pixels(width: int, height: int, cfg: IngestCfg) -> None:
                                               "limit (--max-pixels)")
 
 
-def _first_frame(packet: object, cw: int, ch: int) -> tuple[int | None, int, int, str | None]:
+def _first_frame(packet: Any, cw: int, ch: int) -> tuple[int | None, int, int, str | None]:
     """Decode ``packet``; (rotation, width, height, error) of its first frame, rotation None if none."""
     import av
 
     try:
-        for frame in packet.decode():  # type: ignore[attr-defined]
+        for frame in packet.decode():
             return int(round(getattr(frame, "rotation", 0) or 0)) % 360, frame.width, frame.height, None
     except av.error.EOFError:
         pass
@@ -173,13 +225,13 @@ def _first_frame(packet: object, cw: int, ch: int) -> tuple[int | None, int, int
     return None, cw, ch, None
 
 
-def _probe_open(container: object, cfg: IngestCfg) -> ProbeInfo:
+def _probe_open(container: Any, cfg: IngestCfg, demuxer: str, kind: str) -> ProbeResult:
     import av
 
-    fmt = container.format.name  # type: ignore[attr-defined]
+    fmt = container.format.name
     if not set(fmt.split(",")) & set(cfg.allowed_formats):
         raise VideoError("NotAVideo", "probe", f"container format {fmt} not allowed")
-    streams = container.streams  # type: ignore[attr-defined]
+    streams = container.streams
     n_video = len(streams.video)
     if len(streams) > cfg.max_streams or n_video > cfg.max_video_streams:
         raise VideoError("TooManyStreams", "probe",
@@ -214,10 +266,11 @@ def _probe_open(container: object, cfg: IngestCfg) -> ProbeInfo:
     demux_errors = sum(1 for _, name, _ in logs if set(name.split(",")) & set(fmt.split(",")))
     if not pts:
         raise VideoError("CorruptContainer", "probe", "the video stream has no frames")
-    return _finish(container, vs, fmt, codec, claimed, pts, rotation, cw, ch, decode_error, demux_errors)
+    return _finish(container, vs, fmt, (kind, demuxer), codec, claimed, pts, rotation, cw, ch, decode_error,
+                   demux_errors)
 
 
-def _demux_pass(container: object, vs: object, cfg: IngestCfg, pts: list[int], cw: int, ch: int,
+def _demux_pass(container: Any, vs: Any, cfg: IngestCfg, pts: list[int], cw: int, ch: int,
                 ) -> tuple[int | None, int, int, str | None]:
     """Append every video packet's pts to ``pts`` and decode the first frame; returns
     (rotation or None, width, height, decode error) of that frame."""
@@ -226,7 +279,7 @@ def _demux_pass(container: object, vs: object, cfg: IngestCfg, pts: list[int], c
     rotation: int | None = None
     decode_error: str | None = None
     try:
-        for packet in container.demux(vs):  # type: ignore[attr-defined]
+        for packet in container.demux(vs):
             if packet.size == 0:
                 # The flush packet: a frame-threaded decoder may hand back the only frame of a
                 # 1-frame video only now (B11).
@@ -253,10 +306,11 @@ def _demux_pass(container: object, vs: object, cfg: IngestCfg, pts: list[int], c
     return rotation, cw, ch, decode_error
 
 
-def _finish(container: object, vs: object, fmt: str, codec: str, claimed: int, pts: list[int],
-            rotation: int | None, cw: int, ch: int, decode_error: str | None, demux_errors: int) -> ProbeInfo:
-    streams = container.streams  # type: ignore[attr-defined]
-    tb = float(vs.time_base) if vs.time_base else 1.0 / 90000  # type: ignore[attr-defined]
+def _finish(container: Any, vs: Any, fmt: str, names: tuple[str, str], codec: str, claimed: int,
+            pts: list[int], rotation: int | None, cw: int, ch: int, decode_error: str | None,
+            demux_errors: int) -> ProbeResult:
+    streams = container.streams
+    tb = float(vs.time_base) if vs.time_base else 1.0 / 90000
     if rotation is None and cw * ch == 0:
         # ffmpeg refused the declared frame size (e.g. a corrupted header claiming 60000x60000,
         # past its own image-size check): the header is broken, not the codec.
@@ -279,12 +333,13 @@ def _finish(container: object, vs: object, fmt: str, codec: str, claimed: int, p
     duration = times[-1] + frame_dur
     w, h = (ch, cw) if rotation in (90, 270) else (cw, ch)
     expected, note = _implied_frames(container, vs, fmt, times, frame_dur, duration, demux_errors)
-    return ProbeInfo(
-        container=fmt, codec=codec, width=w, height=h, coded_width=cw, coded_height=ch,
+    info = ProbeInfo(
+        container=names[0], demuxer=names[1], codec=codec, width=w, height=h, coded_width=cw, coded_height=ch,
         rotation=rotation, fps=n / duration if duration > 0 else 0.0, frame_count=n,
-        claimed_frames=claimed, duration_s=duration, pts_s=times, num_streams=len(streams),
+        claimed_frames=claimed, duration_s=duration, num_streams=len(streams),
         expected_frames=expected, expected_note=note,
     )
+    return ProbeResult(info, times)
 
 
 # Containers whose duration is written in the header (not estimated by ffmpeg from timestamps
@@ -292,7 +347,7 @@ def _finish(container: object, vs: object, fmt: str, codec: str, claimed: int, p
 _DECLARED_DURATION_FORMATS = frozenset({"mov", "mp4", "matroska", "webm", "avi", "asf", "flv"})
 
 
-def _implied_frames(container: object, vs: object, fmt: str, times: tuple[float, ...], frame_dur: float,
+def _implied_frames(container: Any, vs: Any, fmt: str, times: tuple[float, ...], frame_dur: float,
                     duration: float, demux_errors: int) -> tuple[int, str]:
     """Frames the container implies (rule 2: compare with the container's metadata), and why.
 
@@ -308,12 +363,12 @@ def _implied_frames(container: object, vs: object, fmt: str, times: tuple[float,
     n = len(times)
     expected, notes = n, []
     declared, from_stream = None, False
-    if vs.duration and vs.time_base:  # type: ignore[attr-defined]
-        declared, from_stream = float(vs.duration * vs.time_base), True  # type: ignore[attr-defined]
-    elif container.duration and set(fmt.split(",")) & _DECLARED_DURATION_FORMATS:  # type: ignore[attr-defined]
-        declared = container.duration / 1e6  # type: ignore[attr-defined]  # AV_TIME_BASE units
+    if vs.duration and vs.time_base:
+        declared, from_stream = float(vs.duration * vs.time_base), True
+    elif container.duration and set(fmt.split(",")) & _DECLARED_DURATION_FORMATS:
+        declared = container.duration / 1e6  # AV_TIME_BASE units
     if declared is not None and duration > 0:
-        others = len(container.streams) > 1 and not from_stream  # type: ignore[attr-defined]
+        others = len(container.streams) > 1 and not from_stream
         slack = 2 * frame_dur + 0.02 * declared + (1.0 if others else 0.0)
         if declared > duration + slack:
             expected = max(expected, math.ceil(n * declared / duration))

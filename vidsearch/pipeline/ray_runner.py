@@ -23,13 +23,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from vidsearch.pipeline.decode import DecodeWorker, strip_frames
 from vidsearch.pipeline.embed import Embedder
-from vidsearch.pipeline.types import FramesChunk, VideoError, VideoPlan, VideoTask, WorkerLost
+from vidsearch.pipeline.types import ChunkRequest, FramesChunk, VideoError, VideoPlan, VideoTask, WorkerLost
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.manifest import ModelInfo
 from vidsearch.schemas.model_config import PreprocessCfg
@@ -55,8 +56,8 @@ class _DecodeActor:
     def plan(self, task: VideoTask) -> VideoPlan | VideoError:
         return self.worker.plan(task)
 
-    def decode(self, plan: VideoPlan, lo: int, hi: int) -> tuple[Any, Any]:
-        out = self.worker.decode(plan, lo, hi)
+    def decode(self, request: ChunkRequest) -> tuple[Any, Any]:
+        out = self.worker.decode(request)
         if isinstance(out, VideoError):
             return out, None
         return strip_frames(out)
@@ -85,6 +86,16 @@ class _EmbedActor:
         return self.embedder.process_parts(list(frames))
 
 
+class _QuietAuthNotice(logging.Filter):
+    """Drops Ray's "Token authentication is enabled for this Ray cluster ..." notice, printed at
+    every start of a local runtime (Ray >= 2.5x). The runtime is this process's own, started and
+    stopped by it; the notice only buried ingest's first lines. Token authentication itself stays
+    on (Ray's default); other messages of that logger pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
 def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
     """Start (or join) Ray; returns True when this call started it (and must shut it down)."""
     import ray
@@ -92,6 +103,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _QuietAuthNotice) for f in auth_log.filters):
+        auth_log.addFilter(_QuietAuthNotice())
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                               "configure_logging": False}
     if address:
@@ -106,10 +120,13 @@ class RayBackend:
 
     def __init__(self, cfg: IngestCfg, pp: PreprocessCfg, embedder_kwargs: dict[str, Any],
                  n_decode: int | None, n_embed: int | None, fault: str | None,
-                 address: str | None = None) -> None:
+                 address: str | None = None, say: Callable[[str], None] = lambda _: None) -> None:
         import ray
 
         self._ray = ray
+        t0 = time.monotonic()
+        if not ray.is_initialized():
+            say(f"joining the Ray cluster at {address} ..." if address else "starting Ray ...")
         self._owns_ray = init_ray(address)
         res = ray.cluster_resources()
         gpus = int(res.get("GPU", 0))
@@ -124,26 +141,30 @@ class RayBackend:
         kwargs = dict(embedder_kwargs)
         if use_gpu:
             kwargs["device"] = "cuda"
-        self._embed = [embed_cls.remote(kwargs) for _ in range(self.n_embed)]
+        # Actor handles (Ray's typing cannot express ``.remote`` on the wrapped class's methods).
+        self._embed: list[Any] = [embed_cls.remote(kwargs) for _ in range(self.n_embed)]
         # SPREAD puts decode actors on every node of a cluster rather than filling the first.
-        self._decode = [decode_cls.options(scheduling_strategy="SPREAD").remote(cfg, pp, fault)
-                        for _ in range(self.n_decode)]
+        self._decode: list[Any] = [decode_cls.options(scheduling_strategy="SPREAD").remote(cfg, pp, fault)
+                                   for _ in range(self.n_decode)]
         self.nodes = ray.get([a.ready.remote() for a in self._decode])
-        _logger.info("ray: %d decode actors on %d nodes, %d embed actors (%s)", self.n_decode,
-                     len(set(self.nodes)), self.n_embed, "GPU" if use_gpu else "CPU")
+        nodes = len(set(self.nodes))
+        say(f"Ray ready ({time.monotonic() - t0:.1f} s): {self.n_decode} decode "
+            f"{'worker' if self.n_decode == 1 else 'workers'}" + (f" on {nodes} nodes" if nodes > 1 else "")
+            + f", {self.n_embed} embed {'worker' if self.n_embed == 1 else 'workers'} ({'GPU' if use_gpu else 'CPU'})")
 
     def model_info(self) -> ModelInfo:
         """The embed actors' model; raises the actor's own setup error (e.g. weights not found)."""
         try:
-            return self._ray.get(self._embed[0].info.remote())
+            info: ModelInfo = self._ray.get(self._embed[0].info.remote())
+            return info
         except self._ray.exceptions.RayTaskError as e:
             raise e.cause from None
 
     def submit_plan(self, worker: int, task: VideoTask) -> Any:
         return self._decode[worker].plan.remote(task)
 
-    def submit_decode(self, worker: int, plan: VideoPlan, lo: int, hi: int) -> tuple[Any, Any]:
-        meta, frames = self._decode[worker].decode.options(num_returns=2).remote(plan, lo, hi)
+    def submit_decode(self, worker: int, request: ChunkRequest) -> tuple[Any, Any]:
+        meta, frames = self._decode[worker].decode.options(num_returns=2).remote(request)
         return meta, frames
 
     def submit_embed(self, worker: int, frames: list[Any]) -> Any:
@@ -185,10 +206,6 @@ class RayBackend:
             raise WorkerLost(f"worker process died ({str(e).splitlines()[0][:150]})") from None
         except exc.RayActorError as e:  # died for good (restarts used up, or could not start)
             raise WorkerLost(f"worker process died ({str(e).splitlines()[0][:150]})", permanent=True) from None
-
-    def release(self, handles: list[Any]) -> None:
-        """Drop the driver's references so the object store frees embedded frames at once."""
-        handles.clear()
 
     def close(self) -> None:
         for a in self._decode + self._embed:

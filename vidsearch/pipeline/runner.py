@@ -1,45 +1,50 @@
-"""``run_ingest``: discover -> resume filter -> (plan, decode, embed on an executor) -> write.
+"""``run_ingest``: checks -> discover -> resume selection -> (plan, decode, embed on an executor) -> write.
+
+Before anything is created or started (no library folder, no Ray): the inputs must name
+something (:func:`~vidsearch.pipeline.discover.check_inputs`), the model must be the library's
+(the default when none is asked for) and its weights must be found. Then the writer lock, Ray or
+the local executor, and the loop.
 
 The driver owns the loop and the one writer. Executors (:mod:`local_runner`, :mod:`ray_runner`)
 only run the units. Scheduling rules:
 
 * a video's plan (probe + segment) and all its decode chunks go to the same decode worker, which
-  keeps the video's reader open between chunks (one forward pass per video);
+  keeps the video's plan and reader between chunks (one forward pass per video; a chunk request
+  names the video, it does not carry the plan back);
 * at most ``_PER_WORKER`` calls are queued per worker, and no new chunk is decoded while more than
   ``max_pending_clips`` decoded clips wait for the embedder: memory stays flat whatever the size
   of the library;
 * embed batches are filled from chunks of any video (``batch_size`` clips);
 * a video is written only when settled: every chunk embedded (done / partial) or failed.
 
-Resume: the catalog's latest row per ``video_id`` decides. done/partial -> skipped; failed ->
-retried while ``attempts < max_attempts`` (else quarantined) or with ``retry_failed``. A known
-video at a new path whose old path is gone gets a path-update row (no re-embed); a known path with
-new content gets its old video marked ``replaced``.
+Resume rules: :mod:`vidsearch.pipeline.resume`.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
-import importlib
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from vidsearch.library import Library, crash_point, utcnow
-from vidsearch.pipeline.discover import DiscoverFailure, discover
+from vidsearch.library import Library, ModelMismatch, crash_point, utcnow
+from vidsearch.pipeline.discover import check_inputs, discover
 from vidsearch.pipeline.faults import DECODE_FAULT_ENV, EMBED_FAULT_ENV
+from vidsearch.pipeline.progress import Progress, Snapshot, plural
+from vidsearch.pipeline.resume import Selection, read_state, select_work
 from vidsearch.pipeline.types import (
-    DETERMINISTIC_ERRORS,
+    ChunkRequest,
     ClipSpan,
     FramesChunk,
     VideoError,
@@ -50,15 +55,15 @@ from vidsearch.pipeline.types import (
 from vidsearch.pipeline.write import PendingVideo, ShardWriter, failure_row, video_row
 from vidsearch.schemas import ids
 from vidsearch.schemas.config import IngestCfg
-from vidsearch.schemas.tables import (
-    STATUS_DONE,
-    STATUS_FAILED,
-    STATUS_PARTIAL,
-    STATUS_REPLACED,
-)
+from vidsearch.schemas.manifest import ModelInfo
+from vidsearch.schemas.tables import STATUS_DONE, STATUS_FAILED, STATUS_PARTIAL
 
 _logger = logging.getLogger(__name__)
 
+# Kept for callers of the former private name (the catalog-lag tests).
+_read_state = read_state
+
+DEFAULT_MODEL = "internvideo2-s2-1b"
 _FILE_ACCESS_ERRORS = frozenset({"NotFound", "PermissionDenied", "IOError", "Unstable"})
 _PER_WORKER = 2          # calls queued per decode worker (one running + one ready to start)
 _EMBED_PER_WORKER = 2
@@ -69,19 +74,24 @@ _WORKER_DEATHS_MAX = 3
 
 
 class Backend(Protocol):
-    """What the driver needs from an executor (handles are futures or Ray ObjectRefs)."""
+    """What the driver needs from an executor (handles are futures or Ray ObjectRefs).
+
+    Calls to one worker run in submission order (one Ray actor, or one thread per local worker).
+    """
 
     n_decode: int
     n_embed: int
 
-    def model_info(self) -> Any: ...
+    def model_info(self) -> ModelInfo: ...
     def submit_plan(self, worker: int, task: VideoTask) -> Any: ...
-    def submit_decode(self, worker: int, plan: VideoPlan, lo: int, hi: int) -> tuple[Any, Any]: ...
+    def submit_decode(self, worker: int, request: ChunkRequest) -> tuple[Any, Any]:
+        """Handles of the chunk's metadata (fetched by the driver) and of its frames (passed on
+        to an embed call unfetched)."""
+        ...
     def submit_embed(self, worker: int, frames: list[Any]) -> Any: ...
     def await_worker(self, pool: str, worker: int, timeout: float = 300.0) -> None: ...
     def wait(self, handles: list[Any], timeout: float) -> list[Any]: ...
     def get(self, handle: Any) -> Any: ...
-    def release(self, handles: list[Any]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -89,7 +99,7 @@ class Backend(Protocol):
 class IngestOptions:
     """Everything ``vidsearch ingest`` decides besides the IngestCfg."""
 
-    model: str = "internvideo2-s2-1b"
+    model: str | None = None               # None: the library's model, else DEFAULT_MODEL
     checkpoint: str | None = None
     tokenizer: str | None = None
     device: str | None = None
@@ -104,7 +114,8 @@ class IngestOptions:
     sniff: bool = True
     max_attempts: int = 2
     decode_chunk_clips: int = 16
-    progress: bool = True
+    progress: bool = True                  # start-up lines and progress on stderr
+    progress_interval_s: float = 5.0       # between progress lines when stderr is not a terminal
     random_weights: bool = False           # benchmarks only: the architecture without its weights
 
 
@@ -115,6 +126,7 @@ class IngestSummary:
     run_id: str
     library: str
     status: str = "running"                # ok, partial, interrupted
+    model: str | None = None
     videos_seen: int = 0
     videos_done: int = 0
     videos_partial: int = 0
@@ -130,6 +142,7 @@ class IngestSummary:
     elapsed_s: float = 0.0
     embed_calls: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     index: str | None = None
     decode_nodes: int = 1                  # cluster nodes the decode workers ran on
     shards_quarantined: int = 0            # missing/corrupt shards set aside at the start (F10)
@@ -154,47 +167,66 @@ class IngestSummary:
         return d
 
 
+# ---- the driver's in-flight calls ---------------------------------------------------------------
+@dataclass(frozen=True)
+class _ChunkJob:
+    """Clips ``[lo, hi)`` of a video, queued for its decode worker."""
+
+    video_id: str
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """A decoded chunk waiting for (or in) an embed call."""
+
+    video_id: str
+    chunk: FramesChunk            # its metadata (under Ray without the frames)
+    frames: Any                   # the handle of its frames
+
+
+@dataclass(frozen=True)
+class _PlanCall:
+    pool: ClassVar[str] = "decode"
+    video_id: str
+    worker: int
+
+
+@dataclass(frozen=True)
+class _DecodeCall:
+    pool: ClassVar[str] = "decode"
+    job: _ChunkJob
+    worker: int
+    frames: Any                   # the handle of the chunk's frames, handed to the embed call
+
+
+@dataclass(frozen=True)
+class _EmbedCall:
+    pool: ClassVar[str] = "embed"
+    worker: int
+    batch: tuple[_Decoded, ...]
+    deaths: int = 0               # embed workers that died while running this batch
+
+
+_Call = _PlanCall | _DecodeCall | _EmbedCall
+
+
 @dataclass
 class _Video:
     task: VideoTask
-    worker: int
+    worker: int                   # the decode worker holding its plan and reader
     plan: VideoPlan | None = None
     chunks_total: int = 0
     chunks_decoded: int = 0
     chunks_embedded: int = 0
-    kept: dict[int, np.ndarray] = field(default_factory=dict)   # clip_index -> embedding
+    embeddings: dict[int, np.ndarray] = field(default_factory=dict)   # clip_index -> embedding
     decoded_frames: int | None = None
     truncated: bool = False
     decode_error: str | None = None
-    failed: bool = False
+    settled: bool = False         # written (done, partial or failed): late results are ignored
     extra_rows: list[dict[str, Any]] = field(default_factory=list)
-    worker_deaths: int = 0         # decode worker deaths while this video's call was running
-
-
-def _read_state(library: Library) -> tuple[dict[str, dict[str, Any]], dict[bytes, str]]:
-    """Latest row per video_id, and the video_id last ingested at each path (done, partial or
-    failed: new content at the path replaces any of them, so a failure of content that is gone,
-    e.g. a file caught while being written (B20), leaves the failure list).
-
-    Writer only (lock held): a catalog left behind the manifest (a kill between deferred
-    refreshes) is caught up first, else videos settled in its missing shards would be redone.
-    """
-    if not library.exists():
-        return {}, {}
-    m = library.read_manifest()
-    if not m.shards:
-        return {}, {}
-    library.refresh_catalog(m)  # no-op when current
-    with library.connect_catalog() as con:
-        cur = con.execute("SELECT * FROM videos")
-        names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-    by_id = {r["video_id"]: r for r in rows}
-    by_path: dict[bytes, str] = {}
-    for r in sorted(rows, key=lambda r: r["status"] != STATUS_FAILED):  # a live row wins over a failed one
-        if r["status"] in (STATUS_DONE, STATUS_PARTIAL, STATUS_FAILED):
-            by_path[bytes(r["path_bytes"])] = r["video_id"]
-    return by_id, by_path
+    worker_deaths: int = 0        # decode worker deaths while this video's call was running
 
 
 def _fault_spec(var: str = DECODE_FAULT_ENV) -> str | None:
@@ -216,78 +248,162 @@ def run_ingest(inputs: Sequence[str | bytes], library_root: str | os.PathLike[st
         The run summary; ``exit_code`` is 0 ok, 2 some videos failed/partial, 130 interrupted.
 
     Raises:
-        LibraryLocked: another writer holds the library.
+        InputError: an input names nothing (nothing is created).
         ModelMismatch: the library holds another model's embeddings (and not ``new_index``).
+        WeightsNotFoundError: the model's weights are not found (nothing is created).
+        LibraryLocked: another writer holds the library.
         LibraryError: the shard location is unusable (unreachable, no bucket, denied) or differs
             from the one the library was created with.
     """
-    from vidsearch.models import get_model_config
-
     t_start = time.monotonic()
+    progress = Progress(opts.progress, interval_s=opts.progress_interval_s)
+    paths = check_inputs(inputs)
     library = Library(library_root)
+    model_name = _model_for(library, opts)
     run_id = f"{utcnow().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    summary = IngestSummary(run_id=run_id, library=str(library.root))
-    pp = get_model_config(opts.model).preprocess
+    summary = IngestSummary(run_id=run_id, library=str(library.root), model=model_name)
+    checkpoint, pp, warning = _check_model(model_name, opts)
+    if warning:
+        _logger.warning("%s", warning)
+        summary.warnings.append(warning)
     stop = threading.Event()
-    with library.lock(break_lock=opts.break_lock):
-        # Before Ray, the model and any decoding: a bad shard location fails in a second.
-        library.open_shards(opts.shards_uri)
-        if library.exists():
-            # F10: a missing or corrupt shard is set aside and its videos redone by this run.
-            summary.shards_quarantined = len(library.quarantine_bad_shards())
-        found = discover(inputs, cfg.extensions, sniff=opts.sniff)
-        summary.not_regular = len(found.skipped_not_regular)
-        embedder_kwargs = {"model_name": opts.model, "checkpoint": opts.checkpoint,
-                           "tokenizer": opts.tokenizer, "device": opts.device,
-                           "batch_size": cfg.batch_size, "pretrained": not opts.random_weights,
-                           "fault": _fault_spec(EMBED_FAULT_ENV)}
-        n_decode = cfg.decode_workers or max(1, (os.cpu_count() or 2) - 1)
-        backend: Backend
-        if opts.executor == "local":
-            from vidsearch.pipeline.local_runner import LocalBackend
-
-            backend = LocalBackend(cfg, pp, embedder_kwargs, n_decode, _fault_spec())
-        else:
-            from vidsearch.pipeline.ray_runner import RayBackend
-
-            backend = RayBackend(cfg, pp, embedder_kwargs, cfg.decode_workers, opts.embed_actors,
-                                 _fault_spec(), opts.ray_address)
-        summary.decode_nodes = len(set(getattr(backend, "nodes", ()))) or 1
-        try:
-            model = backend.model_info()
-            if model.preprocess and tuple(model.preprocess.get("mean", ())) != tuple(pp.mean):
-                _logger.warning("embedder preprocessing differs from the registry's")
-            settings = {**cfg.to_dict(), "model": opts.model, "executor": opts.executor}
-            library.init(model, settings, allow_new_model=opts.new_index)
-            writer = ShardWriter(library, model, run_id, cfg.shard_rows, cfg.commit_interval_s)
-            started = utcnow()
-            library.record_run(_run_record(summary, started, None, settings))
-            old_handler = None
-            if threading.current_thread() is threading.main_thread():
-                def on_sigint(signum: int, frame: Any) -> None:
-                    # First Ctrl-C: stop cleanly (commit what is settled); a second one aborts.
-                    stop.set()
-                    signal.signal(signal.SIGINT, signal.default_int_handler)
-                old_handler = signal.signal(signal.SIGINT, on_sigint)
-            try:
-                _Driver(backend, writer, cfg, opts, summary, stop).run(found.tasks, found.failures,
-                                                                       *_read_state(library))
-                writer.flush()
-            finally:
-                if old_handler is not None:
-                    signal.signal(signal.SIGINT, old_handler)
-            summary.elapsed_s = time.monotonic() - t_start
-            summary.status = ("interrupted" if stop.is_set()
-                              else "partial" if summary.exit_code == 2 else "ok")
-            # Also the end-of-run catalog refresh: the writer deferred some (ShardWriter).
-            library.record_run(_run_record(summary, started, utcnow(), settings))
-        finally:
-            backend.close()
-        if opts.build_index and not stop.is_set():
-            crash_point("after_manifest_before_index")
-            summary.index = _update_index(library)
+    created = not os.path.lexists(library.root)
+    try:
+        with library.lock(break_lock=opts.break_lock):
+            _ingest_locked(library, paths, cfg, opts, summary, progress, stop, model_name, checkpoint, pp, t_start)
+    except BaseException:
+        if created and not library.exists():
+            # Failed before its first commit (e.g. weights that do not load): leave no empty library.
+            _remove_empty_dirs(library.root)
+        raise
     summary.elapsed_s = time.monotonic() - t_start
     return summary
+
+
+def _remove_empty_dirs(root: Path) -> None:
+    """Remove ``root`` and its subfolders if they hold no file (never a file, never a link)."""
+    for dirpath, _, _ in os.walk(root, topdown=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)
+
+
+def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: IngestOptions,
+                   summary: IngestSummary, progress: Progress, stop: threading.Event, model_name: str,
+                   checkpoint: str | None, pp: Any, t_start: float) -> None:
+    """:func:`run_ingest` once the writer lock is held."""
+    run_id = summary.run_id
+    # Before Ray, the model and any decoding: a bad shard location fails in a second.
+    library.open_shards(opts.shards_uri)
+    if library.exists():
+        # F10: a missing or corrupt shard is set aside and its videos redone by this run.
+        summary.shards_quarantined = len(library.quarantine_bad_shards())
+    found = discover(paths, cfg.extensions, sniff=opts.sniff)
+    summary.not_regular = len(found.skipped_not_regular)
+    progress.say(f"found {plural(len(found.tasks), 'video')}"
+                 + (f" ({len(found.failures)} unreadable)" if found.failures else ""))
+    embedder_kwargs = {"model_name": model_name, "checkpoint": checkpoint,
+                       "tokenizer": opts.tokenizer, "device": opts.device,
+                       "batch_size": cfg.batch_size, "pretrained": not opts.random_weights,
+                       "fault": _fault_spec(EMBED_FAULT_ENV)}
+    n_decode = cfg.decode_workers or max(1, (os.cpu_count() or 2) - 1)
+    backend: Backend
+    t_model = time.monotonic()  # the local executor loads the model while it starts
+    if opts.executor == "local":
+        from vidsearch.pipeline.local_runner import LocalBackend
+
+        progress.say(f"starting {plural(n_decode, 'decode worker')}; loading model {model_name} ...")
+        backend = LocalBackend(cfg, pp, embedder_kwargs, n_decode, _fault_spec())
+    else:
+        from vidsearch.pipeline.ray_runner import RayBackend
+
+        backend = RayBackend(cfg, pp, embedder_kwargs, cfg.decode_workers, opts.embed_actors,
+                             _fault_spec(), opts.ray_address, say=progress.say)
+        t_model = time.monotonic()  # the embed actor has been loading it meanwhile
+        progress.say(f"loading model {model_name} ...")
+    summary.decode_nodes = len(set(getattr(backend, "nodes", ()))) or 1
+    try:
+        model = backend.model_info()
+        progress.say(f"model {model.name} ready ({time.monotonic() - t_model:.1f} s)")
+        if model.preprocess and tuple(model.preprocess.get("mean", ())) != tuple(pp.mean):
+            _logger.warning("embedder preprocessing differs from the registry's")
+        settings = {**cfg.to_dict(), "model": model_name, "executor": opts.executor}
+        library.init(model, settings, allow_new_model=opts.new_index)
+        writer = ShardWriter(library, model, run_id, cfg.shard_rows, cfg.commit_interval_s)
+        started = utcnow()
+        library.record_run(_run_record(summary, started, None, settings))
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            def on_sigint(signum: int, frame: Any) -> None:
+                # First Ctrl-C: stop cleanly (commit what is settled); a second one aborts.
+                stop.set()
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            old_handler = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            selection = select_work(found.tasks, found.failures, *read_state(library), run_id=run_id,
+                                    retry_failed=opts.retry_failed, max_attempts=opts.max_attempts,
+                                    now=utcnow())
+            _Driver(backend, writer, cfg, opts, summary, stop, progress).run(selection)
+            writer.flush()
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+        summary.elapsed_s = time.monotonic() - t_start
+        summary.status = ("interrupted" if stop.is_set()
+                          else "partial" if summary.exit_code == 2 else "ok")
+        # Also the end-of-run catalog refresh: the writer deferred some (ShardWriter).
+        library.record_run(_run_record(summary, started, utcnow(), settings))
+    finally:
+        backend.close()
+    if opts.build_index and not stop.is_set():
+        crash_point("after_manifest_before_index")
+        progress.say("updating the FAISS index ...")
+        summary.index = _update_index(library)
+
+
+def _model_for(library: Library, opts: IngestOptions) -> str:
+    """The model this run embeds with: the one asked for, else the library's, else the default.
+
+    Raises:
+        ModelMismatch: the library holds another model's embeddings and ``new_index`` is off
+            (said before anything starts; ``Library.init`` checks the weights' fingerprint too).
+    """
+    have = library.read_manifest().model if library.exists() else None
+    if opts.model is None:
+        return have.name if have is not None else DEFAULT_MODEL
+    if have is not None and have.name != opts.model and not opts.new_index:
+        raise ModelMismatch(
+            f"{library.root} holds embeddings of model {have.name} (fingerprint {have.fingerprint}); "
+            f"refusing to mix in {opts.model}. Use another --library, or pass --new-index to start "
+            "this library over with the new model.")
+    return opts.model
+
+
+def _check_model(name: str, opts: IngestOptions) -> tuple[str | None, Any, str | None]:
+    """The model's config and weights, checked before anything is created (RELIABILITY.md F17).
+
+    Returns:
+        (the weights file for the embedder, the model's preprocessing, a warning line for test
+        models). The weights file is ``opts.checkpoint`` as given when the embedder runs on
+        another machine (``ray_address``: each node finds its own copy) and None when there are
+        no weights to load; the SHA-256 is checked where the weights are loaded.
+
+    Raises:
+        ValueError: an unknown model name.
+        WeightsNotFoundError: no weights found; the message says what to download and where.
+    """
+    from vidsearch.models import WeightsNotFoundError, get_model_config
+    from vidsearch.models.hub import resolve_checkpoint
+
+    cfg = get_model_config(name)
+    warning = (f"{name} is a TEST MODEL with random weights: its embeddings mean nothing (use it for "
+               "tests only)") if cfg.is_test_model else None
+    if opts.random_weights or opts.ray_address:
+        return opts.checkpoint, cfg.preprocess, warning
+    if opts.checkpoint is not None or cfg.pretrained is not None:
+        return str(resolve_checkpoint(cfg, opts.checkpoint)), cfg.preprocess, warning
+    if not cfg.is_test_model:
+        raise WeightsNotFoundError(f"{name} has no published weights; pass --checkpoint PATH")
+    return None, cfg.preprocess, warning
 
 
 def _run_record(s: IngestSummary, started: dt.datetime, ended: dt.datetime | None,
@@ -300,132 +416,64 @@ def _run_record(s: IngestSummary, started: dt.datetime, ended: dt.datetime | Non
             "clips_per_s": round(s.clips_per_s, 3), "settings": settings}
 
 
-def _update_index(library: Library) -> str | None:
-    try:
-        indexer = importlib.import_module("vidsearch.indexer")
-    except ImportError:
-        return None
-    update = getattr(indexer, "update_index", None)
-    if update is None:
-        _logger.info("vidsearch.indexer.update_index not available yet; skipping the FAISS index")
-        return None
-    r = update(library)
-    if r is None:
-        return "updated"
-    return (f"{getattr(r, 'action', 'updated')} {getattr(r, 'factory', '')} "
-            f"({getattr(r, 'vectors', '?')} vectors, +{getattr(r, 'added', 0)})")
+def _update_index(library: Library) -> str:
+    """Build or extend the FAISS index; one line saying what was done."""
+    from vidsearch.indexer import update_index
+
+    r = update_index(library)
+    if r.action == "extended":
+        return f"extended {r.factory}: {plural(r.vectors, 'vector')} ({r.added:,} added)"
+    return f"{r.action} {r.factory}: {plural(r.vectors, 'vector')}"
 
 
 class _Driver:
     """The scheduling loop (module docstring)."""
 
     def __init__(self, backend: Backend, writer: ShardWriter, cfg: IngestCfg, opts: IngestOptions,
-                 summary: IngestSummary, stop: threading.Event) -> None:
-        self.b, self.writer, self.cfg, self.opts, self.s, self.stop = backend, writer, cfg, opts, summary, stop
+                 summary: IngestSummary, stop: threading.Event, progress: Progress) -> None:
+        self.backend, self.writer, self.cfg, self.opts = backend, writer, cfg, opts
+        self.summary, self.stop, self.progress = summary, stop, progress
         self.videos: dict[str, _Video] = {}
-        self.chunk_jobs: list[collections.deque[tuple[str, int, int]]] = [
+        self.chunk_jobs: list[collections.deque[_ChunkJob]] = [
             collections.deque() for _ in range(backend.n_decode)]
-        self.load = [0] * backend.n_decode
+        self.decode_load = [0] * backend.n_decode
         self.embed_load = [0] * backend.n_embed
-        self.inflight: dict[Any, tuple[str, Any]] = {}
+        self.inflight: dict[Any, _Call] = {}
         # Calls per worker in submission order: a worker runs them in this order, so when it
         # dies, the oldest pending call is the one it was running (the others only waited).
         self.order: dict[tuple[str, int], collections.deque[Any]] = collections.defaultdict(collections.deque)
         self.dead: set[tuple[str, int]] = set()   # workers that will not come back
-        self.frames_ref: dict[Any, Any] = {}
-        self.embed_ready: collections.deque[tuple[str, FramesChunk, Any]] = collections.deque()
+        self.embed_ready: collections.deque[_Decoded] = collections.deque()
         self.pending_clips = 0
         self.max_pending_clips = max(4 * cfg.batch_size * backend.n_embed,
                                      2 * opts.decode_chunk_clips * backend.n_decode)
-        self.progress: Any = None
         self.t0 = time.monotonic()
         self.total = 0
-
-    # ---- resume filter ---------------------------------------------------------------------
-    def _select(self, tasks: list[VideoTask], failures: list[DiscoverFailure],
-                by_id: dict[str, dict[str, Any]], by_path: dict[bytes, str]) -> list[VideoTask]:
-        todo: list[VideoTask] = []
-        seen_ids: set[str] = set()
-        present_paths = {t.path_bytes for t in tasks}
-        for f in failures:
-            self.s.videos_seen += 1
-            prev = by_id.get(f.video_id)
-            attempts = self._attempts(prev)
-            if attempts is None:
-                continue
-            row = failure_row(None, f.error_type, "discover", f.message, run_id=self.writer.run_id,
-                              attempts=attempts, path_bytes=f.path_bytes, video_id=f.video_id)
-            self._settle_failed(row)
-        for t in tasks:
-            self.s.videos_seen += 1
-            if t.video_id in seen_ids:
-                self.s.videos_duplicate += 1
-                _logger.info("%s: same content as another file of this run", t.display_path)
-                continue
-            seen_ids.add(t.video_id)
-            prev = by_id.get(t.video_id)
-            if prev is not None and prev["status"] == STATUS_PARTIAL and not self.opts.retry_failed:
-                self.s.videos_failed_before += 1
-                continue
-            if prev is not None and prev["status"] in (STATUS_DONE, STATUS_PARTIAL) and not (
-                    prev["status"] == STATUS_PARTIAL and self.opts.retry_failed):
-                old_path = bytes(prev["path_bytes"])
-                if old_path != t.path_bytes and old_path not in present_paths \
-                        and not os.path.lexists(old_path):
-                    # Moved or renamed: same content, so no re-embed; record the new path.
-                    row = dict(prev)
-                    row.pop("shard_id", None)
-                    row.update(path=t.display_path, path_bytes=t.path_bytes, mtime=t.mtime,
-                               run_id=self.writer.run_id, ingested_at=utcnow())
-                    self.writer.add(PendingVideo(row=row))
-                    self.s.videos_moved += 1
-                else:
-                    self.s.videos_skipped += 1
-                continue
-            attempts = self._attempts(prev)
-            if attempts is None:
-                continue
-            old_id = by_path.get(t.path_bytes)
-            v = _Video(task=VideoTask(t.path_bytes, t.display_path, t.video_id, t.size_bytes, t.mtime,
-                                      attempts), worker=0)
-            if old_id is not None and old_id != t.video_id and old_id not in seen_ids:
-                old = dict(by_id[old_id])
-                old.pop("shard_id", None)
-                old.update(status=STATUS_REPLACED, run_id=self.writer.run_id, ingested_at=utcnow())
-                v.extra_rows.append(old)
-                self.s.videos_replaced += 1
-            self.videos[t.video_id] = v
-            todo.append(v.task)
-        return todo
-
-    def _attempts(self, prev: dict[str, Any] | None) -> int | None:
-        """This run's attempt number for a video, or None when it is quarantined."""
-        if prev is None or prev["status"] == STATUS_REPLACED:
-            return 1
-        n = int(prev["attempts"] or 0)
-        if prev["status"] == STATUS_FAILED and not self.opts.retry_failed:
-            if prev["error_type"] in DETERMINISTIC_ERRORS:
-                self.s.videos_failed_before += 1
-                return None
-            if n >= self.opts.max_attempts:
-                self.s.videos_quarantined += 1
-                return None
-        return n + 1
+        # Progress: videos of this run's work settled; clips embedded; for the ETA, videos
+        # planned, their clips, those still to embed, and videos settled before a plan came.
+        self.settled = 0
+        self.clips_embedded = 0
+        self.planned = self.clips_planned = self.clips_left = self.settled_unplanned = 0
+        self.last_tick = 0.0
 
     # ---- main loop -------------------------------------------------------------------------
-    def run(self, tasks: list[VideoTask], failures: list[DiscoverFailure],
-            by_id: dict[str, dict[str, Any]], by_path: dict[bytes, str]) -> None:
+    def run(self, selection: Selection) -> None:
         self.t0 = time.monotonic()
         try:
-            self._run(tasks, failures, by_id, by_path)
+            self._run(selection)
         finally:
-            self.s.loop_s = time.monotonic() - self.t0
+            self.summary.loop_s = time.monotonic() - self.t0
 
-    def _run(self, tasks: list[VideoTask], failures: list[DiscoverFailure],
-             by_id: dict[str, dict[str, Any]], by_path: dict[bytes, str]) -> None:
-        queue = collections.deque(self._select(tasks, failures, by_id, by_path))
+    def _run(self, selection: Selection) -> None:
+        self._take(selection)
+        queue = collections.deque(t.task for t in selection.todo)
         self.total = len(queue)
-        self._open_progress()
+        c = selection.counts
+        self.progress.say(f"{plural(self.total, 'video')} to ingest"
+                          + (f", {c.skipped:,} already done" if c.skipped else "")
+                          + (f", {c.failed_before + c.quarantined:,} failed before" if c.failed_before
+                             + c.quarantined else ""))
+        self.progress.start(self.total)
         try:
             while not self.stop.is_set():
                 self._schedule(queue)
@@ -433,14 +481,33 @@ class _Driver:
                     if queue or any(self.chunk_jobs) or self.embed_ready:
                         continue
                     break
-                for h in self.b.wait(list(self.inflight), timeout=0.5):
+                for h in self.backend.wait(list(self.inflight), timeout=0.5):
                     self._on_ready(h)
                 self._tick()
+            self._tick(force=True)
         finally:
-            if self.progress is not None:
-                self.progress.close()
+            self.progress.close()
         if self.stop.is_set():
             _logger.warning("interrupted: committing settled videos; rerun the same command to finish")
+
+    def _take(self, sel: Selection) -> None:
+        """Adopt the resume selection: its counts, its rows, its work."""
+        c, s = sel.counts, self.summary
+        s.videos_seen += c.seen
+        s.videos_skipped += c.skipped
+        s.videos_quarantined += c.quarantined
+        s.videos_moved += c.moved
+        s.videos_duplicate += c.duplicate
+        s.videos_replaced += c.replaced
+        s.videos_failed_before += c.failed_before
+        for row in sel.rows:
+            if row["status"] == STATUS_FAILED:
+                self._settle_failed(row)
+            else:
+                self.writer.add(PendingVideo(row=row))
+        for todo in sel.todo:
+            self.videos[todo.task.video_id] = _Video(
+                task=todo.task, worker=0, extra_rows=[todo.replaces] if todo.replaces else [])
 
     def _live(self, pool: str, n: int) -> list[int]:
         live = [w for w in range(n) if (pool, w) not in self.dead]
@@ -449,185 +516,192 @@ class _Driver:
             raise RuntimeError(f"every {pool} worker died and cannot be restarted; rerun to resume")
         return live
 
-    def _submit_plan(self, w: int, vid: str) -> None:
-        v = self.videos[vid]
+    def _track(self, handle: Any, call: _Call) -> None:
+        self.inflight[handle] = call
+        self.order[call.pool, call.worker].append(handle)
+        if call.pool == "decode":
+            self.decode_load[call.worker] += 1
+        else:
+            self.embed_load[call.worker] += 1
+
+    def _submit_plan(self, w: int, video_id: str) -> None:
+        v = self.videos[video_id]
         v.worker = w
-        h = self.b.submit_plan(w, v.task)
-        self.inflight[h] = ("plan", (vid, w))
-        self.order["decode", w].append(h)
-        self.load[w] += 1
+        self._track(self.backend.submit_plan(w, v.task), _PlanCall(video_id, w))
 
-    def _submit_decode(self, w: int, vid: str, lo: int, hi: int) -> None:
-        meta, frames = self.b.submit_decode(w, self.videos[vid].plan, lo, hi)  # type: ignore[arg-type]
-        self.inflight[meta] = ("decode", (vid, lo, hi, w))
-        self.frames_ref[meta] = frames
-        self.order["decode", w].append(meta)
-        self.load[w] += 1
+    def _submit_decode(self, w: int, job: _ChunkJob) -> None:
+        v = self.videos[job.video_id]
+        assert v.plan is not None  # chunk jobs exist only once the plan came back
+        meta, frames = self.backend.submit_decode(w, ChunkRequest(v.task, job.lo, job.hi, len(v.plan.clips)))
+        self._track(meta, _DecodeCall(job, w, frames))
 
-    def _submit_embed(self, e: int, batch: list[tuple[str, FramesChunk, Any]], deaths: int = 0) -> None:
-        h = self.b.submit_embed(e, [f for _, _, f in batch])
-        self.inflight[h] = ("embed", (e, batch, deaths))
-        self.order["embed", e].append(h)
-        self.embed_load[e] += 1
+    def _submit_embed(self, e: int, batch: tuple[_Decoded, ...], deaths: int = 0) -> None:
+        h = self.backend.submit_embed(e, [d.frames for d in batch])
+        self._track(h, _EmbedCall(e, batch, deaths))
 
     def _schedule(self, queue: collections.deque[VideoTask]) -> None:
-        for w in sorted(self._live("decode", self.b.n_decode), key=lambda i: self.load[i]):
-            while self.load[w] < _PER_WORKER:
+        for w in sorted(self._live("decode", self.backend.n_decode), key=lambda i: self.decode_load[i]):
+            while self.decode_load[w] < _PER_WORKER:
                 if self.chunk_jobs[w] and self.pending_clips < self.max_pending_clips:
-                    vid, lo, hi = self.chunk_jobs[w].popleft()
-                    if self.videos[vid].failed:
+                    job = self.chunk_jobs[w].popleft()
+                    if self.videos[job.video_id].settled:
                         continue
-                    self._submit_decode(w, vid, lo, hi)
+                    self._submit_decode(w, job)
                 elif queue and not self.chunk_jobs[w]:
                     self._submit_plan(w, queue.popleft().video_id)
                 else:
                     break
-        decoding = any(k == "decode" or k == "plan" for k, _ in self.inflight.values()) or any(self.chunk_jobs)
-        for e in sorted(self._live("embed", self.b.n_embed), key=lambda i: self.embed_load[i]):
+        decoding = any(c.pool == "decode" for c in self.inflight.values()) or any(self.chunk_jobs)
+        for e in sorted(self._live("embed", self.backend.n_embed), key=lambda i: self.embed_load[i]):
             while self.embed_ready and self.embed_load[e] < _EMBED_PER_WORKER:
-                n_ready = sum(len(c.kept) for _, c, _ in self.embed_ready)
+                n_ready = sum(len(d.chunk.kept) for d in self.embed_ready)
                 if n_ready < self.cfg.batch_size and decoding and self.pending_clips < self.max_pending_clips:
                     return  # wait for a fuller batch
-                batch: list[tuple[str, FramesChunk, Any]] = []
+                batch: list[_Decoded] = []
                 n = 0
                 while self.embed_ready and n < self.cfg.batch_size:
                     item = self.embed_ready.popleft()
-                    if self.videos[item[0]].failed:
-                        self.pending_clips -= len(item[1].kept)
+                    if self.videos[item.video_id].settled:
+                        self.pending_clips -= len(item.chunk.kept)
                         continue
                     batch.append(item)
-                    n += len(item[1].kept)
-                if not batch:
-                    continue
-                self._submit_embed(e, batch)
+                    n += len(item.chunk.kept)
+                if batch:
+                    self._submit_embed(e, tuple(batch))
 
     def _on_ready(self, h: Any) -> None:
-        kind, info = self.inflight.pop(h)
-        if kind == "embed":
-            e = info[0]
-            self.embed_load[e] -= 1
-            key = ("embed", e)
+        call = self.inflight.pop(h)
+        key = (call.pool, call.worker)
+        if call.pool == "decode":
+            self.decode_load[call.worker] -= 1
         else:
-            w = info[-1]
-            self.load[w] -= 1
-            key = ("decode", w)
+            self.embed_load[call.worker] -= 1
         running = self.order[key][0] == h
         self.order[key].remove(h)
-        frames = self.frames_ref.pop(h, None)
         try:
-            out = self.b.get(h)
+            out = self.backend.get(h)
         except WorkerLost as lost:
-            self._on_worker_lost(kind, info, key, running, lost)
+            self._on_worker_lost(call, running, lost)
             return
-        if kind == "plan":
-            vid = info[0]
-            v = self.videos[vid]
-            if isinstance(out, VideoError):
-                self._fail(v, out)
-                return
-            v.plan = out
-            n = len(out.clips)
-            step = max(1, self.opts.decode_chunk_clips)
-            for lo in range(0, n, step):
-                self.chunk_jobs[v.worker].append((vid, lo, min(n, lo + step)))
-            v.chunks_total = len(range(0, n, step))
-        elif kind == "decode":
-            vid = info[0]
-            v = self.videos[vid]
-            if v.failed:
-                return
-            if isinstance(out, VideoError):
-                self._fail(v, out)
-                return
-            v.chunks_decoded += 1
-            v.decoded_frames = out.decoded_frames if v.decoded_frames is None else min(v.decoded_frames,
-                                                                                        out.decoded_frames)
-            v.truncated |= out.truncated
-            v.decode_error = v.decode_error or out.error
-            if out.kept:
-                self.embed_ready.append((vid, out, frames))
-                self.pending_clips += len(out.kept)
-            else:
-                v.chunks_embedded += 1
-                self._maybe_finish(v)
+        if isinstance(call, _PlanCall):
+            self._on_plan(self.videos[call.video_id], out)
+        elif isinstance(call, _DecodeCall):
+            self._on_decoded(call, out)
         else:
-            _, batch, _ = info
-            self.s.embed_calls += 1
-            for _, chunk, _ in batch:
-                self.pending_clips -= len(chunk.kept)
-            if isinstance(out, VideoError):
-                for vid, _, _ in batch:
-                    self._fail(self.videos[vid], out)
-                return
-            for (vid, chunk, _), emb in zip(batch, out, strict=True):
-                v = self.videos[vid]
-                if v.failed:
-                    continue
-                if np.isnan(emb).any():
-                    self._fail(v, VideoError("EmbedOOM", "embed", "a clip does not fit in GPU memory even alone "
-                                             "(try a smaller model input or a larger GPU)"))
-                    continue
-                for ci, row in zip(chunk.kept, emb, strict=True):
-                    v.kept[ci] = row
-                v.chunks_embedded += 1
-                self._maybe_finish(v)
-            self.b.release([f for _, _, f in batch])
+            self._on_embedded(call, out)
 
-    def _on_worker_lost(self, kind: str, info: Any, key: tuple[str, int], running: bool, lost: WorkerLost) -> None:
+    def _on_plan(self, v: _Video, out: VideoPlan | VideoError) -> None:
+        if isinstance(out, VideoError):
+            self._fail(v, out)
+            return
+        v.plan = out
+        n = len(out.clips)
+        self.planned += 1
+        self.clips_planned += n
+        self.clips_left += n
+        step = max(1, self.opts.decode_chunk_clips)
+        for lo in range(0, n, step):
+            self.chunk_jobs[v.worker].append(_ChunkJob(v.task.video_id, lo, min(n, lo + step)))
+        v.chunks_total = len(range(0, n, step))
+
+    def _on_decoded(self, call: _DecodeCall, out: FramesChunk | VideoError) -> None:
+        v = self.videos[call.job.video_id]
+        if v.settled:
+            return
+        if isinstance(out, VideoError):
+            self._fail(v, out)
+            return
+        v.chunks_decoded += 1
+        v.decoded_frames = (out.decoded_frames if v.decoded_frames is None
+                            else min(v.decoded_frames, out.decoded_frames))
+        v.truncated |= out.truncated
+        v.decode_error = v.decode_error or out.error
+        if out.kept:
+            self.embed_ready.append(_Decoded(call.job.video_id, out, call.frames))
+            self.pending_clips += len(out.kept)
+        else:
+            v.chunks_embedded += 1
+            self._maybe_finish(v)
+
+    def _on_embedded(self, call: _EmbedCall, out: list[np.ndarray] | VideoError) -> None:
+        self.summary.embed_calls += 1
+        for d in call.batch:
+            self.pending_clips -= len(d.chunk.kept)
+        if isinstance(out, VideoError):
+            for d in call.batch:
+                self._fail(self.videos[d.video_id], out)
+            return
+        for d, emb in zip(call.batch, out, strict=True):
+            v = self.videos[d.video_id]
+            if v.settled:
+                continue
+            if np.isnan(emb).any():
+                self._fail(v, VideoError("EmbedOOM", "embed", "a clip does not fit in GPU memory even alone "
+                                         "(try a smaller model input or a larger GPU)"))
+                continue
+            for ci, row in zip(d.chunk.kept, emb, strict=True):
+                v.embeddings[ci] = row
+            self.clips_embedded += len(d.chunk.kept)
+            self.clips_left -= len(d.chunk.kept)
+            v.chunks_embedded += 1
+            self._maybe_finish(v)
+
+    def _on_worker_lost(self, call: _Call, running: bool, lost: WorkerLost) -> None:
         """A worker died with this call pending: retry it, or fail after repeated deaths (F3-F5).
 
         Only the call the worker was running is charged with the death; calls queued behind it
         are resubmitted as they are. A worker that will not come back is taken out of its pool
-        and its queued work moves to the others.
+        and its queued work moves to the others (which plan such a video again themselves).
         """
-        pool = key[0]
+        pool, worker = call.pool, call.worker
+        key = (pool, worker)
         if not lost.permanent and key not in self.dead:
             try:
-                self.b.await_worker(pool, key[1])  # calls to a restarting actor are refused
+                self.backend.await_worker(pool, worker)  # calls to a restarting actor are refused
             except WorkerLost as e:
                 lost = e
         if lost.permanent and key not in self.dead:
             self.dead.add(key)
-            _logger.error("%s worker %d is gone for good (%s); continuing with the others", pool, key[1], lost)
+            _logger.error("%s worker %d is gone for good (%s); continuing with the others", pool, worker, lost)
             if pool == "decode":
-                jobs, self.chunk_jobs[key[1]] = self.chunk_jobs[key[1]], collections.deque()
-                for vid, lo, hi in jobs:
-                    self.videos[vid].worker = self._live("decode", self.b.n_decode)[0]
-                    self.chunk_jobs[self.videos[vid].worker].append((vid, lo, hi))
-        if kind == "embed":
-            e, batch, deaths = info
-            deaths += running
+                jobs, self.chunk_jobs[worker] = self.chunk_jobs[worker], collections.deque()
+                for job in jobs:
+                    v = self.videos[job.video_id]
+                    v.worker = self._live("decode", self.backend.n_decode)[0]
+                    self.chunk_jobs[v.worker].append(job)
+        if isinstance(call, _EmbedCall):
+            deaths = call.deaths + running
             if deaths >= _WORKER_DEATHS_MAX:
-                for _, chunk, _ in batch:
-                    self.pending_clips -= len(chunk.kept)
+                for d in call.batch:
+                    self.pending_clips -= len(d.chunk.kept)
                 err = VideoError("WorkerKilled", "embed", f"the embed worker died {deaths} times on this "
                                  f"video's batch (killed, e.g. out of memory); last: {str(lost)[:150]}")
-                for vid, _, _ in batch:
-                    self._fail(self.videos[vid], err)
+                for d in call.batch:
+                    self._fail(self.videos[d.video_id], err)
                 return
-            _logger.warning("embed worker %d died (%s); retrying its batch", e, str(lost)[:150])
-            self._submit_embed(e if key not in self.dead else self._live("embed", self.b.n_embed)[0], batch, deaths)
+            _logger.warning("embed worker %d died (%s); retrying its batch", worker, str(lost)[:150])
+            target = worker if key not in self.dead else self._live("embed", self.backend.n_embed)[0]
+            self._submit_embed(target, call.batch, deaths)
             return
-        vid = info[0]
-        v = self.videos[vid]
-        if v.failed:
+        v = self.videos[call.job.video_id if isinstance(call, _DecodeCall) else call.video_id]
+        if v.settled:
             return
         v.worker_deaths += running
         if v.worker_deaths >= _WORKER_DEATHS_MAX:
-            self._fail(v, VideoError("WorkerKilled", "probe" if kind == "plan" else "decode",
+            self._fail(v, VideoError("WorkerKilled", "probe" if isinstance(call, _PlanCall) else "decode",
                                      f"the decode worker died {v.worker_deaths} times while handling this video "
                                      f"(killed, e.g. out of memory); last: {str(lost)[:150]}"))
             return
-        _logger.warning("decode worker %d died (%s); retrying %s", key[1], str(lost)[:150], v.task.display_path)
-        w = v.worker if ("decode", v.worker) not in self.dead else self._live("decode", self.b.n_decode)[0]
-        if kind == "plan":
-            self._submit_plan(w, vid)
+        _logger.warning("decode worker %d died (%s); retrying %s", worker, str(lost)[:150], v.task.display_path)
+        w = v.worker if ("decode", v.worker) not in self.dead else self._live("decode", self.backend.n_decode)[0]
+        v.worker = w
+        if isinstance(call, _PlanCall):
+            self._submit_plan(w, call.video_id)
         else:
-            v.worker = w
-            self._submit_decode(w, vid, info[1], info[2])
+            self._submit_decode(w, call.job)
 
     def _fail(self, v: _Video, err: VideoError) -> None:
-        if v.failed:
+        if v.settled:
             return
         if (err.stage in ("probe", "segment", "decode") and err.error_type not in _FILE_ACCESS_ERRORS
                 and self._changed(v.task)):
@@ -636,25 +710,26 @@ class _Driver:
             # (deterministic errors are never retried) nor count towards quarantine.
             err = VideoError("Unstable", err.stage, f"file changed while being ingested ({err.error_type}: "
                                                     f"{err.message}); retried next run")
-        v.failed = True
-        self.chunk_jobs[v.worker] = collections.deque(j for j in self.chunk_jobs[v.worker] if j[0] != v.task.video_id)
+        v.settled = True
+        vid = v.task.video_id
+        self.chunk_jobs[v.worker] = collections.deque(j for j in self.chunk_jobs[v.worker] if j.video_id != vid)
         row = failure_row(v.task, err.error_type, err.stage, err.message, run_id=self.writer.run_id,
                           attempts=v.task.attempts, probe=v.plan.probe if v.plan else None)
         self._settle_failed(row, v.extra_rows)  # v stays in self.videos: late results are ignored
-        self._advance()
+        self._advance(v)
 
     def _settle_failed(self, row: dict[str, Any], extra: list[dict[str, Any]] | None = None) -> None:
-        self.s.videos_failed += 1
-        if len(self.s.failures) < 1000:
-            self.s.failures.append({k: row[k] for k in ("path", "stage", "error_type", "error_message")})
+        self.summary.videos_failed += 1
+        if len(self.summary.failures) < 1000:
+            self.summary.failures.append({k: row[k] for k in ("path", "stage", "error_type", "error_message")})
         _logger.warning("failed: %s", row["error_message"])
         self.writer.add(PendingVideo(row=row, extra_rows=list(extra or [])))
 
     def _maybe_finish(self, v: _Video) -> None:
-        if v.failed or v.plan is None or v.chunks_embedded < v.chunks_total:
+        if v.settled or v.plan is None or v.chunks_embedded < v.chunks_total:
             return
         plan = v.plan
-        clips: list[ClipSpan] = [c for c in plan.clips if c.clip_index in v.kept]
+        clips: list[ClipSpan] = [c for c in plan.clips if c.clip_index in v.embeddings]
         if not clips:
             msg = f"zero clips from a non-empty video ({v.decode_error or 'nothing decoded'})"
             self._fail(v, VideoError("NoClips", "decode", msg))
@@ -679,16 +754,16 @@ class _Driver:
             row.update(stage="decode", error_type="PartialDecode",
                        error_message=f"{v.task.display_path!r}: decoded {decoded} of {expected} frames "
                                      f"(coverage {coverage:.2f}){': ' + why if why else ''}")
-            self.s.videos_partial += 1
-            self.s.failures.append({k: row[k] for k in ("path", "stage", "error_type", "error_message")})
+            self.summary.videos_partial += 1
+            self.summary.failures.append({k: row[k] for k in ("path", "stage", "error_type", "error_message")})
         else:
-            self.s.videos_done += 1
-        emb = np.stack([v.kept[c.clip_index] for c in clips])
-        self.s.clips += len(clips)
+            self.summary.videos_done += 1
+        emb = np.stack([v.embeddings[c.clip_index] for c in clips])
+        self.summary.clips += len(clips)
         self.writer.add(PendingVideo(row=row, clips=clips, embeddings=emb, extra_rows=v.extra_rows))
-        v.kept.clear()
-        v.failed = True  # settled: ignore anything late
-        self._advance()
+        v.settled = True
+        self._advance(v)
+        v.embeddings.clear()
 
     @staticmethod
     def _changed(task: VideoTask) -> bool:
@@ -699,21 +774,33 @@ class _Driver:
             return False  # vanished or unreadable: the error at hand says enough
 
     # ---- progress --------------------------------------------------------------------------
-    def _open_progress(self) -> None:
-        if not self.opts.progress or not sys.stderr.isatty():
+    def _advance(self, v: _Video) -> None:
+        """A video of this run's work was settled."""
+        self.settled += 1
+        if v.plan is None:
+            self.settled_unplanned += 1
+        else:  # its clips that were not embedded never will be (failed, dropped as static or cut)
+            self.clips_left -= len(v.plan.clips) - len(v.embeddings)
+        self._tick(force=self.progress.tty)
+
+    def _tick(self, force: bool = False) -> None:
+        """Progress figures, at most once a second (a full pass over the videos for the ETA)."""
+        now = time.monotonic()
+        if not force and now - self.last_tick < 1.0:
             return
-        from tqdm import tqdm
+        self.last_tick = now
+        elapsed = now - self.t0
+        self.progress.update(Snapshot(
+            videos_settled=min(self.settled, self.total), videos_total=self.total, clips=self.clips_embedded,
+            failed=self.summary.videos_failed + self.summary.videos_partial, elapsed_s=elapsed,
+            eta_s=self._eta(elapsed)))
 
-        self.progress = tqdm(total=self.total, unit="video", file=sys.stderr, dynamic_ncols=True)
+    def _eta(self, elapsed: float) -> float | None:
+        """Seconds left at the clip rate so far: clips of planned videos not embedded yet, plus
+        the mean clips per planned video for each video not planned yet."""
+        if self.clips_embedded == 0 or elapsed <= 0 or not self.planned:
+            return None
+        unplanned = self.total - self.planned - self.settled_unplanned
+        left = max(0, self.clips_left) + unplanned * self.clips_planned / self.planned
+        return left / (self.clips_embedded / elapsed)
 
-    def _advance(self) -> None:
-        if self.progress is not None:
-            self.progress.update(1)
-            self._tick()
-
-    def _tick(self) -> None:
-        if self.progress is None:
-            return
-        el = max(1e-6, time.monotonic() - self.t0)
-        self.progress.set_postfix(clips=self.s.clips, clips_s=f"{self.s.clips / el:.1f}",
-                                  failed=self.s.videos_failed, refresh=False)

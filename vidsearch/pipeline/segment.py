@@ -5,7 +5,14 @@ Two modes (``IngestCfg.segment``):
 * ``fixed``: windows ``[k*stride, k*stride + clip_seconds)`` for every ``k*stride < duration``
   that contains at least one frame. A frame belongs to a window when its pts is inside it, so
   clip times come from pts, exact for variable frame rate (B15). A video shorter than one window
-  gives one clip ``[0, duration)`` (B12).
+  gives one clip ``[0, duration)`` (B12). The last window, cut short by the end of the video,
+  joins the window before it when it is shorter than ``min_shot_seconds``, as the last piece of
+  a shot does (:func:`join_short_tail`): such a tail was a clip of a fraction of a second, one
+  frame repeated, that came up as a hit of its own ("00:00:26-00:00:26.1") and had no frame for
+  a thumbnail (issue 11). The window before then ends at the video's end (it grows
+  by the short tail); every frame stays in a clip. (Libraries ingested
+  before keep their tail clips: a rerun skips done videos, and this changes only the ids of
+  tail clips of videos ingested from now on.)
 * ``shots``: cut where ffmpeg's scene score exceeds ``scene_threshold`` (:func:`detect_cuts`); a
   shot shorter than ``min_shot_seconds`` joins the previous shot (the first joins the next); a shot
   longer than ``clip_seconds`` is split into ``clip_seconds`` pieces from its start, and a last
@@ -24,7 +31,7 @@ import re
 import subprocess
 from collections.abc import Sequence
 
-from vidsearch.pipeline.types import ClipSpan, ProbeInfo, VideoError
+from vidsearch.pipeline.types import ClipSpan, VideoError
 from vidsearch.schemas.config import IngestCfg
 
 _logger = logging.getLogger(__name__)
@@ -50,6 +57,25 @@ def fixed_spans(pts_s: Sequence[float], duration_s: float, clip_seconds: float,
             spans.append((a, b))
         k += 1
     return spans
+
+
+def join_short_tail(spans: list[tuple[int, int]], pts_s: Sequence[float], duration_s: float,
+                    min_seconds: float) -> list[tuple[int, int]]:
+    """``spans`` with a short last span joined to the one before it (module docstring).
+
+    A last span is short when it lasts less than ``min_seconds`` (from its first frame to its
+    end). The span before it is extended to the end of the last one (with overlapping windows it
+    may already reach it; the tail then adds nothing and is dropped). A video of one span keeps
+    it, however short (B11, B12).
+    """
+    if len(spans) < 2:
+        return spans
+    a, b = spans[-1]
+    end = pts_s[b] if b < len(pts_s) else duration_s
+    if end - pts_s[a] >= min_seconds - _EPS:
+        return spans
+    pa, pb = spans[-2]
+    return [*spans[:-2], (pa, max(pb, b))]
 
 
 def shot_spans(pts_s: Sequence[float], duration_s: float, cut_frames: Sequence[int],
@@ -103,7 +129,7 @@ def detect_cuts(path: str, demuxer: str, threshold: float, timeout_s: float,
     Raises:
         VideoError: ``DecodeTimeout`` past ``timeout_s``; ``DecodeError`` when ffmpeg fails.
     """
-    import imageio_ffmpeg
+    import imageio_ffmpeg  # type: ignore[import-untyped]
 
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "info",
            "-protocol_whitelist", "file", "-f", demuxer, "-i", f"file:{path}", "-an", "-sn", "-dn",
@@ -124,12 +150,13 @@ def detect_cuts(path: str, demuxer: str, threshold: float, timeout_s: float,
     return [x - t0 for x in times[1:]]
 
 
-def plan_clips(probe: ProbeInfo, cfg: IngestCfg, num_frames: int, sampling: str,
+def plan_clips(pts_s: Sequence[float], duration_s: float, cfg: IngestCfg, num_frames: int, sampling: str,
                cut_times_s: Sequence[float] = ()) -> tuple[ClipSpan, ...]:
     """Clips of one video with their sampled frame indices.
 
     Args:
-        probe: the probe result (frame timestamps).
+        pts_s: every frame's presentation time, in presentation order, from 0 (the probe's).
+        duration_s: the video's duration (the probe's).
         cfg: segmentation settings.
         num_frames: frames per clip of the model.
         sampling: the model's sampling mode ("uniform" or "middle").
@@ -140,12 +167,15 @@ def plan_clips(probe: ProbeInfo, cfg: IngestCfg, num_frames: int, sampling: str,
     """
     from vidsearch.models.preprocess import sample_frame_indices
 
-    pts = probe.pts_s
+    pts = pts_s
+    spans: list[tuple[int, int, int | None]]
     if cfg.segment == "shots":
         cut_frames = [bisect.bisect_left(pts, c - 1e-3) for c in cut_times_s]
-        spans = shot_spans(pts, probe.duration_s, cut_frames, cfg.clip_seconds, cfg.min_shot_seconds)
+        spans = list(shot_spans(pts, duration_s, cut_frames, cfg.clip_seconds, cfg.min_shot_seconds))
     else:
-        spans = [(a, b, None) for a, b in fixed_spans(pts, probe.duration_s, cfg.clip_seconds, cfg.stride)]
+        windows = join_short_tail(fixed_spans(pts, duration_s, cfg.clip_seconds, cfg.stride), pts, duration_s,
+                                  cfg.min_shot_seconds)
+        spans = [(a, b, None) for a, b in windows]
     if not spans:
         raise VideoError("NoClips", "segment", "no clip could be cut (no frames)")
     clips = []
@@ -154,7 +184,7 @@ def plan_clips(probe: ProbeInfo, cfg: IngestCfg, num_frames: int, sampling: str,
         sample = sample_frame_indices(a, b, num_frames, sampling)  # type: ignore[arg-type]
         clips.append(ClipSpan(
             clip_index=i, start_frame=a, end_frame=b, start_s=pts[a],
-            end_s=min(pts[b] if b < n else probe.duration_s, probe.duration_s),
+            end_s=min(pts[b] if b < n else duration_s, duration_s),
             frame_indices=tuple(sample.indices), frame_times_s=tuple(pts[j] for j in sample.indices),
             padded=sample.padded, segment=cfg.segment, shot_index=shot,
         ))

@@ -2,7 +2,7 @@
 
 The flow of one video (``docs/ARCHITECTURE.md``)::
 
-    VideoTask --probe+segment--> VideoPlan --decode (chunks of clips)--> FramesChunk
+    VideoTask --probe+segment--> VideoPlan --decode (ChunkRequest per chunk)--> FramesChunk
               --embed--> embeddings --write--> clip rows + one video row
 
 Per-video failures are data, not exceptions that cross stages: a stage raises
@@ -55,7 +55,9 @@ class VideoError(Exception):
     """
 
     def __init__(self, error_type: str, stage: str, message: str) -> None:
-        assert error_type in ERROR_TYPES, error_type
+        if error_type not in ERROR_TYPES:
+            # Users and tests match on these names: a new one is added to ERROR_TYPES on purpose.
+            raise ValueError(f"unknown error_type {error_type!r} (not in ERROR_TYPES)")
         super().__init__(f"{error_type}: {message}")
         self.error_type = error_type
         self.stage = stage
@@ -96,9 +98,14 @@ class VideoTask:
 
 @dataclass(frozen=True)
 class ProbeInfo:
-    """What the probe learnt about a video (container metadata checked by a demux pass)."""
+    """What the probe learnt about a video (container metadata checked by a demux pass).
 
-    container: str                # ffmpeg format_name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    The frame timestamps stay with the probe's caller (segmentation, in the decode worker): one
+    float per frame is ~1 MB for an hour of video, and nothing downstream of the plan needs them.
+    """
+
+    container: str                # what the file is: mp4, mov, 3gp, webm, matroska, avi, ... (probe.container_name)
+    demuxer: str                  # the ffmpeg demuxer that reads it, sniffed once by the probe; decoders reuse it
     codec: str
     width: int                    # display width (after rotation)
     height: int                   # display height
@@ -109,7 +116,6 @@ class ProbeInfo:
     frame_count: int              # frames demuxed (packets with data), the decodable upper bound
     claimed_frames: int           # the container's own claim (0 when it has none)
     duration_s: float             # from the frame timestamps: last pts - first pts + one frame
-    pts_s: tuple[float, ...]      # presentation time of each frame in presentation order, from 0
     num_streams: int
     # Frames the container implies beyond those demuxed (rule 2): a declared duration longer than
     # the frames reach, or timestamp gaps where the demuxer reported damage. 0 = frame_count.
@@ -141,6 +147,22 @@ class VideoPlan:
     probe: ProbeInfo
     clips: tuple[ClipSpan, ...]
     expected_frames: int          # max(demuxed, claimed, implied by the probe): the coverage denominator
+
+
+@dataclass(frozen=True)
+class ChunkRequest:
+    """Decode clips ``[lo, hi)`` of a video (driver -> decode worker).
+
+    The worker that planned the video keeps its plan, so a request names the video instead of
+    carrying the plan back with every chunk. A worker without it (restarted after its process
+    died, or taking over from a worker that will not come back) plans the video again: probe and
+    segmentation are deterministic, and ``n_clips`` checks that the new plan is the driver's.
+    """
+
+    task: VideoTask
+    lo: int
+    hi: int
+    n_clips: int                  # len(plan.clips) of the driver's plan
 
 
 @dataclass

@@ -20,13 +20,14 @@ resume state from the catalog only after making it current.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
+import pyarrow as pa  # type: ignore[import-untyped]
 
 from vidsearch.library import Library, crash_point, utcnow
 from vidsearch.pipeline.types import ClipSpan, ProbeInfo, VideoTask
@@ -41,10 +42,12 @@ def video_row(task: VideoTask | None, *, status: str, run_id: str, attempts: int
               path_bytes: bytes | None = None, video_id: str | None = None,
               probe: ProbeInfo | None = None, coverage: float | None = None, num_clips: int = 0,
               stage: str | None = None, error_type: str | None = None,
-              error_message: str | None = None) -> dict[str, Any]:
-    """One ``videos`` row (VIDEO_SCHEMA) for a settled video."""
+              error_message: str | None = None, ingested_at: dt.datetime | None = None) -> dict[str, Any]:
+    """One ``videos`` row (VIDEO_SCHEMA) for a settled video (``task`` or ``path_bytes`` names it;
+    ``ingested_at`` defaults to now)."""
     pb = task.path_bytes if task is not None else path_bytes
-    assert pb is not None
+    if pb is None:
+        raise ValueError("video_row needs a task or path_bytes")
     return {
         "video_id": task.video_id if task is not None else video_id,
         "path": ids.display_path(pb), "path_bytes": pb,
@@ -56,20 +59,21 @@ def video_row(task: VideoTask | None, *, status: str, run_id: str, attempts: int
         "rotation": probe.rotation if probe else None, "coverage": coverage,
         "num_clips": num_clips, "status": status, "stage": stage, "error_type": error_type,
         "error_message": error_message, "attempts": attempts, "run_id": run_id,
-        "ingested_at": utcnow(),
+        "ingested_at": ingested_at or utcnow(),
     }
 
 
 def failure_row(task: VideoTask | None, error_type: str, stage: str, message: str, *, run_id: str,
                 attempts: int, path_bytes: bytes | None = None, video_id: str | None = None,
-                probe: ProbeInfo | None = None) -> dict[str, Any]:
+                probe: ProbeInfo | None = None, ingested_at: dt.datetime | None = None) -> dict[str, Any]:
     """A failed video row; the message is one line naming the file."""
     pb = task.path_bytes if task is not None else path_bytes
-    assert pb is not None
+    if pb is None:
+        raise ValueError("failure_row needs a task or path_bytes")
     line = f"{ids.display_path(pb)!r}: {message}".replace("\n", " ")
     return video_row(task, status=STATUS_FAILED, run_id=run_id, attempts=attempts, path_bytes=pb,
                      video_id=video_id, probe=probe, stage=stage, error_type=error_type,
-                     error_message=line)
+                     error_message=line, ingested_at=ingested_at)
 
 
 @dataclass

@@ -1,0 +1,68 @@
+"""The probe names the container a file really is, and records the demuxer the decoders reuse.
+
+ffmpeg reads mp4, mov, 3gp, m4v ... with one demuxer ("mov") and Matroska and WebM with another
+("matroska"): users (and the server's content type) want the container, decoders the demuxer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from media_tools import ffmpeg, lavfi_video
+
+from vidsearch.pipeline.probe import container_name, probe
+from vidsearch.pipeline.types import ERROR_TYPES, VideoError
+from vidsearch.schemas.config import IngestCfg
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return lavfi_video(tmp_path_factory.mktemp("probe") / "src.mp4", seconds=1, size="64x48", rate=10)
+
+
+@pytest.mark.parametrize(("name", "fmt", "container", "demuxer"), [
+    ("a.mp4", "mp4", "mp4", "mov"),
+    ("a.mov", "mov", "mov", "mov"),
+    ("a.3gp", "3gp", "3gp", "mov"),
+    ("a.m4v", "ipod", "m4v", "mov"),
+    ("a.mkv", "matroska", "matroska", "matroska"),
+    ("a.webm", "webm", "webm", "matroska"),
+    ("a.avi", "avi", "avi", "avi"),
+    ("a.ts", "mpegts", "mpegts", "mpegts"),
+    ("named_wrong.avi", "mp4", "mp4", "mov"),  # the bytes decide, never the name
+])
+def test_probe_reports_container_and_demuxer(source: Path, tmp_path: Path, name: str, fmt: str, container: str,
+                                             demuxer: str) -> None:
+    out = tmp_path / name
+    codec = ("-c:v", "libvpx-vp9", "-deadline", "realtime") if fmt == "webm" else ("-c", "copy")
+    extra = ("-brand", "M4V ") if name == "a.m4v" else ()
+    ffmpeg("-i", source, *codec, *extra, "-f", fmt, out)
+    info, pts = probe(os.fsencode(out), IngestCfg())
+    assert (info.container, info.demuxer) == (container, demuxer)
+    assert info.frame_count == len(pts) == 10 and pts[0] == 0.0
+
+
+def test_container_name_from_the_first_bytes() -> None:
+    def ftyp(brand: bytes) -> bytes:
+        return b"\x00\x00\x00\x18ftyp" + brand + b"\x00\x00\x02\x00isom"
+
+    assert container_name("mov", ftyp(b"isom")) == "mp4"
+    assert container_name("mov", ftyp(b"mp42")) == "mp4"
+    assert container_name("mov", ftyp(b"qt  ")) == "mov"
+    assert container_name("mov", ftyp(b"3g2a")) == "3g2"
+    assert container_name("mov", ftyp(b"M4A ")) == "m4a"
+    assert container_name("mov", b"\x00\x00\x00\x08wide\x00\x00\x00\x08mdat") == "mov"  # QuickTime, no ftyp
+    ebml = b"\x1aE\xdf\xa3\x9fB\x86\x81\x01B\xf7\x81\x01B\xf2\x81\x04B\xf3\x81\x08B\x82"
+    assert container_name("matroska", ebml + b"\x84webmB\x87") == "webm"
+    assert container_name("matroska", ebml + b"\x88matroskaB\x87") == "matroska"
+    assert container_name("matroska", b"\x1aE\xdf\xa3") == "matroska"  # cut header: the family name
+    assert container_name("flv", b"FLV\x01") == "flv"
+
+
+def test_video_error_refuses_an_unknown_type_even_under_python_O() -> None:
+    # A real check, not an assert: users and tests match on these names.
+    with pytest.raises(ValueError, match="NotAnErrorType"):
+        VideoError("NotAnErrorType", "probe", "x")
+    assert VideoError(ERROR_TYPES[0], "probe", "x").error_type == ERROR_TYPES[0]
