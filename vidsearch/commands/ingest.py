@@ -25,8 +25,9 @@ def add_parser(subparsers: Any) -> None:
                    help="keep the Parquet shards at this pyarrow filesystem URI instead of LIBRARY/shards "
                         "(s3://bucket/prefix, gs://..., file:///abs/path, hdfs://...; set when the library is "
                         "created; credentials from the environment, never in the URI)")
-    p.add_argument("--model", default="internvideo2-s2-1b",
-                   help="model name (default internvideo2-s2-1b; internvideo2-tiny for tests)")
+    p.add_argument("--model", default=None,
+                   help="model name (default: the library's model; for a new library internvideo2-s2-1b; "
+                        "internvideo2-tiny for tests)")
     p.add_argument("--checkpoint", help="weights file or folder (default: env vars, then HF cache)")
     p.add_argument("--tokenizer", help="tokenizer vocab (not needed for ingest; kept for symmetry)")
     p.add_argument("--device", help="embed device: cuda or cpu (default: cuda when present)")
@@ -37,14 +38,17 @@ def add_parser(subparsers: Any) -> None:
                    help="fixed windows, or shots cut at scene changes (default fixed)")
     p.add_argument("--clip-seconds", type=float, default=4.0, help="window length in seconds (default 4)")
     p.add_argument("--stride", type=float, default=None, help="window step in seconds (default = clip length)")
-    p.add_argument("--scene-threshold", type=float, default=0.3, help="ffmpeg scene score of a cut (shots)")
+    lim = IngestCfg()
+    p.add_argument("--scene-threshold", type=float, default=lim.scene_threshold,
+                   help=f"ffmpeg scene score above which a frame starts a new shot (--segment shots; "
+                        f"default {lim.scene_threshold:g})")
     p.add_argument("--skip-static", action="store_true", help="drop near-static clips that repeat the previous one")
-    p.add_argument("--ext", help="comma-separated extensions to pick up in folders, e.g. .mp4,.mkv")
+    p.add_argument("--ext", help="comma-separated extensions to pick up in folders, e.g. .mp4,.mkv (default: "
+                                 f"{','.join(lim.extensions)})")
     p.add_argument("--no-sniff", action="store_true",
                    help="in folders, take only files with a video extension (no content sniffing)")
     p.add_argument("--decode-timeout", type=float, default=300.0,
                    help="seconds without progress before a decoder is killed (default 300)")
-    lim = IngestCfg()
     p.add_argument("--max-pixels", type=int, default=lim.max_pixels,
                    help=f"refuse videos whose frames have more pixels (TooLarge; default {lim.max_pixels}, 8K)")
     p.add_argument("--max-frames", type=int, default=lim.max_frames,
@@ -56,7 +60,8 @@ def add_parser(subparsers: Any) -> None:
                    help=f"memory each decode process may use beyond its start-up; a video needing more "
                         f"fails as TooLarge (default {lim.decode_memory_mb}; 0 = no cap)")
     p.add_argument("--shard-rows", type=int, default=4096, help="clip rows per shard (default 4096)")
-    p.add_argument("--commit-interval", type=float, default=60.0, help="commit at least this often, seconds")
+    p.add_argument("--commit-interval", type=float, default=lim.commit_interval_s,
+                   help=f"commit at least this often, seconds (default {lim.commit_interval_s:g})")
     p.add_argument("--new-index", action="store_true",
                    help="start the library over if it holds another model's embeddings")
     p.add_argument("--retry-failed", action="store_true", help="retry quarantined (failed twice) videos")
@@ -71,8 +76,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vidsearch.cli import UserError
-    from vidsearch.pipeline.runner import IngestOptions, run_ingest
-    from vidsearch.schemas.config import IngestCfg
+    from vidsearch.pipeline.discover import InputError, check_inputs
 
     if args.batch_size < 1 or args.clip_seconds <= 0 or (args.stride is not None and args.stride <= 0):
         raise UserError("--batch-size, --clip-seconds and --stride must be positive")
@@ -83,6 +87,16 @@ def run(args: argparse.Namespace) -> int:
         # a URI here would silently become a local folder named "s3:". Refuse instead.
         raise UserError(f"--library {args.library}: the library folder must be a local path; put the "
                         "shards on a remote filesystem with --shards-uri (e.g. --shards-uri s3://bucket/prefix)")
+    try:
+        check_inputs(args.paths)  # before the heavy imports below: a typo answers at once
+    except InputError as e:
+        raise UserError(str(e)) from None
+    from vidsearch.models import list_models
+    from vidsearch.pipeline.runner import IngestOptions, run_ingest
+    from vidsearch.schemas.config import IngestCfg
+
+    if args.model is not None and args.model not in list_models():
+        raise UserError(f"--model {args.model}: unknown model; known: {', '.join(list_models())}")
     cfg = IngestCfg()
     cfg = replace(cfg, segment=args.segment, clip_seconds=args.clip_seconds,
                   stride=args.stride if args.stride is not None else args.clip_seconds,
@@ -102,7 +116,10 @@ def run(args: argparse.Namespace) -> int:
                          retry_failed=args.retry_failed, break_lock=args.break_lock,
                          build_index=not args.no_index, sniff=not args.no_sniff,
                          progress=not args.quiet)
-    s = run_ingest(args.paths, args.library, cfg, opts)
+    try:
+        s = run_ingest(args.paths, args.library, cfg, opts)
+    except InputError as e:
+        raise UserError(str(e)) from None
     if args.json:
         json.dump(s.to_dict(), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
@@ -118,14 +135,20 @@ def _esc(text: str) -> str:
 
 def format_summary(d: dict[str, Any]) -> str:
     """One screen of text for the end of a run."""
+    from vidsearch.pipeline.progress import duration_text, plural
+
+    counts = [(d["videos_done"], "done"), (d["videos_partial"], "partial"), (d["videos_failed"], "failed"),
+              (d["videos_skipped"], "already done"), (d["videos_quarantined"], "quarantined"),
+              (d["videos_failed_before"], "failed before"), (d["videos_moved"], "moved"),
+              (d["videos_duplicate"], "duplicate"), (d["videos_replaced"], "replaced")]
     lines = [
         f"vidsearch ingest: {d['status']}  (run {d['run_id']})",
         f"  library   {_esc(d['library'])}",
-        f"  videos    {d['videos_seen']} seen: {d['videos_done']} done, {d['videos_partial']} partial, "
-        f"{d['videos_failed']} failed, {d['videos_skipped']} already done, "
-        f"{d['videos_quarantined']} quarantined, {d['videos_failed_before']} failed before, "
-        f"{d['videos_moved']} moved, {d['videos_duplicate']} duplicates",
-        f"  clips     {d['clips']} in {d['elapsed_s']:.1f} s ({d['clips_per_s']:.1f} clips/s)",
+        f"  model     {_esc(str(d.get('model') or '-'))}",
+        f"  videos    {plural(d['videos_seen'], 'video')} seen"
+        + (": " + ", ".join(f"{n:,} {what}" for n, what in counts if n) if any(n for n, _ in counts) else ""),
+        f"  clips     {plural(d['clips'], 'clip')} in {duration_text(d['elapsed_s'])} "
+        f"({d['clips_per_s']:.1f} clips/s)",
     ]
     if d.get("index"):
         lines.append(f"  index     {d['index']}")

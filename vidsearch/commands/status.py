@@ -11,7 +11,12 @@ from vidsearch.commands import add_library_argument
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("status", help="summarise a library: videos, clips, failures, runs, health")
+    p = subparsers.add_parser(
+        "status", help="summarise a library: videos, clips, failures, runs, health",
+        description="What a library holds (videos by state, searchable clips, hours of video), its "
+                    "recent failures, its ingest runs and whether every shard the manifest lists is "
+                    "intact. Reads only: never changes the library. Exit code 2 when the health check "
+                    "finds problems.")
     add_library_argument(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
@@ -43,8 +48,10 @@ def library_status(root: str, max_attempts: int = 2) -> dict[str, Any]:
         out["videos"] = {k: states.get(k, 0) for k in ("done", "partial", "failed", "quarantined", "replaced")}
         out["clips"] = q("SELECT count(*) FROM clips c JOIN videos v USING (video_id) "
                          "WHERE v.status IN ('done', 'partial')")[0][0]
-        out["hours"] = round((q("SELECT coalesce(sum(duration_s), 0) FROM videos "
-                                "WHERE status IN ('done', 'partial')")[0][0] or 0) / 3600, 4)
+        seconds = float(q("SELECT coalesce(sum(duration_s), 0) FROM videos "
+                          "WHERE status IN ('done', 'partial')")[0][0] or 0)
+        out["duration_s"] = round(seconds, 3)
+        out["hours"] = round(seconds / 3600, 4)
         out["failures_by_type"] = dict(q(
             "SELECT error_type, count(*) FROM videos WHERE status IN ('failed', 'partial') "
             "AND error_type IS NOT NULL GROUP BY error_type ORDER BY count(*) DESC, error_type"))
@@ -54,15 +61,31 @@ def library_status(root: str, max_attempts: int = 2) -> dict[str, Any]:
                                      "WHERE status IN ('failed', 'partial') ORDER BY ingested_at DESC LIMIT 20")]
         cur = con.execute("SELECT * FROM runs ORDER BY started_at")
         names = [d[0] for d in cur.description]
-        out["runs"] = [{k: (str(v) if v is not None and k.endswith("_at") else v)
-                        for k, v in zip(names, r, strict=True)} for r in cur.fetchall()]
+        out["runs"] = [{k: _run_value(k, v) for k, v in zip(names, r, strict=True)} for r in cur.fetchall()]
     problems = lib.verify()
     out["health"] = {"ok": not problems, "problems": problems}
     return out
 
 
+def _run_value(key: str, value: Any) -> Any:
+    """A ``runs`` column as JSON wants it: times as text, ``settings`` as an object (the catalog
+    keeps it as JSON text; text that is not a JSON object stays text)."""
+    if value is None:
+        return None
+    if key.endswith("_at"):
+        return str(value)
+    if key == "settings" and isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        return parsed if isinstance(parsed, dict) else value
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from vidsearch.commands.ingest import _esc
+    from vidsearch.pipeline.progress import duration_text, plural
 
     st = library_status(args.library)
     if args.json:
@@ -71,12 +94,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     v = st["videos"]
     lines = [
-        f"library {_esc(st['library'])}  (generation {st['generation']}, {st['shards']} shards)",
+        f"library {_esc(st['library'])}  (generation {st['generation']}, {plural(st['shards'], 'shard')})",
         f"model   {st['model']['name'] if st['model'] else '-'}"
         + ("  [TEST MODEL]" if st["model"] and st["model"]["is_test_model"] else ""),
         f"videos  {v['done']} done, {v['partial']} partial, {v['failed']} failed, "
         f"{v['quarantined']} quarantined, {v['replaced']} replaced",
-        f"clips   {st['clips']} searchable ({st['hours']} h of video)",
+        f"clips   {st['clips']:,} searchable ({duration_text(st['duration_s'])} of video)",
     ]
     if "://" in st["shards_at"] or not st["shards_at"].startswith(st["library"]):
         lines.insert(1, f"shards  {_esc(st['shards_at'])}")
@@ -89,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
             lines.append(f"  {f['error_type']:<16} {_esc(str(f['message']))[:110]}")
     if st["runs"]:
         r = st["runs"][-1]
-        lines.append(f"last run {r['run_id']} {r['status']}: {r['clips']} clips, {r['clips_per_s']} clips/s")
+        lines.append(f"last run {r['run_id']} {r['status']}: {plural(r['clips'] or 0, 'clip')}, "
+                     f"{r['clips_per_s'] or 0:.1f} clips/s")
     h = st["health"]
     lines.append("health  ok" if h["ok"] else "health  PROBLEMS: " + "; ".join(h["problems"]))
     sys.stdout.write("\n".join(lines) + "\n")

@@ -21,7 +21,8 @@ class IngestCfg:
     stride: float = 4.0
     # ffmpeg scene score above which a frame starts a new shot (segment="shots" only).
     scene_threshold: float = 0.3
-    # Shots shorter than this are merged into their neighbour (segment="shots" only).
+    # Shots shorter than this are merged into their neighbour (segment="shots"); with fixed
+    # windows, a last window shorter than this joins the one before it (no 0.1 s tail clips).
     min_shot_seconds: float = 1.0
     # Drop clips whose sampled frames barely change and repeat the previous clip (near-static).
     skip_static: bool = False
