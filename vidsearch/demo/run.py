@@ -212,7 +212,7 @@ def run_demo(library: str | os.PathLike[str], *, videos: int = 24, seed: int = 0
     t1 = time.monotonic()
     say(f"2/4 ingesting with {DEMO_MODEL} ({executor}): {DEMO_CLIP_SECONDS:g} s clips every "
         f"{DEMO_STRIDE:g} s, 4 frames each, embedded, written to Parquet shards + DuckDB catalog")
-    summary = ingest_world(world, root, executor=executor, device=device)
+    summary = ingest_world(world, root, executor=executor, device=device, progress=True)  # steps + progress on stderr
     report.ingest_exit_code = summary.exit_code
     report.clips = Library(root).read_manifest().total_clips
     report.timings_s["ingest"] = time.monotonic() - t1
