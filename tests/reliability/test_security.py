@@ -154,7 +154,7 @@ def test_s1_sandbox_is_locked_before_the_catalog_is_loaded(library, tmp_path: Pa
     marker = tmp_path / "PWNED.txt"
 
     class Injected(Library):
-        def load_catalog_into(self, con: duckdb.DuckDBPyConnection, manifest: object = None) -> None:
+        def load_catalog_into(self, con: duckdb.DuckDBPyConnection, *args: Any, **kw: Any) -> Any:
             con.execute(f"COPY (SELECT 'owned') TO '{marker}' (HEADER false)")
 
     with pytest.raises(duckdb.PermissionException):
