@@ -159,8 +159,15 @@ def _open_reader(plan: VideoPlan, state: ChildState, cfg: IngestCfg, pp: Preproc
                      f"codec {plan.probe.codec}: no reader opens it ({'; '.join(errors) or 'none left to try'})")
 
 
-def _static_signature(clip_frames: np.ndarray) -> np.ndarray:
-    """(T, S, S, 3) -> (T, 16, 16) float grey thumbnails for the near-static test."""
+def _static_signature(clip_frames: Any) -> np.ndarray:
+    """(T, S, S, 3) -> (T, 16, 16) float grey thumbnails for the near-static test (a numpy
+    array, or a torch tensor of the GPU reader: computed where it lies, the thumbnails come back)."""
+    if not isinstance(clip_frames, np.ndarray):
+        g_t = clip_frames.float().mean(dim=-1)  # (T, S, S)
+        t, s, _ = g_t.shape
+        k = max(1, s // 16)
+        g_t = g_t[:, : k * (s // k), : k * (s // k)]
+        return np.asarray(g_t.reshape(t, s // k, k, s // k, k).mean(dim=(2, 4)).cpu().numpy(), np.float32)
     g = clip_frames.astype(np.float32).mean(axis=-1)
     t, s, _ = g.shape
     k = max(1, s // 16)
@@ -231,27 +238,50 @@ def _clip_by_clip(reader: FrameReader, clips: tuple[ClipSpan, ...], first_error:
 def _assemble(plan: VideoPlan, lo: int, hi: int, got: dict[int, np.ndarray], ended: int | None,
               err: str | None, reader: FrameReader, cfg: IngestCfg, pp: PreprocessCfg,
               state: ChildState) -> FramesChunk:
-    """The chunk's clips from the frames a reader delivered, and the video's coverage so far."""
+    chunk, state.last_sig = assemble_chunk(plan, lo, hi, got, ended, err, reader, cfg, pp, state.last_sig)
+    return chunk
+
+
+def assemble_chunk(plan: VideoPlan, lo: int, hi: int, got: dict[int, Any], ended: int | None,
+                   err: str | None, reader: FrameReader, cfg: IngestCfg, pp: PreprocessCfg,
+                   last_sig: np.ndarray | None) -> tuple[FramesChunk, np.ndarray | None]:
+    """The chunk's clips from the frames a reader delivered, and the video's coverage so far.
+
+    Frames are numpy arrays (CPU readers) or torch tensors (the GPU reader: the chunk's frames
+    are then one tensor on the GPU). Returns the chunk and the last kept clip's static
+    signature (``skip_static``), which the caller keeps for the video's next chunk.
+    """
     clips = plan.clips[lo:hi]
     kept: list[int] = []
-    arrays: list[np.ndarray] = []
+    arrays: list[Any] = []
+    on_torch = bool(got) and not isinstance(next(iter(got.values())), np.ndarray)
     for c in clips:
         if not all(i in got for i in c.frame_indices):
             break  # clips after the first undecodable one are not trusted either
-        frames = np.stack([got[i] for i in c.frame_indices])  # (T, S, S, 3): readers resize as they decode
+        if on_torch:
+            import torch
+
+            frames: Any = torch.stack([got[i] for i in c.frame_indices])  # (T, S, S, 3) on the reader's device
+        else:
+            frames = np.stack([got[i] for i in c.frame_indices])  # (T, S, S, 3): readers resize as they decode
         if cfg.skip_static:
             sig = _static_signature(frames)
             inner = float(np.abs(np.diff(sig, axis=0)).mean()) if len(sig) > 1 else 0.0
-            if (state.last_sig is not None and inner < cfg.static_threshold
-                    and float(np.abs(sig - state.last_sig).mean()) < cfg.static_threshold):
+            if (last_sig is not None and inner < cfg.static_threshold
+                    and float(np.abs(sig - last_sig).mean()) < cfg.static_threshold):
                 continue  # near-static and the same picture as the last kept clip
-            state.last_sig = sig
+            last_sig = sig
         kept.append(c.clip_index)
         arrays.append(frames)
     truncated = err is not None and ended is not None and any(
         i >= ended for c in clips for i in c.frame_indices)
     S = pp.img_size
-    out = np.stack(arrays) if arrays else np.zeros((0, pp.num_frames, S, S, 3), np.uint8)
+    if on_torch and arrays:
+        import torch
+
+        out: Any = torch.stack(arrays)  # (n, T, S, S, 3)
+    else:
+        out = np.stack(arrays) if arrays else np.zeros((0, pp.num_frames, S, S, 3), np.uint8)
     decoded = ended if truncated and ended is not None else plan.probe.frame_count
     if reader.lost:  # cumulative over the video: the runner keeps the minimum
         decoded = max(0, decoded - reader.lost)
@@ -260,7 +290,7 @@ def _assemble(plan: VideoPlan, lo: int, hi: int, got: dict[int, np.ndarray], end
         decoded = min(decoded, reader.available)
         truncated = truncated or reader.available < plan.probe.frame_count and hi == len(plan.clips)
     return FramesChunk(video_id=plan.task.video_id, clip_lo=lo, clip_hi=hi, frames=out, kept=kept,
-                       decoded_frames=decoded, truncated=truncated, decoder=reader.name, error=err)
+                       decoded_frames=decoded, truncated=truncated, decoder=reader.name, error=err), last_sig
 
 
 def _die_with_parent() -> None:

@@ -338,8 +338,15 @@ def _finish(container: Any, vs: Any, fmt: str, names: tuple[str, str], codec: st
         rotation=rotation, fps=n / duration if duration > 0 else 0.0, frame_count=n,
         claimed_frames=claimed, duration_s=duration, num_streams=len(streams),
         expected_frames=expected, expected_note=note,
+        pix_fmt=_pix_fmt(vs), profile=str(vs.codec_context.profile or ""),
     )
     return ProbeResult(info, times)
+
+
+def _pix_fmt(vs: Any) -> str:
+    """The stream's pixel format name, or "" when the header does not give one."""
+    fmt = getattr(vs.codec_context, "pix_fmt", None) or getattr(getattr(vs.codec_context, "format", None), "name", None)
+    return str(fmt or "")
 
 
 # Containers whose duration is written in the header (not estimated by ffmpeg from timestamps

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from vidsearch.pipeline.colour import colour_spec, swscale_args
 from vidsearch.pipeline.types import VideoPlan, is_transient_io
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.model_config import PreprocessCfg
@@ -188,10 +189,16 @@ class PyAVReader:
         self._indexed = False
         self._open()
 
+    def _hwaccel(self) -> Any:
+        """PyAV ``HWAccel`` to decode with (None: the CPU). The NVDEC reader overrides it."""
+        return None
+
     def _open(self) -> None:
         import av
 
-        self.container = av.open(self.path, format=self.demuxer, options={"protocol_whitelist": "file"})
+        hw = self._hwaccel()
+        extra = {"hwaccel": hw} if hw is not None else {}
+        self.container = av.open(self.path, format=self.demuxer, options={"protocol_whitelist": "file"}, **extra)
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "NONE"
         self.stream.thread_count = 1
@@ -281,15 +288,18 @@ class PyAVReader:
                 self.errors += 1
         return self.buffer.pop(0)
 
-    def _rgb(self, frame: Any) -> np.ndarray:
+    def _rgb(self, frame: Any) -> Any:
+        # The stream's matrix and range, chosen as the GPU reader chooses them (colour.py), and
+        # one swscale thread (its default starts one per core, in every decode process).
+        sws = swscale_args(colour_spec(frame.colorspace, frame.color_range))
         size = downscaled_size(frame.width, frame.height, self.max_pixels)
         if size is None:
-            a = frame.to_ndarray(format="rgb24")
+            a = frame.to_ndarray(format="rgb24", **sws)
         else:
             # Decode-side downscale (B13): swscale converts and shrinks in one pass, so no
             # full-resolution RGB copy of the frame is ever made.
             a = frame.reformat(width=size[0], height=size[1], format="rgb24",
-                               interpolation="AREA").to_ndarray()
+                               interpolation="AREA", **sws).to_ndarray()
         if self.rotation:
             a = np.ascontiguousarray(np.rot90(a, self.rotation // 90))
         return self.post(a) if self.post is not None else a

@@ -121,6 +121,11 @@ class ProbeInfo:
     # the frames reach, or timestamp gaps where the demuxer reported damage. 0 = frame_count.
     expected_frames: int = 0
     expected_note: str = ""       # why expected_frames exceeds frame_count, for the failure message
+    # The decoder's view of the stream, for choosing a decoder (NVDEC takes 4:2:0 only, h264 in
+    # 8 bits only): pixel format ("yuv420p", "yuv444p", "yuv420p10le", ...; "" unknown) and profile
+    # ("High", "Main 10", "High 4:4:4 Predictive", ...; "" unknown).
+    pix_fmt: str = ""
+    profile: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,3 +187,22 @@ class FramesChunk:
     truncated: bool = False       # the decoder stopped early (coverage < 1 for this video)
     decoder: str = "decord"
     error: str | None = None      # why the decoder stopped early
+
+
+@dataclass(frozen=True)
+class GpuChunkRequest:
+    """Decode clips ``[lo, hi)`` of a planned video on the GPU (driver -> the embed worker that
+    owns the video's NVDEC session). It carries the plan: the embed worker did not plan it."""
+
+    plan: VideoPlan
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class GpuFallback:
+    """The GPU decoder cannot take this video (from this chunk on): the CPU path decodes it.
+    Not a failure: nothing of it reaches the ``failures`` table."""
+
+    video_id: str
+    reason: str                   # one line: what NVDEC refused or what failed
