@@ -202,6 +202,32 @@ def test_s4_single_expression_stopped_at_the_timeout(library, capsys: pytest.Cap
     assert rc == 1 and "timeout" in err and err.count("\n") == 1
 
 
+def test_s4_stopped_query_says_one_line_on_a_terminal(library) -> None:  # type: ignore[no-untyped-def]
+    """On a terminal DuckDB draws a progress bar on stderr for queries past 2 s; the worker's
+    stderr is the user's terminal, so the sandbox turns it off: one line, the timeout."""
+    import pty
+    import select
+    import subprocess
+
+    main_fd, tty_fd = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "vidsearch.cli", "sql", "SELECT count(*) FROM range(1000000000000)",
+                             "--library", str(library.lib.root), "--timeout", "4"], stdout=tty_fd, stderr=tty_fd)
+    os.close(tty_fd)
+    chunks = []
+    while select.select([main_fd], [], [], 120)[0]:
+        try:
+            data = os.read(main_fd, 65536)
+        except OSError:  # EIO: the terminal's other side closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(main_fd)
+    assert proc.wait(timeout=60) == 1
+    out = b"".join(chunks).decode(errors="replace")
+    assert out.startswith("vidsearch: error: query stopped after the 4 s timeout") and out.count("\n") == 1, out
+
+
 def test_s4_memory_of_user_sql_is_capped(library, capsys: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
     """3 GB in one expression, allowed 256 MB: ended with a clear message (it reached 3.6 GB)."""
     rc = main(["sql", "SELECT length(repeat('x', 3000000000))", "--library", str(library.lib.root),

@@ -154,7 +154,10 @@ def _lock_down(con: duckdb.DuckDBPyConnection, *, memory_limit: str | None = Non
                spill_dir: str | None = None, spill_limit: str = SPILL_LIMIT) -> None:
     """Caps, then no file/network/extension access, then configuration locked for good."""
     spill = "" if spill_dir is None else spill_dir.replace("'", "''")
-    stmts = [f"SET temp_directory = '{spill}'", f"SET max_temp_directory_size = '{_checked_size(spill_limit)}'"]
+    # No progress bar: DuckDB draws one on stderr for queries past 2 s, into the user's terminal
+    # or the server's log.
+    stmts = [f"SET temp_directory = '{spill}'", f"SET max_temp_directory_size = '{_checked_size(spill_limit)}'",
+             "SET enable_progress_bar = false"]
     if memory_limit is not None:
         stmts.append(f"SET memory_limit = '{_checked_size(memory_limit)}'")
     if threads is not None:
@@ -482,9 +485,14 @@ def _worker_main() -> None:
     try:
         box = _Box(Library(init["root"]), init)
         box.ensure_open()
-        base = _vm_size()
-        limit = base + size_bytes(init["memory_limit"]) + int(init["headroom"])
-        _set_address_limit(limit)
+        try:
+            base: int | None = _vm_size()
+        except OSError:  # no /proc (not Linux): DuckDB's memory_limit and the timeout still hold
+            base = None
+            _logger.warning("no address-space limit for user SQL on this system (no /proc/self/status)")
+        limit = None if base is None else base + size_bytes(init["memory_limit"]) + int(init["headroom"])
+        if limit is not None:
+            _set_address_limit(limit)
         _send(out, {"ok": True, "ready": True, "pid": os.getpid(), "vm_base": base, "as_limit": limit})
     except Exception as e:
         _send(out, {"ok": False, "kind": "failed", "error": f"cannot open the library for SQL: {_one_line(e)}"})
@@ -865,12 +873,12 @@ class SqlPool:
     def prestart(self) -> None:
         """Start a worker now, without waiting for it (its start-up, ~0.3-1.5 s of interpreter
         and imports, then overlaps other work such as loading a model)."""
-        with self._cond:
+        with self._cond:  # started under the lock: no other thread can take it half-started
             if self._closed or self._idle or self._busy >= self.size:
                 return
             w = SqlWorker(self.library, memory_limit=self.memory_limit, threads=self.threads)
+            w.start()
             self._idle.append(w)
-        w.start()
 
     def query(self, sql: str, *, timeout_s: float | None = 30.0, shape: Shape = "raw") -> pa.Table:
         """Run one user SELECT in a worker; see :func:`run_user_sql`."""

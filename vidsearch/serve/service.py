@@ -261,6 +261,8 @@ class LibraryService:
             if self._searcher is not None:
                 self._searcher.close()
                 self._searcher = None
+        # Its user-SQL workers end with the server, not only at interpreter exit.
+        sql_pool(self.library, memory_limit=self.cfg.sql_memory_limit, threads=self.cfg.sql_threads).close()
 
     def _get_searcher(self) -> Searcher:
         """The searcher at the last committed generation (lock held by the caller)."""
