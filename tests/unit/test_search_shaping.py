@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vidsearch.search.shaping import ClipHit, limit_per_video, merge_moments, shape
-from vidsearch.search.timefmt import format_hms, parse_time
+from vidsearch.search.timefmt import TimeFormatError, format_hms, format_span, parse_time, round_ms
 
 
 def hit(cid: int, score: float, video: str, start: float, length: float = 4.0) -> ClipHit:
@@ -51,11 +51,28 @@ def test_per_video_limit_and_grouping_before_k() -> None:
 
 
 def test_time_formats() -> None:
-    assert format_hms(83) == "00:01:23" and format_hms(3600 + 0.5) == "01:00:00.5"
+    # One fixed format (HH:MM:SS.mmm), milliseconds rounded, read back by parse_time.
+    assert format_hms(83) == "00:01:23.000" and format_hms(3600 + 0.5) == "01:00:00.500"
+    assert format_hms(4.0040000000000004) == "00:00:04.004" and format_hms(59.9996) == "00:01:00.000"
+    assert format_span(12, 16.5) == "00:00:12.000-00:00:16.500"
+    assert round_ms(4.0040000000000004) == 4.004 and str(round_ms(26.1 + 1e-12)) == "26.1"
     assert parse_time("00:01:20") == 80 and parse_time("1:20") == 80 and parse_time("80.5") == 80.5
-    for bad in ("1; DROP TABLE clips", "-1", "1:75", "", "nan", "a:b"):
-        with pytest.raises(Exception, match="not a time"):
+    for t in (0.0, 4.004, 83.5, 3725.125):
+        assert parse_time(format_hms(t)) == pytest.approx(t)
+    for bad in ("1; DROP TABLE clips", "-1", "1:75", "", "nan", "a:b", "inf", "1e3", "１２"):
+        with pytest.raises(TimeFormatError, match="not a time"):  # a ValueError, not argparse's error
             parse_time(bad)
+    assert issubclass(TimeFormatError, ValueError)
+
+
+def test_one_clip_id_parser_for_cli_and_web() -> None:
+    from vidsearch.search.types import BadClipId, parse_clip_id
+
+    assert parse_clip_id("887001044795390268") == 887001044795390268
+    assert parse_clip_id(" 1 ") == 1 and parse_clip_id(str(2**63 - 1)) == 2**63 - 1
+    for bad in ("0", "-5", str(2**63), "12ab", "", "1.0", "١٢", "+7", "99999999999999999999"):
+        with pytest.raises(BadClipId, match="not a clip id"):
+            parse_clip_id(bad)
 
 
 def test_score_margin_keeps_a_straddling_clip_out_of_the_moment() -> None:

@@ -12,16 +12,12 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import asdict
-from typing import TYPE_CHECKING
 
 import duckdb
 
 from vidsearch.library import Library, utcnow
 from vidsearch.search.sandbox import HISTORY_DDL
-
-if TYPE_CHECKING:
-    from vidsearch.search.searcher import SearchResult
+from vidsearch.search.types import SearchResult
 
 _logger = logging.getLogger(__name__)
 
@@ -34,7 +30,7 @@ def record_search(library: Library, result: SearchResult, *, retries: int = 20) 
         _logger.warning("%s is a symbolic link; search not recorded", path)
         return None
     row = [search_id, utcnow(), result.query, result.like_clip_id, result.k, result.offset,
-           result.per_video, result.rerank, json.dumps(asdict(result.filters), sort_keys=True),
+           result.per_video, result.rerank, json.dumps(result.filters.to_dict(), sort_keys=True),
            result.strategy, len(result.hits), result.timings_ms.get("total", 0.0),
            json.dumps(result.timings_ms, sort_keys=True), result.index_kind, result.generation,
            result.model_name, result.model_fingerprint]
