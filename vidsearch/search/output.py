@@ -14,8 +14,10 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vidsearch.library import Library, LibraryError, atomic_replace
-from vidsearch.search.searcher import Hit, SearchResult
-from vidsearch.search.timefmt import format_hms
+from vidsearch.search.timefmt import format_hms, format_span, round_ms
+from vidsearch.search.types import Hit, SearchResult
 
 _logger = logging.getLogger(__name__)
 
+# Clip ids are int64 here (Parquet and SQL hold them exactly); JSON writes them as strings.
 RESULT_SCHEMA = pa.schema([
     ("rank", pa.int32()), ("score", pa.float64()), ("rerank_score", pa.float64()),
     ("clip_id", pa.int64()), ("video_id", pa.string()), ("path", pa.string()),
@@ -51,25 +54,51 @@ def escape_display(text: str) -> str:
 
 
 def records(result: SearchResult) -> list[dict[str, Any]]:
-    """One plain dict per hit (the JSON / CSV / Parquet row)."""
+    """One plain dict per hit (the CSV / Parquet row): ids as int64, times rounded to ms."""
     return [{"rank": h.rank, "score": round(h.score, 6), "rerank_score": h.rerank_score,
-             "clip_id": h.clip_id, "video_id": h.video_id, "path": h.path, "start_s": h.start_s,
-             "end_s": h.end_s, "start": format_hms(h.start_s), "end": format_hms(h.end_s),
+             "clip_id": h.clip_id, "video_id": h.video_id, "path": h.path, "start_s": round_ms(h.start_s),
+             "end_s": round_ms(h.end_s), "start": format_hms(h.start_s), "end": format_hms(h.end_s),
              "merged_clip_ids": list(h.clip_ids)} for h in result.hits]
 
 
+def hit_json(h: Hit) -> dict[str, Any]:
+    """One hit as JSON, the same fields in ``search --json`` and the web API.
+
+    Clip ids are decimal strings: a JavaScript number (and jq) holds 53 bits, and a rounded id
+    then names another clip or none.
+    """
+    return {"rank": h.rank, "score": round(h.score, 6),
+            "rerank_score": None if h.rerank_score is None else round(h.rerank_score, 6),
+            "clip_id": str(h.clip_id), "video_id": h.video_id, "path": h.path,
+            "start_s": round_ms(h.start_s), "end_s": round_ms(h.end_s),
+            "start": format_hms(h.start_s), "end": format_hms(h.end_s),
+            "merged_clip_ids": [str(c) for c in h.clip_ids]}
+
+
+def result_json(result: SearchResult) -> dict[str, Any]:
+    """The whole result as a JSON object (hits plus how they were found): ``search --json``,
+    and the web API's ``/api/search`` adds its page fields (``has_more``, URLs) to it."""
+    return {"query": result.query,
+            "like_clip_id": None if result.like_clip_id is None else str(result.like_clip_id),
+            "k": result.k, "offset": result.offset, "strategy": result.strategy, "matched": result.matched,
+            "generation": result.generation, "index": result.index_kind, "model": result.model_name,
+            "min_score": result.min_score,
+            "best_score": None if result.best_score is None else round(result.best_score, 6),
+            "no_good_match": result.no_good_match,
+            "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
+            "warnings": list(result.warnings), "search_id": result.search_id, "server": result.server,
+            "hits": [hit_json(h) for h in result.hits]}
+
+
 def to_json(result: SearchResult) -> str:
-    """The whole result as one JSON document (hits plus how they were found)."""
-    doc = {"query": result.query, "like_clip_id": result.like_clip_id, "k": result.k,
-           "offset": result.offset, "strategy": result.strategy, "matched": result.matched,
-           "index": result.index_kind, "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
-           "warnings": result.warnings, "search_id": result.search_id, "hits": records(result)}
-    return json.dumps(doc, indent=2, ensure_ascii=False)
+    """:func:`result_json` as text (UTF-8 kept, strict JSON)."""
+    return json.dumps(result_json(result), indent=2, ensure_ascii=False, allow_nan=False)
 
 
 def to_csv(result: SearchResult) -> str:
+    """CSV with a header row; ``\\n`` line ends (not the csv module's CRLF)."""
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv.writer(buf, lineterminator="\n")
     w.writerow([f.name for f in RESULT_SCHEMA])
     for r in records(result):
         r["merged_clip_ids"] = " ".join(map(str, r["merged_clip_ids"]))
@@ -77,18 +106,31 @@ def to_csv(result: SearchResult) -> str:
     return buf.getvalue()
 
 
+def timing_line(result: SearchResult) -> str:
+    """One line: how many results, from where, and where the time went (model load apart)."""
+    t = result.timings_ms
+    parts = [f"{k} {t[k]:.0f}" if t[k] >= 10 else f"{k} {t[k]:.1f}"
+             for k in ("load", "encode", "filter", "ann", "db", "rerank") if k in t]
+    where = f"vidsearch serve at {result.server}" if result.server else result.strategy
+    n = len(result.hits)
+    return f"{n} result{'' if n == 1 else 's'} in {t.get('total', 0):.0f} ms ({', '.join(parts)}) via {where}"
+
+
 def format_table(result: SearchResult) -> str:
-    """A plain aligned table, control characters escaped."""
+    """A plain aligned table, control characters escaped; "no good match" or "no results" when empty."""
     rerank = any(h.rerank_score is not None for h in result.hits)
     header = ["rank", "score", *(["itm"] if rerank else []), "start-end", "clip_id", "path"]
     rows = []
     for h in result.hits:
-        span = f"{format_hms(h.start_s)}-{format_hms(h.end_s)}"
-        merged = f" (+{len(h.clip_ids) - 1} clips)" if len(h.clip_ids) > 1 else ""
+        n_more = len(h.clip_ids) - 1
+        merged = f" (+{n_more} clip{'' if n_more == 1 else 's'})" if n_more else ""
         rows.append([str(h.rank), f"{h.score:.4f}",
                      *([f"{h.rerank_score:.3f}" if h.rerank_score is not None else ""] if rerank else []),
-                     span, str(h.clip_id), escape_display(h.path) + merged])
+                     format_span(h.start_s, h.end_s), str(h.clip_id), escape_display(h.path) + merged])
     if not rows:
+        if result.no_good_match:
+            return (f"no good match (the best score, {result.best_score:.4f}, is below the minimum score "
+                    f"{result.min_score:g}; lower it with --min-score)")
         return "no results"
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == len(header) - 1 else c.rjust(w) if i < 2 else c.ljust(w)
@@ -118,12 +160,24 @@ def write_parquet(result: SearchResult, path: str | os.PathLike[str]) -> Path:
     return final
 
 
+PLAYERS = ("mpv", "ffplay")
+
+
+def find_player(preferred: str | None = None) -> str | None:
+    """The video player to use: ``preferred`` if it is installed, else the first of
+    :data:`PLAYERS` on ``PATH`` (``preferred=None``); None when there is none."""
+    for name in (preferred,) if preferred else PLAYERS:
+        if shutil.which(name):
+            return name
+    return None
+
+
 def open_command(h: Hit, video_path: str, player: str = "mpv") -> str:
     """A shell-quoted command that plays the hit from its start (``mpv`` or ``ffplay``)."""
-    dur = max(h.end_s - h.start_s, 0.1)
+    dur = round_ms(max(h.end_s - h.start_s, 0.1))
     if player == "ffplay":
-        return shlex.join(["ffplay", "-ss", f"{h.start_s:g}", "-t", f"{dur:g}", "--", video_path])
-    return shlex.join(["mpv", f"--start={h.start_s:g}", f"--end={h.end_s:g}", "--", video_path])
+        return shlex.join(["ffplay", "-ss", format_hms(h.start_s), "-t", f"{dur:g}", "--", video_path])
+    return shlex.join(["mpv", f"--start={format_hms(h.start_s)}", f"--end={format_hms(h.end_s)}", "--", video_path])
 
 
 def video_paths(con: Any, video_ids: list[str]) -> dict[str, str]:
@@ -137,41 +191,107 @@ def video_paths(con: Any, video_ids: list[str]) -> dict[str, str]:
     return {v: os.fsdecode(b) for v, b in zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True)}
 
 
-def make_thumbnails(library: Library, hits: list[Hit], paths: dict[str, str], *,
-                    width: int = 320, timeout_s: float = 30.0) -> dict[int, Path | None]:
-    """Extract one jpg per hit (middle of its best clip) into ``LIBRARY/thumbs/<clip_id>.jpg``.
+@dataclass(frozen=True)
+class FrameRef:
+    """A frame that exists: the video file and the time of one of the clip's decoded frames."""
 
-    Returns the file of each clip id, None where extraction failed (a warning is logged).
+    path: str
+    at_s: float      # that frame's timestamp
+    fps: float = 0.0  # the video's frame rate (0: unknown)
+
+
+def thumbnail_frames(con: Any, clip_ids: list[int]) -> dict[int, FrameRef]:
+    """The frame each clip's thumbnail shows: the middle one of its sampled frames.
+
+    Sampled frame times are frames that were decoded at ingest. The middle of the clip's span
+    is not always one: a padded tail clip (one frame repeated) spans past the last frame, and
+    ffmpeg, asked to seek there, writes nothing.
+    """
+    from vidsearch.search.sandbox import run_query
+
+    if not clip_ids:
+        return {}
+    t = run_query(con, "SELECT clips.clip_id, videos.path_bytes, clips.frame_times_s, clips.start_s, clips.end_s, "
+                  "videos.fps, videos.duration_s FROM clips JOIN videos USING (video_id) "
+                  "WHERE clips.clip_id IN (SELECT unnest(?::BIGINT[]))", [[int(c) for c in clip_ids]])
+    out: dict[int, FrameRef] = {}
+    for r in t.to_pylist():
+        fps = float(r["fps"] or 0.0)
+        times = [x for x in (r["frame_times_s"] or []) if x is not None]
+        if times:
+            at = float(sorted(times)[len(times) // 2])
+        else:  # no sampled times recorded: the middle of the clip, but never past the last frame
+            at = (r["start_s"] + r["end_s"]) / 2
+            if r["duration_s"]:
+                at = min(at, max(0.0, r["duration_s"] - (1 / fps if fps > 0 else 0.1)))
+        out[int(r["clip_id"])] = FrameRef(os.fsdecode(r["path_bytes"]), at, fps)
+    return out
+
+
+def make_thumbnails(library: Library, frames: dict[int, FrameRef], *,
+                    width: int = 320, timeout_s: float = 30.0) -> dict[int, Path | None]:
+    """Extract one jpg per clip id (the frame :func:`thumbnail_frames` chose) into
+    ``LIBRARY/thumbs/<clip_id>.jpg``; existing ones are reused.
+
+    Written as a temp file in ``thumbs/`` itself and renamed: a read command writes nothing in
+    the library beyond ``thumbs/`` and ``history.duckdb``.
+
+    Returns:
+        The file of each clip id, None where extraction failed (one warning line each).
+
+    Raises:
+        LibraryError: ``thumbs/`` is a symbolic link, or cannot be created or written
+            (a read-only library).
     """
     import imageio_ffmpeg
 
     thumbs = library.thumbs_dir
     if thumbs.is_symlink():  # S4: a one-line user error, as the other library folders give
         raise LibraryError(f"{thumbs} is a symbolic link; library folders must be real directories")
-    thumbs.mkdir(parents=True, exist_ok=True)
+    try:
+        thumbs.mkdir(exist_ok=True)
+    except OSError as e:
+        raise LibraryError(f"cannot create {thumbs}: {e.strerror or e}") from None
+    if not os.access(thumbs, os.W_OK):
+        raise LibraryError(f"cannot write thumbnails: {thumbs} is read-only")
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     out: dict[int, Path | None] = {}
-    for h in hits:
-        final = thumbs / f"{int(h.clip_id)}.jpg"  # the name is an integer: no traversal possible
-        if final.is_file():
-            out[h.clip_id] = final
+    for clip_id, ref in frames.items():
+        final = thumbs / f"{int(clip_id)}.jpg"  # the name is an integer: no traversal possible
+        if final.is_file() and not final.is_symlink():
+            out[clip_id] = final
             continue
-        src = paths.get(h.video_id)
-        tmp = library.tmp_dir / f"thumb-{uuid.uuid4().hex}.jpg"
-        library.tmp_dir.mkdir(parents=True, exist_ok=True)
-        mid = (h.start_s + h.end_s) / 2
-        cmd = [ffmpeg, "-nostdin", "-v", "error", "-ss", f"{mid:.3f}", "-i", f"file:{os.path.abspath(src or '')}",
+        tmp = thumbs / f".{int(clip_id)}-{uuid.uuid4().hex}.tmp.jpg"
+        # Half a frame before the frame: the first frame at or after that time is this one, even
+        # when the stored time rounds a little above the frame's own timestamp.
+        seek = max(0.0, ref.at_s - (0.5 / ref.fps if ref.fps > 0 else 0.001))
+        cmd = [ffmpeg, "-nostdin", "-v", "error", "-ss", f"{seek:.3f}", "-i", f"file:{os.path.abspath(ref.path)}",
                "-frames:v", "1", "-vf", f"scale={int(width)}:-2", "-y", str(tmp)]
         try:
-            if src is None:
-                raise FileNotFoundError("video not in the catalog")
-            subprocess.run(cmd, check=True, capture_output=True, timeout=timeout_s)
+            r = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
+            if r.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
+                raise _ThumbFailed(_ffmpeg_reason(r.stderr, r.returncode))
             atomic_replace(tmp, final)
-            out[h.clip_id] = final
-        except (OSError, subprocess.SubprocessError) as e:
-            _logger.warning("no thumbnail for clip %d (%s): %s", h.clip_id, escape_display(src or "?"),
-                            str(e).splitlines()[0] if str(e) else type(e).__name__)
-            out[h.clip_id] = None
+            out[clip_id] = final
+        except subprocess.TimeoutExpired:
+            _logger.warning("no thumbnail for clip %d (%s): ffmpeg took over %g s", clip_id,
+                            escape_display(ref.path), timeout_s)
+            out[clip_id] = None
+        except (OSError, _ThumbFailed) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            _logger.warning("no thumbnail for clip %d (%s at %s): %s", clip_id, escape_display(ref.path),
+                            format_hms(ref.at_s), escape_display(why))
+            out[clip_id] = None
         finally:
             tmp.unlink(missing_ok=True)
     return out
+
+
+class _ThumbFailed(Exception):
+    """ffmpeg wrote no thumbnail."""
+
+
+def _ffmpeg_reason(stderr: bytes, returncode: int) -> str:
+    """One line of why ffmpeg failed: its last message, not the whole command line."""
+    lines = [ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+    return (lines[-1] if lines else f"ffmpeg exited with status {returncode}")[:300]
