@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import SyntheticLibrary
@@ -38,6 +39,7 @@ def test_text_query_json_and_history(tiny_library: SyntheticLibrary, capsys: pyt
     assert scores == sorted(scores, reverse=True)
     h = doc["hits"][0]
     assert h["start"].count(":") == 2 and h["end_s"] > h["start_s"] and h["clip_id"] in h["merged_clip_ids"]
+    assert "load" in doc["timings_ms"] and "encode" in doc["timings_ms"]  # model load apart from encoding
     with duckdb.connect(str(tiny_library.lib.root / "history.duckdb"), read_only=True) as con:
         assert con.execute("SELECT query, n_results FROM searches").fetchall() == [("dog playing in snow", 5)]
         assert con.execute("SELECT count(*) FROM search_results WHERE search_id = ?",
@@ -48,33 +50,106 @@ def test_text_query_json_and_history(tiny_library: SyntheticLibrary, capsys: pyt
     assert json.loads(capsys.readouterr().out) == [{"query": "dog playing in snow", "n": 5}]
 
 
-def test_outputs_csv_parquet_open(tiny_library: SyntheticLibrary, tmp_path: Path,
-                                  capsys: pytest.CaptureFixture) -> None:
+def test_outputs_csv_parquet(tiny_library: SyntheticLibrary, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     lib = str(tiny_library.lib.root)
     out = tmp_path / "hits.parquet"
     assert main(["search", "a cat", "--library", lib, "-k", "3", "--csv", "--parquet", str(out),
                  "--no-history"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("rank,score") and len(lines) == 4
+    text = capsys.readouterr().out
+    lines = text.strip().split("\n")
+    assert lines[0].startswith("rank,score") and len(lines) == 4 and "\r" not in text
     t = pq.read_table(out)
     assert t.num_rows == 3 and t.column("rank").to_pylist() == [1, 2, 3]
+    assert t.schema.field("clip_id").type == "int64"  # exact in Parquet; strings only in JSON
     assert main(["search", "a cat", "--library", lib, "-k", "1", "--parquet", str(tmp_path)]) == 1
     assert "directory" in capsys.readouterr().err
-    assert main(["search", "a cat", "--library", lib, "-k", "2", "--open", "ffplay", "--no-history"]) == 0
-    text = capsys.readouterr().out
-    assert "ffplay -ss" in text and "rank" in text.splitlines()[0]
     assert not (tiny_library.lib.root / "history.duckdb").exists()
 
 
-def test_like_and_video_at(tiny_library: SyntheticLibrary, capsys: pytest.CaptureFixture) -> None:
+def test_open_needs_a_player(tiny_library: SyntheticLibrary, tmp_path: Path, capsys: pytest.CaptureFixture,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    lib = str(tiny_library.lib.root)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))  # neither mpv nor ffplay
+    for how in ([], ["mpv"], ["ffplay"]):
+        assert main(["search", "a cat", "--library", lib, "--no-history", "--open", *how]) == 1
+        err = capsys.readouterr().err
+        assert "no video player found" in err and "Traceback" not in err
+    player = bin_dir / "ffplay"
+    player.write_text("#!/bin/sh\nexit 0\n")
+    player.chmod(0o755)
+    assert main(["search", "a cat", "--library", lib, "-k", "2", "--open", "--no-history"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("ffplay -ss 00:00:") == 2 and "rank" in text.splitlines()[0]
+
+
+def test_like_and_video_at(tiny_library: SyntheticLibrary, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     lib = str(tiny_library.lib.root)
     cid = str(tiny_library.clip_ids[3])
     assert main(["search", "--like", cid, "--library", lib, "-k", "3", "--json", "--no-history"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["like_clip_id"] == int(cid) and int(cid) not in [c for h in doc["hits"] for c in h["merged_clip_ids"]]
+    # Ids are strings in JSON (jq and JavaScript keep 53 bits of a number).
+    assert doc["like_clip_id"] == cid and cid not in [c for h in doc["hits"] for c in h["merged_clip_ids"]]
+    assert all(isinstance(c, str) for h in doc["hits"] for c in [h["clip_id"], *h["merged_clip_ids"]])
+    assert {int(h["clip_id"]) for h in doc["hits"]} <= {int(c) for c in tiny_library.clip_ids}
     assert main(["search", "--like", "123", "--library", lib]) == 1
     assert "not in" in capsys.readouterr().err
+    assert main(["search", "--like", "0", "--library", lib]) == 1  # 0 is never a clip id (as in the web API)
+    assert "not a clip id" in capsys.readouterr().err
     assert main(["search", "--library", lib]) == 1  # no query at all
+
+    # --video FILE --at T: a file of the library found by its content fingerprint.
+    from conftest import make_shard_tables
+
+    from vidsearch.schemas.ids import video_fingerprint
+
+    video = tmp_path / "ten_seconds.mp4"
+    video.write_bytes(np.random.default_rng(3).bytes(50_000))
+    s = tiny_library
+    row = {**s.videos[0], "video_id": video_fingerprint(video), "path": str(video),
+           "path_bytes": str(video).encode(), "num_clips": 3, "duration_s": 10.0}
+    rng = np.random.default_rng(4)
+    vecs = rng.standard_normal((3, s.dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    m = s.lib.read_manifest()
+    assert m.model is not None
+    clips, vids, new_ids = make_shard_tables([row], [3], [vecs], m.model.fingerprint, s.dim)
+    with s.lib.lock():
+        s.lib.commit(clips, vids, run_id="run-2")
+    assert main(["search", "--video", str(video), "--at", "5", "--library", lib, "--json", "--no-history"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["like_clip_id"] == str(new_ids[1]) and not any("past the end" in w for w in doc["warnings"])
+    # Past the end of a 10 s video: the last clip is used, and the result says so.
+    assert main(["search", "--video", str(video), "--at", "99", "--library", lib, "--json", "--no-history"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["like_clip_id"] == str(new_ids[2])
+    assert any("00:01:39.000 is past the end of" in w and "(00:00:10.000)" in w for w in doc["warnings"])
+    assert main(["search", "--video", str(video), "--at", "99", "--library", lib, "--no-history"]) == 0
+    assert "warning: 00:01:39.000 is past the end" in capsys.readouterr().err
+
+
+def test_min_score_says_no_good_match(tiny_library: SyntheticLibrary, capsys: pytest.CaptureFixture) -> None:
+    lib = str(tiny_library.lib.root)
+    assert main(["search", "a cat", "--library", lib, "-k", "3", "--json", "--no-history"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    best = doc["hits"][0]["score"]
+    assert doc["min_score"] is None and not doc["no_good_match"]  # the tiny test model has no min_score
+    # The test model is random: every result says so.
+    assert any("TEST MODEL" in w for w in doc["warnings"])
+    assert main(["search", "a cat", "--library", lib, "--min-score", f"{best - 1e-4:.6f}", "--json",
+                 "--no-history"]) == 0
+    kept = json.loads(capsys.readouterr().out)
+    assert kept["hits"] and all(h["score"] >= best - 1e-4 for h in kept["hits"])
+    assert main(["search", "a cat", "--library", lib, "--min-score", f"{min(best + 0.01, 1):.6f}", "--json",
+                 "--no-history"]) == 0
+    none = json.loads(capsys.readouterr().out)
+    assert none["hits"] == [] and none["no_good_match"] and none["best_score"] == pytest.approx(best, abs=1e-6)
+    assert any(w.startswith("no good match") for w in none["warnings"])
+    assert main(["search", "a cat", "--library", lib, "--min-score", f"{min(best + 0.01, 1):.6f}",
+                 "--no-history"]) == 0
+    assert capsys.readouterr().out.startswith("no good match (the best score")
+    assert main(["search", "a cat", "--library", lib, "--min-score", "2"]) == 1  # not a cosine
 
 
 def test_model_of_another_embedding_space_is_refused(synthetic_library: SyntheticLibrary,

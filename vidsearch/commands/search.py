@@ -1,18 +1,34 @@
-"""``vidsearch search``: ranked, time-stamped clips for a text query or an example clip."""
+"""``vidsearch search``: ranked, time-stamped clips for a text query or an example clip.
+
+When a ``vidsearch serve`` of the same library is running, a plain search is sent to it (its
+model is loaded and warm: milliseconds instead of seconds); see :mod:`vidsearch.search.remote`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import math
 import sys
+from typing import Any
 
 from vidsearch.commands import add_library_argument
 
 
-def _nonneg_float(text: str) -> float:
-    from vidsearch.search.timefmt import parse_time
+def _time(text: str) -> float:
+    from vidsearch.search.timefmt import TimeFormatError, parse_time
 
-    return parse_time(text)
+    try:
+        return parse_time(text)
+    except TimeFormatError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from None
 
 
 def _pos_int(text: str) -> int:
@@ -32,29 +48,53 @@ def _nonneg_int(text: str) -> int:
 
 
 def _clip_id(text: str) -> int:
+    from vidsearch.search.types import BadClipId, parse_clip_id
+
     try:
-        v = int(text)
+        return parse_clip_id(text)
+    except BadClipId as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _min_score(text: str) -> float | None:
+    """A cosine threshold, or ``off`` (None: keep every hit, even below the model's default)."""
+    if text.strip().lower() in ("off", "none"):
+        return None
+    try:
+        v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a clip id: {text!r}") from None
-    if not 0 <= v < 2**63:
-        raise argparse.ArgumentTypeError(f"not a clip id: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a score: {text!r} (a number, or 'off')") from None
+    if not -1.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"scores are cosine similarities in [-1, 1]: {text!r}")
     return v
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("search", help="search a library by text or by example clip",
-                              description="Ranked moments (merged adjacent clips) for a text query.")
+    p = subparsers.add_parser(
+        "search", help="search a library by text or by example clip",
+        description="Ranked moments (merged adjacent clips) for a text query. A search is sent to a "
+                    "running `vidsearch serve` of the same library when there is one (its model is "
+                    "already loaded); otherwise the text encoder is loaded here.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("query", nargs="?", default=None, help="what to look for, e.g. 'dog playing in snow'")
     add_library_argument(p)
     p.add_argument("-k", "--k", type=_pos_int, default=10, help="number of results (moments)")
     p.add_argument("--offset", type=_nonneg_int, default=0, help="skip this many results (paging)")
+    p.add_argument("--min-score", type=_min_score, default=argparse.SUPPRESS, metavar="SCORE",
+                   help="leave out moments scoring below SCORE, and say 'no good match' when none is left "
+                        "(default for text queries: the model's min_score, see `vidsearch weights list`; "
+                        "'off' keeps every hit)")
     g = p.add_argument_group("filters (values are bound parameters, never pasted into SQL)")
     g.add_argument("--path", dest="path_glob", default=None, help="GLOB over the video path, e.g. '*/pets/*'")
-    g.add_argument("--min-duration", type=_nonneg_float, default=None, help="video at least this long (s or HH:MM:SS)")
-    g.add_argument("--max-duration", type=_nonneg_float, default=None, help="video at most this long")
-    g.add_argument("--from", dest="from_s", type=_nonneg_float, default=None,
+    g.add_argument("--folder", default=None,
+                   help="videos under this folder: '/media/pets' (absolute) or 'pets' (at any depth)")
+    g.add_argument("--min-duration", type=_time, default=None, help="video at least this long (s or HH:MM:SS)")
+    g.add_argument("--max-duration", type=_time, default=None, help="video at most this long")
+    g.add_argument("--date-from", type=_date, default=None, help="file date (mtime, UTC) on or after YYYY-MM-DD")
+    g.add_argument("--date-to", type=_date, default=None, help="file date (mtime, UTC) on or before YYYY-MM-DD")
+    g.add_argument("--from", dest="from_s", type=_time, default=None,
                    help="only clips after this time inside the video")
-    g.add_argument("--to", dest="to_s", type=_nonneg_float, default=None,
+    g.add_argument("--to", dest="to_s", type=_time, default=None,
                    help="only clips before this time inside the video")
     g.add_argument("--where", default=None,
                    help="SQL predicate over clips/videos columns, e.g. \"codec = 'h264' AND width >= 1280\" "
@@ -70,35 +110,78 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e = p.add_argument_group("query by example")
     e.add_argument("--like", type=_clip_id, default=None, metavar="CLIP_ID", help="clips similar to this clip")
     e.add_argument("--video", default=None, metavar="FILE", help="a video of the library (with --at)")
-    e.add_argument("--at", type=_nonneg_float, default=None, help="time in --video, e.g. 00:01:20")
+    e.add_argument("--at", type=_time, default=None, help="time in --video, e.g. 00:01:20")
     p.add_argument("--rerank", type=_nonneg_int, default=0, metavar="N",
                    help="re-score the top N results with the InternVideo2 ITM head (decodes their frames)")
     o = p.add_argument_group("output")
     fmt = o.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="JSON on stdout")
+    fmt.add_argument("--json", action="store_true", help="JSON on stdout (clip ids as strings)")
     fmt.add_argument("--csv", action="store_true", help="CSV on stdout")
     o.add_argument("--parquet", default=None, metavar="FILE", help="also write the results to a Parquet file")
     o.add_argument("--thumbnails", action="store_true", help="extract a jpg per hit into LIBRARY/thumbs/")
-    o.add_argument("--open", nargs="?", const="mpv", choices=("mpv", "ffplay"), default=None,
-                   help="print a command that plays each hit (mpv or ffplay)")
+    o.add_argument("--open", nargs="?", const="auto", choices=("auto", "mpv", "ffplay"), default=None,
+                   help="print a command that plays each hit (mpv or ffplay; 'auto': whichever is installed)")
     m = p.add_argument_group("model")
     m.add_argument("--checkpoint", default=None, help="weights file/folder (default: as for ingest)")
     m.add_argument("--tokenizer", default=None, help="tokenizer vocab file/folder")
     m.add_argument("--device", default=None, help="torch device for the text encoder (default cpu)")
     p.add_argument("--timeout", type=float, default=30.0, help="limit for the --where query (s)")
     p.add_argument("--no-history", action="store_true", help="do not record this search in history.duckdb")
+    p.add_argument("--no-server", action="store_true",
+                   help="search in this process even if a `vidsearch serve` of the library is running")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+def _filters(args: argparse.Namespace) -> Any:
+    from vidsearch.search.types import Filters, SearchError
 
+    f = Filters(path_glob=args.path_glob, folder=args.folder, min_duration_s=args.min_duration,
+                max_duration_s=args.max_duration, date_from=args.date_from, date_to=args.date_to,
+                from_s=args.from_s, to_s=args.to_s, where=args.where)
+    try:
+        f.check()
+    except SearchError as e:
+        from vidsearch.cli import UserError
+
+        raise UserError(str(e)) from None
+    return f
+
+
+def _remote_eligible(args: argparse.Namespace) -> bool:
+    """A search the web API answers exactly as this process would (same options, same output)."""
+    from vidsearch.search.remote import can_ask
+
+    local_only = (args.no_server, args.rerank, args.video is not None, args.thumbnails, args.open,
+                  args.no_history, args.merge_gap is not None, args.max_moment is not None,
+                  args.merge_margin is not None, args.checkpoint, args.tokenizer, args.device)
+    return not any(local_only) and can_ask(k=args.k, offset=args.offset, query=args.query, where=args.where)
+
+
+def _try_server(args: argparse.Namespace, filters: Any, min_score: float | None) -> Any:
+    """The result from a running server of this library, or None (then search locally)."""
+    import logging
+
+    from vidsearch.search.remote import find_server, remote_search
+
+    server = find_server(args.library)
+    if server is None:
+        return None
+    try:
+        return remote_search(server, query=args.query, like_clip_id=args.like, k=args.k, offset=args.offset,
+                             filters=filters, per_video=args.per_video, merge=not args.no_merge,
+                             min_score=min_score)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        from vidsearch.search.types import SearchError
+
+        if isinstance(e, SearchError):
+            raise  # the server refused the request itself (a bad --where): the same answer here
+        logging.getLogger(__name__).warning("%s failed (%s); searching in this process", server.url, e)
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
     from vidsearch.cli import UserError
-    from vidsearch.library import Library
-    from vidsearch.schemas.config import SearchCfg
-    from vidsearch.search import output
-    from vidsearch.search.sandbox import QueryFailed, QueryRefused
-    from vidsearch.search.searcher import Filters, Searcher, SearchError
+    from vidsearch.search.types import SearchError
 
     given = sum(x is not None for x in (args.query, args.like, args.video))
     if given != 1:
@@ -107,12 +190,53 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--video and --at go together")
     if args.timeout <= 0 or not math.isfinite(args.timeout):
         raise UserError("--timeout must be a positive number of seconds")
+    filters = _filters(args)
+    # --min-score SCORE; 'off' keeps everything (-1: no cosine is lower); absent: the model's default.
+    explicit_min = "min_score" in args
+    min_score = (-1.0 if args.min_score is None else args.min_score) if explicit_min else None
+    player = None
+    if args.open:
+        from vidsearch.search.output import find_player
+
+        player = find_player(None if args.open == "auto" else args.open)
+        if player is None:
+            want = "mpv or ffplay" if args.open == "auto" else args.open
+            raise UserError(f"--open: no video player found ({want} is not on PATH); install mpv or ffplay")
     if args.parquet:
         from pathlib import Path
 
         target = Path(args.parquet).expanduser()
         if target.is_dir() or not target.absolute().parent.is_dir():
             raise UserError(f"--parquet {args.parquet}: give a file name in an existing folder (not a directory)")
+
+    result = None
+    try:
+        if _remote_eligible(args):
+            result = _try_server(args, filters, min_score)
+        if result is None:
+            result, paths, thumbs, said = _search_here(args, filters, min_score, player)
+        else:
+            paths, thumbs, said = {}, {}, set()
+    except SearchError as e:
+        raise UserError(str(e)) from None
+    return _print(args, result, paths, thumbs, player, said)
+
+
+def _search_here(args: argparse.Namespace, filters: Any, min_score: float | None,
+                 player: str | None) -> tuple[Any, dict[str, str], dict[int, Any], set[str]]:
+    """Search in this process: open the library, load the model if the query is text.
+
+    Returns the result, video paths (for --open), thumbnails, and the warnings the searcher
+    already logged when it opened the library.
+    """
+    from dataclasses import replace
+
+    from vidsearch.cli import UserError
+    from vidsearch.library import Library, LibraryError
+    from vidsearch.schemas.config import SearchCfg
+    from vidsearch.search import output
+    from vidsearch.search.searcher import Searcher
+
     lib = Library(args.library)
     lib.read_manifest()
     cfg = replace(SearchCfg(), sql_timeout_s=args.timeout)
@@ -122,47 +246,63 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, max_moment_s=args.max_moment)
     if args.merge_margin is not None:
         cfg = replace(cfg, merge_score_margin=None if args.merge_margin < 0 else args.merge_margin)
-    filters = Filters(path_glob=args.path_glob, min_duration_s=args.min_duration,
-                      max_duration_s=args.max_duration, from_s=args.from_s, to_s=args.to_s, where=args.where)
-    try:
-        with Searcher(lib, cfg=cfg, checkpoint=args.checkpoint, tokenizer=args.tokenizer, device=args.device,
-                      with_itm=bool(args.rerank), record_history=not args.no_history) as searcher:
-            like = args.like
-            if args.video is not None:
-                from vidsearch.schemas.ids import video_fingerprint
+    with Searcher(lib, cfg=cfg, checkpoint=args.checkpoint, tokenizer=args.tokenizer, device=args.device,
+                  with_itm=bool(args.rerank), record_history=not args.no_history) as searcher:
+        like = args.like
+        extra: list[str] = []
+        if args.video is not None:
+            from vidsearch.schemas.ids import video_fingerprint
 
-                try:
-                    vid = video_fingerprint(args.video)
-                except OSError as e:
-                    raise UserError(f"{args.video}: {e.strerror or e}") from None
-                like = searcher.clip_at(vid, args.at)
-            result = searcher.search(args.query, like_clip_id=like, k=args.k, filters=filters,
-                                     per_video=args.per_video, rerank=args.rerank, offset=args.offset,
-                                     merge=not args.no_merge)
-            paths = output.video_paths(searcher.connection, [h.video_id for h in result.hits]) \
-                if (args.thumbnails or args.open) else {}
-            thumbs = output.make_thumbnails(lib, result.hits, paths) if args.thumbnails else {}
-    except (SearchError, QueryRefused, QueryFailed) as e:
-        raise UserError(str(e)) from None
+            try:
+                vid = video_fingerprint(args.video)
+            except OSError as e:
+                raise UserError(f"{args.video}: {e.strerror or e}") from None
+            at = searcher.clip_at(vid, args.at, name=args.video)
+            like = at.clip_id
+            if at.warning:
+                extra.append(at.warning)
+        said = set(searcher.warnings)  # logged by the searcher as it opened the library
+        result = searcher.search(args.query, like_clip_id=like, k=args.k, filters=filters,
+                                 per_video=args.per_video, rerank=args.rerank, offset=args.offset,
+                                 merge=not args.no_merge, min_score=min_score, warnings=extra)
+        paths = output.video_paths(searcher.connection, [h.video_id for h in result.hits]) if player else {}
+        thumbs: dict[int, Any] = {}
+        if args.thumbnails:
+            frames = output.thumbnail_frames(searcher.connection, [h.clip_id for h in result.hits])
+            try:
+                thumbs = output.make_thumbnails(lib, frames)
+            except LibraryError as e:  # thumbs/ read-only or a symlink: one line, exit 1
+                raise UserError(f"--thumbnails: {e}") from None
+    return result, paths, thumbs, said
+
+
+def _print(args: argparse.Namespace, result: Any, paths: dict[str, str], thumbs: dict[int, Any],
+           player: str | None, said: set[str]) -> int:
+    from vidsearch.cli import UserError
+    from vidsearch.search import output
+
     if args.parquet:
         try:
             output.write_parquet(result, args.parquet)
         except ValueError as e:
             raise UserError(str(e)) from None
+    side = sys.stderr if args.json or args.csv else sys.stdout
     if args.json:
         print(output.to_json(result))
     elif args.csv:
         sys.stdout.write(output.to_csv(result))
     else:
         print(output.format_table(result))
-        t = result.timings_ms
-        print(f"{len(result.hits)} results in {t.get('total', 0):.0f} ms "
-              f"(encode {t.get('encode', 0):.0f}, filter {t.get('filter', 0):.0f}, ann {t.get('ann', 0):.1f}, "
-              f"db {t.get('db', 0):.1f}) via {result.strategy}", file=sys.stderr)
+        # Warnings of the library (index, catalog, test model) were logged when it was opened;
+        # those of this search, and all of a server's, are said here.
+        for w in result.warnings:
+            if w not in said:
+                print(f"warning: {w}", file=sys.stderr)
+        print(output.timing_line(result), file=sys.stderr)
     for h in result.hits:
-        if args.thumbnails and thumbs.get(h.clip_id):
-            print(f"thumbnail {h.rank}: {thumbs[h.clip_id]}", file=sys.stderr if args.json or args.csv else sys.stdout)
-        if args.open and h.video_id in paths:
-            print(output.open_command(h, paths[h.video_id], args.open),
-                  file=sys.stderr if args.json or args.csv else sys.stdout)
+        if thumbs.get(h.clip_id):
+            print(f"thumbnail {h.rank}: {thumbs[h.clip_id]}", file=side)
+        if player and h.video_id in paths:
+            print(output.open_command(h, paths[h.video_id], player), file=side)
     return 0
+
