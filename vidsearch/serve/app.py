@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -55,9 +54,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vidsearch import __version__
-from vidsearch.search.searcher import Filters
-from vidsearch.search.timefmt import parse_time
-from vidsearch.serve.service import BadRequest, LibraryService, SearchParams, ServeError, folder_glob
+from vidsearch.search.output import result_json
+from vidsearch.search.timefmt import TimeFormatError, parse_time
+from vidsearch.search.types import BadClipId, Filters, parse_clip_id
+from vidsearch.serve.service import BadRequest, LibraryService, SearchParams, ServeError
 
 _logger = logging.getLogger(__name__)
 
@@ -83,25 +83,30 @@ class ErrorOut(BaseModel):
 
 
 class HitOut(BaseModel):
+    """The fields of ``vidsearch search --json`` hits, plus the page's."""
+
     rank: int
     score: float
+    rerank_score: float | None = Field(description="ITM re-ranking score (null: not re-ranked)")
     clip_id: str = Field(description="best clip of the moment (decimal int64)")
     video_id: str
     path: str
+    start_s: float = Field(description="seconds, rounded to ms")
+    end_s: float
+    start: str = Field(description="HH:MM:SS.mmm")
+    end: str = Field(description="HH:MM:SS.mmm")
+    merged_clip_ids: list[str] = Field(description="merged clips in time order (decimal int64)")
     name: str = Field(description="file name")
     folder: str
-    start_s: float
-    end_s: float
-    start: str = Field(description="HH:MM:SS")
-    end: str = Field(description="HH:MM:SS")
-    clip_ids: list[str] = Field(description="merged clips in time order")
     thumbnail_url: str
     video_url: str
 
 
 class SearchOut(BaseModel):
+    """The fields of ``vidsearch search --json``, plus ``has_more``."""
+
     query: str | None
-    like: str | None
+    like_clip_id: str | None = Field(description="the example clip (decimal int64)")
     k: int
     offset: int
     has_more: bool = Field(description="a next page (offset + k) has results")
@@ -109,28 +114,31 @@ class SearchOut(BaseModel):
     matched: int | None = Field(description="clips matching the filters (null: no filter)")
     generation: int = Field(description="library generation that answered")
     index: str | None
+    model: str | None
+    min_score: float | None = Field(description="moments scoring below it were left out")
+    best_score: float | None = Field(description="the best score found, also when below min_score")
+    no_good_match: bool = Field(description="something was found, but nothing cleared min_score")
     timings_ms: dict[str, float]
     warnings: list[str]
+    search_id: str | None = Field(description="always null here: the server records its history in the background")
+    server: str | None
     hits: list[HitOut]
 
 
 def _clip_id(text: str) -> int:
-    v = int(text)
-    if not 0 < v < 2**63:
-        raise BadRequest(f"not a clip id: {text}")
-    return v
+    try:
+        return parse_clip_id(text)  # the CLI's parser: 1 .. 2**63-1
+    except BadClipId as e:
+        raise BadRequest(str(e)) from None
 
 
 def _seconds(name: str, text: str | None) -> float | None:
     if text is None or text.strip() == "":
         return None
     try:
-        v = parse_time(text)
-    except Exception:  # argparse.ArgumentTypeError: its message is the one to show
-        raise BadRequest(f"{name}: not a time: {text!r} (use seconds or HH:MM:SS)") from None
-    if not math.isfinite(v):
-        raise BadRequest(f"{name}: not a time: {text!r}")
-    return v
+        return parse_time(text)
+    except TimeFormatError as e:
+        raise BadRequest(f"{name}: {e}") from None
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -257,29 +265,20 @@ def create_app(service: LibraryService, *, allowed_hosts: list[str] | None = Non
         date_to: Annotated[dt.date | None, Query(description="file date on or before, YYYY-MM-DD")] = None,
         where: Annotated[str | None, Query(max_length=2000, description="SQL predicate over clips/videos "
                                                                          "columns (checked, sandboxed)")] = None,
+        min_score: Annotated[float | None, Query(ge=-1, le=1, description="leave out moments scoring below "
+                                                 "this (default: the model's min_score for text queries)")] = None,
     ) -> dict[str, Any]:
         if q is not None and not q.strip() and like:
             q = None  # the page sends an empty q with like=
-        if path and folder:
-            raise BadRequest("give path (a GLOB) or folder, not both")
-        glob = folder_glob(folder) if folder else (path or None)
-        f = Filters(path_glob=glob, min_duration_s=_seconds("min_duration", min_duration),
-                    max_duration_s=_seconds("max_duration", max_duration), from_s=_seconds("from", from_),
-                    to_s=_seconds("to", to), where=where.strip() or None if where else None)
-        for lo, hi, name in ((f.min_duration_s, f.max_duration_s, "min_duration > max_duration"),
-                             (f.from_s, f.to_s, "from > to")):
-            if lo is not None and hi is not None and lo > hi:
-                raise BadRequest(name)
-        if date_from is not None and date_to is not None and date_from > date_to:
-            raise BadRequest("date_from > date_to")
+        f = Filters(path_glob=path or None, folder=folder or None,
+                    min_duration_s=_seconds("min_duration", min_duration),
+                    max_duration_s=_seconds("max_duration", max_duration), date_from=date_from, date_to=date_to,
+                    from_s=_seconds("from", from_), to_s=_seconds("to", to),
+                    where=where.strip() or None if where else None)
         params = SearchParams(query=q, like_clip_id=_clip_id(like) if like else None, k=k, offset=offset,
-                              per_video=per_video, merge=merge, filters=f, date_from=date_from, date_to=date_to)
+                              per_video=per_video, merge=merge, filters=f, min_score=min_score)
         r, more = service.search(params)
-        return {"query": r.query, "like": None if r.like_clip_id is None else str(r.like_clip_id), "k": r.k,
-                "offset": r.offset, "has_more": more, "strategy": r.strategy, "matched": r.matched,
-                "generation": r.generation, "index": r.index_kind,
-                "timings_ms": {k_: round(v, 3) for k_, v in r.timings_ms.items()}, "warnings": r.warnings,
-                "hits": [service.hit_record(h) for h in r.hits]}
+        return {**result_json(r), "has_more": more, "hits": [service.hit_record(h) for h in r.hits]}
 
     @app.get("/api/clips/{clip_id}", responses=err, summary="Clip metadata")
     def clip(clip_id: CLIP_ID) -> dict[str, Any]:

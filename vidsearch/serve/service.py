@@ -5,8 +5,9 @@ into status codes; everything that touches the library is here, so it is testabl
 are in one place:
 
 - **Reads only the last committed generation** (RELIABILITY.md F12/F13): every request calls
-  ``Searcher.refresh()``, which reloads index and catalog when an ingest committed since. The server
-  never takes the writer lock and never rebuilds the index (``auto_repair=False``).
+  ``Searcher.refresh()``, which reloads index and catalog when an ingest committed since. Like every
+  searcher, it never takes the writer lock, repairs or rebuilds anything (a damaged index or catalog
+  is answered around, with a warning in ``/api/status`` and every search).
 - **Files by id only** (RELIABILITY.md S4): a video file is found by ``video_id`` in the catalog's
   ``videos`` table (searchable status only) and served only if it is a regular file; no request
   carries a path. Thumbnails are ``LIBRARY/thumbs/<clip_id>.jpg``, named by an integer.
@@ -38,13 +39,14 @@ import queue
 import stat
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vidsearch.library import Library
 from vidsearch.schemas.config import SearchCfg
 from vidsearch.schemas.tables import SEARCHABLE_STATUSES
+from vidsearch.search.output import hit_json
 from vidsearch.search.sandbox import (
     QueryFailed,
     QueryRefused,
@@ -52,10 +54,10 @@ from vidsearch.search.sandbox import (
     recent_queries,
     run_query,
     sql_pool,
-    validate_predicate,
 )
-from vidsearch.search.searcher import Filters, Hit, Searcher, SearchError, SearchResult
+from vidsearch.search.searcher import Searcher
 from vidsearch.search.timefmt import format_hms
+from vidsearch.search.types import Filters, Hit, SearchError, SearchResult
 
 _logger = logging.getLogger(__name__)
 
@@ -102,32 +104,8 @@ class SearchParams:
     offset: int = 0
     per_video: int | None = None
     merge: bool = True
-    filters: Filters = Filters()
-    date_from: dt.date | None = None     # videos.mtime (file date), inclusive, UTC
-    date_to: dt.date | None = None
-
-
-def folder_glob(folder: str) -> str:
-    """A GLOB matching every video under ``folder`` (GLOB metacharacters in the name escaped).
-
-    ``/media/pets`` -> ``/media/pets/*``; a relative name ``pets`` matches a folder of that name at
-    any depth (``*/pets/*``).
-    """
-    f = folder.strip().rstrip("/")
-    if not f:
-        raise BadRequest("folder is empty")
-    esc = "".join(f"[{c}]" if c in "*?[" else c for c in f)
-    return f"{esc}/*" if f.startswith("/") else f"*/{esc}/*"
-
-
-def _date_predicate(date_from: dt.date | None, date_to: dt.date | None) -> str | None:
-    # Built from parsed dates only (isoformat is digits and dashes), never from request text.
-    conds = []
-    if date_from is not None:
-        conds.append(f"CAST(videos.mtime AS DATE) >= DATE '{date_from.isoformat()}'")
-    if date_to is not None:
-        conds.append(f"CAST(videos.mtime AS DATE) <= DATE '{date_to.isoformat()}'")
-    return " AND ".join(conds) or None
+    filters: Filters = Filters()         # folder and file dates included: all bound parameters
+    min_score: float | None = None       # None: the model's default (text queries)
 
 
 def media_type(container: str | None) -> str | None:
@@ -273,9 +251,8 @@ class LibraryService:
                 self._model = create_model(self._model_name, checkpoint=self._checkpoint, tokenizer=self._tokenizer,
                                            device=self._device)
             try:
-                self._searcher = Searcher(self.library, self._model, cfg=self.cfg, auto_repair=False,
-                                          record_history=False, checkpoint=self._checkpoint,
-                                          tokenizer=self._tokenizer, device=self._device)
+                self._searcher = Searcher(self.library, self._model, cfg=self.cfg, record_history=False,
+                                          checkpoint=self._checkpoint, tokenizer=self._tokenizer, device=self._device)
             except SearchError as e:  # "the library has no clips yet"
                 raise Unavailable(str(e)) from None
         else:
@@ -298,14 +275,10 @@ class LibraryService:
         if p.query is not None and not p.query.strip():
             raise BadRequest("q is empty")
         f = p.filters
-        if f.where:
-            try:
-                validate_predicate(None, f.where)  # alone, before it is combined with dates
-            except QueryRefused as e:
-                raise BadRequest(str(e)) from None
-        dates = _date_predicate(p.date_from, p.date_to)
-        if dates:
-            f = replace(f, where=f"({f.where}) AND {dates}" if f.where else dates)
+        try:
+            f.check()
+        except SearchError as e:
+            raise BadRequest(str(e)) from None
         if f.where:
             # User SQL, before the lock (see the module docstring): a slow or failing predicate
             # ends here without holding up any other request.
@@ -320,8 +293,8 @@ class LibraryService:
                 self._clip_row(p.like_clip_id)  # 404 for an unknown clip, before the search
             try:
                 # One extra moment tells whether a next page exists.
-                r = s.search(p.query, like_clip_id=p.like_clip_id, k=p.k + 1, filters=f,
-                             per_video=p.per_video, offset=p.offset, merge=p.merge)
+                r = s.search(p.query, like_clip_id=p.like_clip_id, k=p.k + 1, filters=p.filters,
+                             per_video=p.per_video, offset=p.offset, merge=p.merge, min_score=p.min_score)
             except (QueryRefused, QueryFailed) as e:
                 raise BadRequest(str(e)) from None
             except SearchError as e:
@@ -351,12 +324,8 @@ class LibraryService:
 
     @staticmethod
     def hit_record(h: Hit) -> dict[str, Any]:
-        """One hit as JSON; int64 ids as strings (a JavaScript number holds only 53 bits)."""
-        return {"rank": h.rank, "score": round(float(h.score), 6), "clip_id": str(h.clip_id),
-                "video_id": h.video_id, "path": h.path, "name": os.path.basename(h.path),
-                "folder": os.path.dirname(h.path), "start_s": h.start_s, "end_s": h.end_s,
-                "start": format_hms(h.start_s), "end": format_hms(h.end_s),
-                "clip_ids": [str(c) for c in h.clip_ids],
+        """One hit as JSON: the fields of ``search --json`` (ids as strings) plus the page's."""
+        return {**hit_json(h), "name": os.path.basename(h.path), "folder": os.path.dirname(h.path),
                 "thumbnail_url": f"/api/clips/{h.clip_id}/thumbnail",
                 "video_url": f"/api/videos/{h.video_id}/file"}
 
@@ -425,21 +394,21 @@ class LibraryService:
         return VideoFile(path, st, media, None)
 
     def thumbnail(self, clip_id: int) -> Path:
-        """``LIBRARY/thumbs/<clip_id>.jpg``, extracted on first request (middle of the clip)."""
-        from vidsearch.search.output import make_thumbnails
+        """``LIBRARY/thumbs/<clip_id>.jpg``, extracted on first request (the clip's middle sampled frame)."""
+        from vidsearch.library import LibraryError
+        from vidsearch.search.output import make_thumbnails, thumbnail_frames
 
         final = self.library.thumbs_dir / f"{int(clip_id)}.jpg"
         with self._lock:
-            self._get_searcher()
-            row = self._clip_row(clip_id)  # 404 before the cache: a stale thumb of a removed clip is not served
+            s = self._get_searcher()
+            self._clip_row(clip_id)  # 404 before the cache: a stale thumb of a removed clip is not served
+            frames = thumbnail_frames(s.connection, [int(clip_id)])
         # S4: a symlinked thumbs/ (or thumb) could point anywhere; make_thumbnails refuses the folder.
         if final.is_file() and not final.is_symlink() and not self.library.thumbs_dir.is_symlink():
             return final
-        hit = Hit(rank=0, score=0.0, clip_id=int(clip_id), video_id=row["video_id"], path=row["path"],
-                  start_s=row["start_s"], end_s=row["end_s"], clip_ids=(int(clip_id),))
         try:
-            made = make_thumbnails(self.library, [hit], {row["video_id"]: os.fsdecode(row["path_bytes"])})
-        except (OSError, ValueError) as e:
+            made = make_thumbnails(self.library, frames)
+        except (OSError, ValueError, LibraryError) as e:
             raise Unavailable(f"no thumbnail for clip {clip_id}: {e}") from None
         out = made.get(int(clip_id))
         if out is None:
@@ -473,7 +442,7 @@ class LibraryService:
                                       f"WHERE {self._STATUS_IN}", list(SEARCHABLE_STATUSES))[0]["n"]
             out["index"] = None if s.index is None else {"kind": s.index.meta.kind, "ntotal": int(s.index.ntotal)}
             out["warnings"] = list(s.warnings)
-            out["model_loaded"] = self._model is not None or s._model is not None
+            out["model_loaded"] = self._model is not None or s.model_loaded
         return out
 
     def examples(self) -> list[str]:
