@@ -150,7 +150,7 @@ def test_status_index_search_sql_doctor_serve_work_on_s3_shards(s3_lib: Path, s3
     ids = {i for s in lib.read_manifest().shards for i in lib.read_shard(s, "clips").column("clip_id").to_pylist()}
     assert main(["search", "--like", str(min(ids)), "--library", str(s3_lib), "--json", "-k", "3"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]
-    assert hits and {i for h in hits for i in h["merged_clip_ids"]} <= ids
+    assert hits and {int(i) for h in hits for i in h["merged_clip_ids"]} <= ids
     assert main(["doctor", "--library", str(s3_lib)]) == 0
     from vidsearch.serve.service import LibraryService
 

@@ -78,14 +78,14 @@ def test_text_search_returns_what_the_searcher_returns(server: Any, lib: Any) ->
     r = api(server, "/api/search", q="a dog running", k=5)
     assert r.status == 200, r.body
     body = r.json()
-    with Searcher(Library(lib.root), auto_repair=False, record_history=False) as s:
+    with Searcher(Library(lib.root), record_history=False) as s:
         want = s.search("a dog running", k=5)
     assert [h["clip_id"] for h in body["hits"]] == [str(h.clip_id) for h in want.hits]
     assert [h["score"] for h in body["hits"]] == pytest.approx([h.score for h in want.hits], abs=1e-5)
     h0, w0 = body["hits"][0], want.hits[0]
     assert (h0["video_id"], h0["start_s"], h0["end_s"]) == (w0.video_id, w0.start_s, w0.end_s)
     assert h0["name"] == Path(w0.path).name and h0["path"] == w0.path
-    assert h0["clip_ids"] == [str(c) for c in w0.clip_ids]
+    assert h0["merged_clip_ids"] == [str(c) for c in w0.clip_ids]
     assert h0["start"].count(":") == 2 and h0["thumbnail_url"] == f"/api/clips/{h0['clip_id']}/thumbnail"
     assert h0["video_url"] == f"/api/videos/{h0['video_id']}/file"
     assert body["query"] == "a dog running" and body["k"] == 5 and body["generation"] >= 1
@@ -97,8 +97,8 @@ def test_like_excludes_the_example_and_unknown_clip_is_404(server: Any, lib: Any
     r = api(server, "/api/search", like=clip, k=10, merge="false")
     assert r.status == 200, r.body
     hits = r.json()["hits"]
-    assert hits and all(str(clip) not in h["clip_ids"] for h in hits)
-    assert r.json()["like"] == str(clip)
+    assert hits and all(str(clip) not in h["merged_clip_ids"] for h in hits)
+    assert r.json()["like_clip_id"] == str(clip)
     assert api(server, "/api/search", like=123, k=3).status == 404
     assert "not in this library" in api(server, "/api/search", like=123).json()["error"]
 
@@ -215,7 +215,7 @@ def test_clip_and_video_metadata(server: Any, lib: Any) -> None:
     r = api(server, f"/api/clips/{c['clip_id']}")
     assert r.status == 200
     clip = r.json()
-    assert clip["video_id"] == vid and clip["start_s"] == c["start_s"] and clip["start"] == "00:00:02"
+    assert clip["video_id"] == vid and clip["start_s"] == c["start_s"] and clip["start"] == "00:00:02.000"
     assert "path_bytes" not in clip
 
 

@@ -133,7 +133,7 @@ def test_f8_disk_full_during_shard_write_catalog_and_index(tmp_path: Path) -> No
     assert m.total_clips == 4003 and manifest_before != lib.manifest_path.read_bytes()
     assert lib.verify() == []
     load_index(lib, m)  # the previous index still loads (its SHA-256 checked) and answers
-    with Searcher(lib, record_history=False, auto_repair=False) as searcher:
+    with Searcher(lib, record_history=False) as searcher:
         assert searcher.search(vector=s.vectors[17], k=3, merge=False).hits[0].clip_id == s.clip_ids[17]
     # Space freed: the same writer steps succeed and the library is whole.
     with lib.lock():

@@ -55,9 +55,15 @@ def test_f9_corrupt_index_detected_before_faiss_and_rebuilt(s, damage: str) -> N
     with pytest.raises(IndexCorrupt, match="SHA-256"):
         load_index(s.lib)
     assert any("SHA-256" in pr.message and "doctor --fix" in pr.fix for pr in diagnose(s.lib))
-    # A searcher with no writer around rebuilds it from the shards and answers exactly.
+    # A searcher only reads: it answers exactly from the shards, says how to repair, and
+    # leaves the damaged index as it found it (docs/RELIABILITY.md: read commands do not write).
+    before = p.read_bytes()
     with Searcher(s.lib, record_history=False) as searcher:
-        assert searcher.index is not None and top(searcher, s, 7)[0] == s.clip_ids[7]
+        assert searcher.index is None and top(searcher, s, 7)[0] == s.clip_ids[7]
+        assert any("vidsearch index --rebuild" in w for w in searcher.warnings)
+    assert p.read_bytes() == before and diagnose(s.lib)
+    with s.lib.lock():  # the writer's repair
+        update_index(s.lib, rebuild=True)
     load_index(s.lib)
     assert diagnose(s.lib) == []
 
@@ -90,10 +96,10 @@ def test_corrupt_vector_cache_detected(s) -> None:  # type: ignore[no-untyped-de
 
 @pytest.mark.parametrize("when", ["at check", "at query"])
 @pytest.mark.parametrize("writer", [False, True])
-def test_corrupt_vector_cache_found_by_a_searcher_is_repaired_or_searched_exactly(s, when: str, writer: bool) -> None:  # type: ignore[no-untyped-def]
+def test_corrupt_vector_cache_found_by_a_searcher_is_searched_exactly(s, when: str, writer: bool) -> None:  # type: ignore[no-untyped-def]
     """A vector-cache file altered after the index was loaded: found when the server checks the
-    cache at start, or when a filtered query first reads it. Without a writer the index is
-    rebuilt; with one, the searcher answers exactly from the shards; either way, right."""
+    cache at start, or when a filtered query first reads it. With or without a writer, the
+    searcher answers exactly from the shards, says how to repair, and repairs nothing."""
     from vidsearch.search import Filters
 
     meta = read_meta(s.lib)
@@ -113,12 +119,9 @@ def test_corrupt_vector_cache_found_by_a_searcher_is_repaired_or_searched_exactl
             searcher.check_vector_cache()
         res = searcher.search(vector=s.vectors[3], k=5, filters=f, merge=False)
         assert [h.clip_id for h in res.hits] == expected
-        if writer:
-            assert searcher.index is None and any("SHA-256" in w and "--rebuild" in w for w in res.warnings)
-        else:
-            assert searcher.index is not None and res.strategy == "exact-subset"
-    if not writer:
-        assert diagnose(s.lib) == []  # rebuilt: the cache checks again
+        assert searcher.index is None and any("SHA-256" in w and "--rebuild" in w for w in res.warnings)
+        assert res.strategy == "exact-subset"
+    assert p.read_bytes() == bytes(data) and diagnose(s.lib)  # left for `vidsearch index --rebuild`
 
 
 def test_shard_added_after_indexing_is_searched_not_dropped(s) -> None:  # type: ignore[no-untyped-def]

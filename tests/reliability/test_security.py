@@ -49,7 +49,7 @@ def digests(s) -> dict[str, str]:  # type: ignore[no-untyped-def]
 def search_json(s, *extra: str) -> list[int]:  # type: ignore[no-untyped-def]
     out = _run(["search", "--like", str(s.clip_ids[0]), "--library", str(s.lib.root), "--json",
                 "--no-merge", "-k", "20", "--no-history", *extra])
-    return [h["clip_id"] for h in json.loads(out)["hits"]]
+    return [int(h["clip_id"]) for h in json.loads(out)["hits"]]
 
 
 def _run(argv: list[str]) -> str:
@@ -267,11 +267,9 @@ def test_d1_spill_goes_to_a_private_folder(library, tmp_path: Path, monkeypatch:
 
 
 def test_s4_thumbnail_names_from_ids_only(library) -> None:  # type: ignore[no-untyped-def]
-    from vidsearch.search.output import make_thumbnails
-    from vidsearch.search.searcher import Hit
+    from vidsearch.search.output import FrameRef, make_thumbnails
 
-    h = Hit(1, 0.5, 12345, "vid", "../../x", 0.0, 4.0, (12345,))
-    out = make_thumbnails(library.lib, [h], {"vid": "/nonexistent/../../etc/x.mp4"})
+    out = make_thumbnails(library.lib, {12345: FrameRef("/nonexistent/../../etc/x.mp4", 2.0, 25.0)})
     assert out == {12345: None}  # extraction failed (no such video), nothing written elsewhere
     assert [p.name for p in library.lib.thumbs_dir.iterdir()] == []
 
