@@ -19,24 +19,35 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from vidsearch.library import Library, LibraryError, atomic_replace
 from vidsearch.search.timefmt import format_hms, format_span, round_ms
 from vidsearch.search.types import Hit, SearchResult
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from vidsearch.library import Library
+
 _logger = logging.getLogger(__name__)
 
-# Clip ids are int64 here (Parquet and SQL hold them exactly); JSON writes them as strings.
-RESULT_SCHEMA = pa.schema([
-    ("rank", pa.int32()), ("score", pa.float64()), ("rerank_score", pa.float64()),
-    ("clip_id", pa.int64()), ("video_id", pa.string()), ("path", pa.string()),
-    ("start_s", pa.float64()), ("end_s", pa.float64()), ("start", pa.string()), ("end", pa.string()),
-    ("merged_clip_ids", pa.list_(pa.int64())),
-])
+# The CSV / Parquet columns. pyarrow and the library package are imported where they are used:
+# printing a result (e.g. one a running server answered) needs neither.
+RESULT_COLUMNS = ("rank", "score", "rerank_score", "clip_id", "video_id", "path", "start_s", "end_s",
+                  "start", "end", "merged_clip_ids")
+
+
+def result_schema() -> pa.Schema:
+    """Arrow schema of :func:`write_parquet`: clip ids int64 (exact in Parquet and SQL; JSON
+    writes them as strings)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("rank", pa.int32()), ("score", pa.float64()), ("rerank_score", pa.float64()),
+        ("clip_id", pa.int64()), ("video_id", pa.string()), ("path", pa.string()),
+        ("start_s", pa.float64()), ("end_s", pa.float64()), ("start", pa.string()), ("end", pa.string()),
+        ("merged_clip_ids", pa.list_(pa.int64())),
+    ])
 
 
 def escape_display(text: str) -> str:
@@ -99,10 +110,10 @@ def to_csv(result: SearchResult) -> str:
     """CSV with a header row; ``\\n`` line ends (not the csv module's CRLF)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([f.name for f in RESULT_SCHEMA])
+    w.writerow(RESULT_COLUMNS)
     for r in records(result):
         r["merged_clip_ids"] = " ".join(map(str, r["merged_clip_ids"]))
-        w.writerow([r[f.name] for f in RESULT_SCHEMA])
+        w.writerow([r[c] for c in RESULT_COLUMNS])
     return buf.getvalue()
 
 
@@ -150,7 +161,12 @@ def write_parquet(result: SearchResult, path: str | os.PathLike[str]) -> Path:
         raise ValueError(f"{final} is a directory; give a file name for --parquet")
     if not final.parent.is_dir():
         raise ValueError(f"{final.parent} does not exist")
-    table = pa.Table.from_pylist(records(result), schema=RESULT_SCHEMA)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vidsearch.library import atomic_replace
+
+    table = pa.Table.from_pylist(records(result), schema=result_schema())
     tmp = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
     try:
         pq.write_table(table, tmp)
@@ -244,6 +260,8 @@ def make_thumbnails(library: Library, frames: dict[int, FrameRef], *,
             (a read-only library).
     """
     import imageio_ffmpeg
+
+    from vidsearch.library import LibraryError, atomic_replace
 
     thumbs = library.thumbs_dir
     if thumbs.is_symlink():  # S4: a one-line user error, as the other library folders give

@@ -89,9 +89,10 @@ class ItmEncoder(TextEncoder, Protocol):
 
 
 def random_model_warning(model_name: str) -> str:
-    """The warning every result of a library built with a random-weight test model carries."""
-    return (f"{model_name} is a TEST MODEL with random weights: these results are meaningless "
-            "(ingest with a real model, e.g. internvideo2-s2-1b, or try `vidsearch demo`)")
+    """The warning every result of a library built with a random-weight test model carries
+    (the words of ``InternVideo2Model.test_model_warning``, known here without loading it)."""
+    return (f"{model_name} is a TEST MODEL with random weights: its results mean nothing; use a real model "
+            "(vidsearch weights list) for search")
 
 
 @dataclass(frozen=True)
@@ -319,11 +320,16 @@ class Searcher:
         """The text encoder, loaded on first use and checked against the library's fingerprint."""
         model = self._model
         if model is None:
-            from vidsearch.models import create_model
+            from vidsearch.models import create_model, create_text_encoder
 
             a = self._model_args
-            model = self._model = create_model(self._g.model_info.name, checkpoint=a.checkpoint,
-                                               tokenizer=a.tokenizer, device=a.device, with_itm=a.with_itm)
+            name = self._g.model_info.name
+            # A text query needs only the text tower (no vision weights to read); re-ranking
+            # needs the whole model with its ITM head.
+            model = self._model = (
+                create_model(name, checkpoint=a.checkpoint, tokenizer=a.tokenizer, device=a.device, with_itm=True)
+                if a.with_itm else
+                create_text_encoder(name, checkpoint=a.checkpoint, tokenizer=a.tokenizer, device=a.device))
         self._check_model(model)
         return model
 
