@@ -74,12 +74,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "search", help="search a library by text or by example clip",
         description="Ranked moments (merged adjacent clips) for a text query. A search is sent to a "
                     "running `vidsearch serve` of the same library when there is one (its model is "
-                    "already loaded); otherwise the text encoder is loaded here.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "already loaded); otherwise the text encoder is loaded here.")
     p.add_argument("query", nargs="?", default=None, help="what to look for, e.g. 'dog playing in snow'")
     add_library_argument(p)
-    p.add_argument("-k", "--k", type=_pos_int, default=10, help="number of results (moments)")
-    p.add_argument("--offset", type=_nonneg_int, default=0, help="skip this many results (paging)")
+    p.add_argument("-k", "--k", type=_pos_int, default=10, help="number of results (moments; default 10)")
+    p.add_argument("--offset", type=_nonneg_int, default=0, help="skip this many results (paging; default 0)")
     p.add_argument("--min-score", type=_min_score, default=argparse.SUPPRESS, metavar="SCORE",
                    help="leave out moments scoring below SCORE, and say 'no good match' when none is left "
                         "(default for text queries: the model's min_score, see `vidsearch weights list`; "
@@ -125,7 +124,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--checkpoint", default=None, help="weights file/folder (default: as for ingest)")
     m.add_argument("--tokenizer", default=None, help="tokenizer vocab file/folder")
     m.add_argument("--device", default=None, help="torch device for the text encoder (default cpu)")
-    p.add_argument("--timeout", type=float, default=30.0, help="limit for the --where query (s)")
+    p.add_argument("--timeout", type=float, default=30.0, help="limit for the --where query (s; default 30)")
     p.add_argument("--no-history", action="store_true", help="do not record this search in history.duckdb")
     p.add_argument("--no-server", action="store_true",
                    help="search in this process even if a `vidsearch serve` of the library is running")

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         _logger.warning("binding %s: anyone who can reach this address can search the library and "
                         "download its videos (there is no authentication)", args.host)
     lib = Library(args.library)
-    lib.read_manifest()  # not a library -> one-line error, exit 1
+    manifest = lib.read_manifest()  # not a library -> one-line error, exit 1
     service = LibraryService(lib, model_name=args.model, checkpoint=args.checkpoint, tokenizer=args.tokenizer,
                              device=args.device, record_history=not args.no_history, cfg=cfg)
     service.start(warm=not args.no_warm)
@@ -98,8 +98,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"vidsearch serve: http://{shown}:{port}/  (library {lib.root}; Ctrl-C stops)", flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
+    # `vidsearch search` on this machine sends its queries here (vidsearch.search.remote): the
+    # record lives outside the library, and the client checks it against /api/status.
+    from vidsearch.search.remote import advertise, local_url
+
+    fingerprint = manifest.model.fingerprint if manifest.model else None
     try:
-        server.run(sockets=[sock])
+        with advertise(lib.root, local_url(args.host, port), manifest.library_id, fingerprint):
+            server.run(sockets=[sock])
     finally:
         sock.close()
     return 0

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import tempfile
 import time
@@ -51,7 +52,11 @@ MAX_K, MAX_OFFSET, MAX_WHERE, MAX_QUERY = 200, 100_000, 2000, 1000
 
 
 def servers_dir() -> Path:
-    """Where servers advertise themselves (created 0700 on first use)."""
+    """Where servers advertise themselves (created 0700 on first use); ``$VIDSEARCH_RUNTIME_DIR``
+    overrides it (tests keep their servers to themselves with it)."""
+    override = os.environ.get("VIDSEARCH_RUNTIME_DIR")
+    if override:
+        return Path(override) / "servers"
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base and Path(base).is_dir():
         return Path(base) / "vidsearch" / "servers"
@@ -72,6 +77,16 @@ class ServerInfo:
     library: str           # real path of the library folder
     library_id: str
     model_fingerprint: str | None
+
+
+def local_url(host: str, port: int) -> str:
+    """The URL a client on this machine uses for a server bound to ``host``:``port``."""
+    h = host.strip("[]")
+    if h in ("", "0.0.0.0"):
+        h = "127.0.0.1"
+    elif h == "::":
+        h = "::1"
+    return f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}"
 
 
 @contextlib.contextmanager
@@ -101,13 +116,33 @@ def advertise(library_root: str | os.PathLike[str], url: str, library_id: str,
                 os.unlink(tmp)
     except OSError as e:
         _logger.info("not advertising this server to `vidsearch search` (%s: %s)", path.parent, e.strerror or e)
-    try:
-        yield written
-    finally:
+
+    def withdraw() -> None:
         if written is not None:
             with contextlib.suppress(OSError, ValueError):
                 if json.loads(written.read_text()).get("pid") == os.getpid():
                     written.unlink()
+
+    # uvicorn ends a graceful SIGTERM shutdown by raising the signal again with the handler it
+    # found installed; with the default one the process dies inside the server and no finally
+    # runs. So that handler withdraws the record first, then dies the same way.
+    previous = None
+
+    def on_term(signum: int, frame: Any) -> None:
+        withdraw()
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    with contextlib.suppress(ValueError):  # not the main thread: no handler, the pid check covers it
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield written
+    finally:
+        withdraw()
+        if previous is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, previous)
 
 
 def _manifest_identity(library_root: str | os.PathLike[str]) -> tuple[str, str | None] | None:
