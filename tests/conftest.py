@@ -161,3 +161,16 @@ def ray_session() -> Iterator[None]:
     yield
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Servers started by tests advertise themselves to `vidsearch search` (vidsearch.search.remote)
+    in a folder of this session, not in the user's runtime folder; children inherit it."""
+    old = os.environ.get("VIDSEARCH_RUNTIME_DIR")
+    os.environ["VIDSEARCH_RUNTIME_DIR"] = str(tmp_path_factory.mktemp("runtime"))
+    yield
+    if old is None:
+        os.environ.pop("VIDSEARCH_RUNTIME_DIR", None)
+    else:
+        os.environ["VIDSEARCH_RUNTIME_DIR"] = old
