@@ -373,6 +373,57 @@ def test_recent_queries_read_the_history_locked(tmp_path: Path) -> None:
 
 # ---- concurrent ingest (F12): keep last, it changes the library ---------------------------------------
 
+# ---- `vidsearch search` through the running server (vidsearch.search.remote) --------------------
+
+def test_cli_search_is_answered_by_the_running_server(server: Any, lib: Any,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    from vidsearch.cli import main
+
+    argv = ["search", "a dog running", "--library", str(lib.root), "-k", "4", "--json", "--no-merge"]
+    assert main(argv) == 0
+    remote = json.loads(capsys.readouterr().out)
+    assert remote["server"] == server.url  # the server advertised itself and was verified
+    assert main([*argv, "--no-server", "--no-history"]) == 0
+    here = json.loads(capsys.readouterr().out)
+    assert here["server"] is None
+    # The same answer either way: same ids, spans and scores (the same model and index).
+    key = ("clip_id", "merged_clip_ids", "start", "end", "path")
+    assert [[h[k] for k in key] for h in remote["hits"]] == [[h[k] for k in key] for h in here["hits"]]
+    assert [h["score"] for h in remote["hits"]] == pytest.approx([h["score"] for h in here["hits"]], abs=1e-5)
+    # What the web API cannot express is answered in this process.
+    assert main([*argv, "--merge-gap", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["server"] is None
+    # The server's refusal is the user's error, in one line, as a local search gives it.
+    assert main(["search", "x", "--library", str(lib.root), "--where", "no_such_column = 1"]) == 1
+    err = capsys.readouterr().err
+    assert "no_such_column" in err and "Traceback" not in err
+
+
+def test_advertised_server_is_verified_before_use(server: Any, lib: Any, tmp_path: Path) -> None:
+    import os
+    import shutil
+    import socket
+
+    from vidsearch.search import remote
+
+    assert remote.find_server(lib.root) is not None
+    # A copy of the library (same library_id and model) is not the library that server serves.
+    copy = tmp_path / "copy"
+    shutil.copytree(lib.root, copy)
+    with remote.advertise(copy, server.url, json.loads((copy / "manifest.json").read_text())["library_id"], None):
+        assert remote.find_server(copy) is None
+    # A record of a dead process, or of a port nobody listens on: no server, at once.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    rec = remote._record_path(copy)
+    for pid, url in ((2**22 + 12345, server.url), (os.getpid(), closed)):
+        rec.write_text(json.dumps({"version": 1, "pid": pid, "host": socket.gethostname(), "url": url,
+                                   "library": str(copy)}))
+        t0 = time.monotonic()
+        assert remote.find_server(copy) is None and time.monotonic() - t0 < 5
+
+
 def test_search_keeps_answering_during_an_ingest(server: Any, lib: Any, tmp_path: Path) -> None:
     gen0 = api(server, "/api/status").json()["generation"]
     new = harness.make_video(lib.media / "garden" / "cat.mp4", "rgbtestsrc", 6)
