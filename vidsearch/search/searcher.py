@@ -203,7 +203,8 @@ class Searcher:
                             f"Build it: `vidsearch index --library {root}`")
         except (IndexStale, IndexCorrupt) as e:
             warnings.append(f"{e}; searching the shards exactly instead (slower). "
-                            f"Fix: `vidsearch index --rebuild --library {root}`")
+                            f"Fix: `vidsearch doctor --fix --library {root}` "
+                            f"(or `vidsearch index --rebuild --library {root}`)")
         covered = index.meta.covered_ids if index else set()
         extra = [s for s in m.shards if s.shard_id not in covered and s.clips_rows > 0]
         if index is not None and extra:
