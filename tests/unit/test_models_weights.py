@@ -269,8 +269,9 @@ def test_missing_weights_message_says_what_to_do(empty_hf_cache, tmp_path) -> No
     with pytest.raises(WeightsNotFoundError) as ei:
         create_model("internvideo2-s2-1b", vision_only=True)
     msg = str(ei.value)
-    assert "huggingface-cli download OpenGVLab/InternVideo2-Stage2_1B-224p-f4 InternVideo2-stage2_1b-224p-f4.pt" in msg
-    assert "gated" in msg and "HF_TOKEN" in msg and "huggingface-cli login" in msg
+    assert "vidsearch weights download internvideo2-s2-1b" in msg
+    assert "hf download OpenGVLab/InternVideo2-Stage2_1B-224p-f4 InternVideo2-stage2_1b-224p-f4.pt" in msg
+    assert "gated" in msg and "HF_TOKEN" in msg and "hf auth login" in msg and "huggingface-cli" not in msg
     assert "--checkpoint" in msg and "VIDSEARCH_WEIGHTS_INTERNVIDEO2_S2_1B" in msg and "VIDSEARCH_WEIGHTS" in msg
 
 
@@ -278,7 +279,8 @@ def test_missing_tokenizer_message(empty_hf_cache) -> None:
     with pytest.raises(WeightsNotFoundError) as ei:
         create_model("internvideo2-s2-1b")
     msg = str(ei.value)
-    assert "huggingface-cli download google-bert/bert-large-uncased vocab.txt" in msg
+    assert "vidsearch weights download internvideo2-s2-1b" in msg and "huggingface-cli" not in msg
+    assert "hf download google-bert/bert-large-uncased vocab.txt" in msg
     assert "--tokenizer" in msg and "VIDSEARCH_TOKENIZER" in msg
 
 
@@ -319,3 +321,34 @@ def test_env_var_for_pretrained_model(empty_hf_cache, tmp_path, monkeypatch) -> 
     monkeypatch.delenv("VIDSEARCH_WEIGHTS_INTERNVIDEO2_S2_1B")
     monkeypatch.setenv("VIDSEARCH_WEIGHTS", str(tmp_path))
     assert create_model("internvideo2-s2-1b", vision_only=True, **small).weights_source == str(path)
+
+
+def test_checkpoint_digest_is_remembered_across_processes_until_the_file_changes(tmp_path, monkeypatch) -> None:
+    """Hashing a 3 GB checkpoint at every one-shot search cost seconds; an unchanged file's digest
+    is kept in the user cache folder, and any write to the file (its ctime) invalidates it."""
+    import hashlib
+    import json
+    import os
+
+    from vidsearch.models import weights as w
+
+    monkeypatch.setenv("VIDSEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(w._DigestCache, "MIN_BYTES", 1)
+    f = tmp_path / "big.pt"
+    f.write_bytes(b"a" * 1000)
+    real = hashlib.sha256(f.read_bytes()).hexdigest()
+    assert w._DigestCache().get(f) == real
+    cache = json.loads((tmp_path / "cache" / "weights-sha256.json").read_text())
+    assert cache[str(f.resolve())]["sha256"] == real
+    # Another process (a fresh cache object) takes the stored digest without reading the file:
+    cache[str(f.resolve())]["sha256"] = "0" * 64
+    (tmp_path / "cache" / "weights-sha256.json").write_text(json.dumps(cache))
+    assert w._DigestCache().get(f) == "0" * 64
+    # Same size, mtime set back: the ctime still changes, so the file is hashed again.
+    st = f.stat()
+    f.write_bytes(b"b" * 1000)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert w._DigestCache().get(f) == hashlib.sha256(b"b" * 1000).hexdigest()
+    # An unwritable cache folder is not an error.
+    monkeypatch.setenv("VIDSEARCH_CACHE_DIR", str(f / "not-a-dir"))
+    assert w._DigestCache().get(f) == hashlib.sha256(b"b" * 1000).hexdigest()

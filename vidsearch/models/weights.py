@@ -15,11 +15,13 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import pickle
 import re
-from collections.abc import Iterator, Mapping
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -112,28 +114,34 @@ def _unsafe_globals(path: Path) -> list[str]:
         return []
 
 
-def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_state_dict(path: str | os.PathLike[str], keep: Callable[[str], bool] | None = None) -> dict[str, Any]:
     """Load a checkpoint file safely, without executing code.
 
     Returns the raw top-level object as a dict (containers are unwrapped later by
-    ``checkpoint_filter_fn``).
+    ``checkpoint_filter_fn``). Tensors are read lazily where the format allows: a safetensors
+    file only for the keys ``keep`` accepts, a zip ``.pt`` memory-mapped (a tensor's bytes are
+    read when it is copied into the model), so loading one tower of a large checkpoint reads
+    that tower, not the file.
 
     Raises:
         CheckpointError: unsafe pickle (the message names the globals), unreadable or not a dict.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         try:
-            return dict(load_file(str(path), device="cpu"))
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return {k: f.get_tensor(k) for k in f.keys() if keep is None or keep(k)}  # noqa: SIM118
         except Exception as e:  # noqa: BLE001 - corrupt file: user-facing message
             raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
+    # A zip checkpoint (torch.save since 1.6) can be memory-mapped; the legacy format cannot.
+    mmap = zipfile.is_zipfile(path)
     # Since torch 2.6 an explicit weights_only=True wins over TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, but
     # older versions let the variable override it; remove it so no version can load unsafely.
     with _without_env("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"):
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as e:
             names = _unsafe_globals(path)
             raise CheckpointError(
@@ -152,9 +160,79 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """SHA-256 hex digest of a file (remembered per process for an unchanged file: checkpoints are
-    large and are hashed at every load)."""
-    return files.sha256_file(path, cache=True)
+    """SHA-256 hex digest of a checkpoint, remembered for an unchanged file (in this process, and
+    across processes for files of 64 MiB and more: see ``_DigestCache``)."""
+    return _DIGESTS.get(Path(path))
+
+
+class _DigestCache:
+    """Checkpoint digests kept between processes: hashing the 1B checkpoint (3 GB) took seconds at
+    every one-shot search, for a file that does not change.
+
+    The file ``$VIDSEARCH_CACHE_DIR`` (default ``$XDG_CACHE_HOME/vidsearch``, ``~/.cache/vidsearch``)
+    ``/weights-sha256.json`` maps a resolved path to (device, inode, size, mtime, ctime, digest).
+    An entry counts only while all five still match: any write to the file changes its ctime,
+    which no user can set back, so a changed file is always hashed again. Failures to read or
+    write the cache are ignored (it is only a cache); library data never goes through it.
+    """
+
+    MIN_BYTES = 64 << 20
+
+    def _path(self) -> Path:
+        base = os.environ.get("VIDSEARCH_CACHE_DIR") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vidsearch")
+        return Path(base) / "weights-sha256.json"
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            with open(self._path(), encoding="utf-8") as f:
+                data = json.load(f)
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def __init__(self) -> None:
+        self._here: dict[tuple[str, tuple[int, ...]], str] = {}  # this process, every size
+
+    def get(self, path: Path) -> str:
+        try:
+            key, stamp = str(path.resolve()), _stamp(path)
+        except OSError:
+            return files.sha256_file(path)  # let it raise its own error
+        digest = self._here.get((key, tuple(stamp)))
+        if digest is not None:
+            return digest
+        if stamp[2] >= self.MIN_BYTES:
+            entry = self._load().get(key)
+            if isinstance(entry, dict) and entry.get("stat") == stamp and isinstance(entry.get("sha256"), str):
+                digest = str(entry["sha256"])
+        if digest is None:
+            digest = files.sha256_file(path)
+            if _stamp(path) != stamp:  # changed while it was hashed: remember nothing
+                return digest
+            if stamp[2] >= self.MIN_BYTES:
+                self._store(key, stamp, digest)
+        self._here[(key, tuple(stamp))] = digest
+        return digest
+
+    def _store(self, key: str, stamp: list[int], digest: str) -> None:
+        try:
+            data = self._load()
+            data[key] = {"stat": stamp, "sha256": digest}
+            target = self._path()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with files.atomic_output(target) as tmp:
+                Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+        except OSError as e:
+            _logger.debug("weights digest cache not written (%s)", e)
+
+
+def _stamp(path: Path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+_DIGESTS = _DigestCache()
 
 
 # ----------------------------------------------------------------------------- filtering
@@ -256,6 +334,16 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     return sd
 
 
+def _raw_keys_needed(model: nn.Module) -> Callable[[str], bool] | None:
+    """Which raw checkpoint keys a model built without its vision tower needs (None: all).
+
+    The vision sentinel stays: ``detect_layout`` recognises a checkpoint by it.
+    """
+    if getattr(model, "with_vision", True):
+        return None
+    return lambda k: k == _SENTINEL_VISION or not k.startswith(_VISION_PREFIXES)
+
+
 def _check_and_load(model: nn.Module, sd: dict[str, torch.Tensor], origin: str) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
@@ -314,7 +402,7 @@ def load_checkpoint(
         # identity and the fingerprint does not change when a user converts once.
         if meta.get("format") == "vidsearch" and meta.get("source_sha256"):
             weights_id = f"sha256:{meta['source_sha256']}"
-    raw = load_state_dict(path)
+    raw = load_state_dict(path, keep=_raw_keys_needed(model))
     sd = checkpoint_filter_fn(raw, model)
     _check_and_load(model, sd, str(path))
     _logger.info("loaded %s (%d tensors) into %s", path, len(sd), _cfg_of(model).name)
