@@ -330,7 +330,7 @@ def test_checkpoint_digest_is_remembered_across_processes_until_the_file_changes
     import json
     import os
 
-    from vidsearch.models import weights as w
+    from vidsearch.models import digests as w
 
     monkeypatch.setenv("VIDSEARCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(w._DigestCache, "MIN_BYTES", 1)

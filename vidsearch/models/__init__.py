@@ -12,21 +12,46 @@ Test models (random weights) have ``model.is_test_model`` True and ``model.test_
 a one-line text for the warnings of ingest and search (None for real models).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from vidsearch.schemas.model_config import EncoderCfg, ModelCfg, PreprocessCfg, PretrainedCfg, TextCfg, VisionCfg
 
 from .errors import CheckpointError, WeightsNotFoundError
-from .factory import (
-    add_model_config,
-    build_model_skeleton,
-    create_model,
-    create_text_encoder,
-    get_model_config,
-    list_models,
-)
-from .model import InternVideo2Model, compute_fingerprint
-from .preprocess import FrameSample, middle_indices, preprocess_frames, sample_frame_indices, uniform_indices
-from .text import TextTokenizer, TokenBatch
-from .weights import checkpoint_filter_fn, convert_to_safetensors, load_checkpoint, load_state_dict
+from .registry import add_model_config, compute_fingerprint, get_model_config, list_models
+
+# Everything that imports torch loads on first use (PEP 562): importing the registry, the errors
+# or the NumPy query encoder must not pay torch's import (~2.3 s of CPU on the 2-core machine).
+_LAZY = {
+    "create_model": "factory", "create_text_encoder": "factory", "build_model_skeleton": "factory",
+    "InternVideo2Model": "model",
+    "FrameSample": "preprocess", "middle_indices": "preprocess", "preprocess_frames": "preprocess",
+    "sample_frame_indices": "preprocess", "uniform_indices": "preprocess",
+    "TextTokenizer": "text", "TokenBatch": "text",
+    "checkpoint_filter_fn": "weights", "convert_to_safetensors": "weights", "load_checkpoint": "weights",
+    "load_state_dict": "weights",
+    "NumpyTextEncoder": "text_numpy", "create_numpy_text_encoder": "text_numpy",
+}  # fmt: skip
+
+if TYPE_CHECKING:
+    from .factory import build_model_skeleton, create_model, create_text_encoder
+    from .model import InternVideo2Model
+    from .preprocess import FrameSample, middle_indices, preprocess_frames, sample_frame_indices, uniform_indices
+    from .text import TextTokenizer, TokenBatch
+    from .text_numpy import NumpyTextEncoder, create_numpy_text_encoder
+    from .weights import checkpoint_filter_fn, convert_to_safetensors, load_checkpoint, load_state_dict
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CheckpointError",
@@ -34,6 +59,7 @@ __all__ = [
     "FrameSample",
     "InternVideo2Model",
     "ModelCfg",
+    "NumpyTextEncoder",
     "PreprocessCfg",
     "PretrainedCfg",
     "TextCfg",
@@ -47,6 +73,7 @@ __all__ = [
     "compute_fingerprint",
     "convert_to_safetensors",
     "create_model",
+    "create_numpy_text_encoder",
     "create_text_encoder",
     "get_model_config",
     "list_models",

@@ -1,14 +1,9 @@
-"""Model registry and factory (open_clip ``factory.py`` style).
-
-Named variants are JSON files in ``vidsearch/models/configs/``; ``add_model_config`` registers
-more (a file or a folder). ``create_model`` builds the model, loads and maps weights, and places it.
+"""Model factory (open_clip ``factory.py`` style): ``create_model`` builds the model, loads and
+maps weights, and places it. The registry of named variants is ``registry.py`` (re-exported here).
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
@@ -17,11 +12,12 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from vidsearch.schemas.model_config import ModelCfg, PreprocessCfg, TextCfg, VisionCfg
+from vidsearch.schemas.model_config import ModelCfg
 
 from .errors import WeightsNotFoundError
 from .hub import resolve_checkpoint, resolve_vocab
 from .model import InternVideo2Model
+from .registry import add_model_config, get_model_config, list_models
 from .text import TextTokenizer
 from .weights import load_checkpoint
 
@@ -35,81 +31,6 @@ __all__ = [
     "create_text_encoder",
     "build_model_skeleton",
 ]
-
-_CONFIG_DIR = Path(__file__).parent / "configs"
-_MODEL_CONFIGS: dict[str, dict[str, Any]] = {}  # name -> parsed JSON (validated on registration)
-
-# Shortcuts accepted by create_model(**overrides) that set more than one field.
-_SHORTCUTS = ("num_frames", "img_size", "gelu_approx", "attn_impl", "embed_dim", "init_seed")
-
-
-def add_model_config(path: str | os.PathLike[str]) -> None:
-    """Register the JSON config file ``path``, or every ``*.json`` in the folder ``path``."""
-    p = Path(path)
-    files = sorted(p.glob("*.json")) if p.is_dir() else [p]
-    for f in files:
-        with open(f, encoding="utf-8") as fh:
-            d = json.load(fh)
-        cfg = ModelCfg.from_dict(d)  # validate now, so a bad file fails at registration
-        if cfg.name != f.stem:
-            raise ValueError(f"config {f} declares name {cfg.name!r}; the file must be named {cfg.name}.json")
-        _MODEL_CONFIGS[cfg.name] = d
-
-
-def list_models() -> list[str]:
-    """Names of all registered model variants, sorted."""
-    return sorted(_MODEL_CONFIGS)
-
-
-def get_model_config(name: str, **overrides: Any) -> ModelCfg:
-    """The resolved config of ``name`` with ``overrides`` applied.
-
-    Overrides:
-        ``vision_<field>`` / ``text_<field>``: any ``VisionCfg`` / ``TextCfg`` field, e.g.
-        ``vision_depth=2``, ``vision_embed_dim=64``, ``text_hidden_size=32``.
-        Shortcuts: ``num_frames`` and ``img_size`` (vision and preprocess together),
-        ``gelu_approx`` and ``attn_impl`` (vision), ``embed_dim`` and ``init_seed`` (encoder),
-        ``interpolation``, ``sampling`` (preprocess), ``description``.
-
-    Raises:
-        ValueError: unknown model or override, or an invalid value.
-    """
-    if name not in _MODEL_CONFIGS:
-        raise ValueError(f"unknown model {name!r}; available: {list_models()}")
-    d = copy.deepcopy(_MODEL_CONFIGS[name])
-    enc, vis, txt, pre = (
-        d["encoder"],
-        d["encoder"].setdefault("vision", {}),
-        d["encoder"].setdefault("text", {}),
-        d["preprocess"],
-    )
-    vis_fields = {f.name for f in dataclasses.fields(VisionCfg)}
-    txt_fields = {f.name for f in dataclasses.fields(TextCfg)}
-    pre_fields = {f.name for f in dataclasses.fields(PreprocessCfg)}
-    for key, value in overrides.items():
-        if key in ("num_frames", "img_size"):
-            vis[key] = value
-            pre[key] = value
-        elif key in ("gelu_approx", "attn_impl"):
-            vis[key] = value
-        elif key in ("embed_dim", "init_seed", "itm_vision_width"):
-            enc[key] = value
-        elif key in ("interpolation", "sampling", "mean", "std") and key in pre_fields:
-            pre[key] = list(value) if isinstance(value, tuple) else value
-        elif key == "description":
-            d["description"] = value
-        elif key.startswith("vision_") and key.removeprefix("vision_") in vis_fields:
-            vis[key.removeprefix("vision_")] = value
-        elif key.startswith("text_") and key.removeprefix("text_") in txt_fields:
-            txt[key.removeprefix("text_")] = value
-        else:
-            raise ValueError(
-                f"unknown override {key!r}; use vision_<field> ({sorted(vis_fields)}), text_<field> "
-                f"({sorted(txt_fields)}) or one of num_frames, img_size, gelu_approx, attn_impl, "
-                "embed_dim, init_seed, itm_vision_width, interpolation, sampling, description"
-            )
-    return ModelCfg.from_dict(d)
-
 
 def build_model_skeleton(
     cfg: ModelCfg,
@@ -280,4 +201,3 @@ def _reset_nonpersistent_buffers(model: InternVideo2Model) -> None:
             buf.zero_()
 
 
-add_model_config(_CONFIG_DIR)

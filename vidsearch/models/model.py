@@ -12,7 +12,6 @@ layers, ``text_fusion.layer.{j}`` = ``text_encoder.bert.encoder.layer.{fusion_la
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -27,36 +26,12 @@ from vidsearch.schemas.model_config import ModelCfg, PreprocessCfg
 
 from .internvideo2 import VisionTransformer3D
 from .preprocess import preprocess_frames
+from .registry import compute_fingerprint
 from .text import BertFusion, TextTokenizer, build_text_encoder
 
 _logger = logging.getLogger(__name__)
 
 __all__ = ["InternVideo2Model", "compute_fingerprint"]
-
-# Config fields that choose an implementation but not the function computed (equal within float
-# rounding); they are left out of the fingerprint so that e.g. flash vs sdpa runs share a library.
-_IMPL_ONLY_FIELDS = ("attn_impl",)
-
-
-def compute_fingerprint(cfg: ModelCfg, weights_id: str) -> str:
-    """Short stable hex hash of (name, architecture, preprocessing, weights identity).
-
-    Args:
-        cfg: the resolved model config (after overrides).
-        weights_id: ``"sha256:<hex>"`` of the weights file, or ``"seed:<n>"`` for random init.
-    """
-    arch = asdict(cfg.encoder)
-    for f in _IMPL_ONLY_FIELDS:
-        arch["vision"].pop(f, None)
-    payload = {
-        "name": cfg.name,
-        "arch": arch,
-        "preprocess": asdict(cfg.preprocess),
-        "weights": weights_id,
-    }
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
 
 def _init_linear(m: nn.Linear) -> nn.Linear:
     nn.init.trunc_normal_(m.weight, std=0.02)
