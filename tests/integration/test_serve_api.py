@@ -466,3 +466,41 @@ def test_search_keeps_answering_during_an_ingest(server: Any, lib: Any, tmp_path
     hits = api(server, "/api/search", q="cat", folder="garden", k=5).json()["hits"]
     assert hits and {h["name"] for h in hits} == {"cat.mp4"}
     assert json.loads(harness.get(f"{server.url}/api/videos/{hits[0]['video_id']}").body)["name"] == "cat.mp4"
+
+
+def test_non_finite_catalog_values_are_null_in_json(tmp_path: Path) -> None:
+    """A shard (damaged or crafted) with NaN / infinite metadata: the API answers strict JSON
+    with nulls (Starlette refuses NaN: it was a 500)."""
+    import datetime as dt
+    import math
+
+    import numpy as np
+
+    from vidsearch.library import Library
+    from vidsearch.serve import LibraryService
+
+    spec = importlib.util.spec_from_file_location("_synth", Path(__file__).parents[1] / "unit" / "conftest.py")
+    synth = sys.modules.get("_synth") or importlib.util.module_from_spec(spec)
+    if "_synth" not in sys.modules:
+        sys.modules["_synth"] = synth
+        spec.loader.exec_module(synth)
+    lib = Library(tmp_path / "lib")
+    video = {"video_id": "ab" * 16, "path": "/media/odd.mp4", "path_bytes": b"/media/odd.mp4", "size_bytes": 1,
+             "mtime": dt.datetime(2024, 1, 1, tzinfo=dt.UTC), "duration_s": math.nan, "fps": 25.0,
+             "frame_count": 200, "width": 64, "height": 48, "codec": "h264", "container": "mov",
+             "rotation": 0, "coverage": math.inf, "num_clips": 2, "status": "done", "stage": None,
+             "error_type": None, "error_message": None, "attempts": 1, "run_id": "run-1",
+             "ingested_at": dt.datetime(2025, 1, 1, tzinfo=dt.UTC)}
+    vecs = np.eye(2, synth.SYNTH_DIM, dtype=np.float32)
+    clips, videos, ids = synth.make_shard_tables([video], [2], [vecs], synth.SYNTH_FINGERPRINT, synth.SYNTH_DIM)
+    with lib.lock():
+        lib.init(synth.synthetic_model())
+        lib.commit(clips, videos, run_id="run-1")
+    service = LibraryService(lib, record_history=False)
+    try:
+        v = service.video("ab" * 16)
+        c = service.clip(int(ids[0]))
+    finally:
+        service.close()
+    assert v["duration_s"] is None and v["coverage"] is None and v["fps"] == 25.0
+    json.dumps([v, c], allow_nan=False)  # what Starlette does

@@ -34,6 +34,7 @@ import collections
 import datetime as dt
 import json
 import logging
+import math
 import os
 import queue
 import stat
@@ -157,8 +158,14 @@ def demo_captions(library: Library, limit: int = MAX_EXAMPLES) -> list[str]:
     return out
 
 
-def _iso(v: Any) -> Any:
-    return v.isoformat() if isinstance(v, (dt.datetime, dt.date)) else v
+def _json_value(v: Any) -> Any:
+    """A catalog value for strict JSON: dates as ISO text, a float that is not finite (a damaged
+    or hostile shard can hold one) as null; Starlette refuses NaN with a 500 otherwise."""
+    if isinstance(v, (dt.datetime, dt.date)):
+        return v.isoformat()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 class LibraryService:
@@ -348,9 +355,12 @@ class LibraryService:
             self._get_searcher()
             row = self._clip_row(clip_id)
         row.pop("path_bytes")
+        row = {k: _json_value(val) for k, val in row.items()}
         row["clip_id"] = str(row["clip_id"])
-        row.update(name=os.path.basename(row["path"]), start=format_hms(row["start_s"]),
-                   end=format_hms(row["end_s"]), thumbnail_url=f"/api/clips/{clip_id}/thumbnail",
+        row.update(name=os.path.basename(row["path"]),
+                   start=None if row["start_s"] is None else format_hms(row["start_s"]),
+                   end=None if row["end_s"] is None else format_hms(row["end_s"]),
+                   thumbnail_url=f"/api/clips/{clip_id}/thumbnail",
                    video_url=f"/api/videos/{row['video_id']}/file")
         return row
 
@@ -366,10 +376,11 @@ class LibraryService:
                 raise NotFound(f"video {video_id} is not in this library")
             clips = self._rows("SELECT clip_id, start_s, end_s FROM clips WHERE video_id = ? ORDER BY start_s",
                                [video_id])
-        v = {k: _iso(val) for k, val in rows[0].items()}
+        v = {k: _json_value(val) for k, val in rows[0].items()}
         v["name"] = os.path.basename(v["path"])
         v["file_url"] = f"/api/videos/{video_id}/file"
-        v["clips"] = [{"clip_id": str(c["clip_id"]), "start_s": c["start_s"], "end_s": c["end_s"]} for c in clips]
+        v["clips"] = [{"clip_id": str(c["clip_id"]), "start_s": _json_value(c["start_s"]),
+                       "end_s": _json_value(c["end_s"])} for c in clips]
         return v
 
     def video_file(self, video_id: str) -> VideoFile:
