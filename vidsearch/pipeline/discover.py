@@ -151,11 +151,12 @@ def _expand_inputs_raw(inputs: Sequence[str | bytes]) -> Iterable[tuple[bytes, b
 
 
 def discover(inputs: Sequence[str | bytes], extensions: Sequence[str], sniff: bool = True,
-             fingerprint: bool = True) -> DiscoverResult:
+             fingerprint: bool = True, expand: bool = True) -> DiscoverResult:
     """Find video files under ``inputs`` and fingerprint them.
 
     Args:
-        inputs: folders, files, globs, or ``@LIST`` files.
+        inputs: folders, files, globs, or ``@LIST`` files; with ``expand=False``, the absolute
+            paths :func:`check_inputs` returned (taken as they are: no glob or list expansion).
         extensions: lower-case extensions with the dot, e.g. ``(".mp4", ".mkv")``.
         sniff: inside folders, also keep files whose first bytes are a video container.
         fingerprint: compute ``video_id`` (False leaves it empty; for tests of the walk).
@@ -214,7 +215,8 @@ def discover(inputs: Sequence[str | bytes], extensions: Sequence[str], sniff: bo
                     add_file(path, est)
             stack.extend(reversed(subdirs))
 
-    for path, _explicit in _expand_inputs(inputs):
+    expanded = _expand_inputs(inputs) if expand else ((os.fsencode(p), True) for p in inputs)
+    for path, _explicit in expanded:
         st = _stat(path)
         if st is None:
             what = "dangling symbolic link" if os.path.islink(path) else "no such file or folder"

@@ -297,7 +297,7 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
     if library.exists():
         # F10: a missing or corrupt shard is set aside and its videos redone by this run.
         summary.shards_quarantined = len(library.quarantine_bad_shards())
-    found = discover(paths, cfg.extensions, sniff=opts.sniff)
+    found = discover(paths, cfg.extensions, sniff=opts.sniff, expand=False)
     summary.not_regular = len(found.skipped_not_regular)
     progress.say(f"found {plural(len(found.tasks), 'video')}"
                  + (f" ({len(found.failures)} unreadable)" if found.failures else ""))
