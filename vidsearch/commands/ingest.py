@@ -66,6 +66,14 @@ def add_parser(subparsers: Any) -> None:
                    help="start the library over if it holds another model's embeddings")
     p.add_argument("--retry-failed", action="store_true", help="retry quarantined (failed twice) videos")
     p.add_argument("--break-lock", action="store_true", help="take over the writer lock of another process")
+    p.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="where videos are decoded: auto (NVDEC on the embedding GPU beside the CPU decoders when "
+                        "the GPU can decode, else the CPU), cpu, or gpu (fail when no GPU decoder is usable); "
+                        "videos NVDEC cannot take go to the CPU either way (default auto)")
+    p.add_argument("--nvdec-sessions", type=int, default=8, metavar="N",
+                   help="NVDEC decode sessions (threads) per GPU (default 8: H100/H200 have 7 decoders)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="run the encoder eagerly (default: torch.compile its blocks on CUDA, warmed up once)")
     p.add_argument("--executor", choices=("ray", "local"), default="ray",
                    help="ray (default) or local (same stages, no Ray; for debugging)")
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting one")
@@ -92,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     except InputError as e:
         raise UserError(str(e)) from None
     from vidsearch.models import list_models
-    from vidsearch.pipeline.runner import IngestOptions, run_ingest
+    from vidsearch.pipeline.runner import DecodeUnavailable, IngestOptions, run_ingest
     from vidsearch.schemas.config import IngestCfg
 
     if args.model is not None and args.model not in list_models():
@@ -115,10 +123,13 @@ def run(args: argparse.Namespace) -> int:
                          embed_actors=args.embed_actors, new_index=args.new_index,
                          retry_failed=args.retry_failed, break_lock=args.break_lock,
                          build_index=not args.no_index, sniff=not args.no_sniff,
-                         progress=not args.quiet)
+                         progress=not args.quiet, decode=args.decode,
+                         nvdec_sessions=args.nvdec_sessions, compile=not args.no_compile)
+    if args.nvdec_sessions < 1:
+        raise UserError("--nvdec-sessions must be at least 1")
     try:
         s = run_ingest(args.paths, args.library, cfg, opts)
-    except InputError as e:
+    except (InputError, DecodeUnavailable) as e:
         raise UserError(str(e)) from None
     if args.json:
         json.dump(s.to_dict(), sys.stdout, indent=2, default=str)

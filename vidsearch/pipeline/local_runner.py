@@ -2,20 +2,23 @@
 
 Each decode worker is a :class:`DecodeWorker` (a persistent killable child process) driven by its
 own thread, so calls to one worker run in order, exactly like calls to one Ray actor; the embedder
-runs in one more thread. Useful for tests and debugging (``--executor local``).
+runs in one more thread, and GPU decode (:class:`~vidsearch.pipeline.nvdec.GpuDecoder`, when
+asked for) in ``nvdec_sessions`` more, its frames kept here until embedded. Useful for tests and
+debugging (``--executor local``).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from vidsearch.pipeline.decode import DecodeWorker
 from vidsearch.pipeline.embed import Embedder
-from vidsearch.pipeline.types import ChunkRequest, FramesChunk, VideoTask
+from vidsearch.pipeline.types import ChunkRequest, FramesChunk, GpuChunkRequest, GpuFallback, VideoTask
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.manifest import ModelInfo
 from vidsearch.schemas.model_config import PreprocessCfg
@@ -27,7 +30,8 @@ class LocalBackend:
     """Decode workers and one embedder behind futures (see ``runner.Backend``)."""
 
     def __init__(self, cfg: IngestCfg, pp: PreprocessCfg, embedder_kwargs: dict[str, Any],
-                 n_decode: int, fault: str | None) -> None:
+                 n_decode: int, fault: str | None, nvdec_sessions: int = 0,
+                 gpu_device: str | None = None) -> None:
         self.n_decode = max(1, n_decode)
         self.n_embed = 1
         self._workers = [DecodeWorker(cfg, pp, fault) for _ in range(self.n_decode)]
@@ -36,11 +40,47 @@ class LocalBackend:
         self.embedder = Embedder(**embedder_kwargs)
         # Start the children while the model loads.
         self._setups = [t.submit(w.setup) for w, t in zip(self._workers, self._threads, strict=True)]
+        self._gpu: Any = None
+        self._gpu_threads: cf.ThreadPoolExecutor | None = None
+        self._gpu_frames: dict[str, Any] = {}
+        self.nvdec_sessions = nvdec_sessions
         try:
             self.embedder.setup()
         except BaseException:
             self.close()  # weights missing or corrupt: stop the children started above
             raise
+        device = str(self.embedder.model.device) if self.embedder.model is not None else "cpu"
+        if nvdec_sessions > 0 and (gpu_device is not None or device.startswith("cuda")):
+            from vidsearch.pipeline.nvdec import GpuDecoder
+
+            # ``gpu_device="cpu"``: the GPU path's code with PyAV's CPU decoder (tests).
+            index = gpu_device or str(self.embedder.model.device.index or 0)
+            self._gpu = GpuDecoder(cfg, pp, nvdec_sessions, index)
+            self._gpu.setup()
+            self._gpu_threads = cf.ThreadPoolExecutor(nvdec_sessions, thread_name_prefix="nvdec")
+
+    def gpu_status(self) -> list[Any]:
+        return [self._gpu.status] if self._gpu is not None else []
+
+    def gpu_sessions(self) -> int:
+        return self.nvdec_sessions if self._gpu is not None else 0
+
+    def submit_gpu_decode(self, worker: int, request: GpuChunkRequest, key: str) -> cf.Future:
+        assert self._gpu is not None and self._gpu_threads is not None
+
+        def run() -> FramesChunk | GpuFallback:
+            out = self._gpu.decode(request)
+            if isinstance(out, FramesChunk) and out.kept:
+                self._gpu_frames[key] = out.frames  # stays on the GPU until its embed call
+            return replace(out, frames=None) if isinstance(out, FramesChunk) else out
+
+        return self._gpu_threads.submit(run)
+
+    def release_gpu(self, worker: int, video_id: str, keys: list[str]) -> None:
+        for k in keys:
+            self._gpu_frames.pop(k, None)
+        if self._gpu is not None and not keys:
+            self._gpu.discard(video_id)
 
     def model_info(self) -> ModelInfo:
         return self.embedder.info()
@@ -54,8 +94,13 @@ class LocalBackend:
 
     def submit_embed(self, worker: int, frames: list[cf.Future]) -> cf.Future:
         def run() -> list[np.ndarray]:
-            chunks: list[FramesChunk] = [f.result() for f in frames]
-            return self.embedder.process_parts([np.asarray(c.frames) for c in chunks])
+            parts: list[Any] = []
+            for f in frames:
+                if isinstance(f, str):  # a GpuKey: frames this process decoded on its GPU
+                    parts.append(self._gpu_frames.pop(f))
+                else:
+                    parts.append(np.asarray(f.result().frames))
+            return self.embedder.process_parts(parts)
 
         return self._embed_thread.submit(run)
 
@@ -76,6 +121,11 @@ class LocalBackend:
         for t in self._threads:
             t.shutdown(wait=False, cancel_futures=True)
         self._embed_thread.shutdown(wait=False, cancel_futures=True)
+        if self._gpu_threads is not None:
+            self._gpu_threads.shutdown(wait=True, cancel_futures=True)
+        if self._gpu is not None:
+            self._gpu.close()
+        self._gpu_frames.clear()
         for w in self._workers:
             w.close()
         self.embedder.close()

@@ -24,13 +24,23 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from vidsearch.pipeline.decode import DecodeWorker, strip_frames
 from vidsearch.pipeline.embed import Embedder
-from vidsearch.pipeline.types import ChunkRequest, FramesChunk, VideoError, VideoPlan, VideoTask, WorkerLost
+from vidsearch.pipeline.types import (
+    ChunkRequest,
+    FramesChunk,
+    GpuChunkRequest,
+    GpuFallback,
+    VideoError,
+    VideoPlan,
+    VideoTask,
+    WorkerLost,
+)
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.manifest import ModelInfo
 from vidsearch.schemas.model_config import PreprocessCfg
@@ -64,15 +74,48 @@ class _DecodeActor:
 
 
 class _EmbedActor:
-    def __init__(self, kwargs: dict[str, Any]) -> None:
+    def __init__(self, kwargs: dict[str, Any], cfg: IngestCfg | None = None, pp: PreprocessCfg | None = None,
+                 nvdec_sessions: int = 0) -> None:
         self.embedder = Embedder(**kwargs)
         # A setup error (weights missing, SHA-256 mismatch) is kept and raised by info(): Ray
         # turns an error in __init__ into an ActorDiedError that has lost the exception's type.
         self.setup_error: Exception | None = None
+        self.gpu: Any = None
+        self.gpu_frames: dict[str, Any] = {}  # chunk key -> CUDA frames, until their embed call
         try:
             self.embedder.setup()
         except Exception as e:  # noqa: BLE001 - re-raised by info() with its type
             self.setup_error = e
+            return
+        if nvdec_sessions > 0 and cfg is not None and pp is not None:
+            import torch
+
+            if torch.cuda.is_available():
+                from vidsearch.pipeline.nvdec import GpuDecoder
+
+                # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU: it is device 0 here.
+                self.gpu = GpuDecoder(cfg, pp, nvdec_sessions, str(torch.cuda.current_device()))
+                self.gpu.setup()
+
+    def gpu_status(self) -> Any:
+        from vidsearch.pipeline.nvdec import NvdecStatus
+
+        return self.gpu.status if self.gpu is not None else NvdecStatus(False, "the embed worker has no GPU")
+
+    def gpu_decode(self, request: GpuChunkRequest, key: str) -> FramesChunk | GpuFallback:
+        # Runs in the "nvdec" concurrency group: one thread per NVDEC session, beside embed().
+        out = self.gpu.decode(request)
+        if isinstance(out, FramesChunk):
+            if out.kept:
+                self.gpu_frames[key] = out.frames
+            return replace(out, frames=None)
+        return out
+
+    def release(self, video_id: str, keys: list[str]) -> None:
+        for k in keys:
+            self.gpu_frames.pop(k, None)
+        if self.gpu is not None and not keys:
+            self.gpu.discard(video_id)
 
     def ready(self) -> bool:
         return True
@@ -82,8 +125,9 @@ class _EmbedActor:
             raise self.setup_error
         return self.embedder.info()
 
-    def embed(self, *frames: np.ndarray) -> list[np.ndarray]:
-        return self.embedder.process_parts(list(frames))
+    def embed(self, *frames: Any) -> list[np.ndarray]:
+        # A str part is a GpuKey: frames this actor decoded on its GPU (they never left it).
+        return self.embedder.process_parts([self.gpu_frames.pop(f) if isinstance(f, str) else f for f in frames])
 
 
 class _QuietAuthNotice(logging.Filter):
@@ -111,8 +155,23 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+        # The GPU decoder is a declared resource of a GPU node: {"nvdec": 1} per GPU (a cluster's
+        # nodes declare it with `ray start --resources '{"nvdec": N}'`).
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, resources={NVDEC_RESOURCE: _local_gpus()}, **kwargs)
     return True
+
+
+NVDEC_RESOURCE = "nvdec"
+
+
+def _local_gpus() -> int:
+    """GPUs of this machine (0 without CUDA), without creating a CUDA context in the driver."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - a broken driver: no GPU
+        return 0
 
 
 class RayBackend:
@@ -120,7 +179,8 @@ class RayBackend:
 
     def __init__(self, cfg: IngestCfg, pp: PreprocessCfg, embedder_kwargs: dict[str, Any],
                  n_decode: int | None, n_embed: int | None, fault: str | None,
-                 address: str | None = None, say: Callable[[str], None] = lambda _: None) -> None:
+                 address: str | None = None, say: Callable[[str], None] = lambda _: None,
+                 nvdec_sessions: int = 0) -> None:
         import ray
 
         self._ray = ray
@@ -135,14 +195,24 @@ class RayBackend:
         self.n_embed = n_embed or (gpus if use_gpu else 1)
         embed_cpus = 0 if use_gpu else self.n_embed
         self.n_decode = n_decode or max(1, cpus - embed_cpus)
-        embed_cls = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=1 if not use_gpu else 0,
-                               max_restarts=_ACTOR_RESTARTS, max_task_retries=0)(_EmbedActor)
+        # GPU decode runs in the embed actors (frames stay on their GPU): where the cluster
+        # declares one "nvdec" per GPU, each embed actor takes one, so that every GPU node runs
+        # its own decode + embed pipeline; NVDEC threads run in a concurrency group of their own.
+        self._nvdec = nvdec_sessions if use_gpu else 0
+        nvdec_res = {NVDEC_RESOURCE: 1} if self._nvdec and res.get(NVDEC_RESOURCE, 0) >= self.n_embed else {}
+        embed_opts: dict[str, Any] = {"num_gpus": 1 if use_gpu else 0, "num_cpus": 1 if not use_gpu else 0,
+                                      "max_restarts": _ACTOR_RESTARTS, "max_task_retries": 0}
+        if nvdec_res:
+            embed_opts["resources"] = nvdec_res
+        if self._nvdec:
+            embed_opts["concurrency_groups"] = {"nvdec": self._nvdec}
+        embed_cls = ray.remote(**embed_opts)(_EmbedActor)
         decode_cls = ray.remote(num_cpus=1, max_restarts=_ACTOR_RESTARTS, max_task_retries=0)(_DecodeActor)
         kwargs = dict(embedder_kwargs)
         if use_gpu:
             kwargs["device"] = "cuda"
         # Actor handles (Ray's typing cannot express ``.remote`` on the wrapped class's methods).
-        self._embed: list[Any] = [embed_cls.remote(kwargs) for _ in range(self.n_embed)]
+        self._embed: list[Any] = [embed_cls.remote(kwargs, cfg, pp, self._nvdec) for _ in range(self.n_embed)]
         # SPREAD puts decode actors on every node of a cluster rather than filling the first.
         self._decode: list[Any] = [decode_cls.options(scheduling_strategy="SPREAD").remote(cfg, pp, fault)
                                    for _ in range(self.n_decode)]
@@ -169,6 +239,20 @@ class RayBackend:
 
     def submit_embed(self, worker: int, frames: list[Any]) -> Any:
         return self._embed[worker].embed.remote(*frames)
+
+    def gpu_status(self) -> list[Any]:
+        if not self._nvdec:
+            return []
+        return list(self._ray.get([a.gpu_status.remote() for a in self._embed]))
+
+    def gpu_sessions(self) -> int:
+        return self._nvdec
+
+    def submit_gpu_decode(self, worker: int, request: GpuChunkRequest, key: str) -> Any:
+        return self._embed[worker].gpu_decode.options(concurrency_group="nvdec").remote(request, key)
+
+    def release_gpu(self, worker: int, video_id: str, keys: list[str]) -> None:
+        self._embed[worker].release.remote(video_id, keys)  # no reply needed
 
     def await_worker(self, pool: str, worker: int, timeout: float = 300.0) -> None:
         """Block until a restarting actor answers again (Ray rejects calls made meanwhile).

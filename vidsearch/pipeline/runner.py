@@ -43,10 +43,13 @@ from vidsearch.pipeline.discover import check_inputs, discover
 from vidsearch.pipeline.faults import DECODE_FAULT_ENV, EMBED_FAULT_ENV
 from vidsearch.pipeline.progress import Progress, Snapshot, plural
 from vidsearch.pipeline.resume import Selection, read_state, select_work
+from vidsearch.pipeline.schedule import choose_side, gpu_room, next_gpu_chunks
 from vidsearch.pipeline.types import (
     ChunkRequest,
     ClipSpan,
     FramesChunk,
+    GpuChunkRequest,
+    GpuFallback,
     VideoError,
     VideoPlan,
     VideoTask,
@@ -64,6 +67,7 @@ _logger = logging.getLogger(__name__)
 _read_state = read_state
 
 DEFAULT_MODEL = "internvideo2-s2-1b"
+NVDEC_CPU_ENV = "VIDSEARCH_TEST_NVDEC_CPU"
 _FILE_ACCESS_ERRORS = frozenset({"NotFound", "PermissionDenied", "IOError", "Unstable"})
 _PER_WORKER = 2          # calls queued per decode worker (one running + one ready to start)
 _EMBED_PER_WORKER = 2
@@ -88,7 +92,24 @@ class Backend(Protocol):
         """Handles of the chunk's metadata (fetched by the driver) and of its frames (passed on
         to an embed call unfetched)."""
         ...
-    def submit_embed(self, worker: int, frames: list[Any]) -> Any: ...
+    def submit_embed(self, worker: int, frames: list[Any]) -> Any:
+        """``frames``: handles of CPU-decoded chunks and :class:`GpuKey` of chunks the embed
+        worker decoded itself (their frames never left its GPU)."""
+        ...
+    def gpu_status(self) -> list[Any]:
+        """Per embed worker, its :class:`~vidsearch.pipeline.nvdec.NvdecStatus` (empty: GPU
+        decode not asked for)."""
+        ...
+    def gpu_sessions(self) -> int:
+        """NVDEC sessions (threads) of each embed worker that decodes."""
+        ...
+    def submit_gpu_decode(self, worker: int, request: GpuChunkRequest, key: str) -> Any:
+        """A chunk decoded on embed worker ``worker``'s GPU; the handle gives the chunk's
+        metadata (frames kept there under ``key``) or a :class:`GpuFallback`."""
+        ...
+    def release_gpu(self, worker: int, video_id: str, keys: list[str]) -> None:
+        """Drop frames kept under ``keys`` and close the video's NVDEC session (it settled)."""
+        ...
     def await_worker(self, pool: str, worker: int, timeout: float = 300.0) -> None: ...
     def wait(self, handles: list[Any], timeout: float) -> list[Any]: ...
     def get(self, handle: Any) -> Any: ...
@@ -117,6 +138,9 @@ class IngestOptions:
     progress: bool = True                  # start-up lines and progress on stderr
     progress_interval_s: float = 5.0       # between progress lines when stderr is not a terminal
     random_weights: bool = False           # benchmarks only: the architecture without its weights
+    decode: str = "auto"                   # auto (NVDEC when usable, with the CPU), cpu, gpu (NVDEC required)
+    nvdec_sessions: int = 8                # NVDEC sessions (threads) per GPU
+    compile: bool = True                   # torch.compile the encoder blocks on CUDA
 
 
 @dataclass
@@ -147,6 +171,9 @@ class IngestSummary:
     decode_nodes: int = 1                  # cluster nodes the decode workers ran on
     shards_quarantined: int = 0            # missing/corrupt shards set aside at the start (F10)
     loop_s: float = 0.0                    # time in the scheduling loop (no start-up, no index)
+    decoders: str = "cpu"                  # "cpu" or "gpu+cpu": what decoded this run
+    gpu_videos: int = 0                    # videos given to the GPU decoder
+    gpu_fallbacks: int = 0                 # of those, handed back to the CPU path (not failures)
 
     @property
     def clips_per_s(self) -> float:
@@ -184,6 +211,7 @@ class _Decoded:
     video_id: str
     chunk: FramesChunk            # its metadata (under Ray without the frames)
     frames: Any                   # the handle of its frames
+    owner: int | None = None      # the embed worker holding its frames on its GPU (GPU decode)
 
 
 @dataclass(frozen=True)
@@ -209,7 +237,23 @@ class _EmbedCall:
     deaths: int = 0               # embed workers that died while running this batch
 
 
-_Call = _PlanCall | _DecodeCall | _EmbedCall
+@dataclass(frozen=True)
+class _GpuDecodeCall:
+    pool: ClassVar[str] = "gpu"   # runs on an embed worker, beside its embed calls
+    job: _ChunkJob
+    worker: int                   # the embed worker
+    key: str                      # where that worker keeps the chunk's frames
+
+
+class GpuKey(str):
+    """Names a chunk's frames kept by the embed worker that decoded them on its GPU."""
+
+
+class DecodeUnavailable(Exception):
+    """``--decode gpu`` on a machine without a usable GPU decoder (one line: what is missing)."""
+
+
+_Call = _PlanCall | _DecodeCall | _EmbedCall | _GpuDecodeCall
 
 
 @dataclass
@@ -227,6 +271,9 @@ class _Video:
     settled: bool = False         # written (done, partial or failed): late results are ignored
     extra_rows: list[dict[str, Any]] = field(default_factory=list)
     worker_deaths: int = 0        # decode worker deaths while this video's call was running
+    gpu: int | None = None        # the embed worker decoding it on its GPU (None: the CPU path)
+    gpu_jobs: collections.deque[_ChunkJob] = field(default_factory=collections.deque)
+    gpu_busy: bool = False        # one of its chunks is being decoded on the GPU
 
 
 def _fault_spec(var: str = DECODE_FAULT_ENV) -> str | None:
@@ -263,6 +310,7 @@ def run_ingest(inputs: Sequence[str | bytes], library_root: str | os.PathLike[st
     run_id = f"{utcnow().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     summary = IngestSummary(run_id=run_id, library=str(library.root), model=model_name)
     checkpoint, pp, warning = _check_model(model_name, opts)
+    _check_decode(opts)
     if warning:
         _logger.warning("%s", warning)
         summary.warnings.append(warning)
@@ -304,7 +352,8 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
     embedder_kwargs = {"model_name": model_name, "checkpoint": checkpoint,
                        "tokenizer": opts.tokenizer, "device": opts.device,
                        "batch_size": cfg.batch_size, "pretrained": not opts.random_weights,
-                       "fault": _fault_spec(EMBED_FAULT_ENV)}
+                       "fault": _fault_spec(EMBED_FAULT_ENV), "compile": "auto" if opts.compile else "off"}
+    gpu_decode = opts.decode != "cpu" and opts.device != "cpu"
     n_decode = cfg.decode_workers or max(1, (os.cpu_count() or 2) - 1)
     backend: Backend
     t_model = time.monotonic()  # the local executor loads the model while it starts
@@ -312,18 +361,25 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
         from vidsearch.pipeline.local_runner import LocalBackend
 
         progress.say(f"starting {plural(n_decode, 'decode worker')}; loading model {model_name} ...")
-        backend = LocalBackend(cfg, pp, embedder_kwargs, n_decode, _fault_spec())
+        # Test hook: the GPU decode path (scheduling, sessions, fallbacks) with PyAV's CPU
+        # decoder standing in for NVDEC, so CI without a GPU runs it end to end. Inert otherwise.
+        nvdec_cpu = os.environ.get(NVDEC_CPU_ENV) == "1"
+        backend = LocalBackend(cfg, pp, embedder_kwargs, n_decode, _fault_spec(),
+                               nvdec_sessions=opts.nvdec_sessions if gpu_decode else 0,
+                               gpu_device="cpu" if nvdec_cpu else None)
     else:
         from vidsearch.pipeline.ray_runner import RayBackend
 
         backend = RayBackend(cfg, pp, embedder_kwargs, cfg.decode_workers, opts.embed_actors,
-                             _fault_spec(), opts.ray_address, say=progress.say)
+                             _fault_spec(), opts.ray_address, say=progress.say,
+                             nvdec_sessions=opts.nvdec_sessions if gpu_decode else 0)
         t_model = time.monotonic()  # the embed actor has been loading it meanwhile
         progress.say(f"loading model {model_name} ...")
     summary.decode_nodes = len(set(getattr(backend, "nodes", ()))) or 1
     try:
         model = backend.model_info()
         progress.say(f"model {model.name} ready ({time.monotonic() - t_model:.1f} s)")
+        gpu_caps = _gpu_decoders(backend, opts, summary, progress)
         if model.preprocess and tuple(model.preprocess.get("mean", ())) != tuple(pp.mean):
             _logger.warning("embedder preprocessing differs from the registry's")
         settings = {**cfg.to_dict(), "model": model_name, "executor": opts.executor}
@@ -342,7 +398,7 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
             selection = select_work(found.tasks, found.failures, *read_state(library), run_id=run_id,
                                     retry_failed=opts.retry_failed, max_attempts=opts.max_attempts,
                                     now=utcnow())
-            _Driver(backend, writer, cfg, opts, summary, stop, progress).run(selection)
+            _Driver(backend, writer, cfg, opts, summary, stop, progress, gpu_caps).run(selection)
             writer.flush()
         finally:
             if old_handler is not None:
@@ -358,6 +414,49 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
         crash_point("after_manifest_before_index")
         progress.say("updating the FAISS index ...")
         summary.index = _update_index(library)
+
+
+def _check_decode(opts: IngestOptions) -> None:
+    """``--decode gpu`` where no GPU decoder can be: said before anything is created.
+
+    Raises:
+        DecodeUnavailable: one line naming what is missing.
+    """
+    if opts.decode not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"decode must be auto, cpu or gpu, not {opts.decode!r}")
+    if opts.decode != "gpu":
+        return
+    if opts.device == "cpu":
+        raise DecodeUnavailable("--decode gpu: GPU decode feeds the embedder on the GPU, and --device cpu was given")
+    if opts.ray_address:
+        return  # the cluster's GPU nodes answer for themselves (checked once their workers start)
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "torch is a CPU build" if torch.version.cuda is None else "no CUDA device is visible"
+        raise DecodeUnavailable(f"--decode gpu: CUDA is not available ({why}: torch {torch.__version__})")
+
+
+def _gpu_decoders(backend: Backend, opts: IngestOptions, summary: IngestSummary, progress: Progress) -> list[Any]:
+    """Per embed worker, the NVDEC capabilities of its GPU decoder, or None where it has none.
+
+    Raises:
+        DecodeUnavailable: ``--decode gpu`` and no embed worker can decode.
+    """
+    status = backend.gpu_status() if opts.decode != "cpu" else []
+    caps = [s.caps if s.ok else None for s in status]
+    if opts.decode == "gpu" and not any(c is not None for c in caps):
+        why = status[0].reason if status else "the embedder does not run on a GPU"
+        raise DecodeUnavailable(f"--decode gpu: {why}")
+    if any(c is not None for c in caps):
+        summary.decoders = "gpu+cpu"
+        progress.say(f"GPU decode: {backend.gpu_sessions()} NVDEC sessions per GPU, beside the CPU decoders")
+    elif status and opts.decode == "auto":
+        # Said once: the machine decodes on its CPUs (no libnvcuvid, MIG without decoders, ...).
+        _logger.warning("GPU decode unavailable (%s); decoding on the CPU", status[0].reason)
+    elif opts.decode == "auto":
+        _logger.info("GPU decode unavailable (the embedder runs on the CPU); decoding on the CPU")
+    return caps
 
 
 def _model_for(library: Library, opts: IngestOptions) -> str:
@@ -430,8 +529,16 @@ class _Driver:
     """The scheduling loop (module docstring)."""
 
     def __init__(self, backend: Backend, writer: ShardWriter, cfg: IngestCfg, opts: IngestOptions,
-                 summary: IngestSummary, stop: threading.Event, progress: Progress) -> None:
+                 summary: IngestSummary, stop: threading.Event, progress: Progress,
+                 gpu_caps: list[Any] | None = None) -> None:
         self.backend, self.writer, self.cfg, self.opts = backend, writer, cfg, opts
+        # GPU decode (issue 13): per embed worker, its NVDEC capabilities (None: none) and sessions.
+        self.gpu_caps: list[Any] = list(gpu_caps or [None] * backend.n_embed)
+        n_sessions = backend.gpu_sessions() if any(c is not None for c in self.gpu_caps) else 0
+        self.gpu_sessions = [n_sessions if c is not None else 0 for c in self.gpu_caps]
+        self.gpu_load = [0] * backend.n_embed          # GPU decode calls in flight per embed worker
+        self.gpu_videos: list[list[str]] = [[] for _ in range(backend.n_embed)]  # videos each holds
+        self.plans_inflight = 0
         self.summary, self.stop, self.progress = summary, stop, progress
         self.videos: dict[str, _Video] = {}
         self.chunk_jobs: list[collections.deque[_ChunkJob]] = [
@@ -446,7 +553,7 @@ class _Driver:
         self.embed_ready: collections.deque[_Decoded] = collections.deque()
         self.pending_clips = 0
         self.max_pending_clips = max(4 * cfg.batch_size * backend.n_embed,
-                                     2 * opts.decode_chunk_clips * backend.n_decode)
+                                     2 * opts.decode_chunk_clips * (backend.n_decode + sum(self.gpu_sessions)))
         self.t0 = time.monotonic()
         self.total = 0
         # Progress: videos of this run's work settled; clips embedded; for the ETA, videos
@@ -478,7 +585,7 @@ class _Driver:
             while not self.stop.is_set():
                 self._schedule(queue)
                 if not self.inflight:
-                    if queue or any(self.chunk_jobs) or self.embed_ready:
+                    if queue or any(self.chunk_jobs) or self.embed_ready or self._gpu_jobs_left():
                         continue
                     break
                 for h in self.backend.wait(list(self.inflight), timeout=0.5):
@@ -521,13 +628,49 @@ class _Driver:
         self.order[call.pool, call.worker].append(handle)
         if call.pool == "decode":
             self.decode_load[call.worker] += 1
+        elif call.pool == "gpu":
+            self.gpu_load[call.worker] += 1
         else:
             self.embed_load[call.worker] += 1
 
     def _submit_plan(self, w: int, video_id: str) -> None:
         v = self.videos[video_id]
         v.worker = w
+        self.plans_inflight += 1
         self._track(self.backend.submit_plan(w, v.task), _PlanCall(video_id, w))
+
+    def _submit_gpu(self, e: int, v: _Video, job: _ChunkJob) -> None:
+        assert v.plan is not None
+        v.gpu_busy = True
+        key = f"{job.video_id}/{job.lo}"
+        h = self.backend.submit_gpu_decode(e, GpuChunkRequest(v.plan, job.lo, job.hi), key)
+        self._track(h, _GpuDecodeCall(job, e, key))
+
+    def _gpu_jobs_left(self) -> bool:
+        return any(self.videos[vid].gpu_jobs for vids in self.gpu_videos for vid in vids)
+
+    def _schedule_gpu(self, queue: collections.deque[VideoTask]) -> None:
+        """GPU decode calls (one chunk in flight per video, up to the sessions), and plans ahead
+        for the GPU: CPU workers plan while the GPU has room, even with chunks of their own queued."""
+        for e in range(self.backend.n_embed):
+            if not self.gpu_sessions[e] or ("embed", e) in self.dead:
+                continue
+            vids = [vid for vid in self.gpu_videos[e] if not self.videos[vid].settled]
+            self.gpu_videos[e] = vids
+            if self.pending_clips >= self.max_pending_clips:
+                continue
+            state = [(self.videos[vid].gpu_busy, bool(self.videos[vid].gpu_jobs)) for vid in vids]
+            for i in next_gpu_chunks(state, self.gpu_load[e], self.gpu_sessions[e]):
+                v = self.videos[vids[i]]
+                self._submit_gpu(e, v, v.gpu_jobs.popleft())
+        need = gpu_room([len(x) for x in self.gpu_videos], self.gpu_sessions) - self.plans_inflight
+        live = self._live("decode", self.backend.n_decode)
+        for w in sorted(live, key=lambda i: self.decode_load[i]):
+            if need <= 0 or not queue:
+                break
+            if self.decode_load[w] < _PER_WORKER:
+                self._submit_plan(w, queue.popleft().video_id)
+                need -= 1
 
     def _submit_decode(self, w: int, job: _ChunkJob) -> None:
         v = self.videos[job.video_id]
@@ -540,6 +683,8 @@ class _Driver:
         self._track(h, _EmbedCall(e, batch, deaths))
 
     def _schedule(self, queue: collections.deque[VideoTask]) -> None:
+        if any(self.gpu_sessions):
+            self._schedule_gpu(queue)
         for w in sorted(self._live("decode", self.backend.n_decode), key=lambda i: self.decode_load[i]):
             while self.decode_load[w] < _PER_WORKER:
                 if self.chunk_jobs[w] and self.pending_clips < self.max_pending_clips:
@@ -551,21 +696,31 @@ class _Driver:
                     self._submit_plan(w, queue.popleft().video_id)
                 else:
                     break
-        decoding = any(c.pool == "decode" for c in self.inflight.values()) or any(self.chunk_jobs)
+        decoding = (any(c.pool in ("decode", "gpu") for c in self.inflight.values()) or any(self.chunk_jobs)
+                    or self._gpu_jobs_left())
         for e in sorted(self._live("embed", self.backend.n_embed), key=lambda i: self.embed_load[i]):
             while self.embed_ready and self.embed_load[e] < _EMBED_PER_WORKER:
-                n_ready = sum(len(d.chunk.kept) for d in self.embed_ready)
-                if n_ready < self.cfg.batch_size and decoding and self.pending_clips < self.max_pending_clips:
-                    return  # wait for a fuller batch
+                # Chunks decoded on a GPU are embedded where their frames are; CPU ones anywhere.
+                eligible = [d for d in self.embed_ready if d.owner is None or d.owner == e]
+                n_ready = sum(len(d.chunk.kept) for d in eligible)
+                if not eligible or (n_ready < self.cfg.batch_size and decoding
+                                    and self.pending_clips < self.max_pending_clips):
+                    break  # wait for a fuller batch
                 batch: list[_Decoded] = []
+                taken: set[int] = set()
                 n = 0
-                while self.embed_ready and n < self.cfg.batch_size:
-                    item = self.embed_ready.popleft()
+                for item in eligible:
+                    if n >= self.cfg.batch_size:
+                        break
+                    taken.add(id(item))
                     if self.videos[item.video_id].settled:
                         self.pending_clips -= len(item.chunk.kept)
+                        if item.owner is not None:
+                            self.backend.release_gpu(item.owner, item.video_id, [str(item.frames)])
                         continue
                     batch.append(item)
                     n += len(item.chunk.kept)
+                self.embed_ready = collections.deque(d for d in self.embed_ready if id(d) not in taken)
                 if batch:
                     self._submit_embed(e, tuple(batch))
 
@@ -574,8 +729,12 @@ class _Driver:
         key = (call.pool, call.worker)
         if call.pool == "decode":
             self.decode_load[call.worker] -= 1
+        elif call.pool == "gpu":
+            self.gpu_load[call.worker] -= 1
         else:
             self.embed_load[call.worker] -= 1
+        if isinstance(call, _PlanCall):
+            self.plans_inflight -= 1
         running = self.order[key][0] == h
         self.order[key].remove(h)
         try:
@@ -587,6 +746,8 @@ class _Driver:
             self._on_plan(self.videos[call.video_id], out)
         elif isinstance(call, _DecodeCall):
             self._on_decoded(call, out)
+        elif isinstance(call, _GpuDecodeCall):
+            self._on_gpu_decoded(call, out)
         else:
             self._on_embedded(call, out)
 
@@ -600,9 +761,77 @@ class _Driver:
         self.clips_planned += n
         self.clips_left += n
         step = max(1, self.opts.decode_chunk_clips)
-        for lo in range(0, n, step):
-            self.chunk_jobs[v.worker].append(_ChunkJob(v.task.video_id, lo, min(n, lo + step)))
-        v.chunks_total = len(range(0, n, step))
+        jobs = [_ChunkJob(v.task.video_id, lo, min(n, lo + step)) for lo in range(0, n, step)]
+        v.chunks_total = len(jobs)
+        e = self._gpu_side(v, out)
+        if e is None:
+            self.chunk_jobs[v.worker].extend(jobs)
+        else:
+            v.gpu = e
+            v.gpu_jobs.extend(jobs)
+            self.gpu_videos[e].append(v.task.video_id)
+            self.summary.gpu_videos += 1
+
+    def _gpu_side(self, v: _Video, plan: VideoPlan) -> int | None:
+        """The embed worker whose GPU decodes this video, or None for the CPU path."""
+        if not any(self.gpu_sessions):
+            return None
+        from vidsearch.pipeline.nvdec import nvdec_refusal
+
+        eligible = [caps is not None and ("embed", e) not in self.dead
+                    and nvdec_refusal(plan.probe, caps, self.cfg.decode_max_pixels) is None
+                    for e, caps in enumerate(self.gpu_caps)]
+        return choose_side(eligible, [len(x) for x in self.gpu_videos], self.gpu_sessions,
+                           cpu_room=not self.chunk_jobs[v.worker])
+
+    def _on_gpu_decoded(self, call: _GpuDecodeCall, out: FramesChunk | GpuFallback) -> None:
+        v = self.videos[call.job.video_id]
+        v.gpu_busy = False
+        if v.settled:
+            if isinstance(out, FramesChunk) and out.kept:
+                self.backend.release_gpu(call.worker, v.task.video_id, [call.key])
+            return
+        if isinstance(out, GpuFallback):
+            self._gpu_to_cpu(v, [call.job], out.reason)
+            return
+        if not v.gpu_jobs and v.task.video_id in self.gpu_videos[call.worker]:
+            self.gpu_videos[call.worker].remove(v.task.video_id)
+        self._take_chunk(v, out, GpuKey(call.key), owner=call.worker)
+
+    def _gpu_to_cpu(self, v: _Video, jobs: list[_ChunkJob], why: str) -> None:
+        """Hand a video's remaining chunks (``jobs`` and those not yet sent) to the CPU path:
+        never a failure row (NVDEC refused it, failed on it, or its embed worker died)."""
+        if v.gpu is not None and v.task.video_id in self.gpu_videos[v.gpu]:
+            self.gpu_videos[v.gpu].remove(v.task.video_id)
+        rest = sorted([*jobs, *v.gpu_jobs], key=lambda j: j.lo)
+        v.gpu_jobs.clear()
+        v.gpu, v.gpu_busy = None, False
+        if ("decode", v.worker) in self.dead:
+            v.worker = self._live("decode", self.backend.n_decode)[0]
+        self.chunk_jobs[v.worker].extend(rest)
+        self.summary.gpu_fallbacks += 1
+        _logger.info("%s: decoding on the CPU instead of the GPU (%s)", v.task.display_path, why)
+
+    def _gpu_lost(self, e: int, why: str) -> None:
+        """Embed worker ``e`` died: the frames it held are gone. Its chunks waiting for an embed
+        call are decoded again on the CPU, and its videos continue there."""
+        lost = [d for d in self.embed_ready if d.owner == e]
+        self.embed_ready = collections.deque(d for d in self.embed_ready if d.owner != e)
+        for d in lost:
+            self._requeue_on_cpu(d, why)
+        for vid in list(self.gpu_videos[e]):
+            v = self.videos[vid]
+            if not v.settled and not v.gpu_busy:
+                self._gpu_to_cpu(v, [], why)
+
+    def _requeue_on_cpu(self, d: _Decoded, why: str) -> None:
+        """A GPU-decoded chunk whose frames were lost: decode it again on the CPU."""
+        self.pending_clips -= len(d.chunk.kept)
+        v = self.videos[d.video_id]
+        if v.settled:
+            return
+        v.chunks_decoded -= 1
+        self._gpu_to_cpu(v, [_ChunkJob(d.video_id, d.chunk.clip_lo, d.chunk.clip_hi)], why)
 
     def _on_decoded(self, call: _DecodeCall, out: FramesChunk | VideoError) -> None:
         v = self.videos[call.job.video_id]
@@ -611,13 +840,17 @@ class _Driver:
         if isinstance(out, VideoError):
             self._fail(v, out)
             return
+        self._take_chunk(v, out, call.frames)
+
+    def _take_chunk(self, v: _Video, out: FramesChunk, frames: Any, owner: int | None = None) -> None:
+        """A decoded chunk (either side): coverage bookkeeping, then the embed queue."""
         v.chunks_decoded += 1
         v.decoded_frames = (out.decoded_frames if v.decoded_frames is None
                             else min(v.decoded_frames, out.decoded_frames))
         v.truncated |= out.truncated
         v.decode_error = v.decode_error or out.error
         if out.kept:
-            self.embed_ready.append(_Decoded(call.job.video_id, out, call.frames))
+            self.embed_ready.append(_Decoded(v.task.video_id, out, frames, owner))
             self.pending_clips += len(out.kept)
         else:
             v.chunks_embedded += 1
@@ -653,6 +886,23 @@ class _Driver:
         are resubmitted as they are. A worker that will not come back is taken out of its pool
         and its queued work moves to the others (which plan such a video again themselves).
         """
+        if isinstance(call, _GpuDecodeCall):
+            # The embed worker died while decoding on its GPU: this video and the chunks that
+            # worker held continue on the CPU path (its restart, if any, decodes new videos).
+            if ("embed", call.worker) not in self.dead:
+                try:
+                    if not lost.permanent:
+                        self.backend.await_worker("embed", call.worker)
+                    else:
+                        self.dead.add(("embed", call.worker))
+                except WorkerLost:
+                    self.dead.add(("embed", call.worker))
+            v = self.videos[call.job.video_id]
+            v.gpu_busy = False
+            if not v.settled:
+                self._gpu_to_cpu(v, [call.job], f"embed worker {call.worker} died ({str(lost)[:100]})")
+            self._gpu_lost(call.worker, "its embed worker died")
+            return
         pool, worker = call.pool, call.worker
         key = (pool, worker)
         if not lost.permanent and key not in self.dead:
@@ -669,6 +919,14 @@ class _Driver:
                     v = self.videos[job.video_id]
                     v.worker = self._live("decode", self.backend.n_decode)[0]
                     self.chunk_jobs[v.worker].append(job)
+        if isinstance(call, _EmbedCall) and any(d.owner is not None for d in call.batch):
+            for d in call.batch:
+                if d.owner is not None:
+                    self._requeue_on_cpu(d, "its embed worker died")
+            self._gpu_lost(worker, "its embed worker died")
+            call = _EmbedCall(call.worker, tuple(d for d in call.batch if d.owner is None), call.deaths)
+            if not call.batch:
+                return
         if isinstance(call, _EmbedCall):
             deaths = call.deaths + running
             if deaths >= _WORKER_DEATHS_MAX:
@@ -713,6 +971,11 @@ class _Driver:
         v.settled = True
         vid = v.task.video_id
         self.chunk_jobs[v.worker] = collections.deque(j for j in self.chunk_jobs[v.worker] if j.video_id != vid)
+        if v.gpu is not None:
+            v.gpu_jobs.clear()
+            if vid in self.gpu_videos[v.gpu]:
+                self.gpu_videos[v.gpu].remove(vid)
+            self.backend.release_gpu(v.gpu, vid, [])
         row = failure_row(v.task, err.error_type, err.stage, err.message, run_id=self.writer.run_id,
                           attempts=v.task.attempts, probe=v.plan.probe if v.plan else None)
         self._settle_failed(row, v.extra_rows)  # v stays in self.videos: late results are ignored
