@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 
-def make(out: Path, width: int, height: int, seconds: int, seed: int) -> Path:
+def make(out: Path, width: int, height: int, seconds: int, seed: int, codec: str = "libx264") -> Path:
     import imageio_ffmpeg
 
     # A moving test pattern plus noise so that the encoder cannot skip most of the picture
@@ -22,12 +22,13 @@ def make(out: Path, width: int, height: int, seconds: int, seed: int) -> Path:
     src = f"testsrc2=size={width}x{height}:rate=30:duration={seconds}"
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
            "-f", "lavfi", "-i", src, "-vf", f"noise=alls=12:allf=t+u:all_seed={seed}",
-           "-c:v", "libx264", "-preset", "veryfast", "-g", "250", "-pix_fmt", "yuv420p", str(out)]
+           "-c:v", codec, "-preset", "veryfast" if codec == "libx264" else "ultrafast", "-g", "250",
+           "-pix_fmt", "yuv420p", *(["-x265-params", "log-level=none"] if codec == "libx265" else []), str(out)]
     subprocess.run(cmd, check=True)
     return out
 
 
-def make_pyav(out: Path, width: int, height: int, seconds: int, seed: int) -> Path:
+def make_pyav(out: Path, width: int, height: int, seconds: int, seed: int, codec: str = "libx264") -> Path:
     """Same kind of content without an ffmpeg binary: moving bars + temporal noise, libx264."""
     import av
     import numpy as np
@@ -41,7 +42,7 @@ def make_pyav(out: Path, width: int, height: int, seconds: int, seed: int) -> Pa
                        [255, 0, 0], [0, 0, 255], [16, 16, 16]], dtype=np.int16)
     tmp = out.with_suffix(".tmp.mp4")
     with av.open(str(tmp), "w") as c:
-        st = c.add_stream("libx264", rate=30, options={"preset": "veryfast", "g": "250"})
+        st = c.add_stream(codec, rate=30, options={"preset": "veryfast", "g": "250"})
         st.width, st.height, st.pix_fmt = width, height, "yuv420p"
         for i in range(seconds * 30):
             bar = ((xs + 4 * i) * 8 // width) % 8  # (1, W, 1) moving colour bars
@@ -63,6 +64,8 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=32)
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--jobs", type=int, default=8)
+    ap.add_argument("--codec", default="libx264", choices=["libx264", "libx265"],
+                    help="libx264 (veryfast) or libx265 (ultrafast, HEVC Main)")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     width = (a.height * 16 // 9) // 2 * 2
@@ -73,7 +76,8 @@ def main() -> None:
     except ImportError:
         maker, pool = make_pyav, cf.ProcessPoolExecutor  # numpy drawing needs processes, not threads
     with pool(a.jobs) as ex:
-        futs = [ex.submit(maker, a.out / f"v{a.height}p_{i:04d}.mp4", width, a.height, a.seconds, i)
+        tag = "" if a.codec == "libx264" else "hevc_"
+        futs = [ex.submit(maker, a.out / f"v{tag}{a.height}p_{i:04d}.mp4", width, a.height, a.seconds, i, a.codec)
                 for i in range(a.videos)]
         for f in futs:
             f.result()
