@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from vidsearch.commands.index import read_only_error
+    from vidsearch.commands.index import writer_error
     from vidsearch.indexer.doctor import diagnose, repair
     from vidsearch.library import Library
     from vidsearch.search.output import escape_display
@@ -40,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
             with lib.lock(break_lock=args.break_lock):
                 repaired = repair(lib, progress=lambda msg: print(msg, file=sys.stderr))
         except OSError as e:
-            ro = read_only_error(e, lib.root)
-            if ro is None:
+            err = writer_error(e, lib.root)
+            if err is None:
                 raise
-            raise ro from None
+            raise err from None
         before, problems = problems, diagnose(lib)
     if args.json:
         out = {"library": str(lib.root), "ok": not problems, "problems": [asdict(p) for p in problems]}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import sys
 from pathlib import Path
@@ -23,19 +22,11 @@ def _bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4G, 512M)") from None
 
 
-def read_only_error(e: OSError, root: Path) -> Exception | None:
-    """A one-line user error for a write refused because the library is read-only (D3), or None.
+def writer_error(e: OSError, root: Path) -> Exception | None:
+    """A refused or failed write (read-only library, D3; full disk) as a one-line library error."""
+    from vidsearch.library.base import writer_os_error
 
-    EROFS (read-only mount) and EACCES/EPERM (no write permission) name the path that refused.
-    """
-    if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return None
-    from vidsearch.cli import UserError
-
-    where = e.filename or root
-    why = "is on a read-only file system" if e.errno == errno.EROFS else "is not writable"
-    return UserError(f"{where} {why}: this command writes into the library {root}; run it where the "
-                     "library is writable (search, sql, status and doctor without --fix only read)")
+    return writer_os_error(e, root)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -85,10 +76,10 @@ def run(args: argparse.Namespace) -> int:
             report = update_index(lib, cfg, rebuild=args.rebuild,
                                   progress=lambda msg: print(msg, file=sys.stderr))
     except OSError as e:
-        ro = read_only_error(e, lib.root)
-        if ro is None:
+        err = writer_error(e, lib.root)
+        if err is None:
             raise
-        raise ro from None
+        raise err from None
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
