@@ -288,7 +288,7 @@ def test_f17_missing_weights_cli_says_where_to_put_them(corpus: Path, tmp_path: 
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 1, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
-    assert "huggingface-cli download OpenGVLab/" in r.stderr and "--checkpoint PATH" in r.stderr
+    assert "vidsearch weights download internvideo2-s2-1b" in r.stderr and "--checkpoint PATH" in r.stderr
     assert not list(m.iterdir())
     _no_run_state(tmp_path / "lib")
 
