@@ -72,7 +72,7 @@ def schema_problem(schema: pa.Schema, expected: pa.Schema, columns: list[str] | 
 
 def read_parquet(source: str | os.PathLike[str] | pa.BufferReader, where: str, columns: list[str] | None,
                  expected: pa.Schema | None) -> pa.Table:
-    """Read a shard file, checking it against ``expected`` (if given) before and after.
+    """Read a shard file (``columns`` of it), checking it against ``expected`` (if given) first.
 
     Raises:
         ShardInvalid: not Parquet, a missing column, a column of another type, or a null where
@@ -81,7 +81,9 @@ def read_parquet(source: str | os.PathLike[str] | pa.BufferReader, where: str, c
     try:
         pf = pq.ParquetFile(source)
         if expected is not None:
-            problem = schema_problem(pf.schema_arrow, expected, columns)
+            # The whole schema, not only the columns asked for: a shard fit for the catalog but
+            # not for search (another embedding size) must not be half-used by readers.
+            problem = schema_problem(pf.schema_arrow, expected)
             if problem:
                 raise ShardInvalid(f"{where}: wrong schema ({problem})")
         table = pf.read(columns=columns)
