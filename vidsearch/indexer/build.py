@@ -278,11 +278,8 @@ class LoadedIndex:
 
 
 def _writer_check(library: Library) -> None:
-    try:
-        holder = json.loads(library.lock_path.read_text() or "{}")
-    except (OSError, ValueError):
-        holder = {}
-    if holder.get("pid") != os.getpid():
+    # The kernel lock held by this process, not the holder record (which a full disk can leave empty).
+    if not library.holds_lock:
         raise LibraryError("update_index() needs the writer lock held by this process (Library.lock())")
 
 
