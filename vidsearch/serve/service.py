@@ -464,10 +464,6 @@ class LibraryService:
         return (self._examples or recent)[:MAX_EXAMPLES]
 
     def _writer(self) -> dict[str, Any] | None:
-        """The ingest/index process holding the writer lock, if any (read only, never taken)."""
-        import json
-
-        try:
-            return json.loads(self.library.lock_path.read_text() or "{}") or None
-        except (OSError, ValueError):
-            return None
+        """The ingest/index process holding the writer lock, if any (read only, never taken): a
+        record a killed writer left in ``.lock`` is not a writer (the kernel freed its lock)."""
+        return self.library.writer()
