@@ -409,7 +409,8 @@ def test_d3_read_only_library_writers_fail_in_one_line_readers_work(tmp_path: Pa
         [f"mount --bind {lib.root} {lib.root} && mount -o remount,bind,ro {lib.root} || exit 99"]
         + [f"{sys.executable} -m vidsearch.cli {args} --library {lib.root} "
            f"> {tmp_path}/{name}.out 2> {tmp_path}/{name}.err; echo $? > {tmp_path}/{name}.rc"
-           for name, args in (("ingest", f"ingest {tmp_path}/v.mp4 --model internvideo2-tiny --executor local"),
+           for name, args in (("ingest", f"ingest {tmp_path}/v.mp4 --model internvideo2-tiny --new-index "
+                                         "--executor local"),
                               ("index", "index"), ("status", "status --json"),
                               ("sql", "sql 'SELECT count(*) AS n FROM clips' --json"))])
     r = subprocess.run(["unshare", "-m", "sh", "-c", script], env=ENV, capture_output=True, text=True, timeout=600)
