@@ -384,7 +384,7 @@ def test_d9_committed_shards_are_searchable_after_a_disk_full_first_ingest(tmp_p
     assert sql.returncode == 0 and '"n": 9' in sql.stdout.replace('"n":9', '"n": 9'), sql.stdout + sql.stderr[-2000:]
     target = pq.read_table(lib.root / m.shards[2].clips_file)
     vec = target.column("embedding")[0].values.to_numpy()
-    with Searcher(lib, record_history=False, auto_repair=False) as searcher:
+    with Searcher(lib, record_history=False) as searcher:
         hit = searcher.search(vector=vec, k=1, merge=False).hits[0]
     assert hit.clip_id == target.column("clip_id")[0].as_py() and hit.path.endswith(f"{2:032x}.mp4")
     assert snapshot(root) == before
