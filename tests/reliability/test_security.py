@@ -228,6 +228,39 @@ def test_s4_stopped_query_says_one_line_on_a_terminal(library) -> None:  # type:
     assert out.startswith("vidsearch: error: query stopped after the 4 s timeout") and out.count("\n") == 1, out
 
 
+def test_s4_worker_leaves_with_its_killed_parent(library, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A parent killed with SIGKILL cannot stop its SQL worker: the worker notices it is orphaned,
+    even in the middle of a query, removes its private folder and exits."""
+    import signal
+    import subprocess
+
+    code = ("import sys\n"
+            "from vidsearch.library import Library\n"
+            "from vidsearch.search.sandbox import SqlWorker\n"
+            "w = SqlWorker(Library(sys.argv[1]))\n"
+            "w.start()\n"
+            "w.request({'op': 'query', 'sql': 'SELECT 1', 'shape': 'raw'}, 120)\n"
+            "print(w.proc.pid, w._tmp, flush=True)\n"
+            "w.request({'op': 'query', 'sql': 'SELECT count(*) FROM range(1000000000000)', 'shape': 'raw'}, 600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(library.lib.root)], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    pid_text, private = parent.stdout.readline().split()
+    pid = int(pid_text)
+    assert Path(private).is_dir()
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        try:  # reap it if it became our child's orphan under this process (it is init's otherwise)
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    status = Path(f"/proc/{pid}/status")
+    assert not status.exists() or "zombie" in status.read_text(), "the worker outlived its parent"
+    assert not Path(private).exists()
+
+
 def test_s4_memory_of_user_sql_is_capped(library, capsys: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
     """3 GB in one expression, allowed 256 MB: ended with a clear message (it reached 3.6 GB)."""
     rc = main(["sql", "SELECT length(repeat('x', 3000000000))", "--library", str(library.lib.root),

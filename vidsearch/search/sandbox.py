@@ -480,7 +480,7 @@ def _worker_main() -> None:
     inp = sys.stdin.buffer
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     init = json.loads(inp.readline())
-    _watch_parent(int(init["ppid"]))
+    _watch_parent(int(init["ppid"]), os.path.dirname(init["spill_dir"]) if init.get("spill_dir") else None)
     box: _Box | None = None
     try:
         box = _Box(Library(init["root"]), init)
@@ -513,13 +513,16 @@ def _worker_main() -> None:
     box.close()
 
 
-def _watch_parent(ppid: int) -> None:
+def _watch_parent(ppid: int, private_dir: str | None) -> None:
     # A killed parent cannot kill us: leave as soon as we are orphaned, even mid-query (DuckDB
     # releases the GIL while it runs). PR_SET_PDEATHSIG would follow the spawning *thread*,
-    # which in the server is a pool thread that may exit while we are still wanted.
+    # which in the server is a pool thread that may exit while we are still wanted. The parent
+    # removes our private folder when it stops us; orphaned, we remove it ourselves.
     def watch() -> None:
         while True:
             if os.getppid() != ppid:
+                if private_dir:
+                    shutil.rmtree(private_dir, ignore_errors=True)
                 os._exit(1)
             time.sleep(0.5)
 
