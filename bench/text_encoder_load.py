@@ -1,7 +1,9 @@
 """What a one-shot search pays for its query embedding: import, model build + load, encode.
 
 Each case runs in a fresh Python process (what ``vidsearch search`` is) and reports wall times
-and peak RSS for ``create_model`` (both towers) against ``create_text_encoder`` (text only):
+and peak RSS for ``create_model`` (both towers), ``create_text_encoder`` (text only, torch) and
+``create_numpy_text_encoder`` (text only, NumPy; its first run on a ``.pt`` converts the tower
+with torch into the user cache, so "cold" includes that):
 
 * ``demo``: the shipped ``internvideo2-demo`` weights (safetensors, 2 MB).
 * ``1b``: a stand-in for the official InternVideo2-s2-1B ``.pt`` (the real one is gated and not
@@ -13,11 +15,23 @@ and peak RSS for ``create_model`` (both towers) against ``create_text_encoder`` 
     python bench/text_encoder_load.py --cases demo
     python bench/text_encoder_load.py --cases demo,1b --workdir /tmp/iv2-standin   # ~2 GB on disk
 
-Measured on the 2-core development machine (load average ~10 from other work, so absolute
-times are inflated), ``python bench/text_encoder_load.py --cases demo,1b``:
+Measured on the 2-core development machine with a load average of 10-13 from other work (so
+every wall time is inflated 2-4x; ``import`` includes the imports of torch for the torch rows),
+seconds, best of the runs:
 
-    case         model        import s  build+load s  encode s  total s  peak RSS MiB
-    (see the report in the commit that added this file; rerun for this machine)
+    case      model  import  build+load  encode  process wall  peak RSS
+    demo      full     6.1      0.60      0.14       9.6        249 MiB
+    demo      text     4.0      0.31      0.27       7.0        245 MiB
+    1b cold   full     7.7     70.2       4.7       86.2      12562 MiB
+    1b cold   text     5.7     21.8       8.0       39.2       2935 MiB
+    1b warm   full     3.9     63.6       5.6       78.7      12562 MiB
+    1b warm   text     6.9     12.5       7.9       30.3       2935 MiB
+
+(before the double cast in load_checkpoint was removed: the 1B text-only load is 4.9 s warm
+after it; torch's encode of one query takes 8 s with its 2 OpenMP threads on the busy machine
+and 1.6 s with one). The NumPy encoder in-process: demo 0.24 s import+build, 20-30 ms per query;
+1B warm 0.36 s import, 0.1 s build, 3.8 s for the first query (faulting in the 1.3 GB tower from
+the page cache) and 1.0-1.4 s for the next.
 """
 
 from __future__ import annotations
@@ -33,13 +47,15 @@ from pathlib import Path
 _CHILD = r"""
 import json, os, resource, sys, time
 t0 = time.perf_counter()
-from vidsearch.models import create_model, create_text_encoder
-t1 = time.perf_counter()
+import vidsearch.models as vm
 kind, name, ckpt, vocab = sys.argv[1:5]
+make = {"full": "create_model", "text": "create_text_encoder", "numpy": "create_numpy_text_encoder"}[kind]
+make = getattr(vm, make)  # the torch names import torch here, the NumPy one does not
+t1 = time.perf_counter()
 kw = {}
 if ckpt != "-":
     kw.update(checkpoint=ckpt, tokenizer=vocab)
-m = (create_text_encoder if kind == "text" else create_model)(name, **kw)
+m = make(name, **kw)
 t2 = time.perf_counter()
 m.encode_text(["a red circle moving to the left"])
 t3 = time.perf_counter()
@@ -106,7 +122,7 @@ def main() -> None:
         else:
             raise SystemExit(f"unknown case {case}")
         for label, name, ckpt_s, vocab_s, cold in variants:
-            for kind in ("full", "text"):
+            for kind in ("full", "text", "numpy"):
                 best: dict[str, float] | None = None
                 for _ in range(args.repeat):
                     run_env = dict(env, VIDSEARCH_CACHE_DIR=str(args.workdir / "digest-cache"))
