@@ -83,13 +83,14 @@ def atomic_replace(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -
 
 @contextlib.contextmanager
 def atomic_output(final: str | os.PathLike[str], tmp_dir: str | os.PathLike[str] | None = None,
-                  suffix: str = ".tmp") -> Iterator[Path]:
+                  suffix: str = ".tmp", mode: int | None = None) -> Iterator[Path]:
     """A temp path to write ``final``'s new content to; it replaces ``final`` when the block ends.
 
     The temp file lives in ``tmp_dir`` (default: ``final``'s folder; it must be on the same
     filesystem) under a hidden unique name; whatever the block leaves there is removed if the
     block raises, and ``final`` is untouched. ``suffix`` lets tools that pick a format from the
-    name (ffmpeg) see the right extension.
+    name (ffmpeg) see the right extension; ``mode`` sets the file's permissions before it
+    appears under its final name.
     """
     final = Path(final)
     folder = Path(tmp_dir) if tmp_dir is not None else final.parent
@@ -97,22 +98,29 @@ def atomic_output(final: str | os.PathLike[str], tmp_dir: str | os.PathLike[str]
     tmp = folder / f".{final.name}.{uuid.uuid4().hex}{suffix}"
     try:
         yield tmp
+        if mode is not None:
+            os.chmod(tmp, mode)
         atomic_replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(final: str | os.PathLike[str], data: bytes,
-                       tmp_dir: str | os.PathLike[str] | None = None) -> None:
+                       tmp_dir: str | os.PathLike[str] | None = None, mode: int | None = None) -> None:
     """Write ``data`` to ``final`` so that readers see the old or the new content, never a mix."""
-    with atomic_output(final, tmp_dir) as tmp:
-        tmp.write_bytes(data)
+    with atomic_output(final, tmp_dir, mode=mode) as tmp:
+        if mode is None:
+            tmp.write_bytes(data)
+        else:  # never readable by others, not even before the chmod
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
 
 
 def atomic_write_text(final: str | os.PathLike[str], text: str,
-                      tmp_dir: str | os.PathLike[str] | None = None) -> None:
+                      tmp_dir: str | os.PathLike[str] | None = None, mode: int | None = None) -> None:
     """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
-    atomic_write_bytes(final, text.encode(), tmp_dir)
+    atomic_write_bytes(final, text.encode(), tmp_dir, mode)
 
 
 def is_disk_full(e: BaseException) -> bool:
