@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from vidsearch.demo.captions import COLOURS, COUNTS, MOTIONS, SHAPES, Attributes, canonical_caption
-from vidsearch.files import atomic_write_text
+from vidsearch.files import atomic_output, atomic_write_text
 
 _logger = logging.getLogger(__name__)
 
@@ -446,42 +445,39 @@ def write_video(video: VideoSpec, path: str | os.PathLike[str], *, crf: int = 23
     """Encode ``video`` to an H.264 MP4 at ``path`` (atomically) and return its ground truth.
 
     Frames are piped as raw RGB into the ffmpeg of ``imageio-ffmpeg``; the file appears under its
-    final name only once ffmpeg has succeeded (temp file + ``os.replace``).
+    final name only once ffmpeg has succeeded (:func:`vidsearch.files.atomic_output`).
 
     Raises:
         RuntimeError: ffmpeg failed (its stderr tail is in the message).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.mp4")
-    cmd = [
-        ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{video.width}x{video.height}", "-r", str(video.fps),
-        "-i", "-",
-        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "veryfast", "-crf", str(crf),
-        # Deterministic output: one thread and no encoder timestamp in the stream.
-        "-threads", "1", "-x264-params", "threads=1", "-map_metadata", "-1", "-fflags", "+bitexact",
-        "-movflags", "+faststart", str(tmp),
-    ]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdin is not None
-    try:
+    with atomic_output(path, suffix=".mp4") as tmp:  # ffmpeg picks the container from the suffix
+        cmd = [
+            ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{video.width}x{video.height}", "-r", str(video.fps),
+            "-i", "-",
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "veryfast", "-crf", str(crf),
+            # Deterministic output: one thread and no encoder timestamp in the stream.
+            "-threads", "1", "-x264-params", "threads=1", "-map_metadata", "-1", "-fflags", "+bitexact",
+            "-movflags", "+faststart", str(tmp),
+        ]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdin is not None
         try:
-            for frame in render_video(video):
-                proc.stdin.write(frame.tobytes())
-        except BrokenPipeError:
-            pass  # ffmpeg died; its exit code and stderr say why below
+            try:
+                for frame in render_video(video):
+                    proc.stdin.write(frame.tobytes())
+            except BrokenPipeError:
+                pass  # ffmpeg died; its exit code and stderr say why below
+            finally:
+                proc.stdin.close()
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            if proc.wait() != 0:
+                raise RuntimeError(f"ffmpeg failed writing {path}: {err[-2000:]}")
         finally:
-            proc.stdin.close()
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        if proc.wait() != 0:
-            raise RuntimeError(f"ffmpeg failed writing {path}: {err[-2000:]}")
-        os.replace(tmp, path)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        tmp.unlink(missing_ok=True)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return _truth(video)
 
 
