@@ -29,7 +29,6 @@ import logging
 import os
 import signal
 import socket
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vidsearch.files import atomic_write_text
 from vidsearch.search.types import Filters, Hit, SearchError, SearchResult
 
 _logger = logging.getLogger(__name__)
@@ -104,16 +104,8 @@ def advertise(library_root: str | os.PathLike[str], url: str, library_id: str,
     written: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".server-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-            written = path
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        atomic_write_text(path, json.dumps(record), mode=0o600)
+        written = path
     except OSError as e:
         _logger.info("not advertising this server to `vidsearch search` (%s: %s)", path.parent, e.strerror or e)
 
