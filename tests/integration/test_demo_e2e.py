@@ -192,6 +192,6 @@ def test_path_filter_with_text_returns_only_matching_hits_in_order(demo: dict[st
 def test_vidsearch_demo_command(ray_session: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--library", str(tmp_path / "d"), "--videos", "6", "--queries", "3", "--seed", "3"]) == 0
     out = capsys.readouterr().out
-    assert "NOT the real InternVideo2" in out and "vidsearch search" in out and "huggingface-cli" in out
+    assert "NOT the real InternVideo2" in out and "vidsearch search" in out and "vidsearch weights download" in out
     assert out.count("✓ 1.") >= 2  # at least two of three searches right at rank 1
     assert (tmp_path / "d" / "world" / "world.json").is_file()
