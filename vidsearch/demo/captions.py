@@ -231,8 +231,8 @@ def training_words() -> list[str]:
         for singular, plural in (canon, *syn):
             words.update(singular.split() + plural.split())
     for table in (_COLOUR_WORDS, _COUNT_WORDS, _MOTION_WORDS):
-        for canon, syn, _ in table.values():
-            for phrase in (canon, *syn):
+        for word, synonyms, _ in table.values():
+            for phrase in (word, *synonyms):
                 words.update(phrase.split())
     return sorted(words)
 

@@ -43,7 +43,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -331,8 +331,11 @@ def train(cfg: TrainCfg, out_dir: Path, config_dir: Path, device: str = "cpu", w
     n_params = sum(p.numel() for p in model.parameters())
     _logger.info("training %s (%.2fM parameters) on %s for %d steps of %d clips", DEMO_MODEL,
                  n_params / 1e6, device, cfg.steps, cfg.batch_size)
-    data = _ClipData(cfg.seed, cfg.steps * cfg.batch_size, cfg)
-    loader = torch.utils.data.DataLoader(
+    # A map-style dataset is anything with __len__/__getitem__; _ClipData stays a plain class so
+    # that this module imports without torch (the cast only tells the type checker).
+    data = cast("torch.utils.data.Dataset[tuple[np.ndarray, int, str]]",
+                _ClipData(cfg.seed, cfg.steps * cfg.batch_size, cfg))
+    loader: torch.utils.data.DataLoader[tuple[np.ndarray, int, str]] = torch.utils.data.DataLoader(
         data, batch_size=cfg.batch_size, shuffle=False, num_workers=workers, collate_fn=_Collate(tok),
         persistent_workers=False, prefetch_factor=4 if workers > 0 else None, drop_last=True)
     t0 = time.monotonic()

@@ -282,7 +282,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         assert len(inner) == 1, f"unsupported union {tp}"
         return _coerce(inner[0], value, path)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _from_dict(tp, value, path)
     if origin is Literal:
         if value not in args:
