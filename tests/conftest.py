@@ -1,4 +1,9 @@
-"""Session-wide fixtures: ffmpeg-generated videos and one Ray runtime.
+"""Test tiers, and session-wide fixtures: ffmpeg-generated videos and one Ray runtime.
+
+Tiers (docs/RELIABILITY.md §8.4; README "Tests"): ``python -m pytest`` runs the fast default
+tier; ``python -m pytest -m "not gpu"`` the full one. Which test belongs to the ``reliability``
+or ``slow`` tier is decided here, in :data:`TIERS`, not by markers in the test modules, so that
+moving a test between tiers is one line in one file.
 
 Every video is generated once per test session with the ffmpeg binary of ``imageio-ffmpeg`` and
 ``lavfi`` sources (RELIABILITY.md §8 conventions), small enough for 2 CPU cores:
@@ -7,6 +12,9 @@ Every video is generated once per test session with the ffmpeg binary of ``image
   ones, a 1-frame one, a 0.5 s one and one with known scene cuts (:data:`CUTS_S`), keyed by name.
 * :func:`bad_inputs` — the bad-input rows of RELIABILITY.md §8.1 (B1-B19, B22) in one folder,
   keyed by row id.
+* :func:`fault_corpus` — four small videos ``v0.mp4`` .. ``v3.mp4`` (1-3 clips each), the corpus
+  of the fault tests, and :func:`clean_library` — that corpus ingested once, undisturbed (the
+  library every faulted run must end up equal to). Read-only: copy it to change it.
 * :func:`ray_session` — ``ray.init`` once for the whole session (2 CPUs, no dashboard).
 
 Use ``media_tools.ffmpeg`` / ``media_tools.lavfi_video`` to make more (import them from
@@ -23,6 +31,62 @@ from pathlib import Path
 
 import pytest
 from media_tools import CUTS_S, DEMO_VIDEO, TEST_MODEL, ffmpeg, ffmpeg_exe, lavfi_video  # noqa: F401
+
+TESTS = Path(__file__).resolve().parent
+
+# Tier of each test, by the longest matching pattern: a folder ("reliability/"), a file, a test
+# ("file.py::test_x") or one parametrization ("file.py::test_x[param]"). Tests that match
+# nothing are in the default tier; a test module's own ``slow``/``gpu`` markers still apply.
+# The default tier must stay meaningful on its own: ingest (local and one Ray run), index, search,
+# SQL, serve and the page, security basics (S1-S10), one CLI crash point.
+TIERS: dict[str, str] = {
+    # The fault and bad-input matrix: minutes of ingests, kills and timeouts.
+    "reliability/": "reliability",
+    # ...but these stay in the default tier: seconds each, on synthetic libraries.
+    "reliability/test_security.py": "default",
+    "reliability/test_index_faults.py": "default",
+    # One CLI crash point (kill -9 between shard rename and manifest, then resume); the others
+    # and the random Ray kill are in the reliability tier.
+    "reliability/test_faults.py::test_f6_kill_at_each_crash_point_then_resume[after_rename_before_manifest]":
+        "default",
+    # Library-level crash points: the remote store's recovery stays (it deletes unlisted objects);
+    # the local points are covered by the CLI crash point above.
+    "unit/test_library.py::test_kill_at_each_crash_point_then_recover": "reliability",
+    "unit/test_library.py::test_kill_at_each_crash_point_then_recover[after_rename_before_manifest-True]": "default",
+    # Faults on an object store (F6, F10), beside the feature tests of test_remote_shards.py.
+    "integration/test_remote_shards.py::test_kill_after_upload_before_manifest_then_rerun_recovers": "reliability",
+    "integration/test_remote_shards.py::test_f10_corrupt_object_is_set_aside_and_its_videos_re_ingested":
+        "reliability",
+    # The demo model's retrieval quality on a 20-video world (~2 min of ingest and queries); the
+    # default tier runs `vidsearch demo` itself (test_vidsearch_demo_command).
+    "integration/test_demo_e2e.py::test_text_search_recall": "slow",
+    "integration/test_demo_e2e.py::test_right_moment_brackets_its_scene_within_one_clip": "slow",
+    "integration/test_demo_e2e.py::test_query_by_example_returns_the_same_kind_of_scene": "slow",
+    "integration/test_demo_e2e.py::test_path_filter_with_text_returns_only_matching_hits_in_order": "slow",
+}
+
+
+def tier_of(test_id: str) -> str:
+    """The tier of a test id relative to ``tests/`` (``"unit/test_x.py::test_y[p]"``)."""
+    best, tier = -1, "default"
+    for pattern, t in TIERS.items():
+        hit = (test_id.startswith(pattern) if pattern.endswith("/") else
+               test_id == pattern or test_id.startswith((pattern + "::", pattern + "[")))
+        if hit and len(pattern) > best:
+            best, tier = len(pattern), t
+    return tier
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            rel = item.path.resolve().relative_to(TESTS).as_posix()
+        except ValueError:
+            continue
+        tier = tier_of(rel + item.nodeid[item.nodeid.index("::"):] if "::" in item.nodeid else rel)
+        if tier != "default":
+            item.add_marker(tier)
 
 
 @pytest.fixture(scope="session")
@@ -146,6 +210,40 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory, media_videos: dict[str,
     b["B22_unreadable"].write_bytes((d.parent / "b22u.mp4").read_bytes())
     os.chmod(b["B22_unreadable"], 0)
     return b
+
+
+@pytest.fixture(scope="session")
+def fault_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four small 10 fps videos ``v0.mp4`` .. ``v3.mp4`` of 6, 9, 3 and 5 s (4 s clips: 2, 3, 1, 2)."""
+    d = tmp_path_factory.mktemp("fault_corpus")
+    for i, (size, secs) in enumerate([("64x48", 6), ("80x48", 9), ("48x48", 3), ("64x64", 5)]):
+        lavfi_video(d / f"v{i}.mp4", size=size, seconds=secs, rate=10)
+    return d
+
+
+def _tree_digest(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def clean_library(fault_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``fault_corpus`` ingested once, undisturbed: one shard per video, with its FAISS index.
+
+    Shared by every test that compares a faulted run with a clean one, so it must never change:
+    copy it (``shutil.copytree``) to damage it. Teardown fails if any test changed a file in it.
+    """
+    from vidsearch.library import Library
+    from vidsearch.pipeline.runner import IngestOptions, run_ingest
+    from vidsearch.schemas.config import IngestCfg
+
+    lib = tmp_path_factory.mktemp("clean_library") / "lib"
+    s = run_ingest([fault_corpus], lib, IngestCfg(decode_workers=1, shard_rows=1, batch_size=4),
+                   IngestOptions(model=TEST_MODEL, executor="local", progress=False))
+    assert (s.videos_done, s.videos_failed) == (4, 0)
+    assert len(Library(lib).read_manifest().shards) == 4
+    before = _tree_digest(lib)
+    yield lib
+    assert _tree_digest(lib) == before, "a test changed the shared clean_library; copy it instead"
 
 
 @pytest.fixture(scope="session")

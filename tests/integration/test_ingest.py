@@ -101,8 +101,9 @@ def test_embeddings_equal_the_model_on_full_resolution_frames(media_lib: dict[st
             np.testing.assert_allclose(np.asarray(r["embedding"]), ref, atol=1e-5)
 
 
-def test_shots_cut_at_known_scene_changes(media_videos: dict[str, Path], tmp_path: Path, ray_session: None) -> None:
-    s = ingest([media_videos["cuts"]], tmp_path / "lib", segment="shots")
+def test_shots_cut_at_known_scene_changes(media_videos: dict[str, Path], tmp_path: Path) -> None:
+    # Local executor: segmentation is the same code on either; media_lib above is this file's Ray run.
+    s = ingest([media_videos["cuts"]], tmp_path / "lib", executor="local", segment="shots")
     assert s.videos_done == 1
     rows = sorted(clips_table(tmp_path / "lib").to_pylist(), key=lambda r: r["clip_index"])
     # 25 fps; cuts at 2 s and 5 s -> shots [0, 50), [50, 125), [125, 175).

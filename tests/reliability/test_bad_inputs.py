@@ -27,8 +27,6 @@ from vidsearch.library import Library
 from vidsearch.pipeline.runner import IngestOptions, IngestSummary, run_ingest
 from vidsearch.schemas.config import IngestCfg
 
-pytestmark = pytest.mark.reliability
-
 MODEL = "internvideo2-tiny"
 
 

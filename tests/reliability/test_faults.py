@@ -29,14 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from media_tools import TEST_MODEL, lavfi_video
+from media_tools import TEST_MODEL
 from reliability.invariants import assert_same_library, check_library
 
 from vidsearch.library import CRASH_POINTS, Library, LibraryLocked, ModelMismatch
 from vidsearch.pipeline.runner import IngestOptions, run_ingest
 from vidsearch.schemas.config import IngestCfg
-
-pytestmark = pytest.mark.reliability
 
 
 def cli(*args: str | os.PathLike[str], env: dict[str, str] | None = None, timeout: float = 180,
@@ -52,25 +50,19 @@ def popen(*args: str | os.PathLike[str], env: dict[str, str] | None = None) -> s
                             env={**os.environ, **(env or {})})
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Five small videos (2-9 clips each)."""
-    d = tmp_path_factory.mktemp("corpus")
-    for i, (size, secs) in enumerate([("64x48", 6), ("80x48", 9), ("48x48", 3), ("64x64", 5), ("96x48", 4)]):
-        lavfi_video(d / f"v{i}.mp4", size=size, seconds=secs, rate=10)
-    return d
+@pytest.fixture(scope="session")
+def corpus(fault_corpus: Path) -> Path:
+    """The fault tests' shared corpus ``v0.mp4`` .. ``v3.mp4`` (tests/conftest.py)."""
+    return fault_corpus
 
 
 COMMON = ("--executor", "local", "--decode-workers", "1", "--shard-rows", "3", "--batch-size", "4")
 
 
-@pytest.fixture(scope="module")
-def clean_lib(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    lib = tmp_path_factory.mktemp("clean") / "lib"
-    r = cli(corpus, "--library", lib, *COMMON)
-    assert r.returncode == 0, r.stderr
-    check_library(lib)
-    return lib
+@pytest.fixture(scope="session")
+def clean_lib(clean_library: Path) -> Path:
+    """The corpus ingested undisturbed, shared by the session (tests/conftest.py); copy it to change it."""
+    return clean_library
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
@@ -111,8 +103,8 @@ def test_f6_random_kill_of_a_ray_run_then_resume(corpus: Path, clean_lib: Path, 
 
 def test_f7_sigint_stops_cleanly_and_resumes(corpus: Path, clean_lib: Path, tmp_path: Path) -> None:
     lib = tmp_path / "lib"
-    # v4 hangs in its decoder, so the run is certainly still going when Ctrl-C arrives.
-    env = {"VIDSEARCH_TEST_DECODE_FAULT": "hang:v4.mp4"}
+    # v3 (the last) hangs in its decoder, so the run is certainly still going when Ctrl-C arrives.
+    env = {"VIDSEARCH_TEST_DECODE_FAULT": "hang:v3.mp4"}
     p = popen(corpus, "--library", lib, *COMMON, "--shard-rows", "1", env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -22,14 +22,12 @@ from typing import Any
 import duckdb
 import pytest
 from media_tools import TEST_MODEL
-from reliability.fault_tools import REPO, env_with_repo, make_corpus
+from reliability.fault_tools import REPO, env_with_repo
 from reliability.invariants import assert_same_library, check_library
 
 from vidsearch.library import Library
 from vidsearch.pipeline.runner import IngestOptions, IngestSummary, run_ingest
 from vidsearch.schemas.config import IngestCfg
-
-pytestmark = pytest.mark.reliability
 
 _spec = importlib.util.spec_from_file_location("_synth_storage", Path(__file__).parents[1] / "unit" / "conftest.py")
 synth = importlib.util.module_from_spec(_spec)
@@ -39,9 +37,10 @@ _spec.loader.exec_module(synth)
 CFG = IngestCfg(decode_workers=1, shard_rows=1, batch_size=4)  # one shard per video
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_corpus(tmp_path_factory.mktemp("scorpus"), "s")
+@pytest.fixture(scope="session")
+def corpus(fault_corpus: Path) -> Path:
+    """The fault tests' shared corpus ``v0.mp4`` .. ``v3.mp4`` (tests/conftest.py)."""
+    return fault_corpus
 
 
 def ingest(inputs: Path, lib: Path, **kw: Any) -> IngestSummary:
@@ -49,14 +48,10 @@ def ingest(inputs: Path, lib: Path, **kw: Any) -> IngestSummary:
     return run_ingest([inputs], lib, CFG, opts)
 
 
-@pytest.fixture(scope="module")
-def clean_lib(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A complete library of the corpus, with its FAISS index (copied by tests that damage it)."""
-    lib = tmp_path_factory.mktemp("sclean") / "lib"
-    s = ingest(corpus, lib)
-    assert (s.videos_done, s.videos_failed) == (4, 0)
-    assert len(Library(lib).read_manifest().shards) >= 3
-    return lib
+@pytest.fixture(scope="session")
+def clean_lib(clean_library: Path) -> Path:
+    """The corpus ingested undisturbed, shared by the session (tests/conftest.py); copy it to change it."""
+    return clean_library
 
 
 # ---- F8: disk full ------------------------------------------------------------------------------

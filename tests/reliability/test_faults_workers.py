@@ -28,20 +28,18 @@ from typing import Any
 import numpy as np
 import pytest
 from media_tools import TEST_MODEL
-from reliability.fault_tools import make_corpus
 from reliability.invariants import assert_same_library, check_library
 
 from vidsearch.pipeline.runner import IngestOptions, IngestSummary, run_ingest
 from vidsearch.schemas.config import IngestCfg
 
-pytestmark = pytest.mark.reliability
-
 CFG = IngestCfg(decode_workers=1, shard_rows=3, batch_size=4)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_corpus(tmp_path_factory.mktemp("wcorpus"), "w")
+@pytest.fixture(scope="session")
+def corpus(fault_corpus: Path) -> Path:
+    """The fault tests' shared corpus ``v0.mp4`` .. ``v3.mp4`` (tests/conftest.py)."""
+    return fault_corpus
 
 
 @pytest.fixture
@@ -66,12 +64,10 @@ def ingest(inputs: list[Path] | Path, lib: Path, executor: str = "local", cfg: I
     return run_ingest(inputs if isinstance(inputs, list) else [inputs], lib, cfg, opts)
 
 
-@pytest.fixture(scope="module")
-def clean_lib(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    lib = tmp_path_factory.mktemp("wclean") / "lib"
-    s = ingest(corpus, lib)
-    assert (s.videos_done, s.videos_failed) == (4, 0)
-    return lib
+@pytest.fixture(scope="session")
+def clean_lib(clean_library: Path) -> Path:
+    """The corpus ingested undisturbed, shared by the session (tests/conftest.py); copy it to change it."""
+    return clean_library
 
 
 def marks(folder: Path, kind: str) -> list[tuple[int, int, str]]:
@@ -133,7 +129,7 @@ def test_f3_decode_actor_killed_mid_job_is_restarted_and_the_video_retried(
         corpus: Path, clean_lib: Path, tmp_path: Path, mark_dir: Path, ray_session: None,
         monkeypatch: pytest.MonkeyPatch) -> None:
     m = mark_dir
-    monkeypatch.setenv("VIDSEARCH_TEST_DECODE_FAULT", f"slow=1.5:w1.mp4|marks={m}")
+    monkeypatch.setenv("VIDSEARCH_TEST_DECODE_FAULT", f"slow=1.5:v1.mp4|marks={m}")
     killer = Killer(m, "slow", "ppid", times=1)
     s = ingest_while_killing(killer, corpus, tmp_path / "lib")
     assert killer.killed, "the decode actor was never caught mid-job"
@@ -182,14 +178,14 @@ def test_f4_out_of_memory_splits_the_batch_with_the_same_embeddings(corpus: Path
 def test_f4_out_of_memory_even_for_one_clip_fails_the_videos_with_embed_oom(corpus: Path, tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VIDSEARCH_TEST_EMBED_FAULT", "oom=0")
-    s = ingest([corpus / "w0.mp4", corpus / "w2.mp4"], tmp_path / "lib")
+    s = ingest([corpus / "v0.mp4", corpus / "v2.mp4"], tmp_path / "lib")
     assert (s.videos_done, s.videos_failed, s.exit_code) == (0, 2, 2)
     assert {f["error_type"] for f in s.failures} == {"EmbedOOM"}
     assert all(f["stage"] == "embed" for f in s.failures)
     check_library(tmp_path / "lib")
     # Not a property of the file: the next run retries them (here with memory to spare).
     monkeypatch.delenv("VIDSEARCH_TEST_EMBED_FAULT")
-    s = ingest([corpus / "w0.mp4", corpus / "w2.mp4"], tmp_path / "lib")
+    s = ingest([corpus / "v0.mp4", corpus / "v2.mp4"], tmp_path / "lib")
     assert (s.videos_done, s.videos_failed) == (2, 0)
 
 
@@ -230,15 +226,15 @@ def test_embedder_halves_on_runtime_oom_and_keeps_the_smaller_batch(monkeypatch:
 def test_f5_repeated_worker_kills_end_as_a_failure_row_not_a_loop(
         corpus: Path, tmp_path: Path, mark_dir: Path, ray_session: None, monkeypatch: pytest.MonkeyPatch) -> None:
     m = mark_dir
-    monkeypatch.setenv("VIDSEARCH_TEST_DECODE_FAULT", f"slow=1.0:w1.mp4|marks={m}")
-    killer = Killer(m, "slow", "ppid", times=10, needle="w1.mp4")  # the "OOM killer": every time
+    monkeypatch.setenv("VIDSEARCH_TEST_DECODE_FAULT", f"slow=1.0:v1.mp4|marks={m}")
+    killer = Killer(m, "slow", "ppid", times=10, needle="v1.mp4")  # the "OOM killer": every time
     t0 = time.monotonic()
     s = ingest_while_killing(killer, corpus, tmp_path / "lib")
     elapsed = time.monotonic() - t0
     assert len(killer.killed) == 3  # three deaths on one video, then no fourth try
     assert (s.videos_done, s.videos_failed, s.exit_code) == (3, 1, 2), s.failures
     (f,) = s.failures
-    assert f["error_type"] == "WorkerKilled" and "w1.mp4" in f["error_message"] and "3 times" in f["error_message"]
+    assert f["error_type"] == "WorkerKilled" and "v1.mp4" in f["error_message"] and "3 times" in f["error_message"]
     assert elapsed < 120
     check_library(tmp_path / "lib")
     # Resumable: with memory back, the next run retries it and the library is complete.
@@ -300,17 +296,17 @@ def test_f18_eio_is_retried_with_backoff_then_an_ioerror_row(corpus: Path, clean
                                                              mark_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     m = mark_dir
     # w1: two failed reads, then the filesystem is back; w3: every read fails.
-    monkeypatch.setenv("VIDSEARCH_TEST_DECODE_FAULT", f"eio=2:w1.mp4|eio=99:w3.mp4|marks={m}")
+    monkeypatch.setenv("VIDSEARCH_TEST_DECODE_FAULT", f"eio=2:v1.mp4|eio=99:v3.mp4|marks={m}")
     cfg = IngestCfg(decode_workers=1, shard_rows=3, batch_size=4, io_retries=3, io_retry_backoff_s=0.2)
     t0 = time.monotonic()
     s = ingest(corpus, tmp_path / "lib", cfg=cfg)
     elapsed = time.monotonic() - t0
     assert (s.videos_done, s.videos_failed, s.exit_code) == (3, 1, 2), s.failures
     (f,) = s.failures
-    assert f["error_type"] == "IOError" and "w3.mp4" in f["error_message"]
+    assert f["error_type"] == "IOError" and "v3.mp4" in f["error_message"]
     assert "Input/output error" in f["error_message"] and "after 4 attempts" in f["error_message"]
     fired = [t for _, _, t in marks(m, "eio")]
-    assert sum("w1.mp4" in t for t in fired) == 2 and sum("w3.mp4" in t for t in fired) == 4
+    assert sum("v1.mp4" in t for t in fired) == 2 and sum("v3.mp4" in t for t in fired) == 4
     assert elapsed >= 0.2 + 0.4 + 0.2 + 0.4 + 0.8  # backoff 0.2, 0.4 (w1) and 0.2, 0.4, 0.8 (w3)
     check_library(tmp_path / "lib")
     # The hiccup was transient, not the file's fault: the next run retries w3 and ends complete.

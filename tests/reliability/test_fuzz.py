@@ -30,7 +30,7 @@ from vidsearch.library import Library
 from vidsearch.pipeline.runner import IngestOptions, run_ingest
 from vidsearch.schemas.config import IngestCfg
 
-pytestmark = [pytest.mark.reliability, pytest.mark.slow]
+pytestmark = pytest.mark.slow  # and `reliability`, by tests/conftest.py
 
 SEED = 20240601
 KINDS = ("bitflip", "zero", "truncate", "header")

@@ -14,8 +14,6 @@ from vidsearch.indexer import IndexCorrupt, IndexStale, load_index, read_meta, u
 from vidsearch.indexer.doctor import diagnose
 from vidsearch.search import Searcher
 
-pytestmark = pytest.mark.reliability
-
 _spec = importlib.util.spec_from_file_location("_synth", Path(__file__).parents[1] / "unit" / "conftest.py")
 synth = importlib.util.module_from_spec(_spec)
 sys.modules["_synth"] = synth

@@ -25,8 +25,6 @@ from vidsearch.cli import main
 from vidsearch.library import sha256_file
 from vidsearch.pipeline.readers import DECODER_ENV
 
-pytestmark = pytest.mark.reliability
-
 _spec = importlib.util.spec_from_file_location("_synth", Path(__file__).parents[1] / "unit" / "conftest.py")
 synth = importlib.util.module_from_spec(_spec)  # the synthetic-library builder of tests/unit
 sys.modules["_synth"] = synth
