@@ -226,10 +226,12 @@ class Searcher:
             dup = in_sorted(extra_ids, index.vectors.all_ids())
             extra_ids, extra_vecs = extra_ids[~dup], extra_vecs[~dup]
 
-        current = self.library.catalog_is_current(m)
+        catalog_issue = _catalog_state(self.library, m)
+        current = catalog_issue is None
         # A catalog behind the manifest (a writer defers refreshes during a long run, or was
         # killed or ran out of disk between them) lacks the newest clips' rows: the sandbox
         # completes it from their shards (D9), and refresh() reloads once the file is swapped.
+        # Missing or unusable, its tables are read from the shards.
         stamp = _catalog_identity(self.library)
         # history.duckdb is not attached: this process writes it after each search, and DuckDB
         # refuses a second handle on a file one connection already holds.
@@ -251,14 +253,15 @@ class Searcher:
         except BaseException:
             con.close()
             raise
-        if not current:
-            fix = f"Fix, if no ingest is running: `vidsearch doctor --fix --library {root}`"
-            if not self.library.catalog_path.is_file() or self.library.catalog_problem() is not None:
-                warnings.append(f"catalog.duckdb is missing or unusable; the catalog was read from the shards "
-                                f"(slower to open). {fix}")
+        if catalog_issue is not None:
+            writer = self.library.writer()
+            if writer is not None and catalog_issue.startswith("is behind"):
+                fix = f"the ingest writing the library (pid {writer.get('pid')}) refreshes it"
             else:
-                warnings.append(f"catalog.duckdb is behind the manifest; the newest clips' metadata was read "
-                                f"from their shards. {fix}")
+                fix = f"Fix: `vidsearch doctor --fix --library {root}`"
+            read = "the newest clips' metadata was read from their shards" if catalog_issue.startswith("is behind") \
+                else "its tables were read from the shards (slower to open)"
+            warnings.append(f"catalog.duckdb {catalog_issue}; {read}. {fix}")
         for w in warnings:
             _logger.warning("%s", w)
         return _Generation(manifest=m, model_info=info, index=index, extra_ids=extra_ids, extra_vecs=extra_vecs,
@@ -621,3 +624,22 @@ def _catalog_identity(library: Library) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _catalog_state(library: Library, m: Manifest) -> str | None:
+    """None when ``catalog.duckdb`` holds manifest ``m``'s generation; else why not, as a
+    phrase after "catalog.duckdb" (read-only: one stat and one read-only open)."""
+    if not library.catalog_path.is_file():
+        return "is missing"
+    problem = library.catalog_problem()
+    if problem is not None:
+        return problem
+    try:
+        meta = library.catalog.meta()
+    except (duckdb.Error, OSError) as e:
+        return f"is unreadable ({str(e).splitlines()[0][:120]})"
+    if meta.get("library_id") != m.library_id:
+        return "belongs to another library"
+    if meta.get("generation") != str(m.generation):
+        return f"is behind the manifest (generation {meta.get('generation')} of {m.generation})"
+    return None
