@@ -236,8 +236,15 @@ class ModelCfg:
     description: str = ""
     # True for random-weight test models that must never be used for real search.
     is_test_model: bool = False
+    # Text-to-clip cosine below which a hit is "no good match" (`vidsearch search --min-score`
+    # default for text queries). Measured per model on data with a known answer (demo model:
+    # bench/min_score.py); None where unmeasured: every hit is shown, however weak. Too high hides
+    # right answers; too low shows weak best matches as if they were answers. Not in the fingerprint.
+    min_score: float | None = None
 
     def __post_init__(self) -> None:
+        if self.min_score is not None and not -1.0 <= self.min_score <= 1.0:
+            raise ValueError(f"min_score is a cosine similarity in [-1, 1], got {self.min_score}")
         v, p = self.encoder.vision, self.preprocess
         if v.num_frames != p.num_frames or v.img_size != p.img_size:
             raise ValueError(
