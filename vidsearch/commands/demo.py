@@ -59,12 +59,13 @@ def run(args: argparse.Namespace) -> int:
     lib = shlex.quote(str(report.library))
     ck = _checkpoint_flag()
     example = shlex.quote(report.outcomes[0].query.text) if report.outcomes else "'a red circle moving to the left'"
+    in_folder = report.folder_example or ("a red circle moving to the left", "studio")
     print(f"\n{top1}/{n} searches right at rank 1, {topk}/{n} within the top {args.k} "
           f"({report.clips} clips, {report.timings_s['total']:.0f} s in all).")
     print(f"""
 Next, try:
   vidsearch search {example} --library {lib}{ck}
-  vidsearch search 'three white hearts disappearing' --library {lib}{ck} --path '*/studio/*'
+  vidsearch search {shlex.quote(in_folder[0])} --library {lib}{ck} --folder {shlex.quote(in_folder[1])}
   vidsearch search --like CLIP_ID --library {lib}            # more like a clip (ids: --json)
   vidsearch sql "SELECT path, count(*) AS clips FROM clips GROUP BY path ORDER BY path" --library {lib}
   vidsearch status --library {lib}

@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from vidsearch.demo.captions import Attributes, CaptionStyle, sample_caption
+from vidsearch.demo.captions import Attributes, CaptionStyle, canonical_caption, sample_caption
 from vidsearch.demo.model import DEMO_MODEL, weights_path
 from vidsearch.demo.world import SceneTruth, World, generate_world
+from vidsearch.search.timefmt import format_span
 
 _logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ __all__ = [
     "scene_at",
     "hit_matches",
     "pick_queries",
+    "folder_example",
     "ingest_world",
     "run_demo",
 ]
@@ -96,6 +98,7 @@ class DemoReport:
     outcomes: list[QueryOutcome] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     ingest_exit_code: int = 0
+    folder_example: tuple[str, str] | None = None   # (query, folder) with an answer in that folder
 
 
 def scene_at(world: World, path: str | os.PathLike[str], t: float) -> SceneTruth | None:
@@ -135,6 +138,23 @@ def pick_queries(world: World, n: int, seed: int) -> list[DemoQuery]:
         style: CaptionStyle = "canonical" if i % 2 == 0 else "paraphrase"
         queries.append(DemoQuery(sample_caption(s.attributes, rng, style), s.attributes, style))
     return queries
+
+
+def folder_example(world: World, seed: int = 0) -> tuple[str, str] | None:
+    """A query and a folder to suggest with ``--folder``, such that the folder holds its answer.
+
+    The canonical caption of a scene of one folder (``studio`` when the world has one); None for
+    a world without videos. (A fixed suggestion named a scene the default world does not have.)
+    """
+    by_folder: dict[str, list[SceneTruth]] = {}
+    for v, sc in world.scenes():
+        by_folder.setdefault(Path(v.relpath).parent.name, []).append(sc)
+    if not by_folder:
+        return None
+    folder = "studio" if "studio" in by_folder else sorted(by_folder)[0]
+    scenes = by_folder[folder]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xF01D]))
+    return canonical_caption(scenes[int(rng.integers(len(scenes)))].attributes), folder
 
 
 def ingest_world(world: World, library: Path, *, executor: str = "ray", device: str | None = None,
@@ -232,14 +252,10 @@ def run_demo(library: str | os.PathLike[str], *, videos: int = 24, seed: int = 0
             say(f'  "{q.text}"')
             for h in out.hits:
                 mark = "✓" if h.correct else "✗"
-                say(f"    {mark} {h.rank}. {_hms(h.start_s)}-{_hms(h.end_s)}  "
+                say(f"    {mark} {h.rank}. {format_span(h.start_s, h.end_s)}  "
                     f"{os.path.relpath(h.path, root)}  score {h.score:.3f}"
                     + ("" if h.correct else f"  (shows: {h.shows})"))
+    report.folder_example = folder_example(world, seed)
     report.timings_s["search"] = time.monotonic() - t2
     report.timings_s["total"] = time.monotonic() - t0
     return report
-
-
-def _hms(t: float) -> str:
-    m, s = divmod(t, 60)
-    return f"{int(m):02d}:{s:04.1f}"
