@@ -71,7 +71,9 @@ def test_text_search_recall(demo: dict[str, Any], style: CaptionStyle) -> None:
     world, lib, searcher = demo["world"], demo["lib"], demo["searcher"]
     qs = _queries(world, style)
     assert len(qs) >= 60
-    first = [check_result(world, lib, q, searcher.search(q.text, k=5).hits).first_correct for q in qs]
+    # Ranking alone: no min_score cut (test_default_min_score_* measures the cut).
+    first = [check_result(world, lib, q, searcher.search(q.text, k=5, use_default_min_score=False).hits).first_correct
+             for q in qs]
     r1 = np.mean([f == 1 for f in first])
     r5 = np.mean([f is not None for f in first])
     print(f"{style}: {len(qs)} queries over {Library(lib).read_manifest().total_clips} clips: "
@@ -94,7 +96,7 @@ def test_right_moment_brackets_its_scene_within_one_clip(demo: dict[str, Any],
     found = bracketed = covered = 0
     for v, s in unique:
         path = str((world.root / v.relpath).resolve())
-        for h in searcher.search(s.caption, k=5).hits:
+        for h in searcher.search(s.caption, k=5, use_default_min_score=False).hits:
             if str(Path(h.path).resolve()) == path and h.start_s < s.end_s and h.end_s > s.start_s:
                 found += 1
                 ok = _bracketed(h.start_s, h.end_s, s)
@@ -114,7 +116,7 @@ def test_right_moment_brackets_its_scene_within_one_clip(demo: dict[str, Any],
     for v, s in unique:
         capsys.readouterr()
         assert main(["search", s.caption, "--library", str(lib), "--checkpoint", W, "--json", "-k", "3",
-                     "--no-history"]) == 0
+                     "--no-history", "--min-score", "off"]) == 0
         hit = json.loads(capsys.readouterr().out)["hits"][0]
         if Path(hit["path"]).resolve() == (world.root / v.relpath).resolve():
             assert _bracketed(hit["start_s"], hit["end_s"], s)
@@ -170,7 +172,7 @@ def test_path_filter_with_text_returns_only_matching_hits_in_order(demo: dict[st
     v, s = studio[len(studio) // 2]
     capsys.readouterr()
     assert main(["search", s.caption, "--library", str(lib), "--checkpoint", W, "--path", "*/studio/*",
-                 "--json", "-k", "5", "--no-history"]) == 0
+                 "--min-score", "off", "--json", "-k", "5", "--no-history"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert len(hits) == 5
     assert all("/studio/" in h["path"] for h in hits)
@@ -189,6 +191,41 @@ def test_path_filter_with_text_returns_only_matching_hits_in_order(demo: dict[st
         assert h["score"] == pytest.approx(brute[int(h["clip_id"])], abs=1e-4)
 
 
+@pytest.mark.parametrize("style", ["canonical", "paraphrase"])
+def test_default_min_score_keeps_the_right_answers(demo: dict[str, Any], style: CaptionStyle) -> None:
+    """The demo model's min_score (0.9, measured by bench/min_score.py on the seed-0 world) checked
+    on this world it never saw: the right hit of nearly every answerable query clears it."""
+    world, lib, searcher = demo["world"], demo["lib"], demo["searcher"]
+    qs = _queries(world, style)
+    results = [searcher.search(q.text, k=5) for q in qs]
+    assert all(r.min_score == pytest.approx(0.9) for r in results)
+    kept = np.mean([check_result(world, lib, q, r.hits).first_correct is not None
+                    for q, r in zip(qs, results, strict=True)])
+    print(f"{style}: right hit kept above min_score for {kept:.3f} of {len(qs)} queries")
+    assert kept >= 0.95
+
+
+def test_demo_folder_suggestion_has_an_answer(demo: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    from vidsearch.demo.captions import canonical_caption
+    from vidsearch.demo.run import folder_example
+
+    world, lib = demo["world"], demo["lib"]
+    suggestion = folder_example(world, 0)
+    assert suggestion is not None
+    text, folder = suggestion
+    kinds = {s.attributes for v, s in world.scenes()
+             if Path(v.relpath).parent.name == folder and canonical_caption(s.attributes) == text}
+    assert kinds  # a scene of that folder shows it
+    capsys.readouterr()
+    assert main(["search", text, "--library", str(lib), "--checkpoint", W, "--folder", folder, "--json", "-k", "3",
+                 "--no-history"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert not doc["no_good_match"] and doc["hits"]
+    top = doc["hits"][0]
+    assert f"/{folder}/" in top["path"]
+    assert scene_at(world, top["path"], 0.5 * (top["start_s"] + top["end_s"])).attributes in kinds
+
+
 def test_vidsearch_demo_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # The local executor: the default tier's Ray run is test_ingest.py (the `demo` fixture above
     # ingests on Ray in the slow tier); everything else is the command a newcomer runs first.
@@ -197,4 +234,8 @@ def test_vidsearch_demo_command(tmp_path: Path, capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert "NOT the real InternVideo2" in out and "vidsearch search" in out and "vidsearch weights download" in out
     assert out.count("✓ 1.") >= 2  # at least two of three searches right at rank 1
+    import re
+
+    assert re.search(r"✓ 1\. \d\d:\d\d:\d\d\.\d{3}-\d\d:\d\d:\d\d\.\d{3}  ", out)  # the one time format
+    assert re.search(r"vidsearch search '[a-z ]+' --library .* --folder [a-z]+\n", out)  # a suggestion with an answer
     assert (tmp_path / "d" / "world" / "world.json").is_file()

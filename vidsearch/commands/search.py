@@ -81,8 +81,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--offset", type=_nonneg_int, default=0, help="skip this many results (paging; default 0)")
     p.add_argument("--min-score", type=_min_score, default=argparse.SUPPRESS, metavar="SCORE",
                    help="leave out moments scoring below SCORE, and say 'no good match' when none is left "
-                        "(default for text queries: the model's min_score, see `vidsearch weights list`; "
-                        "'off' keeps every hit)")
+                        "(default for text queries: the model's min_score, e.g. 0.9 for internvideo2-demo, "
+                        "none where it was not measured; 'off' keeps every hit)")
     g = p.add_argument_group("filters (values are bound parameters, never pasted into SQL)")
     g.add_argument("--path", dest="path_glob", default=None, help="GLOB over the video path, e.g. '*/pets/*'")
     g.add_argument("--folder", default=None,
@@ -295,7 +295,7 @@ def _print(args: argparse.Namespace, result: Any, paths: dict[str, str], thumbs:
         # Warnings of the library (index, catalog, test model) were logged when it was opened;
         # those of this search, and all of a server's, are said here.
         for w in result.warnings:
-            if w not in said:
+            if w not in said and not (result.no_good_match and w.startswith("no good match")):  # in the table
                 print(f"warning: {w}", file=sys.stderr)
         print(output.timing_line(result), file=sys.stderr)
     for h in result.hits:
