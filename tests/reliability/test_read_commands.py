@@ -26,8 +26,6 @@ import pytest
 from vidsearch.cli import main
 from vidsearch.indexer import read_meta, update_index
 
-pytestmark = pytest.mark.reliability
-
 _spec = importlib.util.spec_from_file_location("_synth_ro", Path(__file__).parents[1] / "unit" / "conftest.py")
 synth = importlib.util.module_from_spec(_spec)
 sys.modules["_synth_ro"] = synth
@@ -182,3 +180,37 @@ def test_searches_answer_around_damage_and_change_nothing(s: Any, how: str,
         svc.close()
 
     assert snapshot(root) == before, f"{how}: a read command changed the library"
+
+
+def _vidsearch_on_read_only_mount(root: Path, *args: str) -> Any:
+    """``vidsearch ARGS`` with ``root`` mounted read-only (EROFS) in a private mount namespace
+    (as tests/unit/test_doctor.py does); skipped where no namespace can be made."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("no user/mount namespaces here: cannot mount the library read-only")
+    script = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && shift && exec "$@"'
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", str(root), sys.executable, "-m", "vidsearch",
+                           *args], capture_output=True, text=True, timeout=600)
+
+
+def test_search_on_a_read_only_mount(s: Any) -> None:
+    """D3 and R1 on a real read-only file system (EROFS): searches answer, --thumbnails is one
+    line naming the folder that cannot be written (exit 1), nothing changes."""
+    root = s.lib.root
+    before = snapshot(root)
+    lib = str(root)
+    r = _vidsearch_on_read_only_mount(root, "search", "a red circle", "--library", lib, "-k", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["hits"]) == 3 and "Traceback" not in r.stderr
+    r = _vidsearch_on_read_only_mount(root, "search", "--like", str(s.clip_ids[5]), "--library", lib, "--json",
+                                      "--where", "clips.clip_index % 2 = 1", "--no-history")
+    assert r.returncode == 0 and json.loads(r.stdout)["hits"], r.stderr
+    r = _vidsearch_on_read_only_mount(root, "search", "--like", str(s.clip_ids[5]), "--library", lib,
+                                      "--thumbnails", "--no-history")
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(err) == 1, r.stderr
+    assert err[0].startswith("vidsearch: error: --thumbnails: cannot create ") and str(root / "thumbs") in err[0]
+    assert "Read-only file system" in err[0]
+    assert snapshot(root) == before and not (root / "history.duckdb").exists()
