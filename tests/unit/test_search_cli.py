@@ -183,3 +183,39 @@ def test_control_characters_escaped_in_table(synthetic_library_factory, capsys: 
                  "--no-history"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert any(h["path"] == "/v/\x1b[2Jevil\rname\n.mp4" for h in doc["hits"])
+
+
+def test_times_are_rounded_to_ms_everywhere(tiny_library: SyntheticLibrary, capsys: pytest.CaptureFixture) -> None:
+    """Float noise of stored times (0.1 + 0.2 = 0.30000000000000004) never reaches an output."""
+    import pyarrow as pa
+    from conftest import make_shard_tables
+
+    from vidsearch.serve.service import LibraryService
+
+    s = tiny_library
+    rng = np.random.default_rng(8)
+    vecs = rng.standard_normal((3, s.dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    row = {**s.videos[0], "video_id": "d" * 32, "path": "/media/noisy/v.mp4", "path_bytes": b"/media/noisy/v.mp4",
+           "num_clips": 3, "duration_s": 12.0 + 0.1 + 0.2}
+    m = s.lib.read_manifest()
+    assert m.model is not None
+    clips, vids, ids = make_shard_tables([row], [3], [vecs], m.model.fingerprint, s.dim)
+    noisy = [i * 4.0 + 0.1 + 0.2 for i in range(3)]  # 0.30000000000000004, 4.3, 8.3
+    clips = clips.set_column(clips.schema.get_field_index("start_s"), "start_s", pa.array(noisy, pa.float64()))
+    with s.lib.lock():
+        s.lib.commit(clips, vids, run_id="run-3")
+    assert main(["search", "--like", str(ids[0]), "--library", str(s.lib.root), "--json", "--no-history",
+                 "--no-merge", "--folder", "/media/noisy", "-k", "3"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert all(len(repr(h[k]).partition(".")[2]) <= 3 for h in hits for k in ("start_s", "end_s"))
+    starts = {h["clip_id"]: h["start_s"] for h in hits}
+    assert starts[str(ids[1])] == 4.3 and starts[str(ids[2])] == 8.3
+    svc = LibraryService(s.lib, record_history=False)
+    try:
+        clip = svc.clip(int(ids[0]))
+        assert clip["start_s"] == 0.3 and clip["start"] == "00:00:00.300"
+        video = svc.video("d" * 32)
+        assert video["duration_s"] == 12.3 and [c["start_s"] for c in video["clips"]] == [0.3, 4.3, 8.3]
+    finally:
+        svc.close()

@@ -57,7 +57,7 @@ from vidsearch.search.sandbox import (
     sql_pool,
 )
 from vidsearch.search.searcher import Searcher
-from vidsearch.search.timefmt import format_hms
+from vidsearch.search.timefmt import format_hms, round_ms
 from vidsearch.search.types import Filters, Hit, SearchError, SearchResult
 
 _logger = logging.getLogger(__name__)
@@ -166,6 +166,11 @@ def _json_value(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
+
+
+def _ms(v: Any) -> Any:
+    """Times in seconds rounded to ms, as in search results (4.004, not 4.0040000000000004)."""
+    return round_ms(v) if isinstance(v, float) else v
 
 
 class LibraryService:
@@ -357,6 +362,7 @@ class LibraryService:
         row.pop("path_bytes")
         row = {k: _json_value(val) for k, val in row.items()}
         row["clip_id"] = str(row["clip_id"])
+        row["start_s"], row["end_s"] = _ms(row["start_s"]), _ms(row["end_s"])
         row.update(name=os.path.basename(row["path"]),
                    start=None if row["start_s"] is None else format_hms(row["start_s"]),
                    end=None if row["end_s"] is None else format_hms(row["end_s"]),
@@ -377,10 +383,11 @@ class LibraryService:
             clips = self._rows("SELECT clip_id, start_s, end_s FROM clips WHERE video_id = ? ORDER BY start_s",
                                [video_id])
         v = {k: _json_value(val) for k, val in rows[0].items()}
+        v["duration_s"] = _ms(v["duration_s"])
         v["name"] = os.path.basename(v["path"])
         v["file_url"] = f"/api/videos/{video_id}/file"
-        v["clips"] = [{"clip_id": str(c["clip_id"]), "start_s": _json_value(c["start_s"]),
-                       "end_s": _json_value(c["end_s"])} for c in clips]
+        v["clips"] = [{"clip_id": str(c["clip_id"]), "start_s": _ms(_json_value(c["start_s"])),
+                       "end_s": _ms(_json_value(c["end_s"]))} for c in clips]
         return v
 
     def video_file(self, video_id: str) -> VideoFile:
