@@ -128,7 +128,7 @@ def main() -> None:
     matching_clip_ids(lib, "clip_index >= 2")
     _row("where, remembered", _times(lambda i: matching_clip_ids(lib, "clip_index >= 2"), args.reps))
 
-    with Searcher(lib, auto_repair=False, record_history=False) as s:
+    with Searcher(lib, record_history=False) as s:
         from vidsearch.search import Filters
 
         q = np.random.default_rng(0).standard_normal(s.manifest.model.embed_dim).astype(np.float32)  # type: ignore[union-attr]
