@@ -270,12 +270,18 @@ def ray_session() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Servers started by tests advertise themselves to `vidsearch search` (vidsearch.search.remote)
-    in a folder of this session, not in the user's runtime folder; children inherit it."""
-    old = os.environ.get("VIDSEARCH_RUNTIME_DIR")
+    """Per-user state goes to folders of this session, not the user's (children inherit them):
+    servers started by tests advertise themselves to `vidsearch search` there
+    (VIDSEARCH_RUNTIME_DIR, vidsearch.search.remote), and the user cache (VIDSEARCH_CACHE_DIR:
+    NumPy text towers converted by searches, remembered checkpoint digests, read commands' crash
+    logs) lives there."""
+    names = ("VIDSEARCH_RUNTIME_DIR", "VIDSEARCH_CACHE_DIR")
+    old = {n: os.environ.get(n) for n in names}
     os.environ["VIDSEARCH_RUNTIME_DIR"] = str(tmp_path_factory.mktemp("runtime"))
+    os.environ["VIDSEARCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("user_cache"))
     yield
-    if old is None:
-        os.environ.pop("VIDSEARCH_RUNTIME_DIR", None)
-    else:
-        os.environ["VIDSEARCH_RUNTIME_DIR"] = old
+    for n, v in old.items():
+        if v is None:
+            os.environ.pop(n, None)
+        else:
+            os.environ[n] = v

@@ -324,16 +324,24 @@ class Searcher:
         """The text encoder, loaded on first use and checked against the library's fingerprint."""
         model = self._model
         if model is None:
-            from vidsearch.models import create_model, create_text_encoder
-
             a = self._model_args
             name = self._g.model_info.name
-            # A text query needs only the text tower (no vision weights to read); re-ranking
-            # needs the whole model with its ITM head.
-            model = self._model = (
-                create_model(name, checkpoint=a.checkpoint, tokenizer=a.tokenizer, device=a.device, with_itm=True)
-                if a.with_itm else
-                create_text_encoder(name, checkpoint=a.checkpoint, tokenizer=a.tokenizer, device=a.device))
+            if a.with_itm:  # re-ranking needs the whole model with its ITM head
+                from vidsearch.models import create_model
+
+                model = create_model(name, checkpoint=a.checkpoint, tokenizer=a.tokenizer, device=a.device,
+                                     with_itm=True)
+            elif a.device in (None, "cpu"):
+                # A text query needs only the text tower; on the CPU its NumPy port, which imports
+                # no torch (~2.3 s of CPU on the 2-core machine; same ranking, float32 rounding).
+                from vidsearch.models import create_numpy_text_encoder
+
+                model = create_numpy_text_encoder(name, checkpoint=a.checkpoint, tokenizer=a.tokenizer)
+            else:
+                from vidsearch.models import create_text_encoder
+
+                model = create_text_encoder(name, checkpoint=a.checkpoint, tokenizer=a.tokenizer, device=a.device)
+            self._model = model
         self._check_model(model)
         return model
 
