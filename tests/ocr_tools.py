@@ -120,15 +120,23 @@ def frame_times(path: Path) -> list[float]:
 
 def ocr_samples(path: Path, interval_s: float, long_side: int) -> Iterator[tuple[float, np.ndarray]]:
     """The OCR candidate frames of ``path`` as the decode reader hands them out: (time_s, RGB frame)."""
+    for t, _, rgb in ocr_candidates(path, interval_s, long_side):
+        yield t, rgb
+
+
+def ocr_candidates(path: Path, interval_s: float, long_side: int) -> Iterator[tuple[float, np.ndarray, np.ndarray]]:
+    """(time_s, half-size grey frame made by swscale's area filter, RGB frame) per OCR candidate."""
     import av
+    from av.video.reformatter import VideoReformatter
 
     times = frame_times(path)
     wanted = set(ocr_sample_indices(times, interval_s))
+    to_grey, to_rgb = VideoReformatter(), VideoReformatter()
     with av.open(str(path)) as c:
         s = c.streams.video[0]
         w, h = ocr_frame_size(s.codec_context.width, s.codec_context.height, long_side)
-        first = None
         for i, frame in enumerate(c.decode(s)):
-            first = frame.pts if first is None else first
             if i in wanted:
-                yield (frame.pts - first) * float(s.time_base), frame.to_ndarray(width=w, height=h, format="rgb24")
+                grey = to_grey.reformat(frame, width=w // 2, height=h // 2, format="gray",
+                                        interpolation="AREA").to_ndarray()
+                yield times[i], grey, to_rgb.reformat(frame, width=w, height=h, format="rgb24").to_ndarray()

@@ -21,6 +21,7 @@ from ocr_tools import (
     drawtext_video,
     frame_times,
     need_font,
+    ocr_candidates,
     ocr_samples,
     pillow_font,
     pillow_video,
@@ -31,6 +32,7 @@ from vidsearch.pipeline import ocr
 from vidsearch.pipeline.ocr import (
     ChangeGate,
     FrameText,
+    OcrDeviceError,
     OcrError,
     OcrModelNotFoundError,
     ScreenReader,
@@ -248,6 +250,18 @@ def test_reader_without_models_says_what_to_install(monkeypatch: pytest.MonkeyPa
         ScreenReader(CFG).setup()
 
 
+def test_reader_on_cuda_without_the_cuda_provider_is_refused() -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed here")
+    with pytest.raises(OcrDeviceError, match="onnxruntime-gpu"):
+        ScreenReader(OcrCfg(device="cuda")).setup()
+    r = ScreenReader(OcrCfg(device="auto", threads=1))
+    r.setup()
+    assert r.device == "cpu"
+
+
 def test_reader_blank_frame_bad_frame_and_engine_failure(reader: ScreenReader) -> None:
     assert reader.read(np.full((540, 960, 3), 90, np.uint8)) == []
     for bad in (np.zeros((540, 960), np.uint8), np.zeros((540, 960, 3), np.float32), np.zeros((4, 4, 3), np.uint8)):
@@ -356,6 +370,18 @@ def test_unchanged_frames_are_not_read_again(results: dict[str, ocr.ScreenTextRe
     assert flat.read <= 9 and flat.same >= flat.candidates - 9
     moving = results["moving"]   # the text moves every frame: reads capped at one per second
     assert moving.skipped >= 5 and moving.read <= 10
+
+
+@pytest.mark.parametrize("name", ["flat", "slides", "moving"])
+def test_change_gate_on_decoder_grey_decides_as_on_rgb(name: str,
+                                                       videos: dict[str, tuple[Path, list[Shown]]]) -> None:
+    # The decode reader hands the gate swscale's half-size grey frame (cheap), tests and the
+    # in-process path give it RGB frames: both must decide alike.
+    g_grey, g_rgb = ChangeGate(CFG), ChangeGate(CFG)
+    got = [(g_grey.decide(t, grey), g_rgb.decide(t, rgb))
+           for t, grey, rgb in ocr_candidates(videos[name][0], CFG.interval_s, CFG.long_side)]
+    assert [a for a, _ in got] == [b for _, b in got]
+    assert {a for a, _ in got} >= {"ocr", "same"}
 
 
 def test_screen_rows_make_a_table_and_keyword_search_finds_each_text(
