@@ -338,6 +338,9 @@ class ScreenReader:
             "Global.log_level": "error",
             "Global.use_cls": cfg.use_cls,
             "Global.text_score": cfg.min_confidence,
+            # rapidocr shrinks any frame over 2000 px before detection and cropping; a larger
+            # long_side is the caller's choice, so the cap follows it.
+            "Global.max_side_len": max(2000, cfg.long_side),
             # Explicit paths: rapidocr downloads a model only when model_path is unset. The
             # recognition model carries its character list in its ONNX metadata (no keys file).
             "Det.model_path": str(root / DET_MODEL),
