@@ -120,7 +120,7 @@ def test_eval_agrees_with_counting_search_json(demo: dict[str, Any], tmp_path: P
     qfile.write_text("".join(json.dumps(x) + "\n" for x in lines))
     queries = read_queries(qfile)
     with Searcher(demo["lib"], model=demo["model"], record_history=False) as searcher:
-        report = evaluate(queries, lambda text, k: searcher.search(text, k=k).hits)
+        report = evaluate(queries, lambda text, k: searcher.search(text, k=k, use_default_min_score=False).hits)
 
     # the independent count: `vidsearch search --json`, first hit in the same file overlapping the scene
     ranks: list[int | None] = []
@@ -128,7 +128,7 @@ def test_eval_agrees_with_counting_search_json(demo: dict[str, Any], tmp_path: P
         out = io.StringIO()
         with redirect_stdout(out):
             rc = main(["-q", "search", q["query"], "--library", str(demo["lib"].root), "-k", "10", "--json",
-                       "--no-history"])
+                       "--no-history", "--min-score", "off"])
         assert rc == 0
         hits = json.loads(out.getvalue())["hits"]
         rank = None
