@@ -22,6 +22,7 @@ import importlib
 import logging
 import os
 import platform
+import select
 import sys
 import tempfile
 import traceback
@@ -179,29 +180,51 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args.func(args))
         sys.stdout.flush()  # output that fit in the buffer meets a closed pipe only here
         return code
-    except BrokenPipeError:
-        return _stdout_closed()
+    except BrokenPipeError as e:
+        if _stdout_is_broken():
+            return _stdout_closed()
+        return _failed(args, argv, e)  # a socket or a child's pipe, not our output: a real error
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:
-        if isinstance(e, _user_error_types()):
-            print(f"vidsearch: error: {e}", file=sys.stderr)
-            if args.debug:
-                traceback.print_exc()
-            else:
-                logging.getLogger(__name__).debug("traceback of the error above", exc_info=True)
-            return EXIT_USER
-        # A bug: one line, the traceback where the user can attach it to a report.
+        return _failed(args, argv, e)
+
+
+def _stdout_is_broken() -> bool:
+    """Whether our own output is the pipe that broke (its reader went away), as opposed to a
+    socket or a child process's pipe that raised ``BrokenPipeError`` inside a command."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a real file (tests capture stdout)
+        return False
+    # The write end of a pipe whose reader has gone polls as an error (Linux, BSD, macOS); a file,
+    # a terminal or a live pipe do not.
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+
+
+def _failed(args: argparse.Namespace, argv: list[str], e: BaseException) -> int:
+    """Exit code and message for an exception out of a command: user errors one line (1),
+    anything else an internal error (3) with its traceback in a log file or on --debug."""
+    if isinstance(e, _user_error_types()):
+        print(f"vidsearch: error: {e}", file=sys.stderr)
         if args.debug:
             traceback.print_exc()
-            print(f"vidsearch: internal error: {_one_line(e)}", file=sys.stderr)
-            return EXIT_INTERNAL
-        log = write_crash_log(args, e, argv)
-        where = f"traceback in {log}" if log else "rerun with --debug for the traceback"
-        print(f"vidsearch: internal error: {_one_line(e)} ({where}; this is a bug, please report it)",
-              file=sys.stderr)
+        else:
+            logging.getLogger(__name__).debug("traceback of the error above", exc_info=True)
+        return EXIT_USER
+    # A bug: one line, the traceback where the user can attach it to a report.
+    if args.debug:
+        traceback.print_exc()
+        print(f"vidsearch: internal error: {_one_line(e)}", file=sys.stderr)
         return EXIT_INTERNAL
+    log = write_crash_log(args, e, argv)
+    where = f"traceback in {log}" if log else "rerun with --debug for the traceback"
+    print(f"vidsearch: internal error: {_one_line(e)} ({where}; this is a bug, please report it)",
+          file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

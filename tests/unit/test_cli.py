@@ -167,3 +167,22 @@ def test_library_from_the_environment(synthetic_library: SyntheticLibrary, monke
     assert main(["status"]) == EXIT_USER
     err = capsys.readouterr().err
     assert "--library" in err and LIBRARY_ENV in err
+
+
+# A broken pipe that is not our output: a socket or a child's pipe inside a command.
+SOCKET_PIPE = """
+import vidsearch.library as L
+def broken(self, *a, **k):
+    raise BrokenPipeError(32, "Broken pipe (a socket)")
+L.Library.__init__ = broken
+"""
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_internal_error(tmp_path: Path) -> None:
+    """Only our own output closing (``| head``) ends quietly; a BrokenPipeError from anything else
+    is a bug report, and stdout stays usable (it is not pointed at /dev/null)."""
+    r = run_cli(tmp_path, ["status", "--library", str(tmp_path)], SOCKET_PIPE + "\nimport atexit\n"
+                "atexit.register(lambda: print('stdout still open'))\n")
+    assert r.returncode == EXIT_INTERNAL, r.stderr
+    assert "internal error: BrokenPipeError" in r.stderr
+    assert "stdout still open" in r.stdout
