@@ -1,11 +1,12 @@
 """The GPU decode path end to end on a machine without a GPU.
 
-``VIDSEARCH_TEST_NVDEC_CPU=1`` makes the local executor's GPU decoder use PyAV's CPU decoder in
-place of NVDEC (everything else is the GPU path's: the driver's side choice, plans ahead, one
-chunk in flight per video, frames kept by the embedding process and joined to CPU-decoded ones
-in embed batches, refusals). A mixed corpus then gives the clip ids of a CPU-only run and the
-same embeddings within the colour conversion's rounding. ``--decode gpu`` without CUDA exits 1
-with one line naming what is missing, before a library exists.
+``VIDSEARCH_TEST_NVDEC_CPU=1`` makes the GPU decoder (the local executor's, or the Ray embed
+actor's in its NVDEC concurrency group) use PyAV's CPU decoder in place of NVDEC (everything else
+is the GPU path's: the driver's side choice, plans ahead, one chunk in flight per video, frames
+kept by the embedding process and joined to CPU-decoded ones in embed batches, refusals). A
+mixed corpus then gives the clip ids of a CPU-only run and the same embeddings within the colour
+conversion's rounding. ``--decode gpu`` without CUDA exits 1 with one line naming what is
+missing, before a library exists.
 """
 
 from __future__ import annotations
@@ -50,6 +51,27 @@ def test_mixed_corpus_gpu_path_equals_cpu_path(media_videos: dict[str, Path], tm
     assert 1 <= gpu.gpu_videos <= len(media_videos) - 1 and gpu.gpu_fallbacks == 0
     a, b = _embeddings(tmp_path / "cpu"), _embeddings(tmp_path / "gpu")
     assert set(a) == set(b) and len(a) == cpu.clips == gpu.clips
+    cos = np.array([float(a[k] @ b[k]) for k in a])
+    assert cos.min() > 0.999, cos.min()
+
+
+@pytest.mark.ray
+def test_ray_executor_gpu_path_equals_cpu_path(media_videos: dict[str, Path], tmp_path: Path, ray_session: None,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Ray wiring of GPU decode (NVDEC threads in the embed actor's concurrency group, frames
+    kept by the actor until their embed call, release calls) with the CPU stand-in decoder."""
+    cfg = IngestCfg(decode_workers=1, batch_size=8, clip_seconds=1.0, stride=1.0)
+    folder = media_videos["h264"].parent
+    cpu = run_ingest([folder], tmp_path / "cpu", cfg, IngestOptions(
+        model=TEST_MODEL, executor="local", build_index=False, progress=False, decode="cpu", decode_chunk_clips=2))
+    monkeypatch.setenv("VIDSEARCH_TEST_NVDEC_CPU", "1")
+    ray = run_ingest([folder], tmp_path / "ray", cfg, IngestOptions(
+        model=TEST_MODEL, executor="ray", build_index=False, progress=False, decode="auto",
+        decode_chunk_clips=2, nvdec_sessions=2))
+    assert ray.decoders == "gpu+cpu" and ray.gpu_videos >= 1 and ray.gpu_fallbacks == 0
+    assert ray.videos_done == cpu.videos_done == len(media_videos) and ray.videos_failed == 0
+    a, b = _embeddings(tmp_path / "cpu"), _embeddings(tmp_path / "ray")
+    assert set(a) == set(b) and len(a) == cpu.clips == ray.clips
     cos = np.array([float(a[k] @ b[k]) for k in a])
     assert cos.min() > 0.999, cos.min()
 

@@ -75,7 +75,7 @@ class _DecodeActor:
 
 class _EmbedActor:
     def __init__(self, kwargs: dict[str, Any], cfg: IngestCfg | None = None, pp: PreprocessCfg | None = None,
-                 nvdec_sessions: int = 0) -> None:
+                 nvdec_sessions: int = 0, gpu_device: str | None = None) -> None:
         self.embedder = Embedder(**kwargs)
         # A setup error (weights missing, SHA-256 mismatch) is kept and raised by info(): Ray
         # turns an error in __init__ into an ActorDiedError that has lost the exception's type.
@@ -90,11 +90,14 @@ class _EmbedActor:
         if nvdec_sessions > 0 and cfg is not None and pp is not None:
             import torch
 
-            if torch.cuda.is_available():
-                from vidsearch.pipeline.nvdec import GpuDecoder
+            from vidsearch.pipeline.nvdec import GpuDecoder
 
+            if gpu_device == "cpu":  # the runner's test hook: PyAV's CPU decoder stands in for NVDEC
+                self.gpu = GpuDecoder(cfg, pp, nvdec_sessions, "cpu")
+            elif torch.cuda.is_available():
                 # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU: it is device 0 here.
                 self.gpu = GpuDecoder(cfg, pp, nvdec_sessions, str(torch.cuda.current_device()))
+            if self.gpu is not None:
                 self.gpu.setup()
 
     def gpu_status(self) -> Any:
@@ -180,7 +183,7 @@ class RayBackend:
     def __init__(self, cfg: IngestCfg, pp: PreprocessCfg, embedder_kwargs: dict[str, Any],
                  n_decode: int | None, n_embed: int | None, fault: str | None,
                  address: str | None = None, say: Callable[[str], None] = lambda _: None,
-                 nvdec_sessions: int = 0) -> None:
+                 nvdec_sessions: int = 0, gpu_device: str | None = None) -> None:
         import ray
 
         self._ray = ray
@@ -198,7 +201,9 @@ class RayBackend:
         # GPU decode runs in the embed actors (frames stay on their GPU): where the cluster
         # declares one "nvdec" per GPU, each embed actor takes one, so that every GPU node runs
         # its own decode + embed pipeline; NVDEC threads run in a concurrency group of their own.
-        self._nvdec = nvdec_sessions if use_gpu else 0
+        # gpu_device="cpu": the runner's test hook (PyAV's CPU decoder in the embed actor's
+        # NVDEC threads), so that this wiring runs on machines without a GPU.
+        self._nvdec = nvdec_sessions if use_gpu or gpu_device == "cpu" else 0
         nvdec_res = {NVDEC_RESOURCE: 1} if self._nvdec and res.get(NVDEC_RESOURCE, 0) >= self.n_embed else {}
         embed_opts: dict[str, Any] = {"num_gpus": 1 if use_gpu else 0, "num_cpus": 1 if not use_gpu else 0,
                                       "max_restarts": _ACTOR_RESTARTS, "max_task_retries": 0}
@@ -212,7 +217,8 @@ class RayBackend:
         if use_gpu:
             kwargs["device"] = "cuda"
         # Actor handles (Ray's typing cannot express ``.remote`` on the wrapped class's methods).
-        self._embed: list[Any] = [embed_cls.remote(kwargs, cfg, pp, self._nvdec) for _ in range(self.n_embed)]
+        self._embed: list[Any] = [embed_cls.remote(kwargs, cfg, pp, self._nvdec, gpu_device)
+                                  for _ in range(self.n_embed)]
         # SPREAD puts decode actors on every node of a cluster rather than filling the first.
         self._decode: list[Any] = [decode_cls.options(scheduling_strategy="SPREAD").remote(cfg, pp, fault)
                                    for _ in range(self.n_decode)]

@@ -354,6 +354,10 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
                        "batch_size": cfg.batch_size, "pretrained": not opts.random_weights,
                        "fault": _fault_spec(EMBED_FAULT_ENV), "compile": "auto" if opts.compile else "off"}
     gpu_decode = opts.decode != "cpu" and opts.device != "cpu"
+    # Test hook: the GPU decode path (scheduling, sessions, fallbacks; the Ray actor's concurrency
+    # group) with PyAV's CPU decoder standing in for NVDEC, so machines without a GPU run it end
+    # to end. Inert otherwise.
+    nvdec_cpu = os.environ.get(NVDEC_CPU_ENV) == "1"
     n_decode = cfg.decode_workers or max(1, (os.cpu_count() or 2) - 1)
     backend: Backend
     t_model = time.monotonic()  # the local executor loads the model while it starts
@@ -361,9 +365,6 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
         from vidsearch.pipeline.local_runner import LocalBackend
 
         progress.say(f"starting {plural(n_decode, 'decode worker')}; loading model {model_name} ...")
-        # Test hook: the GPU decode path (scheduling, sessions, fallbacks) with PyAV's CPU
-        # decoder standing in for NVDEC, so CI without a GPU runs it end to end. Inert otherwise.
-        nvdec_cpu = os.environ.get(NVDEC_CPU_ENV) == "1"
         backend = LocalBackend(cfg, pp, embedder_kwargs, n_decode, _fault_spec(),
                                nvdec_sessions=opts.nvdec_sessions if gpu_decode else 0,
                                gpu_device="cpu" if nvdec_cpu else None)
@@ -372,7 +373,8 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
 
         backend = RayBackend(cfg, pp, embedder_kwargs, cfg.decode_workers, opts.embed_actors,
                              _fault_spec(), opts.ray_address, say=progress.say,
-                             nvdec_sessions=opts.nvdec_sessions if gpu_decode else 0)
+                             nvdec_sessions=opts.nvdec_sessions if gpu_decode else 0,
+                             gpu_device="cpu" if nvdec_cpu else None)
         t_model = time.monotonic()  # the embed actor has been loading it meanwhile
         progress.say(f"loading model {model_name} ...")
     summary.decode_nodes = len(set(getattr(backend, "nodes", ()))) or 1
