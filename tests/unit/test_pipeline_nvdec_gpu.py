@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,6 +52,17 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return v
 
 
+@pytest.fixture(scope="module")
+def embedder(status: nvdec.NvdecStatus) -> object:
+    """The 1B encoder (random weights, bf16), built once for the parity cases (a build takes
+    seconds of CPU per case otherwise)."""
+    from vidsearch.pipeline.embed import Embedder
+
+    emb = Embedder("internvideo2-s2-1b", device="cuda", batch_size=8, pretrained=False, compile="off")
+    emb.setup()
+    return emb
+
+
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
@@ -58,12 +70,9 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("name", ["h264_709", "hevc", "h264_full"])
 def test_nvdec_frames_and_embeddings_match_the_cpu_path(status: nvdec.NvdecStatus, corpus: dict[str, Path],
-                                                        name: str) -> None:
-    from vidsearch.pipeline.embed import Embedder
-
+                                                        embedder: Any, name: str) -> None:
     cfg = IngestCfg(clip_seconds=1.0, stride=1.0)
-    emb = Embedder("internvideo2-s2-1b", device="cuda", batch_size=8, pretrained=False, compile="off")
-    emb.setup()
+    emb = embedder
     pp = emb.preprocess_cfg()
     plan = plan_video(make_task(os.fsencode(corpus[name])), cfg, pp)  # type: ignore[arg-type]
     n = len(plan.clips)
