@@ -68,6 +68,8 @@ Next, try:
   vidsearch search {shlex.quote(in_folder[0])} --library {lib}{ck} --folder {shlex.quote(in_folder[1])}
   vidsearch search --like CLIP_ID --library {lib}            # more like a clip (ids: --json)
   vidsearch sql "SELECT path, count(*) AS clips FROM clips GROUP BY path ORDER BY path" --library {lib}
+  vidsearch sql "SELECT path, round(start_s, 1) AS at_s, source, text FROM transcripts JOIN videos \\
+USING (video_id) ORDER BY 1, 2" --library {lib}   # what is said: speech and subtitles
   vidsearch status --library {lib}
 The world's ground truth (scene times and captions) is in {shlex.quote(str(report.world.root / 'world.json'))}.
 

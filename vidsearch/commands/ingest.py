@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import replace
 from typing import Any
@@ -74,6 +75,22 @@ def add_parser(subparsers: Any) -> None:
                    help="NVDEC decode sessions (threads) per GPU (default 8: H100/H200 have 7 decoders)")
     p.add_argument("--no-compile", action="store_true",
                    help="run the encoder eagerly (default: torch.compile its blocks on CUDA, warmed up once)")
+    sp = p.add_argument_group("speech and subtitles (subtitles are always read: sidecar .srt/.vtt/.ass and "
+                              "embedded text tracks)")
+    sp.add_argument("--speech", action="store_true",
+                    help="also transcribe what is said (faster-whisper; videos already embedded are transcribed "
+                         "without being embedded again)")
+    sp.add_argument("--speech-model", metavar="NAME_OR_PATH",
+                    help="faster-whisper model name (tiny ... large-v3, turbo, distil-*), Hugging Face repo id, or "
+                         "a local CTranslate2 Whisper folder (default: the library's last one, else small)")
+    sp.add_argument("--language", metavar="CODE",
+                    help="spoken language, e.g. en or de (default: detected per video)")
+    sp.add_argument("--speech-workers", type=int, metavar="N",
+                    help="speech recognition workers (default: one per GPU, sharing it with the embedder; else 1)")
+    sp.add_argument("--speech-threads", type=int, metavar="N",
+                    help="CPU threads per speech worker on a CPU (default: min(4, CPUs / 2))")
+    sp.add_argument("--retranscribe", action="store_true",
+                    help="transcribe again the videos another speech model transcribed (default: keep them)")
     p.add_argument("--executor", choices=("ray", "local"), default="ray",
                    help="ray (default) or local (same stages, no Ray; for debugging)")
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting one")
@@ -127,6 +144,20 @@ def run(args: argparse.Namespace) -> int:
                          nvdec_sessions=args.nvdec_sessions, compile=not args.no_compile)
     if args.nvdec_sessions < 1:
         raise UserError("--nvdec-sessions must be at least 1")
+    speech_flags = [f for f, v in (("--speech-model", args.speech_model), ("--language", args.language),
+                                   ("--speech-workers", args.speech_workers), ("--speech-threads", args.speech_threads),
+                                   ("--retranscribe", args.retranscribe)) if v]
+    if speech_flags and not args.speech:
+        raise UserError(f"{', '.join(speech_flags)} need --speech")
+    if (args.speech_workers is not None and args.speech_workers < 1) or (
+            args.speech_threads is not None and args.speech_threads < 1):
+        raise UserError("--speech-workers and --speech-threads must be at least 1")
+    if args.language is not None and not re.fullmatch(r"[A-Za-z]{2,3}", args.language):
+        raise UserError(f"--language {args.language!r}: expected a language code such as en or de")
+    opts = replace(opts, speech=args.speech, speech_model=args.speech_model,
+                   speech_language=args.language.lower() if args.language else None,
+                   speech_workers=args.speech_workers, speech_threads=args.speech_threads,
+                   retranscribe=args.retranscribe)
     try:
         s = run_ingest(args.paths, args.library, cfg, opts)
     except (InputError, DecodeUnavailable) as e:
@@ -161,6 +192,23 @@ def format_summary(d: dict[str, Any]) -> str:
         f"  clips     {plural(d['clips'], 'clip')} in {duration_text(d['elapsed_s'])} "
         f"({d['clips_per_s']:.1f} clips/s)",
     ]
+    if d.get("speech_model"):
+        audio, work = d["speech_audio_s"], d["speech_work_s"]
+        said = [(d["speech_silent"], "silent"), (d["speech_no_audio"], "without audio"),
+                (d["speech_failed"], "failed"), (d["speech_done_before"], "transcribed before"),
+                (d["speech_other_model"], "by another model, kept"), (d["speech_failed_before"], "failed before")]
+        lines.append(
+            f"  speech    {plural(d['speech_videos'], 'video')} with speech, {plural(d['speech_segments'], 'segment')}"
+            + "".join(f", {n:,} {what}" for n, what in said if n)
+            + f"; {duration_text(audio)} of audio in {duration_text(work)} of worker time"
+            + (f" ({audio / work:.1f} audio h/h per worker, {d['speech_audio_h_per_h']:.1f} for the run)"
+               if work > 0 else "")
+            + f" [{_esc(str(d['speech_model']))} on {d.get('speech_device')}]")
+    if d.get("subtitle_videos") or d.get("text_only_videos"):
+        lines.append(f"  subtitles {plural(d['subtitle_videos'], 'video')} with subtitles, "
+                     f"{plural(d['subtitle_segments'], 'segment')}"
+                     + (f"; {plural(d['text_only_videos'], 'video')} embedded earlier got text only"
+                        if d.get("text_only_videos") else ""))
     if d.get("index"):
         lines.append(f"  index     {d['index']}")
     fails = d.get("failures") or []

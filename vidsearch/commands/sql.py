@@ -19,6 +19,9 @@ ANALYTICS = {
     "top videos across all searches": (
         "SELECT v.path, count(*) AS hits, round(avg(r.score), 3) AS mean_score FROM search_results r "
         "JOIN videos v USING (video_id) GROUP BY v.path ORDER BY hits DESC, mean_score DESC LIMIT 10"),
+    "where a word is said (speech and subtitles)": (
+        "SELECT v.path, round(t.start_s, 1) AS at_s, t.source, t.text FROM transcripts t JOIN videos v "
+        "USING (video_id) WHERE t.text ILIKE '%beach%' ORDER BY v.path, t.start_s"),
 }
 
 EXAMPLES = "examples:\n" + "\n".join(f"  # {name}\n  vidsearch sql \"{sql}\" --library L"
@@ -30,7 +33,8 @@ TERMINAL_WIDTH = 60
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "sql", help="read-only SQL over videos, clips, failures, runs, searches, search_results",
+        "sql", help="read-only SQL over videos, clips, failures, runs, transcripts, text_status, screen_text, "
+                   "searches, search_results",
         description="Run one SELECT on the library's tables. Writes, ATTACH, COPY, SET, INSTALL/LOAD "
                     "and reading files or URLs are refused.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

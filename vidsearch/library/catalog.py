@@ -50,6 +50,14 @@ from vidsearch.schemas.tables import (
     STATUS_PARTIAL,
     VIDEO_SCHEMA,
 )
+from vidsearch.schemas.text_tables import (
+    EXTRA_TABLES,
+    SCREEN_TEXT_SCHEMA,
+    TEXT_CATALOG_DDL,
+    TEXT_FAILED,
+    TEXT_STATUS_SCHEMA,
+    TRANSCRIPT_SCHEMA,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -58,13 +66,22 @@ FRESH_ROWS_BYTES = 256 << 20
 # Where load_into keeps rows read from shards when it overlays an attached catalog.
 OVERLAY_SCHEMA = "_shards"
 # Tables a reader sees (meta is the catalog's own bookkeeping).
-READER_TABLES = ("videos", "clips", "failures", "runs")
+READER_TABLES = ("videos", "clips", "failures", "runs", "transcripts", "screen_text", "text_status")
+# Extra per-commit tables loaded into the catalog (schemas.text_tables.EXTRA_TABLES), in insert order.
+TEXT_TABLES = ("text_status", "transcripts", "screen_text")
 
 # SQL text below is built from these constants only, never from data.
 _CLIP_COLS = ", ".join(CLIP_CATALOG_COLUMNS)
 _VIDEO_COLS = ", ".join(VIDEO_SCHEMA.names)
 _FAILURE_COLS = "video_id, path, stage, error_type, error_message, attempts, run_id, ingested_at, shard_id"
 _KEYS = {"clips": "clip_id", "videos": "video_id"}
+_TEXT_COLS = {"transcripts": ", ".join(TRANSCRIPT_SCHEMA.names), "screen_text": ", ".join(SCREEN_TEXT_SCHEMA.names),
+              "text_status": ", ".join(TEXT_STATUS_SCHEMA.names)}
+# A commit's text_status row (kind, status other than failed) supersedes that video's rows of the
+# same kind from earlier commits (a re-transcription with another model, subtitles read again):
+# rows of a kind live in this table, with this condition linking them to the kind.
+_KIND_ROWS = (("transcripts", "t.source = s.kind AND s.kind IN ('speech', 'subtitle')"),
+              ("screen_text", "s.kind = 'screen'"))
 
 
 @dataclass(frozen=True)
@@ -132,24 +149,32 @@ def meta_is_current(meta: dict[str, str], m: Manifest) -> bool:
 
 def create_tables(con: duckdb.DuckDBPyConnection, schema: str | None = None) -> None:
     """The catalog's tables (CATALOG_DDL) in ``con``, in ``schema`` if given (a constant of this module)."""
+    ddl = CATALOG_DDL + TEXT_CATALOG_DDL
     if schema is None:
-        con.execute(CATALOG_DDL)
+        con.execute(ddl)
         return
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-    con.execute(re.sub(r"CREATE TABLE IF NOT EXISTS (\w+)", rf"CREATE TABLE IF NOT EXISTS {schema}.\1", CATALOG_DDL))
+    con.execute(re.sub(r"CREATE TABLE IF NOT EXISTS (\w+)", rf"CREATE TABLE IF NOT EXISTS {schema}.\1", ddl))
 
 
 def insert_shard_rows(con: duckdb.DuckDBPyConnection, shard_id: int, clips: pa.Table, videos: pa.Table,
-                      schema: str | None = None) -> None:
-    """Insert one shard's catalog rows (clips with ``row_in_shard``; videos) into ``con``'s tables.
+                      schema: str | None = None, extra: dict[str, pa.Table] | None = None) -> None:
+    """Insert one shard's catalog rows (clips with ``row_in_shard``; videos; its text tables) into
+    ``con``'s tables.
 
-    Later shards replace earlier rows of the same clip or video (INSERT OR REPLACE). The shard id
-    rides in an Arrow column, never in the SQL text.
+    Later shards replace earlier rows of the same clip or video (INSERT OR REPLACE), and a
+    ``text_status`` row of a video and kind (not ``failed``) replaces that video's text rows of the
+    kind from earlier shards (``_KIND_ROWS``). A failed text stage is a ``failures`` row whose
+    stage is the kind. The shard id rides in an Arrow column, never in the SQL text.
     """
     prefix = f"{schema}." if schema else ""
     sid = pa.array([shard_id], pa.int32())
     con.register("_clips", clips.append_column("shard_id", pa.repeat(sid[0], clips.num_rows)))
     con.register("_videos", videos.append_column("shard_id", pa.repeat(sid[0], videos.num_rows)))
+    texts = {t: tbl for t, tbl in (extra or {}).items() if t in TEXT_TABLES}
+    for t, tbl in texts.items():
+        con.register(f"_{t}", tbl.select(list(EXTRA_TABLES[t].names))
+                     .append_column("shard_id", pa.repeat(sid[0], tbl.num_rows)))
     try:
         con.execute(f"INSERT OR REPLACE INTO {prefix}clips ({_CLIP_COLS}, shard_id, row_in_shard) "
                     f"SELECT {_CLIP_COLS}, shard_id, row_in_shard FROM _clips")
@@ -157,9 +182,23 @@ def insert_shard_rows(con: duckdb.DuckDBPyConnection, shard_id: int, clips: pa.T
                     f"SELECT {_VIDEO_COLS}, shard_id FROM _videos")
         con.execute(f"INSERT INTO {prefix}failures SELECT {_FAILURE_COLS} FROM _videos "
                     "WHERE error_type IS NOT NULL AND status IN (?, ?)", [STATUS_FAILED, STATUS_PARTIAL])
+        if "text_status" in texts:
+            for table, link in _KIND_ROWS:
+                con.execute(f"DELETE FROM {prefix}{table} t WHERE EXISTS (SELECT 1 FROM _text_status s "
+                            f"WHERE s.video_id = t.video_id AND s.status <> ? AND {link})", [TEXT_FAILED])
+            con.execute(f"INSERT OR REPLACE INTO {prefix}text_status ({_TEXT_COLS['text_status']}, shard_id) "
+                        f"SELECT {_TEXT_COLS['text_status']}, shard_id FROM _text_status")
+            con.execute(f"INSERT INTO {prefix}failures SELECT video_id, path, kind, error_type, error_message, "
+                        "attempts, run_id, recorded_at, shard_id FROM _text_status WHERE status = ?", [TEXT_FAILED])
+        for t in ("transcripts", "screen_text"):
+            if t in texts:
+                con.execute(f"INSERT INTO {prefix}{t} ({_TEXT_COLS[t]}, shard_id) "
+                            f"SELECT {_TEXT_COLS[t]}, shard_id FROM _{t}")
     finally:
         con.unregister("_clips")
         con.unregister("_videos")
+        for t in texts:
+            con.unregister(f"_{t}")
 
 
 def insert_runs(con: duckdb.DuckDBPyConnection, runs: Sequence[dict[str, Any]], schema: str | None = None) -> None:
@@ -225,7 +264,7 @@ class Catalog:
         # Catalog rows of shards this process committed and the catalog has not taken in yet,
         # keyed by shard id with both files' SHA-256: a refresh inserts them from memory instead
         # of reading back (and, for a remote store, downloading) the files it just wrote.
-        self._fresh_rows: OrderedDict[int, tuple[str, str, pa.Table, pa.Table]] = OrderedDict()
+        self._fresh_rows: OrderedDict[int, tuple[str, str, pa.Table, pa.Table, dict[str, pa.Table]]] = OrderedDict()
         self._fresh_lock = threading.Lock()  # refreshes read shards on a helper thread
 
     # ---- state -------------------------------------------------------------------------------
@@ -314,8 +353,8 @@ class Catalog:
                 # One transaction for all new shards: no automatic checkpoint after every shard,
                 # and a compact file. The next shard is read and hash-checked while one is inserted.
                 con.execute("BEGIN")
-                for entry, (clips, videos) in zip(todo, self._shard_rows_ahead(todo), strict=True):
-                    insert_shard_rows(con, entry.shard_id, clips, videos)
+                for entry, (clips, videos, extra) in zip(todo, self._shard_rows_ahead(todo), strict=True):
+                    insert_shard_rows(con, entry.shard_id, clips, videos, extra=extra)
                     covered.add(entry.shard_id)
                 con.execute("COMMIT")
                 added, insert_s = len(todo), time.perf_counter() - t0
@@ -333,29 +372,37 @@ class Catalog:
             Path(f"{tmp}.wal").unlink(missing_ok=True)
         return added, insert_s
 
-    def keep_fresh_rows(self, entry: ShardEntry, clips: pa.Table, videos: pa.Table) -> None:
+    def keep_fresh_rows(self, entry: ShardEntry, clips: pa.Table, videos: pa.Table,
+                        extra: dict[str, pa.Table] | None = None) -> None:
         """Remember the tables just committed as shard ``entry``, for the next refresh."""
         # Bounded: past FRESH_ROWS_BYTES the oldest are dropped and read from their files instead.
         try:
             rows = catalog_clip_rows(clips.select(list(CLIP_CATALOG_COLUMNS)))
+            texts = {t: tbl.select(list(EXTRA_TABLES[t].names)) for t, tbl in (extra or {}).items()
+                     if t in TEXT_TABLES}
         except (KeyError, ValueError, pa.ArrowException):  # an odd table: read it back instead
             return
+        if set(texts) != {t for t in entry.tables if t in TEXT_TABLES}:
+            return
         with self._fresh_lock:
-            self._fresh_rows[entry.shard_id] = (entry.clips_sha256, entry.videos_sha256, rows, videos)
-            while sum(r.nbytes + v.nbytes for _, _, r, v in self._fresh_rows.values()) > FRESH_ROWS_BYTES:
+            self._fresh_rows[entry.shard_id] = (entry.clips_sha256, entry.videos_sha256, rows, videos, texts)
+            while sum(r.nbytes + v.nbytes + sum(x.nbytes for x in e.values())
+                      for _, _, r, v, e in self._fresh_rows.values()) > FRESH_ROWS_BYTES:
                 self._fresh_rows.popitem(last=False)
 
-    def shard_rows(self, entry: ShardEntry) -> tuple[pa.Table, pa.Table]:
-        """A shard's catalog rows (clips without embeddings, plus row_in_shard; videos), SHA-256
-        checked; from memory when this process committed the shard (the same bytes it hashed)."""
+    def shard_rows(self, entry: ShardEntry) -> tuple[pa.Table, pa.Table, dict[str, pa.Table]]:
+        """A shard's catalog rows (clips without embeddings, plus row_in_shard; videos; the text
+        tables it has), SHA-256 checked; from memory when this process committed the shard (the
+        same bytes it hashed)."""
         with self._fresh_lock:
             fresh = self._fresh_rows.pop(entry.shard_id, None)
         if fresh is not None and fresh[:2] == (entry.clips_sha256, entry.videos_sha256):
-            return fresh[2], fresh[3]
+            return fresh[2], fresh[3], fresh[4]
         clips = self._read_shard(entry, "clips", list(CLIP_CATALOG_COLUMNS))
-        return catalog_clip_rows(clips), self._read_shard(entry, "videos", None)
+        extra = {t: self._read_shard(entry, t, None) for t in TEXT_TABLES if t in entry.tables}
+        return catalog_clip_rows(clips), self._read_shard(entry, "videos", None), extra
 
-    def _shard_rows_ahead(self, entries: list[ShardEntry]) -> Iterator[tuple[pa.Table, pa.Table]]:
+    def _shard_rows_ahead(self, entries: list[ShardEntry]) -> Iterator[tuple[pa.Table, pa.Table, dict[str, pa.Table]]]:
         """:meth:`shard_rows` of each entry in order, reading one shard ahead in a thread."""
         if not entries:
             return
@@ -413,8 +460,8 @@ class Catalog:
             if load.source != "shards" and entry.shard_id not in load.shards_read:
                 continue
             try:
-                clips, videos = self.shard_rows(entry)
-                insert_shard_rows(con, entry.shard_id, clips, videos, schema)
+                clips, videos, extra = self.shard_rows(entry)
+                insert_shard_rows(con, entry.shard_id, clips, videos, schema, extra)
                 read.append(entry.shard_id)
             except (LibraryError, OSError, duckdb.Error) as e:
                 # A reader cannot repair (F10: the next writer sets the shard aside); it answers
@@ -438,6 +485,19 @@ class Catalog:
                                 f"UNION ALL SELECT * FROM {schema}.{t}")
             con.execute(f"CREATE VIEW failures AS SELECT * FROM {src}.main.failures "
                         f"UNION ALL SELECT * FROM {schema}.failures")
+            # Text rows: the catalog's, less those a newer shard's text_status supersedes
+            # (insert_shard_rows' rule), plus the newer shards'.
+            if load.source == "catalog":
+                for t in TEXT_TABLES:
+                    con.execute(f"CREATE VIEW {t} AS SELECT * FROM {src}.main.{t}")
+            else:
+                con.execute(f"CREATE VIEW text_status AS SELECT * FROM {src}.main.text_status c WHERE NOT EXISTS "
+                            f"(SELECT 1 FROM {schema}.text_status n WHERE n.video_id = c.video_id AND n.kind = c.kind) "
+                            f"UNION ALL SELECT * FROM {schema}.text_status")
+                for t, link in _KIND_ROWS:
+                    con.execute(f"CREATE VIEW {t} AS SELECT * FROM {src}.main.{t} t WHERE NOT EXISTS "
+                                f"(SELECT 1 FROM {schema}.text_status s WHERE s.video_id = t.video_id "
+                                f"AND s.status <> '{TEXT_FAILED}' AND {link}) UNION ALL SELECT * FROM {schema}.{t}")
             con.execute(f"CREATE VIEW runs AS SELECT * FROM {schema}.runs")
         return load
 

@@ -89,6 +89,7 @@ from vidsearch.schemas.manifest import (
     shard_file_name,
 )
 from vidsearch.schemas.tables import VIDEO_SCHEMA, clip_schema
+from vidsearch.schemas.text_tables import EXTRA_TABLES
 
 _logger = logging.getLogger(__name__)
 
@@ -512,7 +513,8 @@ class Library:
         m = replace(m, shards=m.shards + (entry,), generation=m.generation + 1,
                     updated_at=utcnow().isoformat())
         self._write_manifest(m)
-        self.catalog.keep_fresh_rows(entry, clips, videos)
+        self.catalog.keep_fresh_rows(entry, clips, videos,
+                                     {t: tbl for t, tbl in tables.items() if t not in (CLIPS_TABLE, VIDEOS_TABLE)})
         crash_point("after_manifest_before_catalog")
         if refresh:
             self.refresh_catalog(m)
@@ -543,7 +545,8 @@ class Library:
             which: "clips", "videos", or the name of an extra table of the shard.
             columns: read only these.
             verify: check the file's SHA-256 against the manifest first.
-            schema: the schema an extra table must have (clips and videos are always checked).
+            schema: the schema an extra table must have (clips, videos and the extra tables this
+                version knows, ``text_tables.EXTRA_TABLES``, are always checked).
 
         Raises:
             ShardInvalid: the file is not the table it should be (wrong schema, not Parquet).
@@ -559,6 +562,8 @@ class Library:
             schema = self._clip_schema()
         elif table == VIDEOS_TABLE:
             schema = VIDEO_SCHEMA
+        elif schema is None:
+            schema = EXTRA_TABLES.get(table)
         return read_parquet(store.source(rel, digest if verify else None), store.where(rel), columns, schema)
 
     def _clip_schema(self) -> pa.Schema:

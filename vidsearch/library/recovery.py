@@ -23,6 +23,7 @@ from vidsearch.library.base import utcnow
 from vidsearch.library.shards import SHARDS_OWNER, ShardStore, is_shard_file, schema_problem
 from vidsearch.schemas.manifest import CLIPS_TABLE, VIDEOS_TABLE, Manifest
 from vidsearch.schemas.tables import STATUS_DONE, STATUS_FAILED, STATUS_PARTIAL, VIDEO_SCHEMA, clip_schema
+from vidsearch.schemas.text_tables import EXTRA_TABLES
 
 _logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def expected_schema(table: str, m: Manifest) -> pa.Schema | None:
         return clip_schema(m.model.embed_dim)
     if table == VIDEOS_TABLE:
         return VIDEO_SCHEMA
-    return None
+    return EXTRA_TABLES.get(table)
 
 
 def shard_problems(store: ShardStore, m: Manifest) -> dict[int, list[str]]:

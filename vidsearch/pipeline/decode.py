@@ -47,10 +47,12 @@ import numpy as np
 from vidsearch.pipeline import readers
 from vidsearch.pipeline.faults import DecodeFaults
 from vidsearch.pipeline.readers import FrameReader
+from vidsearch.pipeline.text import read_subtitle_outcome
 from vidsearch.pipeline.types import (
     ChunkRequest,
     ClipSpan,
     FramesChunk,
+    TextOutcome,
     VideoError,
     VideoPlan,
     VideoTask,
@@ -117,8 +119,12 @@ def plan_video(task: VideoTask, cfg: IngestCfg, pp: PreprocessCfg) -> VideoPlan:
             fds = (int(path.rsplit("/", 1)[1]),) if path.startswith("/proc/self/fd/") else ()
             cuts = detect_cuts(path, info.demuxer, cfg.scene_threshold, cfg.decode_timeout_s, fds)
     clips = plan_clips(pts_s, info.duration_s, cfg, pp.num_frames, pp.sampling, cuts)
+    # Subtitles are always read (issue 14), here: the probe just told whether the container has
+    # subtitle streams (none: only the sidecar files are looked for) and where its time zero is.
+    text = (read_subtitle_outcome(task.path_bytes, task.video_id, origin_s=info.origin_s,
+                                  embedded=info.subtitle_streams > 0),)
     return VideoPlan(task=task, probe=info, clips=clips,
-                     expected_frames=max(info.frame_count, info.claimed_frames, info.expected_frames))
+                     expected_frames=max(info.frame_count, info.claimed_frames, info.expected_frames), text=text)
 
 
 _START_TIMEOUT_S = 120.0  # a decode child's imports; generous for a loaded machine
@@ -398,6 +404,9 @@ def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None)
             elif kind == "plan":
                 hooks.before_job(job[1].display_path)
                 result = plan_video(job[1], cfg, pp)
+            elif kind == "subtitles":  # a video embedded earlier: its subtitles only
+                hooks.before_job(job[1].display_path)
+                result = read_subtitle_outcome(job[1].path_bytes, job[1].video_id)
             elif kind == "decode":
                 _, plan, lo, hi = job
                 hooks.before_job(plan.task.display_path)
@@ -592,6 +601,18 @@ class DecodeWorker:
         while len(self._plans) > _PLANS_KEPT:  # only videos that failed elsewhere stay unfinished
             self._plans.popitem(last=False)
         return plan
+
+    def subtitles(self, task: VideoTask) -> TextOutcome | VideoError:
+        """The subtitles of a video embedded by an earlier run (no probe, no plan, no frames).
+
+        Failure branches as :meth:`plan` (the child crashed or hung on the file); a subtitle that
+        does not read is a note of the outcome, not an error.
+        """
+        try:
+            out: TextOutcome = self._call_retrying(("subtitles", task), "subtitles", task.display_path)
+        except VideoError as e:
+            return e
+        return out
 
     def decode(self, request: ChunkRequest) -> FramesChunk | VideoError:
         """Frames of clips ``[request.lo, request.hi)`` of a planned video.

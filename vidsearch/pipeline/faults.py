@@ -19,6 +19,11 @@ parts separated by ``|``, each ``KIND[=ARG]:SUBSTRING`` matched against the vide
 ``VIDSEARCH_TEST_EMBED_FAULT`` (runs in the embedder's process, once per ``Embedder.process``):
 ``oom=N`` (a forward pass over more than N clips raises ``torch.cuda.OutOfMemoryError``; 0: every
 pass), ``slow=SECS`` (sleep first) and ``marks=DIR`` as above (kind ``embed``).
+
+``VIDSEARCH_TEST_SPEECH_FAULT`` (runs in the speech worker, before each video whose display path
+contains the substring): ``fail:S`` (the transcription raises ``TranscribeError``, as a model
+failure would), ``slow=SECS:S`` (sleep first, so a test can kill the run meanwhile), ``exit:S``
+(the worker process exits at once, as a killed one would) and ``marks=DIR`` (kind ``speech``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 
 DECODE_FAULT_ENV = "VIDSEARCH_TEST_DECODE_FAULT"
 EMBED_FAULT_ENV = "VIDSEARCH_TEST_EMBED_FAULT"
+SPEECH_FAULT_ENV = "VIDSEARCH_TEST_SPEECH_FAULT"
 
 
 @dataclass(frozen=True)
@@ -115,3 +121,28 @@ class EmbedFaults:
 
             mark(self.marks, "oom", str(n_clips))
             raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (test hook: {n_clips} > {self.oom_above} clips)")
+
+
+class SpeechFaults:
+    """The speech worker's hooks; ``before_video(path)`` fires those matching ``path``.
+
+    Returns True when the video must fail as a transcription error (``fail``); the caller raises
+    it, so that the failure travels the same way as a real one.
+    """
+
+    def __init__(self, spec: str | None) -> None:
+        self.faults, self.marks = parse(spec)
+
+    def before_video(self, display_path: str) -> bool:
+        fail = False
+        for f in self.faults:
+            if not f.needle or f.needle not in display_path:
+                continue
+            mark(self.marks, "speech", display_path)
+            if f.kind == "slow":
+                time.sleep(float(f.arg or 1.0))
+            elif f.kind == "exit":
+                os._exit(1)  # a worker process that dies under its call (Ray restarts the actor)
+            elif f.kind == "fail":
+                fail = True
+        return fail

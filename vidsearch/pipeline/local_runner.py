@@ -3,8 +3,9 @@
 Each decode worker is a :class:`DecodeWorker` (a persistent killable child process) driven by its
 own thread, so calls to one worker run in order, exactly like calls to one Ray actor; the embedder
 runs in one more thread, and GPU decode (:class:`~vidsearch.pipeline.nvdec.GpuDecoder`, when
-asked for) in ``nvdec_sessions`` more, its frames kept here until embedded. Useful for tests and
-debugging (``--executor local``).
+asked for) in ``nvdec_sessions`` more, its frames kept here until embedded. Speech recognition
+(``--speech``) runs in one more thread, in this process (:class:`~vidsearch.pipeline.text.SpeechWorker`;
+CTranslate2 releases the GIL while it computes). Useful for tests and debugging (``--executor local``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vidsearch.pipeline.types import ChunkRequest, FramesChunk, GpuChunkRequest,
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.manifest import ModelInfo
 from vidsearch.schemas.model_config import PreprocessCfg
+from vidsearch.schemas.speech_config import SpeechCfg
 
 _logger = logging.getLogger(__name__)
 
@@ -31,12 +33,23 @@ class LocalBackend:
 
     def __init__(self, cfg: IngestCfg, pp: PreprocessCfg, embedder_kwargs: dict[str, Any],
                  n_decode: int, fault: str | None, nvdec_sessions: int = 0,
-                 gpu_device: str | None = None) -> None:
+                 gpu_device: str | None = None, speech: SpeechCfg | None = None,
+                 speech_fault: str | None = None) -> None:
         self.n_decode = max(1, n_decode)
         self.n_embed = 1
+        self.n_speech = 1 if speech is not None else 0
         self._workers = [DecodeWorker(cfg, pp, fault) for _ in range(self.n_decode)]
         self._threads = [cf.ThreadPoolExecutor(1, thread_name_prefix=f"decode{i}") for i in range(self.n_decode)]
         self._embed_thread = cf.ThreadPoolExecutor(1, thread_name_prefix="embed")
+        self._speech: Any = None
+        self._speech_thread: cf.ThreadPoolExecutor | None = None
+        self._speech_setup: cf.Future | None = None
+        if speech is not None:
+            from vidsearch.pipeline.text import SpeechWorker
+
+            self._speech = SpeechWorker(speech, speech_fault)
+            self._speech_thread = cf.ThreadPoolExecutor(1, thread_name_prefix="speech")
+            self._speech_setup = self._speech_thread.submit(self._speech.setup)  # loads beside the embedder
         self.embedder = Embedder(**embedder_kwargs)
         # Start the children while the model loads.
         self._setups = [t.submit(w.setup) for w, t in zip(self._workers, self._threads, strict=True)]
@@ -88,6 +101,21 @@ class LocalBackend:
     def submit_plan(self, worker: int, task: VideoTask) -> cf.Future:
         return self._threads[worker].submit(self._workers[worker].plan, task)
 
+    def speech_info(self) -> dict[str, Any] | None:
+        """The speech worker's model (raises its setup error, e.g. SpeechModelNotFoundError)."""
+        if self._speech is None or self._speech_setup is None:
+            return None
+        self._speech_setup.result()
+        info: dict[str, Any] = self._speech.info()
+        return info
+
+    def submit_speech(self, worker: int, task: VideoTask, origin_s: float | None) -> cf.Future:
+        assert self._speech is not None and self._speech_thread is not None
+        return self._speech_thread.submit(self._speech.process, task, origin_s)
+
+    def submit_subtitles(self, worker: int, task: VideoTask) -> cf.Future:
+        return self._threads[worker].submit(self._workers[worker].subtitles, task)
+
     def submit_decode(self, worker: int, request: ChunkRequest) -> tuple[cf.Future, cf.Future]:
         f = self._threads[worker].submit(self._workers[worker].decode, request)
         return f, f
@@ -121,6 +149,10 @@ class LocalBackend:
         for t in self._threads:
             t.shutdown(wait=False, cancel_futures=True)
         self._embed_thread.shutdown(wait=False, cancel_futures=True)
+        if self._speech_thread is not None:
+            # A transcription in progress cannot be interrupted: wait for it, then drop the model.
+            self._speech_thread.shutdown(wait=True, cancel_futures=True)
+            self._speech.close()
         if self._gpu_threads is not None:
             self._gpu_threads.shutdown(wait=True, cancel_futures=True)
         if self._gpu is not None:

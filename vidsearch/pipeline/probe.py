@@ -339,6 +339,7 @@ def _finish(container: Any, vs: Any, fmt: str, names: tuple[str, str], codec: st
         claimed_frames=claimed, duration_s=duration, num_streams=len(streams),
         expected_frames=expected, expected_note=note,
         pix_fmt=_pix_fmt(vs), profile=str(vs.codec_context.profile or ""),
+        origin_s=float(t0 * tb), audio_streams=len(streams.audio), subtitle_streams=len(streams.subtitles),
     )
     return ProbeResult(info, times)
 

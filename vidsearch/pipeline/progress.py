@@ -44,14 +44,22 @@ class Snapshot:
     failed: int                    # videos failed or partial so far
     elapsed_s: float
     eta_s: float | None            # None until there is a rate to go by
+    speech_audio_s: float | None = None   # audio transcribed so far (None: no --speech)
 
     @property
     def clips_per_s(self) -> float:
         return self.clips / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    @property
+    def audio_h_per_h(self) -> float:
+        """Audio hours transcribed per hour of the run so far."""
+        return (self.speech_audio_s or 0.0) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
     def line(self) -> str:
         parts = [f"{self.videos_settled}/{plural(self.videos_total, 'video')}", plural(self.clips, "clip"),
                  f"{self.clips_per_s:.1f} clips/s"]
+        if self.speech_audio_s is not None:
+            parts.append(f"speech {duration_text(self.speech_audio_s)} of audio ({self.audio_h_per_h:.1f} audio h/h)")
         if self.failed:
             parts.append(f"{self.failed} failed")
         if self.eta_s is not None and self.videos_settled < self.videos_total:
@@ -107,8 +115,9 @@ class Progress:
             return
         if self._bar is not None:
             self._bar.n = snap.videos_settled
+            extra = {} if snap.speech_audio_s is None else {"audio_h_h": f"{snap.audio_h_per_h:.1f}"}
             self._bar.set_postfix(clips=snap.clips, clips_s=f"{snap.clips_per_s:.1f}", failed=snap.failed,
-                                  refresh=False)
+                                  **extra, refresh=False)
             self._bar.refresh()
             return
         now = self.clock()

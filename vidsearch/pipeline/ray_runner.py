@@ -10,6 +10,11 @@
   its worker every time ends as a ``WorkerKilled`` row instead of an endless retry (F3-F5).
 * Embed actors wrap an :class:`Embedder`: ``num_gpus=1`` each when the cluster has GPUs, else one
   CPU actor. Pools are sized independently.
+* Speech actors (``--speech``) wrap a :class:`~vidsearch.pipeline.text.SpeechWorker`: one per GPU
+  by default, sharing the GPU with that GPU's embed actor (``num_gpus`` 0.25 against 0.75: Ray
+  packs one of each per GPU; Whisper small in float16 needs ~1 GB of its memory), else one CPU
+  actor whose CTranslate2 threads are reserved as its ``num_cpus`` (int8), taken from the decode
+  pool's share. Calls go to them beside decode and embed, so the embedder never waits on them.
 * ``decode`` has two return values (metadata, frames) so the driver fetches only the metadata; the
   frames go from the decode actor's object store straight to an embed actor and are freed once
   embedded. The driver bounds the number of chunks in flight, so frames never pile up in the object
@@ -44,6 +49,7 @@ from vidsearch.pipeline.types import (
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.manifest import ModelInfo
 from vidsearch.schemas.model_config import PreprocessCfg
+from vidsearch.schemas.speech_config import SpeechCfg
 
 _logger = logging.getLogger(__name__)
 
@@ -65,6 +71,9 @@ class _DecodeActor:
 
     def plan(self, task: VideoTask) -> VideoPlan | VideoError:
         return self.worker.plan(task)
+
+    def subtitles(self, task: VideoTask) -> Any:
+        return self.worker.subtitles(task)
 
     def decode(self, request: ChunkRequest) -> tuple[Any, Any]:
         out = self.worker.decode(request)
@@ -133,6 +142,54 @@ class _EmbedActor:
         return self.embedder.process_parts([self.gpu_frames.pop(f) if isinstance(f, str) else f for f in frames])
 
 
+class _SpeechActor:
+    def __init__(self, cfg: SpeechCfg, fault: str | None) -> None:
+        from vidsearch.pipeline.text import SpeechWorker
+
+        self.worker = SpeechWorker(cfg, fault)
+        # Kept and raised by info(), as _EmbedActor does (Ray loses an __init__ error's type).
+        self.setup_error: Exception | None = None
+        try:
+            self.worker.setup()
+        except Exception as e:  # noqa: BLE001 - re-raised by info() with its type
+            self.setup_error = e
+
+    def ready(self) -> bool:
+        return True
+
+    def info(self) -> dict[str, Any]:
+        if self.setup_error is not None:
+            raise self.setup_error
+        return self.worker.info()
+
+    def transcribe(self, task: VideoTask, origin_s: float | None) -> Any:
+        return self.worker.process(task, origin_s)
+
+
+# GPU share of one speech actor where it runs beside an embed actor on the same GPU.
+SPEECH_GPU_SHARE = 0.25
+
+
+def speech_pool(cpus: int, gpus: int, embed_cpus: int, cfg: SpeechCfg, n_speech: int | None,
+                ) -> tuple[int, float, float, SpeechCfg]:
+    """(actors, num_gpus and num_cpus of each, their SpeechCfg) of the speech pool.
+
+    On GPUs: one actor per GPU at :data:`SPEECH_GPU_SHARE` of it (the rest is the embedder's),
+    with up to one CPU for audio decoding and the voice-activity model. On CPUs: one actor whose
+    CTranslate2 threads (``cfg.cpu_threads``, default min(4, CPUs / 2)) are reserved as far as
+    the decode pool keeps a CPU; Ray does not enforce CPU reservations, so on a 2-core machine
+    the actor runs unreserved beside one decode worker rather than never being scheduled.
+    """
+    if gpus > 0 and cfg.device != "cpu":
+        n = n_speech or gpus
+        return (n, SPEECH_GPU_SHARE * min(1.0, gpus / n), min(1.0, max(0, cpus - embed_cpus - 1) / n),
+                replace(cfg, cpu_threads=cfg.cpu_threads or 2))
+    n = n_speech or 1
+    threads = cfg.cpu_threads or max(1, min(4, cpus // 2))
+    return n, 0.0, min(float(threads), max(0.0, (cpus - embed_cpus - 1) / n)), \
+        replace(cfg, cpu_threads=threads, device="cpu")
+
+
 class _QuietAuthNotice(logging.Filter):
     """Drops Ray's "Token authentication is enabled for this Ray cluster ..." notice, printed at
     every start of a local runtime (Ray >= 2.5x). The runtime is this process's own, started and
@@ -183,7 +240,8 @@ class RayBackend:
     def __init__(self, cfg: IngestCfg, pp: PreprocessCfg, embedder_kwargs: dict[str, Any],
                  n_decode: int | None, n_embed: int | None, fault: str | None,
                  address: str | None = None, say: Callable[[str], None] = lambda _: None,
-                 nvdec_sessions: int = 0, gpu_device: str | None = None) -> None:
+                 nvdec_sessions: int = 0, gpu_device: str | None = None, speech: SpeechCfg | None = None,
+                 n_speech: int | None = None, speech_fault: str | None = None) -> None:
         import ray
 
         self._ray = ray
@@ -197,7 +255,11 @@ class RayBackend:
         use_gpu = gpus > 0 and embedder_kwargs.get("device") in (None, "cuda")
         self.n_embed = n_embed or (gpus if use_gpu else 1)
         embed_cpus = 0 if use_gpu else self.n_embed
-        self.n_decode = n_decode or max(1, cpus - embed_cpus)
+        self.n_speech, speech_gpus, speech_cpus = 0, 0.0, 0.0
+        if speech is not None:
+            self.n_speech, speech_gpus, speech_cpus, speech = speech_pool(cpus, gpus if use_gpu else 0, embed_cpus,
+                                                                         speech, n_speech)
+        self.n_decode = n_decode or max(1, cpus - embed_cpus - int(self.n_speech * speech_cpus))
         # GPU decode runs in the embed actors (frames stay on their GPU): where the cluster
         # declares one "nvdec" per GPU, each embed actor takes one, so that every GPU node runs
         # its own decode + embed pipeline; NVDEC threads run in a concurrency group of their own.
@@ -205,7 +267,9 @@ class RayBackend:
         # NVDEC threads), so that this wiring runs on machines without a GPU.
         self._nvdec = nvdec_sessions if use_gpu or gpu_device == "cpu" else 0
         nvdec_res = {NVDEC_RESOURCE: 1} if self._nvdec and res.get(NVDEC_RESOURCE, 0) >= self.n_embed else {}
-        embed_opts: dict[str, Any] = {"num_gpus": 1 if use_gpu else 0, "num_cpus": 1 if not use_gpu else 0,
+        # Beside a speech actor on the same GPU, the embed actor takes the rest of the GPU.
+        embed_gpu = 1.0 - (SPEECH_GPU_SHARE if speech_gpus else 0.0)
+        embed_opts: dict[str, Any] = {"num_gpus": embed_gpu if use_gpu else 0, "num_cpus": 1 if not use_gpu else 0,
                                       "max_restarts": _ACTOR_RESTARTS, "max_task_retries": 0}
         if nvdec_res:
             embed_opts["resources"] = nvdec_res
@@ -222,11 +286,18 @@ class RayBackend:
         # SPREAD puts decode actors on every node of a cluster rather than filling the first.
         self._decode: list[Any] = [decode_cls.options(scheduling_strategy="SPREAD").remote(cfg, pp, fault)
                                    for _ in range(self.n_decode)]
+        self._speech: list[Any] = []
+        if speech is not None:
+            speech_cls = ray.remote(num_gpus=speech_gpus, num_cpus=speech_cpus, max_restarts=_ACTOR_RESTARTS,
+                                    max_task_retries=0)(_SpeechActor)
+            self._speech = [speech_cls.remote(speech, speech_fault) for _ in range(self.n_speech)]
         self.nodes = ray.get([a.ready.remote() for a in self._decode])
         nodes = len(set(self.nodes))
         say(f"Ray ready ({time.monotonic() - t0:.1f} s): {self.n_decode} decode "
             f"{'worker' if self.n_decode == 1 else 'workers'}" + (f" on {nodes} nodes" if nodes > 1 else "")
-            + f", {self.n_embed} embed {'worker' if self.n_embed == 1 else 'workers'} ({'GPU' if use_gpu else 'CPU'})")
+            + f", {self.n_embed} embed {'worker' if self.n_embed == 1 else 'workers'} ({'GPU' if use_gpu else 'CPU'})"
+            + (f", {self.n_speech} speech {'worker' if self.n_speech == 1 else 'workers'} "
+               f"({'GPU' if speech_gpus else f'CPU, {speech.cpu_threads} threads'})" if speech is not None else ""))
 
     def model_info(self) -> ModelInfo:
         """The embed actors' model; raises the actor's own setup error (e.g. weights not found)."""
@@ -235,6 +306,22 @@ class RayBackend:
             return info
         except self._ray.exceptions.RayTaskError as e:
             raise e.cause from None
+
+    def speech_info(self) -> dict[str, Any] | None:
+        """The speech actors' model; raises an actor's own setup error (e.g. SpeechModelNotFoundError)."""
+        if not self._speech:
+            return None
+        try:
+            info: dict[str, Any] = self._ray.get(self._speech[0].info.remote())
+            return info
+        except self._ray.exceptions.RayTaskError as e:
+            raise e.cause from None
+
+    def submit_speech(self, worker: int, task: VideoTask, origin_s: float | None) -> Any:
+        return self._speech[worker].transcribe.remote(task, origin_s)
+
+    def submit_subtitles(self, worker: int, task: VideoTask) -> Any:
+        return self._decode[worker].subtitles.remote(task)
 
     def submit_plan(self, worker: int, task: VideoTask) -> Any:
         return self._decode[worker].plan.remote(task)
@@ -266,7 +353,7 @@ class RayBackend:
         Raises:
             WorkerLost: permanent, when it will not come back (or not within ``timeout``).
         """
-        actor = (self._embed if pool == "embed" else self._decode)[worker]
+        actor = {"embed": self._embed, "speech": self._speech}.get(pool, self._decode)[worker]
         exc = self._ray.exceptions
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -298,7 +385,7 @@ class RayBackend:
             raise WorkerLost(f"worker process died ({str(e).splitlines()[0][:150]})", permanent=True) from None
 
     def close(self) -> None:
-        for a in self._decode + self._embed:
+        for a in self._decode + self._embed + self._speech:
             self._ray.kill(a)
         if self._owns_ray:
             self._ray.shutdown()

@@ -11,8 +11,20 @@ Rules (a rerun of the same command finishes the job and redoes nothing):
   ``replaced`` in the same commit;
 * the same content twice in one run -> processed once (duplicate).
 
-:func:`select_work` is pure (the catalog rows come in, the decision comes out), so the rules are
-tested without a backend or a library; :func:`read_state` reads the rows.
+Text stages (subtitles, speech; :func:`select_text_work`), per video of this run that is or
+will be searchable, from its latest ``text_status`` row of each kind:
+
+* subtitles are read for every video embedded now (while it is planned) and for a video embedded
+  earlier that has no subtitle status yet (a library older than subtitles): a text-only commit;
+* speech (``--speech``): no status -> transcribe (a video embedded earlier is transcribed
+  without re-embedding); ``ok``/``silent`` by the same model and ``no_audio`` -> done; by
+  another model -> kept, unless ``retranscribe``; ``failed`` -> retried while ``attempts <
+  max_attempts`` (``AudioDecodeError`` depends on the file's bytes and is not retried),
+  ``retry_failed`` retries all.
+
+:func:`select_work` and :func:`select_text_work` are pure (the catalog rows come in, the decision
+comes out), so the rules are tested without a backend or a library; :func:`read_state` and
+:func:`read_text_state` read the rows.
 """
 
 from __future__ import annotations
@@ -28,6 +40,10 @@ from vidsearch.pipeline.discover import DiscoverFailure
 from vidsearch.pipeline.types import DETERMINISTIC_ERRORS, VideoTask
 from vidsearch.pipeline.write import failure_row
 from vidsearch.schemas.tables import STATUS_DONE, STATUS_FAILED, STATUS_PARTIAL, STATUS_REPLACED
+from vidsearch.schemas.text_tables import TEXT_FAILED, TEXT_NO_AUDIO
+
+# Speech errors that depend only on the file's bytes: not retried without retry_failed.
+DETERMINISTIC_TEXT_ERRORS = frozenset({"AudioDecodeError"})
 
 
 @dataclass
@@ -61,6 +77,9 @@ class Selection:
     # moved videos.
     rows: list[dict[str, Any]] = field(default_factory=list)
     counts: ResumeCounts = field(default_factory=ResumeCounts)
+    # Videos searchable already (done or partial, moved included) and not embedded again: text
+    # stages they lack run on them alone (select_text_work).
+    searchable: list[VideoTask] = field(default_factory=list)
 
 
 def read_state(library: Library) -> tuple[dict[str, dict[str, Any]], dict[bytes, str]]:
@@ -144,6 +163,7 @@ def select_work(tasks: Sequence[VideoTask], failures: Sequence[DiscoverFailure],
         prev = by_id.get(t.video_id)
         if prev is not None and prev["status"] == STATUS_PARTIAL and not retry_failed:
             c.failed_before += 1
+            sel.searchable.append(t)
             continue
         if prev is not None and prev["status"] == STATUS_DONE:
             old_path = bytes(prev["path_bytes"])
@@ -156,6 +176,7 @@ def select_work(tasks: Sequence[VideoTask], failures: Sequence[DiscoverFailure],
                 c.moved += 1
             else:
                 c.skipped += 1
+            sel.searchable.append(t)
             continue
         attempts = attempts_of(prev)
         if attempts is None:
@@ -169,3 +190,93 @@ def select_work(tasks: Sequence[VideoTask], failures: Sequence[DiscoverFailure],
         task = VideoTask(t.path_bytes, t.display_path, t.video_id, t.size_bytes, t.mtime, attempts)
         sel.todo.append(Todo(task, replaces))
     return sel
+
+
+# ---- text stages ----------------------------------------------------------------------------------
+def read_text_state(library: Library) -> dict[tuple[str, str], dict[str, Any]]:
+    """Latest ``text_status`` row per (video_id, kind). Writer only, after :func:`read_state`
+    (which made the catalog current)."""
+    if not library.exists() or not library.read_manifest().shards:
+        return {}
+    with library.connect_catalog() as con:
+        cur = con.execute("SELECT video_id, kind, status, model, attempts, error_type FROM text_status")
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    return {(r["video_id"], r["kind"]): r for r in rows}
+
+
+@dataclass
+class TextCounts:
+    """How the text stages were sorted (the run summary's counters)."""
+
+    speech_done_before: int = 0      # a speech status (ok, silent, no_audio) from this model
+    speech_other_model: int = 0      # transcribed by another model; kept (retranscribe redoes them)
+    speech_failed_before: int = 0    # speech failed for good (deterministic or max_attempts)
+    text_only: int = 0               # videos embedded earlier that get text stages now
+
+
+@dataclass
+class TextSelection:
+    """The outcome of :func:`select_text_work`: per video, the text stages to run and their attempt."""
+
+    work: dict[str, dict[str, int]] = field(default_factory=dict)   # video_id -> {kind: attempt}
+    counts: TextCounts = field(default_factory=TextCounts)
+    other_models: dict[str, int] = field(default_factory=dict)     # model -> videos kept
+
+
+def select_text_work(sel: Selection, state: dict[tuple[str, str], dict[str, Any]], *, speech: bool,
+                     speech_model: str | None, retranscribe: bool, retry_failed: bool,
+                     max_attempts: int) -> TextSelection:
+    """Which text stages each video of this run gets (module docstring).
+
+    Args:
+        sel: the visual selection (its ``todo`` and ``searchable`` videos).
+        state: latest ``text_status`` rows (:func:`read_text_state`).
+        speech: ``--speech`` was given.
+        speech_model: the id of the model this run transcribes with (None: unknown, any counts).
+        retranscribe: transcribe again what another model transcribed.
+        retry_failed: retry speech failures for good too.
+        max_attempts: attempts of a failed stage before it is given up.
+    """
+    out = TextSelection()
+    c = out.counts
+
+    def speech_attempt(vid: str) -> int | None:
+        prev = state.get((vid, "speech"))
+        if prev is None:
+            return 1
+        n = int(prev["attempts"] or 0)
+        if prev["status"] == TEXT_NO_AUDIO:
+            c.speech_done_before += 1
+            return None
+        if prev["status"] == TEXT_FAILED:
+            if not retry_failed and (prev["error_type"] in DETERMINISTIC_TEXT_ERRORS or n >= max_attempts):
+                c.speech_failed_before += 1
+                return None
+            return n + 1
+        if speech_model is None or prev["model"] == speech_model:
+            c.speech_done_before += 1
+            return None
+        if retranscribe:
+            return 1
+        c.speech_other_model += 1
+        out.other_models[str(prev["model"])] = out.other_models.get(str(prev["model"]), 0) + 1
+        return None
+
+    def kinds(vid: str, embedding_now: bool) -> dict[str, int]:
+        want: dict[str, int] = {}
+        sub = state.get((vid, "subtitle"))
+        if embedding_now or sub is None or sub["status"] == TEXT_FAILED:
+            want["subtitle"] = 1 if sub is None else int(sub["attempts"] or 0) + 1
+        if speech and (a := speech_attempt(vid)) is not None:
+            want["speech"] = a
+        return want
+
+    for todo in sel.todo:
+        out.work[todo.task.video_id] = kinds(todo.task.video_id, True)
+    for t in sel.searchable:
+        want = kinds(t.video_id, False)
+        if want:
+            out.work[t.video_id] = want
+            c.text_only += 1
+    return out

@@ -17,6 +17,17 @@ only run the units. Scheduling rules:
 * embed batches are filled from chunks of any video (``batch_size`` clips);
 * a video is written only when settled: every chunk embedded (done / partial) or failed.
 
+Text stages (issue 14): subtitles are read by the decode worker while it plans a video (they ride
+back in the plan); speech (``--speech``) goes to its own worker pool once the plan says the file
+is a video with audio, beside decode and embed, at most ``_SPEECH_PER_WORKER`` calls queued per
+worker. A video whose clips are embedded waits for its transcript so that both go into the same
+commit, but at most ``_HELD_MAX`` such videos wait (a slow speech pool must not hold the visual
+library back, nor its embeddings in memory): past that the oldest is committed without it and its
+transcript follows in a text-only commit. Videos embedded earlier that lack a text stage (a
+later ``--speech``, a library older than subtitles) get only that stage: no probe, decode or
+embed. A failed text stage is a failure of that stage only (``text_status`` ``failed``, a
+``failures`` row of stage ``speech``); the clips stay.
+
 Resume rules: :mod:`vidsearch.pipeline.resume`.
 """
 
@@ -32,7 +43,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -40,16 +51,25 @@ import numpy as np
 
 from vidsearch.library import Library, ModelMismatch, crash_point, utcnow
 from vidsearch.pipeline.discover import check_inputs, discover
-from vidsearch.pipeline.faults import DECODE_FAULT_ENV, EMBED_FAULT_ENV
+from vidsearch.pipeline.faults import DECODE_FAULT_ENV, EMBED_FAULT_ENV, SPEECH_FAULT_ENV
 from vidsearch.pipeline.progress import Progress, Snapshot, plural
-from vidsearch.pipeline.resume import Selection, read_state, select_work
+from vidsearch.pipeline.resume import (
+    Selection,
+    TextSelection,
+    read_state,
+    read_text_state,
+    select_text_work,
+    select_work,
+)
 from vidsearch.pipeline.schedule import choose_side, gpu_room, next_gpu_chunks
+from vidsearch.pipeline.text import failed_outcome, no_audio_outcome, status_row
 from vidsearch.pipeline.types import (
     ChunkRequest,
     ClipSpan,
     FramesChunk,
     GpuChunkRequest,
     GpuFallback,
+    TextOutcome,
     VideoError,
     VideoPlan,
     VideoTask,
@@ -59,7 +79,9 @@ from vidsearch.pipeline.write import PendingVideo, ShardWriter, failure_row, vid
 from vidsearch.schemas import ids
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.manifest import ModelInfo
+from vidsearch.schemas.speech_config import DEFAULT_SPEECH_MODEL, SpeechCfg
 from vidsearch.schemas.tables import STATUS_DONE, STATUS_FAILED, STATUS_PARTIAL
+from vidsearch.schemas.text_tables import TEXT_FAILED, TEXT_NO_AUDIO, TEXT_OK, TEXT_SILENT
 
 _logger = logging.getLogger(__name__)
 
@@ -71,6 +93,10 @@ NVDEC_CPU_ENV = "VIDSEARCH_TEST_NVDEC_CPU"
 _FILE_ACCESS_ERRORS = frozenset({"NotFound", "PermissionDenied", "IOError", "Unstable"})
 _PER_WORKER = 2          # calls queued per decode worker (one running + one ready to start)
 _EMBED_PER_WORKER = 2
+_SPEECH_PER_WORKER = 2
+# Videos whose clips are embedded and wait for their transcript, to be committed together; past
+# this many (per speech worker: 4, at least 8) the oldest is committed without it (module docstring).
+_HELD_MAX = 8
 # A call whose worker process dies under it (kill -9, the OOM killer, Ray's memory monitor) is
 # retried on the restarted worker; after this many deaths on one video (or one embed batch) its
 # videos fail with WorkerKilled instead: a video that kills its worker every time must not loop.
@@ -85,8 +111,20 @@ class Backend(Protocol):
 
     n_decode: int
     n_embed: int
+    n_speech: int                 # speech workers (0: no --speech)
 
     def model_info(self) -> ModelInfo: ...
+    def speech_info(self) -> dict[str, Any] | None:
+        """The speech workers' model (``model_id``, ``device``, ...), None without speech; raises
+        their setup error (e.g. ``SpeechModelNotFoundError``)."""
+        ...
+    def submit_speech(self, worker: int, task: VideoTask, origin_s: float | None) -> Any:
+        """Transcribe a video on speech worker ``worker``; the handle gives a :class:`TextOutcome`."""
+        ...
+    def submit_subtitles(self, worker: int, task: VideoTask) -> Any:
+        """Read a video's subtitles on decode worker ``worker`` (a video embedded earlier); the
+        handle gives a :class:`TextOutcome` or a :class:`VideoError` (the child crashed or hung)."""
+        ...
     def submit_plan(self, worker: int, task: VideoTask) -> Any: ...
     def submit_decode(self, worker: int, request: ChunkRequest) -> tuple[Any, Any]:
         """Handles of the chunk's metadata (fetched by the driver) and of its frames (passed on
@@ -141,6 +179,12 @@ class IngestOptions:
     decode: str = "auto"                   # auto (NVDEC when usable, with the CPU), cpu, gpu (NVDEC required)
     nvdec_sessions: int = 8                # NVDEC sessions (threads) per GPU
     compile: bool = True                   # torch.compile the encoder blocks on CUDA
+    speech: bool = False                   # transcribe speech (subtitles are always read)
+    speech_model: str | None = None        # None: the library's last one, else DEFAULT_SPEECH_MODEL
+    speech_language: str | None = None     # None: detected per video
+    speech_workers: int | None = None      # None: one per GPU, else 1
+    speech_threads: int | None = None      # CTranslate2 CPU threads per worker (None: min(4, CPUs / 2))
+    retranscribe: bool = False             # transcribe again what another speech model transcribed
 
 
 @dataclass
@@ -174,22 +218,46 @@ class IngestSummary:
     decoders: str = "cpu"                  # "cpu" or "gpu+cpu": what decoded this run
     gpu_videos: int = 0                    # videos given to the GPU decoder
     gpu_fallbacks: int = 0                 # of those, handed back to the CPU path (not failures)
+    # Text stages (issue 14).
+    text_only_videos: int = 0              # videos embedded earlier that got only text stages
+    subtitle_videos: int = 0               # videos with subtitle rows written by this run
+    subtitle_segments: int = 0
+    speech_model: str | None = None        # the model id this run transcribed with
+    speech_device: str | None = None
+    speech_videos: int = 0                 # transcribed with speech found
+    speech_silent: int = 0
+    speech_no_audio: int = 0
+    speech_failed: int = 0
+    speech_failed_before: int = 0          # failed for good in an earlier run; not retried
+    speech_done_before: int = 0            # transcribed by an earlier run with this model
+    speech_other_model: int = 0            # transcribed by another model; kept (--retranscribe redoes them)
+    speech_segments: int = 0
+    speech_audio_s: float = 0.0            # audio transcribed
+    speech_work_s: float = 0.0             # seconds the speech workers spent on it
+    speech_held_out: int = 0               # videos committed before their transcript (pool behind)
 
     @property
     def clips_per_s(self) -> float:
         return self.clips / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
+    def speech_audio_h_per_h(self) -> float:
+        """Audio hours transcribed per hour of this run's loop (the pipeline's speech throughput)."""
+        return self.speech_audio_s / self.loop_s if self.loop_s > 0 else 0.0
+
+    @property
     def exit_code(self) -> int:
         if self.status == "interrupted":
             return 130
         # The same command gives the same answer: inputs that failed earlier still count.
-        bad = self.videos_failed + self.videos_partial + self.videos_quarantined + self.videos_failed_before
+        bad = (self.videos_failed + self.videos_partial + self.videos_quarantined + self.videos_failed_before
+               + self.speech_failed + self.speech_failed_before)
         return 2 if bad else 0
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["clips_per_s"] = round(self.clips_per_s, 3)
+        d["speech_audio_h_per_h"] = round(self.speech_audio_h_per_h, 3)
         d["exit_code"] = self.exit_code
         return d
 
@@ -245,6 +313,20 @@ class _GpuDecodeCall:
     key: str                      # where that worker keeps the chunk's frames
 
 
+@dataclass(frozen=True)
+class _SpeechCall:
+    pool: ClassVar[str] = "speech"
+    video_id: str
+    worker: int
+
+
+@dataclass(frozen=True)
+class _SubtitleCall:
+    pool: ClassVar[str] = "decode"  # a video embedded earlier: its subtitles, on a decode worker
+    video_id: str
+    worker: int
+
+
 class GpuKey(str):
     """Names a chunk's frames kept by the embed worker that decoded them on its GPU."""
 
@@ -253,7 +335,7 @@ class DecodeUnavailable(Exception):
     """``--decode gpu`` on a machine without a usable GPU decoder (one line: what is missing)."""
 
 
-_Call = _PlanCall | _DecodeCall | _EmbedCall | _GpuDecodeCall
+_Call = _PlanCall | _DecodeCall | _EmbedCall | _GpuDecodeCall | _SpeechCall | _SubtitleCall
 
 
 @dataclass
@@ -274,6 +356,16 @@ class _Video:
     gpu: int | None = None        # the embed worker decoding it on its GPU (None: the CPU path)
     gpu_jobs: collections.deque[_ChunkJob] = field(default_factory=collections.deque)
     gpu_busy: bool = False        # one of its chunks is being decoded on the GPU
+    # Text stages: those this run settles for the video ({kind: attempt}), their outcomes so far,
+    # and those already handed to the writer.
+    text_want: dict[str, int] = field(default_factory=dict)
+    text: dict[str, TextOutcome] = field(default_factory=dict)
+    text_written: set[str] = field(default_factory=set)
+    text_only: bool = False       # embedded by an earlier run: text stages only
+    dropped: bool = False         # failed (not searchable): its text results are not written
+    visual_written: bool = False  # its clips and row were handed to the writer
+    speech_deaths: int = 0        # speech worker deaths while transcribing it
+    origin_s: float | None = None  # the clips' time zero (from the plan; None: read from the file)
 
 
 def _fault_spec(var: str = DECODE_FAULT_ENV) -> str | None:
@@ -298,6 +390,7 @@ def run_ingest(inputs: Sequence[str | bytes], library_root: str | os.PathLike[st
         InputError: an input names nothing (nothing is created).
         ModelMismatch: the library holds another model's embeddings (and not ``new_index``).
         WeightsNotFoundError: the model's weights are not found (nothing is created).
+        SpeechModelNotFoundError: ``--speech`` and the speech model is not found (nothing is created).
         LibraryLocked: another writer holds the library.
         LibraryError: the shard location is unusable (unreachable, no bucket, denied) or differs
             from the one the library was created with.
@@ -311,6 +404,9 @@ def run_ingest(inputs: Sequence[str | bytes], library_root: str | os.PathLike[st
     summary = IngestSummary(run_id=run_id, library=str(library.root), model=model_name)
     checkpoint, pp, warning = _check_model(model_name, opts)
     _check_decode(opts)
+    speech = _speech_cfg(library, opts)
+    if speech is not None:
+        _check_speech_model(speech, opts)
     if warning:
         _logger.warning("%s", warning)
         summary.warnings.append(warning)
@@ -318,7 +414,8 @@ def run_ingest(inputs: Sequence[str | bytes], library_root: str | os.PathLike[st
     created = not os.path.lexists(library.root)
     try:
         with library.lock(break_lock=opts.break_lock):
-            _ingest_locked(library, paths, cfg, opts, summary, progress, stop, model_name, checkpoint, pp, t_start)
+            _ingest_locked(library, paths, cfg, opts, summary, progress, stop, model_name, checkpoint, pp, t_start,
+                           speech)
     except BaseException:
         if created and not library.exists():
             # Failed before its first commit (e.g. weights that do not load): leave no empty library.
@@ -335,9 +432,41 @@ def _remove_empty_dirs(root: Path) -> None:
             os.rmdir(dirpath)
 
 
+def _speech_cfg(library: Library, opts: IngestOptions) -> SpeechCfg | None:
+    """The speech settings of this run (None without ``--speech``).
+
+    The model: the one asked for, else the one the library's last ``--speech`` run used (its
+    name or folder, from the run records), else :data:`DEFAULT_SPEECH_MODEL`.
+    """
+    if not opts.speech:
+        return None
+    name = opts.speech_model
+    if name is None and library.exists():
+        for run in reversed(library.read_manifest().runs):
+            used = (run.get("settings") or {}).get("speech_model")
+            if isinstance(used, str) and used:
+                name = used
+                break
+    return SpeechCfg(model=name or DEFAULT_SPEECH_MODEL, language=opts.speech_language,
+                     device="cpu" if opts.device == "cpu" else "auto", cpu_threads=opts.speech_threads or 0)
+
+
+def _check_speech_model(speech: SpeechCfg, opts: IngestOptions) -> None:
+    """The speech model's files, found before anything is created (as the weights are).
+
+    Raises:
+        SpeechModelNotFoundError: the message says what to download and which flag to use.
+    """
+    if opts.ray_address:
+        return  # each node finds its own copy (checked when the speech workers start)
+    from vidsearch.pipeline.speech import resolve_speech_model
+
+    resolve_speech_model(speech.model)
+
+
 def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: IngestOptions,
                    summary: IngestSummary, progress: Progress, stop: threading.Event, model_name: str,
-                   checkpoint: str | None, pp: Any, t_start: float) -> None:
+                   checkpoint: str | None, pp: Any, t_start: float, speech: SpeechCfg | None = None) -> None:
     """:func:`run_ingest` once the writer lock is held."""
     run_id = summary.run_id
     # Before Ray, the model and any decoding: a bad shard location fails in a second.
@@ -364,27 +493,40 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
     if opts.executor == "local":
         from vidsearch.pipeline.local_runner import LocalBackend
 
-        progress.say(f"starting {plural(n_decode, 'decode worker')}; loading model {model_name} ...")
+        progress.say(f"starting {plural(n_decode, 'decode worker')}; loading model {model_name} ..."
+                     + (f" and speech model {speech.model} ..." if speech is not None else ""))
+        if speech is not None and not speech.cpu_threads:
+            speech = replace(speech, cpu_threads=max(1, min(4, (os.cpu_count() or 2) // 2)))
         backend = LocalBackend(cfg, pp, embedder_kwargs, n_decode, _fault_spec(),
                                nvdec_sessions=opts.nvdec_sessions if gpu_decode else 0,
-                               gpu_device="cpu" if nvdec_cpu else None)
+                               gpu_device="cpu" if nvdec_cpu else None, speech=speech,
+                               speech_fault=_fault_spec(SPEECH_FAULT_ENV))
     else:
         from vidsearch.pipeline.ray_runner import RayBackend
 
         backend = RayBackend(cfg, pp, embedder_kwargs, cfg.decode_workers, opts.embed_actors,
                              _fault_spec(), opts.ray_address, say=progress.say,
                              nvdec_sessions=opts.nvdec_sessions if gpu_decode else 0,
-                             gpu_device="cpu" if nvdec_cpu else None)
+                             gpu_device="cpu" if nvdec_cpu else None, speech=speech,
+                             n_speech=opts.speech_workers, speech_fault=_fault_spec(SPEECH_FAULT_ENV))
         t_model = time.monotonic()  # the embed actor has been loading it meanwhile
         progress.say(f"loading model {model_name} ...")
     summary.decode_nodes = len(set(getattr(backend, "nodes", ()))) or 1
     try:
         model = backend.model_info()
         progress.say(f"model {model.name} ready ({time.monotonic() - t_model:.1f} s)")
+        speech_info = backend.speech_info()
+        if speech_info is not None:
+            summary.speech_model, summary.speech_device = speech_info["model_id"], speech_info["device"]
+            progress.say(f"speech model {speech_info['model_id']} ready on {speech_info['device']} "
+                         f"({speech_info['compute_type']}; {plural(backend.n_speech, 'worker')})")
         gpu_caps = _gpu_decoders(backend, opts, summary, progress)
         if model.preprocess and tuple(model.preprocess.get("mean", ())) != tuple(pp.mean):
             _logger.warning("embedder preprocessing differs from the registry's")
         settings = {**cfg.to_dict(), "model": model_name, "executor": opts.executor}
+        if speech is not None:
+            settings.update(speech_model=speech.model, speech_model_id=summary.speech_model,
+                            speech_language=speech.language)
         library.init(model, settings, allow_new_model=opts.new_index)
         writer = ShardWriter(library, model, run_id, cfg.shard_rows, cfg.commit_interval_s)
         started = utcnow()
@@ -400,7 +542,11 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
             selection = select_work(found.tasks, found.failures, *read_state(library), run_id=run_id,
                                     retry_failed=opts.retry_failed, max_attempts=opts.max_attempts,
                                     now=utcnow())
-            _Driver(backend, writer, cfg, opts, summary, stop, progress, gpu_caps).run(selection)
+            text = select_text_work(selection, read_text_state(library), speech=speech is not None,
+                                    speech_model=summary.speech_model, retranscribe=opts.retranscribe,
+                                    retry_failed=opts.retry_failed, max_attempts=opts.max_attempts)
+            _note_other_models(text, summary)
+            _Driver(backend, writer, cfg, opts, summary, stop, progress, gpu_caps).run(selection, text)
             writer.flush()
         finally:
             if old_handler is not None:
@@ -416,6 +562,22 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
         crash_point("after_manifest_before_index")
         progress.say("updating the FAISS index ...")
         summary.index = _update_index(library)
+
+
+def _note_other_models(text: TextSelection, summary: IngestSummary) -> None:
+    """Say once that videos transcribed by another model keep their transcripts (the decision of
+    issue 14: no silent re-transcription of a whole library; ``--retranscribe`` asks for it)."""
+    c = text.counts
+    summary.speech_done_before = c.speech_done_before
+    summary.speech_other_model = c.speech_other_model
+    summary.speech_failed_before = c.speech_failed_before
+    summary.text_only_videos = c.text_only
+    if c.speech_other_model:
+        models = ", ".join(f"{m} ({n})" for m, n in sorted(text.other_models.items()))
+        line = (f"{plural(c.speech_other_model, 'video')} keep transcripts of another speech model ({models}); "
+                f"pass --retranscribe to transcribe them again with {summary.speech_model}")
+        _logger.warning("%s", line)
+        summary.warnings.append(line)
 
 
 def _check_decode(opts: IngestOptions) -> None:
@@ -514,17 +676,26 @@ def _run_record(s: IngestSummary, started: dt.datetime, ended: dt.datetime | Non
             "videos_seen": s.videos_seen, "videos_done": s.videos_done,
             "videos_partial": s.videos_partial, "videos_failed": s.videos_failed,
             "videos_skipped": s.videos_skipped + s.videos_quarantined, "clips": s.clips,
-            "clips_per_s": round(s.clips_per_s, 3), "settings": settings}
+            "clips_per_s": round(s.clips_per_s, 3), "settings": settings,
+            **({"speech": {"model": s.speech_model, "device": s.speech_device, "videos": s.speech_videos,
+                           "silent": s.speech_silent, "no_audio": s.speech_no_audio, "failed": s.speech_failed,
+                           "segments": s.speech_segments, "audio_s": round(s.speech_audio_s, 3),
+                           "work_s": round(s.speech_work_s, 3),
+                           "audio_h_per_h": round(s.speech_audio_h_per_h, 3)}} if s.speech_model else {}),
+            "subtitles": {"videos": s.subtitle_videos, "segments": s.subtitle_segments}}
 
 
 def _update_index(library: Library) -> str:
-    """Build or extend the FAISS index; one line saying what was done."""
+    """Build or extend the FAISS index and the keyword index; one line saying what was done."""
     from vidsearch.indexer import update_index
 
     r = update_index(library)
+    kw = r.keyword or {}
+    words = (f"; keyword index {kw['action']}: {plural(kw['docs'], 'document')}"
+             if kw.get("action") not in (None, "none", "unchanged") else "")
     if r.action == "extended":
-        return f"extended {r.factory}: {plural(r.vectors, 'vector')} ({r.added:,} added)"
-    return f"{r.action} {r.factory}: {plural(r.vectors, 'vector')}"
+        return f"extended {r.factory}: {plural(r.vectors, 'vector')} ({r.added:,} added){words}"
+    return f"{r.action} {r.factory}: {plural(r.vectors, 'vector')}{words}"
 
 
 class _Driver:
@@ -553,6 +724,13 @@ class _Driver:
         self.order: dict[tuple[str, int], collections.deque[Any]] = collections.defaultdict(collections.deque)
         self.dead: set[tuple[str, int]] = set()   # workers that will not come back
         self.embed_ready: collections.deque[_Decoded] = collections.deque()
+        # Text stages: videos waiting for a speech worker, videos embedded earlier waiting for a
+        # decode worker to read their subtitles, and embedded videos waiting for their transcript.
+        self.speech_load = [0] * backend.n_speech
+        self.speech_queue: collections.deque[str] = collections.deque()
+        self.subtitle_jobs: collections.deque[str] = collections.deque()
+        self.held: collections.OrderedDict[str, PendingVideo] = collections.OrderedDict()
+        self.held_max = max(_HELD_MAX, 4 * backend.n_speech)
         self.pending_clips = 0
         self.max_pending_clips = max(4 * cfg.batch_size * backend.n_embed,
                                      2 * opts.decode_chunk_clips * (backend.n_decode + sum(self.gpu_sessions)))
@@ -562,32 +740,37 @@ class _Driver:
         # planned, their clips, those still to embed, and videos settled before a plan came.
         self.settled = 0
         self.clips_embedded = 0
+        self.speech_audio_s = 0.0     # audio transcribed so far (progress)
         self.planned = self.clips_planned = self.clips_left = self.settled_unplanned = 0
         self.last_tick = 0.0
 
     # ---- main loop -------------------------------------------------------------------------
-    def run(self, selection: Selection) -> None:
+    def run(self, selection: Selection, text: TextSelection | None = None) -> None:
         self.t0 = time.monotonic()
         try:
-            self._run(selection)
+            self._run(selection, text or TextSelection())
         finally:
             self.summary.loop_s = time.monotonic() - self.t0
 
-    def _run(self, selection: Selection) -> None:
-        self._take(selection)
+    def _run(self, selection: Selection, text: TextSelection) -> None:
+        self._take(selection, text)
         queue = collections.deque(t.task for t in selection.todo)
-        self.total = len(queue)
+        n_text = sum(1 for v in self.videos.values() if v.text_only)
+        self.total = len(queue) + n_text
         c = selection.counts
-        self.progress.say(f"{plural(self.total, 'video')} to ingest"
+        self.progress.say(f"{plural(len(queue), 'video')} to ingest"
                           + (f", {c.skipped:,} already done" if c.skipped else "")
                           + (f", {c.failed_before + c.quarantined:,} failed before" if c.failed_before
-                             + c.quarantined else ""))
+                             + c.quarantined else "")
+                          + (f"; {plural(n_text, 'video')} embedded earlier get {self._text_only_what()}"
+                             if n_text else ""))
         self.progress.start(self.total)
         try:
             while not self.stop.is_set():
                 self._schedule(queue)
                 if not self.inflight:
-                    if queue or any(self.chunk_jobs) or self.embed_ready or self._gpu_jobs_left():
+                    if (queue or any(self.chunk_jobs) or self.embed_ready or self._gpu_jobs_left()
+                            or self.speech_queue or self.subtitle_jobs):
                         continue
                     break
                 for h in self.backend.wait(list(self.inflight), timeout=0.5):
@@ -596,11 +779,18 @@ class _Driver:
             self._tick(force=True)
         finally:
             self.progress.close()
+            # Embedded videos still waiting for a transcript (only when stopped early) are
+            # committed without it: their clips are not lost, and the next run transcribes them.
+            self._release_held(0)
         if self.stop.is_set():
             _logger.warning("interrupted: committing settled videos; rerun the same command to finish")
 
-    def _take(self, sel: Selection) -> None:
-        """Adopt the resume selection: its counts, its rows, its work."""
+    def _text_only_what(self) -> str:
+        kinds = {k for v in self.videos.values() if v.text_only for k in v.text_want}
+        return " and ".join(x for k, x in (("speech", "speech"), ("subtitle", "subtitles")) if k in kinds) + " only"
+
+    def _take(self, sel: Selection, text: TextSelection) -> None:
+        """Adopt the resume selection: its counts, its rows, its work (text stages included)."""
         c, s = sel.counts, self.summary
         s.videos_seen += c.seen
         s.videos_skipped += c.skipped
@@ -616,7 +806,17 @@ class _Driver:
                 self.writer.add(PendingVideo(row=row))
         for todo in sel.todo:
             self.videos[todo.task.video_id] = _Video(
-                task=todo.task, worker=0, extra_rows=[todo.replaces] if todo.replaces else [])
+                task=todo.task, worker=0, extra_rows=[todo.replaces] if todo.replaces else [],
+                text_want=dict(text.work.get(todo.task.video_id, {})))
+        for t in sel.searchable:
+            want = text.work.get(t.video_id)
+            if not want or t.video_id in self.videos:
+                continue
+            self.videos[t.video_id] = _Video(task=t, worker=0, text_want=dict(want), text_only=True, settled=True)
+            if "subtitle" in want:
+                self.subtitle_jobs.append(t.video_id)
+            if "speech" in want:
+                self.speech_queue.append(t.video_id)
 
     def _live(self, pool: str, n: int) -> list[int]:
         live = [w for w in range(n) if (pool, w) not in self.dead]
@@ -628,12 +828,22 @@ class _Driver:
     def _track(self, handle: Any, call: _Call) -> None:
         self.inflight[handle] = call
         self.order[call.pool, call.worker].append(handle)
-        if call.pool == "decode":
-            self.decode_load[call.worker] += 1
-        elif call.pool == "gpu":
-            self.gpu_load[call.worker] += 1
-        else:
-            self.embed_load[call.worker] += 1
+        self._load(call.pool)[call.worker] += 1
+
+    def _load(self, pool: str) -> list[int]:
+        """Calls in flight per worker of ``pool``."""
+        return {"decode": self.decode_load, "gpu": self.gpu_load, "speech": self.speech_load}.get(pool, self.embed_load)
+
+    def _schedule_speech(self) -> None:
+        """Speech calls: at most ``_SPEECH_PER_WORKER`` per worker, videos in the order they came."""
+        if not self.speech_queue:
+            return
+        for w in sorted(self._live("speech", self.backend.n_speech), key=lambda i: self.speech_load[i]):
+            while self.speech_queue and self.speech_load[w] < _SPEECH_PER_WORKER:
+                v = self.videos[self.speech_queue.popleft()]
+                if v.dropped:
+                    continue
+                self._track(self.backend.submit_speech(w, v.task, v.origin_s), _SpeechCall(v.task.video_id, w))
 
     def _submit_plan(self, w: int, video_id: str) -> None:
         v = self.videos[video_id]
@@ -694,10 +904,14 @@ class _Driver:
                     if self.videos[job.video_id].settled:
                         continue
                     self._submit_decode(w, job)
+                elif self.subtitle_jobs:  # milliseconds each: before new plans
+                    vid = self.subtitle_jobs.popleft()
+                    self._track(self.backend.submit_subtitles(w, self.videos[vid].task), _SubtitleCall(vid, w))
                 elif queue and not self.chunk_jobs[w]:
                     self._submit_plan(w, queue.popleft().video_id)
                 else:
                     break
+        self._schedule_speech()
         decoding = (any(c.pool in ("decode", "gpu") for c in self.inflight.values()) or any(self.chunk_jobs)
                     or self._gpu_jobs_left())
         for e in sorted(self._live("embed", self.backend.n_embed), key=lambda i: self.embed_load[i]):
@@ -729,12 +943,7 @@ class _Driver:
     def _on_ready(self, h: Any) -> None:
         call = self.inflight.pop(h)
         key = (call.pool, call.worker)
-        if call.pool == "decode":
-            self.decode_load[call.worker] -= 1
-        elif call.pool == "gpu":
-            self.gpu_load[call.worker] -= 1
-        else:
-            self.embed_load[call.worker] -= 1
+        self._load(call.pool)[call.worker] -= 1
         if isinstance(call, _PlanCall):
             self.plans_inflight -= 1
         running = self.order[key][0] == h
@@ -750,6 +959,12 @@ class _Driver:
             self._on_decoded(call, out)
         elif isinstance(call, _GpuDecodeCall):
             self._on_gpu_decoded(call, out)
+        elif isinstance(call, _SpeechCall):
+            self._on_text(self.videos[call.video_id], out)
+        elif isinstance(call, _SubtitleCall):
+            if isinstance(out, VideoError):  # the decode child crashed or hung on the file
+                out = failed_outcome(call.video_id, "subtitle", out.error_type, out.message)
+            self._on_text(self.videos[call.video_id], out)
         else:
             self._on_embedded(call, out)
 
@@ -757,6 +972,16 @@ class _Driver:
         if isinstance(out, VideoError):
             self._fail(v, out)
             return
+        for t in out.text:  # subtitles read while planning
+            if t.kind in v.text_want:
+                v.text[t.kind] = t
+        out = replace(out, text=())
+        v.origin_s = out.probe.origin_s
+        if "speech" in v.text_want and "speech" not in v.text:
+            if out.probe.audio_streams == 0:
+                v.text["speech"] = no_audio_outcome(v.task.video_id)
+            else:
+                self.speech_queue.append(v.task.video_id)
         v.plan = out
         n = len(out.clips)
         self.planned += 1
@@ -929,6 +1154,9 @@ class _Driver:
             call = _EmbedCall(call.worker, tuple(d for d in call.batch if d.owner is None), call.deaths)
             if not call.batch:
                 return
+        if isinstance(call, (_SpeechCall, _SubtitleCall)):
+            self._text_worker_lost(call, running, lost)
+            return
         if isinstance(call, _EmbedCall):
             deaths = call.deaths + running
             if deaths >= _WORKER_DEATHS_MAX:
@@ -971,6 +1199,7 @@ class _Driver:
             err = VideoError("Unstable", err.stage, f"file changed while being ingested ({err.error_type}: "
                                                     f"{err.message}); retried next run")
         v.settled = True
+        v.dropped = True  # not searchable: its text stages are not written (redone with it next run)
         vid = v.task.video_id
         self.chunk_jobs[v.worker] = collections.deque(j for j in self.chunk_jobs[v.worker] if j.video_id != vid)
         if v.gpu is not None:
@@ -1025,10 +1254,111 @@ class _Driver:
             self.summary.videos_done += 1
         emb = np.stack([v.embeddings[c.clip_index] for c in clips])
         self.summary.clips += len(clips)
-        self.writer.add(PendingVideo(row=row, clips=clips, embeddings=emb, extra_rows=v.extra_rows))
+        pending = PendingVideo(row=row, clips=clips, embeddings=emb, extra_rows=v.extra_rows)
         v.settled = True
+        if self._text_missing(v):
+            self.held[v.task.video_id] = pending  # committed with its transcript when it comes
+            self._release_held(self.held_max)
+        else:
+            self._commit(v, pending)
         self._advance(v)
         v.embeddings.clear()
+
+    # ---- text stages -------------------------------------------------------------------------
+    @staticmethod
+    def _text_missing(v: _Video) -> bool:
+        """Whether a text stage this run settles for ``v`` has not come back yet."""
+        return any(k not in v.text for k in v.text_want)
+
+    def _on_text(self, v: _Video, out: TextOutcome) -> None:
+        """A text stage's outcome for ``v`` (speech, or the subtitles of a video embedded earlier)."""
+        if v.dropped or out.kind in v.text or out.kind not in v.text_want:
+            return  # failed meanwhile (nothing of it is written), or a duplicate
+        v.text[out.kind] = out
+        if out.kind == "speech":
+            self.speech_audio_s += out.media_s or 0.0
+        if self._text_missing(v):
+            return
+        vid = v.task.video_id
+        if v.text_only:
+            self._commit(v, PendingVideo(row=None))
+            self.settled += 1
+            self._tick(force=self.progress.tty)
+        elif vid in self.held:
+            self._commit(v, self.held.pop(vid))
+        elif v.visual_written:
+            self._commit(v, PendingVideo(row=None))  # its clips went ahead of its transcript
+        # else: its clips are still being embedded; _maybe_finish commits both
+
+    def _release_held(self, limit: int) -> None:
+        """Commit the oldest embedded videos still waiting for a transcript, down to ``limit``.
+
+        Their transcript follows in a text-only commit of this run (or, if the run stops first,
+        the next run transcribes them: the video is done and has no speech status)."""
+        while len(self.held) > limit:
+            vid, pending = self.held.popitem(last=False)
+            self.summary.speech_held_out += 1
+            self._commit(self.videos[vid], pending)
+
+    def _commit(self, v: _Video, pending: PendingVideo) -> None:
+        """Hand ``pending`` to the writer with every text outcome of ``v`` not written yet."""
+        for kind, out in v.text.items():
+            if kind in v.text_written:
+                continue
+            pending.text.append(out)
+            pending.text_status.append(status_row(out, path=v.task.display_path, attempts=v.text_want[kind],
+                                                  run_id=self.writer.run_id, recorded_at=utcnow()))
+            v.text_written.add(kind)
+            self._count_text(v, out)
+        if pending.row is not None:
+            v.visual_written = True
+        self.writer.add(pending)
+
+    def _count_text(self, v: _Video, out: TextOutcome) -> None:
+        """The run summary's text figures, for an outcome being written."""
+        s = self.summary
+        if out.status == TEXT_FAILED:
+            if out.kind == "speech":
+                s.speech_failed += 1
+            msg = f"{v.task.display_path!r}: {out.error_message}"
+            if len(s.failures) < 1000:
+                s.failures.append({"path": v.task.display_path, "stage": out.kind,
+                                   "error_type": out.error_type, "error_message": msg})
+            _logger.warning("%s failed (the clips stay): %s", out.kind, msg)
+        elif out.kind == "subtitle" and out.status == TEXT_OK:
+            s.subtitle_videos += 1
+            s.subtitle_segments += len(out.rows)
+        elif out.kind == "speech":
+            s.speech_videos += out.status == TEXT_OK
+            s.speech_silent += out.status == TEXT_SILENT
+            s.speech_no_audio += out.status == TEXT_NO_AUDIO
+            s.speech_segments += len(out.rows)
+        if out.kind == "speech":
+            s.speech_audio_s += out.media_s or 0.0
+            s.speech_work_s += out.work_s or 0.0
+
+    def _text_worker_lost(self, call: _SpeechCall | _SubtitleCall, running: bool, lost: WorkerLost) -> None:
+        """A speech worker (or the decode worker reading subtitles) died under this call: retry it
+        on a live worker, or after repeated deaths settle the stage as failed (the clips stay)."""
+        v = self.videos[call.video_id]
+        kind = "speech" if isinstance(call, _SpeechCall) else "subtitle"
+        if v.dropped or kind in v.text:
+            return
+        v.speech_deaths += running
+        if v.speech_deaths >= _WORKER_DEATHS_MAX:
+            self._on_text(v, failed_outcome(
+                v.task.video_id, kind, "WorkerKilled", f"the {call.pool} worker died {v.speech_deaths} times on "
+                f"this video (killed, e.g. out of memory); last: {str(lost)[:150]}", self.summary.speech_model
+                if kind == "speech" else None))
+            return
+        _logger.warning("%s worker %d died (%s); retrying %s", call.pool, call.worker, str(lost)[:150],
+                        v.task.display_path)
+        n = self.backend.n_speech if kind == "speech" else self.backend.n_decode
+        w = call.worker if (call.pool, call.worker) not in self.dead else self._live(call.pool, n)[0]
+        if isinstance(call, _SpeechCall):
+            self._track(self.backend.submit_speech(w, v.task, v.origin_s), _SpeechCall(v.task.video_id, w))
+        else:
+            self._track(self.backend.submit_subtitles(w, v.task), _SubtitleCall(v.task.video_id, w))
 
     @staticmethod
     def _changed(task: VideoTask) -> bool:
@@ -1058,7 +1388,7 @@ class _Driver:
         self.progress.update(Snapshot(
             videos_settled=min(self.settled, self.total), videos_total=self.total, clips=self.clips_embedded,
             failed=self.summary.videos_failed + self.summary.videos_partial, elapsed_s=elapsed,
-            eta_s=self._eta(elapsed)))
+            eta_s=self._eta(elapsed), speech_audio_s=self.speech_audio_s if self.backend.n_speech else None))
 
     def _eta(self, elapsed: float) -> float | None:
         """Seconds left at the clip rate so far: clips of planned videos not embedded yet, plus

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 from dataclasses import dataclass, field
+from typing import Any
 
 # Stable error_type names (RELIABILITY.md §8 vocabulary). Tests and users match on these.
 ERROR_TYPES = (
@@ -126,6 +127,11 @@ class ProbeInfo:
     # ("High", "Main 10", "High 4:4:4 Predictive", ...; "" unknown).
     pix_fmt: str = ""
     profile: str = ""
+    # The clips' time zero in container time: the first video frame's presentation time (s).
+    # Subtitle cues and audio are put on the clips' timeline with it.
+    origin_s: float = 0.0
+    audio_streams: int = 0        # 0: nothing to transcribe (speech status no_audio, no worker call)
+    subtitle_streams: int = 0     # embedded subtitle tracks (0: only sidecar files are looked for)
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,28 @@ class ClipSpan:
 
 
 @dataclass(frozen=True)
+class TextOutcome:
+    """What one text stage found in one video: its rows, or why there are none (issue 14, 15).
+
+    ``kind`` is the stage (``subtitle``, ``speech``, ``screen``), ``status`` one of
+    ``schemas.text_tables.TEXT_STATUSES``. A ``failed`` outcome is a failure of that stage only:
+    the video's clips are committed as usual.
+    """
+
+    video_id: str
+    kind: str
+    status: str
+    rows: tuple[Any, ...] = ()    # TranscriptSegment (subtitle, speech) or ScreenTextRow (screen)
+    model: str | None = None      # ASR / OCR model id (None for subtitles)
+    language: str | None = None
+    media_s: float | None = None  # seconds of audio transcribed (speech)
+    work_s: float | None = None   # seconds the stage spent on the video
+    notes: str | None = None      # tracks skipped, cut or re-encoded (one line)
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
 class VideoPlan:
     """Probe + segmentation result of one video: what the decoder must produce."""
 
@@ -152,6 +180,9 @@ class VideoPlan:
     probe: ProbeInfo
     clips: tuple[ClipSpan, ...]
     expected_frames: int          # max(demuxed, claimed, implied by the probe): the coverage denominator
+    # The subtitles read while planning (cheapest there: the file is open in the decode worker).
+    # The driver takes them out of the plan it keeps, which travels back to GPU decode calls.
+    text: tuple[TextOutcome, ...] = ()
 
 
 @dataclass(frozen=True)

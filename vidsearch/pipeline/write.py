@@ -5,6 +5,11 @@ Its clip rows and its video row go into the same :meth:`Library.commit`, so a vi
 in the catalog only after its clips are committed, and a kill between commits loses only videos
 that were never marked done (they are redone by the next run).
 
+Text (issue 14, 15): a video's text outcomes (subtitles, speech, screen text) ride in the same
+commit as its clips: their rows in the extra tables ``transcripts`` / ``screen_text`` and one
+``text_status`` row per stage (ok, none, silent, no_audio, failed: the resume state of that
+stage). A video embedded earlier gets a text-only commit (no clip or video row).
+
 The catalog refresh is deferred. A refresh copies the whole ``catalog.duckdb`` (so readers never
 wait on the writer), so refreshing at every commit costs O(library) per commit and O(N^2) over a
 long run. The writer commits shards as before (durable progress; the manifest is the commit
@@ -30,10 +35,16 @@ import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 
 from vidsearch.library import Library, crash_point, utcnow
-from vidsearch.pipeline.types import ClipSpan, ProbeInfo, VideoTask
+from vidsearch.pipeline.types import ClipSpan, ProbeInfo, TextOutcome, VideoTask
 from vidsearch.schemas import ids
 from vidsearch.schemas.manifest import ModelInfo
 from vidsearch.schemas.tables import STATUS_FAILED, VIDEO_SCHEMA, clip_schema
+from vidsearch.schemas.text_tables import (
+    KIND_TABLE,
+    TEXT_STATUS_SCHEMA,
+    screen_text_table,
+    transcripts_table,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -78,12 +89,30 @@ def failure_row(task: VideoTask | None, error_type: str, stage: str, message: st
 
 @dataclass
 class PendingVideo:
-    """A settled video waiting for the next commit."""
+    """A settled video waiting for the next commit (``row`` None: text only, for a video
+    embedded by an earlier run)."""
 
-    row: dict[str, Any]
+    row: dict[str, Any] | None
     clips: list[ClipSpan] = field(default_factory=list)
     embeddings: np.ndarray | None = None
     extra_rows: list[dict[str, Any]] = field(default_factory=list)  # e.g. a "replaced" row
+    text: list[TextOutcome] = field(default_factory=list)           # text stages settled with it
+    text_status: list[dict[str, Any]] = field(default_factory=list)  # their text_status rows
+
+
+def text_tables(items: list[PendingVideo], run_id: str) -> dict[str, pa.Table]:
+    """The extra tables of a commit: ``text_status``, ``transcripts``, ``screen_text`` (only those with rows)."""
+    status = [r for v in items for r in v.text_status]
+    if not status:
+        return {}
+    out = {"text_status": pa.Table.from_pylist(status, schema=TEXT_STATUS_SCHEMA)}
+    segments = [r for v in items for o in v.text if KIND_TABLE[o.kind] == "transcripts" for r in o.rows]
+    screen = [r for v in items for o in v.text if KIND_TABLE[o.kind] == "screen_text" for r in o.rows]
+    if segments:
+        out["transcripts"] = transcripts_table(segments, run_id)
+    if screen:
+        out["screen_text"] = screen_text_table(screen, run_id)
+    return out
 
 
 class ShardWriter:
@@ -134,11 +163,13 @@ class ShardWriter:
         if not self.pending:
             return
         clips, videos = self._tables(self.pending)
-        self.library.commit(clips, videos, self.run_id, refresh_catalog=False)
+        extra = text_tables(self.pending, self.run_id)
+        self.library.commit(clips, videos, self.run_id, refresh_catalog=False, tables=extra)
         self.catalog_behind = True
         self.commits += 1
         self.clips_committed += clips.num_rows
-        _logger.info("committed %d clips of %d videos", clips.num_rows, videos.num_rows)
+        _logger.info("committed %d clips of %d videos%s", clips.num_rows, videos.num_rows,
+                     "".join(f", {t.num_rows} {name} rows" for name, t in extra.items()))
         self.pending, self.pending_clips = [], 0
         self.last_commit = time.monotonic()
         wait = max(self.catalog_refresh_s, self.refresh_overhead * self.last_refresh_fixed_s)
@@ -170,6 +201,8 @@ class ShardWriter:
         rows: list[dict[str, Any]] = []
         for v in items:
             rows.extend(v.extra_rows)
+            if v.row is None:
+                continue
             rows.append(v.row)
             if not v.clips:
                 continue

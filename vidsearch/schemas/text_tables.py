@@ -97,6 +97,40 @@ KEYWORD_DOC_SCHEMA = pa.schema(
     ]
 )
 
+# What a video's text extraction came to, one row per (video, kind) and commit: the resume state of
+# the text stages (a silent or audio-less video is not transcribed again) and their failures. Kinds
+# are the text stages: "subtitle" (always read), "speech" (``ingest --speech``), "screen" (OCR).
+TEXT_KINDS: tuple[str, ...] = ("subtitle", "speech", "screen")
+# The table each kind's rows go to, and (transcripts) the ``source`` value they carry there.
+KIND_TABLE: dict[str, str] = {"subtitle": "transcripts", "speech": "transcripts", "screen": "screen_text"}
+TEXT_OK = "ok"              # rows written
+TEXT_NONE = "none"          # nothing to read (no subtitle track, no text on screen)
+TEXT_SILENT = "silent"      # audio without speech (or speech the model wrote nothing for)
+TEXT_NO_AUDIO = "no_audio"  # no audio stream: nothing to hear, not a failure
+TEXT_FAILED = "failed"      # error_type / error_message say why; the video's clips stay
+TEXT_STATUSES: tuple[str, ...] = (TEXT_OK, TEXT_NONE, TEXT_SILENT, TEXT_NO_AUDIO, TEXT_FAILED)
+
+TEXT_STATUS_SCHEMA = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),          # one of TEXT_KINDS
+        pa.field("status", pa.string(), nullable=False),        # one of TEXT_STATUSES
+        pa.field("model", pa.string(), nullable=True),          # ASR / OCR model id; null for subtitles
+        pa.field("segments", pa.int32(), nullable=False),       # rows written by this commit
+        pa.field("language", pa.string(), nullable=True),       # detected or given (speech)
+        pa.field("media_s", pa.float64(), nullable=True),       # seconds of audio transcribed (speech)
+        pa.field("work_s", pa.float64(), nullable=True),        # seconds the stage spent on the video
+        pa.field("notes", pa.string(), nullable=True),          # tracks skipped, cut, re-encoded (one line)
+        pa.field("error_type", pa.string(), nullable=True),     # status failed: a stable name
+        pa.field("error_message", pa.string(), nullable=True),  # one human line naming the file
+        pa.field("attempts", pa.int32(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),          # display path (for the failures table)
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("recorded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ],
+    metadata=_META,
+)
+
 # Catalog DDL (DuckDB): real tables like videos/clips; shard_id = the commit they came in.
 TEXT_CATALOG_DDL = """
 CREATE TABLE IF NOT EXISTS transcripts (
@@ -111,7 +145,20 @@ CREATE TABLE IF NOT EXISTS screen_text (
     text VARCHAR NOT NULL, confidence FLOAT NOT NULL, box FLOAT[4], model VARCHAR,
     run_id VARCHAR NOT NULL, shard_id INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS text_status (
+    video_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, status VARCHAR NOT NULL, model VARCHAR,
+    segments INTEGER NOT NULL, language VARCHAR, media_s DOUBLE, work_s DOUBLE, notes VARCHAR,
+    error_type VARCHAR, error_message VARCHAR, attempts INTEGER NOT NULL, path VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL, recorded_at TIMESTAMPTZ NOT NULL, shard_id INTEGER NOT NULL,
+    PRIMARY KEY (video_id, kind)
+);
 """
+
+# Extra per-commit tables a library knows (``ShardEntry.tables``): name -> schema, checked on every
+# read like the clips and videos files. A table not listed here (written by a newer vidsearch) is
+# kept and verified by its SHA-256, but not loaded into the catalog.
+EXTRA_TABLES: dict[str, pa.Schema] = {
+    "transcripts": TRANSCRIPT_SCHEMA, "screen_text": SCREEN_TEXT_SCHEMA, "text_status": TEXT_STATUS_SCHEMA}
 
 
 def text_row_id(video_id: str, *parts: object) -> int:

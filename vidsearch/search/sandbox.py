@@ -64,7 +64,7 @@ from vidsearch.library import Library
 
 _logger = logging.getLogger(__name__)
 
-CATALOG_TABLES = ("videos", "clips", "failures", "runs")
+CATALOG_TABLES = ("videos", "clips", "failures", "runs", "transcripts", "screen_text", "text_status")
 HISTORY_TABLES = ("searches", "search_results")
 
 # Spill space of one user query (DuckDB's temp_directory), in a private folder per worker. The
