@@ -57,6 +57,9 @@ TIERS: dict[str, str] = {
     "integration/test_remote_shards.py::test_kill_after_upload_before_manifest_then_rerun_recovers": "reliability",
     "integration/test_remote_shards.py::test_f10_corrupt_object_is_set_aside_and_its_videos_re_ingested":
         "reliability",
+    # A failed transcription and its retry (two ingests); the default tier keeps speech ingest,
+    # rerun and speech added later (test_ingest_speech.py), the kills are in reliability/.
+    "integration/test_ingest_speech.py::test_a_failed_transcription_fails_the_speech_stage_only": "reliability",
     # F12 over HTTP: an ingest while the server answers (also a CLI F12 test in test_faults_storage).
     "integration/test_serve_api.py::test_search_keeps_answering_during_an_ingest": "reliability",
     # The demo model's retrieval quality on a 20-video world (~2 min of ingest and queries); the

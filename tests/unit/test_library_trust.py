@@ -34,6 +34,7 @@ from vidsearch.library import (
 )
 from vidsearch.library.catalog import READER_TABLES
 from vidsearch.schemas.manifest import Manifest
+from vidsearch.schemas.text_tables import TranscriptSegment, transcripts_table
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests" / "unit"),
@@ -440,7 +441,7 @@ def test_d3_read_only_errors_are_library_errors() -> None:
 
 def test_commit_carries_extra_tables_listed_hashed_and_recovered(tmp_path: Path) -> None:
     lib = small_library(tmp_path / "lib", shards=1)
-    extra = pa.table({"video_id": ["b" * 32], "text": ["hello"]})
+    extra = transcripts_table([TranscriptSegment("b" * 32, 1, 0, 0.0, 1.0, "hello", "subtitle", "sidecar:b.srt")], "r")
     with lib.lock():
         entry = lib.commit(*make_tables("b" * 32, 2), run_id="r", tables={"transcripts": extra})
         with pytest.raises(ValueError, match="not an allowed extra table name"):

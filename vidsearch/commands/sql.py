@@ -19,9 +19,6 @@ ANALYTICS = {
     "top videos across all searches": (
         "SELECT v.path, count(*) AS hits, round(avg(r.score), 3) AS mean_score FROM search_results r "
         "JOIN videos v USING (video_id) GROUP BY v.path ORDER BY hits DESC, mean_score DESC LIMIT 10"),
-    "where a word is said (speech and subtitles)": (
-        "SELECT v.path, round(t.start_s, 1) AS at_s, t.source, t.text FROM transcripts t JOIN videos v "
-        "USING (video_id) WHERE t.text ILIKE '%beach%' ORDER BY v.path, t.start_s"),
 }
 
 EXAMPLES = "examples:\n" + "\n".join(f"  # {name}\n  vidsearch sql \"{sql}\" --library L"

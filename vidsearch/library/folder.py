@@ -75,6 +75,7 @@ from vidsearch.library.shards import (
     UriShards,
     normalize_shards_uri,
     read_parquet,
+    schema_problem,
 )
 from vidsearch.schemas.manifest import (
     CLIPS_TABLE,
@@ -443,9 +444,12 @@ class Library:
         if clips.num_rows and clips.schema.field("embedding").type.list_size != m.model.embed_dim:
             raise LibraryError("embedding dimension differs from the library's model")
         extra = dict(tables or {})
-        for name in extra:
+        for name, table in extra.items():
             if not TABLE_NAME_RE.fullmatch(name) or name in (CLIPS_TABLE, VIDEOS_TABLE, "clips"):
                 raise ValueError(f"commit(): {name!r} is not an allowed extra table name")
+            if name in EXTRA_TABLES and (why := schema_problem(table.schema, EXTRA_TABLES[name])):
+                # Readers check it on every read: a table they would refuse is never written.
+                raise ValueError(f"commit(): table {name} does not have its schema ({why})")
         shard_id = max((s.shard_id for s in m.shards), default=0) + 1
         file_meta = {
             "vidsearch.model": m.model.name,

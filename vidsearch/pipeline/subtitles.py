@@ -219,6 +219,43 @@ def _sidecar_language(middle: list[str]) -> tuple[bool, str | None]:
     return True, lang
 
 
+# Subtitle-file names of recently listed folders, by every prefix that ends before a dot:
+# {folder: ((st_dev, st_ino, st_mtime_ns), {prefix: [(name, is_symlink)]})}. A decode worker
+# plans a folder's videos one after another; listing a folder of 10,000 files for each of them
+# cost ~60 ms a video (bench/subtitle_cost.py), O(n^2) over the folder. Adding, removing or
+# renaming an entry changes the folder's mtime, which drops its listing.
+_LISTINGS: dict[bytes, tuple[tuple[int, int, int], dict[bytes, list[tuple[bytes, bool]]]]] = {}
+_LISTINGS_KEPT = 4
+
+
+def _subtitle_entries(folder: bytes) -> dict[bytes, list[tuple[bytes, bool]]]:
+    """The folder's subtitle files (by extension), indexed by each name prefix ending before a dot.
+
+    Raises:
+        OSError: the folder cannot be listed.
+    """
+    st = os.stat(folder)
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+    hit = _LISTINGS.get(folder)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    index: dict[bytes, list[tuple[bytes, bool]]] = {}
+    with os.scandir(folder) as it:
+        for entry in it:
+            ename = os.fsencode(entry.name)
+            if os.path.splitext(ename)[1].decode("ascii", "replace").lower() not in SIDECAR_FORMATS:
+                continue
+            link = entry.is_symlink()
+            for i in range(1, len(ename)):
+                if ename[i:i + 1] == b".":
+                    index.setdefault(ename[:i], []).append((ename, link))
+    _LISTINGS.pop(folder, None)
+    _LISTINGS[folder] = (key, index)
+    while len(_LISTINGS) > _LISTINGS_KEPT:
+        _LISTINGS.pop(next(iter(_LISTINGS)))
+    return index
+
+
 def find_sidecars(video_path: bytes | str | os.PathLike[str]) -> tuple[list[Sidecar], list[TextNote]]:
     """Sidecar subtitle files of ``video_path`` (sorted by name), and notes on the ones skipped."""
     vp = os.fsencode(video_path)
@@ -231,11 +268,10 @@ def find_sidecars(video_path: bytes | str | os.PathLike[str]) -> tuple[list[Side
     found: list[Sidecar] = []
     notes: list[TextNote] = []
     try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        entries = sorted(_subtitle_entries(folder).get(stem, ()))
     except OSError as e:
         return [], [TextNote("error", "sidecar:*", f"cannot list {display_path(folder)}: {e.strerror}")]
-    for entry in entries:
-        ename: bytes = os.fsencode(entry.name)
+    for ename, is_link in entries:
         if ename == name or not ename.startswith(stem + b"."):
             continue
         base, ext = os.path.splitext(ename)
@@ -248,7 +284,7 @@ def find_sidecars(video_path: bytes | str | os.PathLike[str]) -> tuple[list[Side
             continue
         track = "sidecar:" + display_path(ename)
         path = os.path.join(folder, ename)
-        if entry.is_symlink():
+        if is_link:
             target_dir = os.path.dirname(os.path.realpath(path))
             if target_dir not in allowed:
                 notes.append(TextNote("skipped", track, "symlink to a file outside the video's folder; not read"))
