@@ -211,3 +211,21 @@ def test_a_failed_transcription_fails_the_speech_stage_only(corpus: dict[str, An
     assert catalog(lib, "SELECT status, attempts FROM text_status WHERE kind = 'speech' AND video_id = "
                         f"'{ids['talk.mp4']}'") == [("ok", 2)]
     assert len(catalog(lib, "SELECT * FROM transcripts WHERE source = 'speech'")) == 2
+
+
+def test_missing_speech_model_offline_is_one_clear_error_before_anything_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "v").mkdir()
+    lavfi_video(tmp_path / "v" / "a.mp4", seconds=2, rate=10)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    lib = tmp_path / "lib"
+    rc = main(["ingest", str(tmp_path / "v"), "--library", str(lib), "--model", TEST_MODEL, "--executor", "local",
+               "--speech", "--speech-model", "small"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert "speech model small not found" in err and "huggingface-cli download Systran/faster-whisper-small" in err
+    assert "--speech-model PATH" in err
+    assert not lib.exists()  # checked before the lock, the executor or the folder
+    assert main(["ingest", str(tmp_path / "v"), "--library", str(lib), "--language", "en"]) == 1
+    assert "--language needs --speech" in capsys.readouterr().err

@@ -48,20 +48,21 @@ def test_select_text_work_rules() -> None:
               ("fail2", "speech"): st("fail2", "speech", "failed", "m1", 2, "TranscribeError"),
               ("audio_bad", "speech"): st("audio_bad", "speech", "failed", "m1", 1, "AudioDecodeError"),
               ("subs_only", "subtitle"): st("subs_only", "subtitle", "ok")}
-    kw = {"speech_model": "m1", "retranscribe": False, "retry_failed": False, "max_attempts": 2}
-    t = select_text_work(sel, state, speech=True, **kw)
+    kw = {"redo_other_model": False, "retry_failed": False, "max_attempts": 2}
+    t = select_text_work(sel, state, stages={"speech": "m1"}, **kw)
     # A video embedded now: subtitles (read while planned) and speech; one embedded before this
     # library had subtitles ("nothing"): both, text only; no_audio and same-model results: nothing.
     assert t.work == {"new": {"subtitle": 1, "speech": 1}, "nothing": {"subtitle": 1, "speech": 1},
                       "subs_only": {"speech": 1}, "fail1": {"speech": 2}}
-    assert (t.counts.speech_done_before, t.counts.speech_other_model, t.counts.speech_failed_before,
-            t.counts.text_only) == (3, 1, 2, 3)
-    assert t.other_models == {"m2": 1}
-    t = select_text_work(sel, state, speech=True, **{**kw, "retranscribe": True, "retry_failed": True})
+    c = t.of("speech")
+    assert (c.done_before, c.other_model, c.failed_before, t.text_only) == (3, 1, 2, 3)
+    assert c.other_models == {"m2": 1}
+    t = select_text_work(sel, state, stages={"speech": "m1"}, **{**kw, "redo_other_model": True,
+                                                                  "retry_failed": True})
     assert t.work["done_m2"] == {"speech": 1} and t.work["fail2"] == {"speech": 3}
     assert t.work["audio_bad"] == {"speech": 2} and "done_m1" not in t.work and "no_audio" not in t.work
     # Without --speech, only the subtitles a video lacks.
-    t = select_text_work(sel, state, speech=False, **kw)
+    t = select_text_work(sel, state, stages={}, **kw)
     assert t.work == {"new": {"subtitle": 1}, "nothing": {"subtitle": 1}}
 
 

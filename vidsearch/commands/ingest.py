@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
                                    ("--speech-workers", args.speech_workers), ("--speech-threads", args.speech_threads),
                                    ("--retranscribe", args.retranscribe)) if v]
     if speech_flags and not args.speech:
-        raise UserError(f"{', '.join(speech_flags)} need --speech")
+        raise UserError(f"{', '.join(speech_flags)} {'needs' if len(speech_flags) == 1 else 'need'} --speech")
     if (args.speech_workers is not None and args.speech_workers < 1) or (
             args.speech_threads is not None and args.speech_threads < 1):
         raise UserError("--speech-workers and --speech-threads must be at least 1")

@@ -16,11 +16,11 @@ will be searchable, from its latest ``text_status`` row of each kind:
 
 * subtitles are read for every video embedded now (while it is planned) and for a video embedded
   earlier that has no subtitle status yet (a library older than subtitles): a text-only commit;
-* speech (``--speech``): no status -> transcribe (a video embedded earlier is transcribed
-  without re-embedding); ``ok``/``silent`` by the same model and ``no_audio`` -> done; by
-  another model -> kept, unless ``retranscribe``; ``failed`` -> retried while ``attempts <
-  max_attempts`` (``AudioDecodeError`` depends on the file's bytes and is not retried),
-  ``retry_failed`` retries all.
+* speech (``--speech``; likewise any stage run by a model, e.g. on-screen text): no status ->
+  run it (a video embedded earlier is transcribed without re-embedding); ``ok``/``silent`` by
+  the same model and ``no_audio`` -> done; by another model -> kept, unless ``retranscribe``;
+  ``failed`` -> retried while ``attempts < max_attempts`` (``AudioDecodeError`` depends on the
+  file's bytes and is not retried), ``retry_failed`` retries all.
 
 :func:`select_work` and :func:`select_text_work` are pure (the catalog rows come in, the decision
 comes out), so the rules are tested without a backend or a library; :func:`read_state` and
@@ -207,12 +207,12 @@ def read_text_state(library: Library) -> dict[tuple[str, str], dict[str, Any]]:
 
 @dataclass
 class TextCounts:
-    """How the text stages were sorted (the run summary's counters)."""
+    """How one model-run text stage (speech, screen) was sorted (the run summary's counters)."""
 
-    speech_done_before: int = 0      # a speech status (ok, silent, no_audio) from this model
-    speech_other_model: int = 0      # transcribed by another model; kept (retranscribe redoes them)
-    speech_failed_before: int = 0    # speech failed for good (deterministic or max_attempts)
-    text_only: int = 0               # videos embedded earlier that get text stages now
+    done_before: int = 0       # a status (ok, silent, none, no_audio) from this model
+    other_model: int = 0       # done by another model; kept (redo_other_model redoes them)
+    failed_before: int = 0     # failed for good (deterministic or max_attempts)
+    other_models: dict[str, int] = field(default_factory=dict)   # model -> videos kept
 
 
 @dataclass
@@ -220,47 +220,52 @@ class TextSelection:
     """The outcome of :func:`select_text_work`: per video, the text stages to run and their attempt."""
 
     work: dict[str, dict[str, int]] = field(default_factory=dict)   # video_id -> {kind: attempt}
-    counts: TextCounts = field(default_factory=TextCounts)
-    other_models: dict[str, int] = field(default_factory=dict)     # model -> videos kept
+    counts: dict[str, TextCounts] = field(default_factory=dict)    # per model-run stage
+    text_only: int = 0         # videos embedded earlier that get text stages now
+
+    def of(self, kind: str) -> TextCounts:
+        return self.counts.get(kind, TextCounts())
 
 
-def select_text_work(sel: Selection, state: dict[tuple[str, str], dict[str, Any]], *, speech: bool,
-                     speech_model: str | None, retranscribe: bool, retry_failed: bool,
+def select_text_work(sel: Selection, state: dict[tuple[str, str], dict[str, Any]], *,
+                     stages: dict[str, str | None], redo_other_model: bool, retry_failed: bool,
                      max_attempts: int) -> TextSelection:
     """Which text stages each video of this run gets (module docstring).
+
+    Subtitles are always a stage; the others run by a model are those asked for (``stages``).
 
     Args:
         sel: the visual selection (its ``todo`` and ``searchable`` videos).
         state: latest ``text_status`` rows (:func:`read_text_state`).
-        speech: ``--speech`` was given.
-        speech_model: the id of the model this run transcribes with (None: unknown, any counts).
-        retranscribe: transcribe again what another model transcribed.
-        retry_failed: retry speech failures for good too.
+        stages: model-run stages of this run -> the id of the model it runs with (``{"speech":
+            id}`` for ``--speech``; None: unknown, any model counts as this one).
+        redo_other_model: run again what another model did (``--retranscribe``).
+        retry_failed: retry failures for good too.
         max_attempts: attempts of a failed stage before it is given up.
     """
-    out = TextSelection()
-    c = out.counts
+    out = TextSelection(counts={k: TextCounts() for k in stages})
 
-    def speech_attempt(vid: str) -> int | None:
-        prev = state.get((vid, "speech"))
+    def attempt(vid: str, kind: str) -> int | None:
+        c, model = out.counts[kind], stages[kind]
+        prev = state.get((vid, kind))
         if prev is None:
             return 1
         n = int(prev["attempts"] or 0)
         if prev["status"] == TEXT_NO_AUDIO:
-            c.speech_done_before += 1
+            c.done_before += 1
             return None
         if prev["status"] == TEXT_FAILED:
             if not retry_failed and (prev["error_type"] in DETERMINISTIC_TEXT_ERRORS or n >= max_attempts):
-                c.speech_failed_before += 1
+                c.failed_before += 1
                 return None
             return n + 1
-        if speech_model is None or prev["model"] == speech_model:
-            c.speech_done_before += 1
+        if model is None or prev["model"] == model:
+            c.done_before += 1
             return None
-        if retranscribe:
+        if redo_other_model:
             return 1
-        c.speech_other_model += 1
-        out.other_models[str(prev["model"])] = out.other_models.get(str(prev["model"]), 0) + 1
+        c.other_model += 1
+        c.other_models[str(prev["model"])] = c.other_models.get(str(prev["model"]), 0) + 1
         return None
 
     def kinds(vid: str, embedding_now: bool) -> dict[str, int]:
@@ -268,8 +273,9 @@ def select_text_work(sel: Selection, state: dict[tuple[str, str], dict[str, Any]
         sub = state.get((vid, "subtitle"))
         if embedding_now or sub is None or sub["status"] == TEXT_FAILED:
             want["subtitle"] = 1 if sub is None else int(sub["attempts"] or 0) + 1
-        if speech and (a := speech_attempt(vid)) is not None:
-            want["speech"] = a
+        for kind in stages:
+            if (a := attempt(vid, kind)) is not None:
+                want[kind] = a
         return want
 
     for todo in sel.todo:
@@ -278,5 +284,5 @@ def select_text_work(sel: Selection, state: dict[tuple[str, str], dict[str, Any]
         want = kinds(t.video_id, False)
         if want:
             out.work[t.video_id] = want
-            c.text_only += 1
+            out.text_only += 1
     return out

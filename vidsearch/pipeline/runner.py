@@ -542,9 +542,10 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
             selection = select_work(found.tasks, found.failures, *read_state(library), run_id=run_id,
                                     retry_failed=opts.retry_failed, max_attempts=opts.max_attempts,
                                     now=utcnow())
-            text = select_text_work(selection, read_text_state(library), speech=speech is not None,
-                                    speech_model=summary.speech_model, retranscribe=opts.retranscribe,
-                                    retry_failed=opts.retry_failed, max_attempts=opts.max_attempts)
+            stages = {"speech": summary.speech_model} if speech is not None else {}
+            text = select_text_work(selection, read_text_state(library), stages=stages,
+                                    redo_other_model=opts.retranscribe, retry_failed=opts.retry_failed,
+                                    max_attempts=opts.max_attempts)
             _note_other_models(text, summary)
             _Driver(backend, writer, cfg, opts, summary, stop, progress, gpu_caps).run(selection, text)
             writer.flush()
@@ -567,14 +568,14 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
 def _note_other_models(text: TextSelection, summary: IngestSummary) -> None:
     """Say once that videos transcribed by another model keep their transcripts (the decision of
     issue 14: no silent re-transcription of a whole library; ``--retranscribe`` asks for it)."""
-    c = text.counts
-    summary.speech_done_before = c.speech_done_before
-    summary.speech_other_model = c.speech_other_model
-    summary.speech_failed_before = c.speech_failed_before
-    summary.text_only_videos = c.text_only
-    if c.speech_other_model:
-        models = ", ".join(f"{m} ({n})" for m, n in sorted(text.other_models.items()))
-        line = (f"{plural(c.speech_other_model, 'video')} keep transcripts of another speech model ({models}); "
+    c = text.of("speech")
+    summary.speech_done_before = c.done_before
+    summary.speech_other_model = c.other_model
+    summary.speech_failed_before = c.failed_before
+    summary.text_only_videos = text.text_only
+    if c.other_model:
+        models = ", ".join(f"{m} ({n})" for m, n in sorted(c.other_models.items()))
+        line = (f"{plural(c.other_model, 'video')} keep transcripts of another speech model ({models}); "
                 f"pass --retranscribe to transcribe them again with {summary.speech_model}")
         _logger.warning("%s", line)
         summary.warnings.append(line)
