@@ -64,7 +64,7 @@ def speech_wav(out: Path, seconds: float, work: Path) -> None:
         subprocess.run([espeak, "-v", "en-us", "-s", "150", "-w", str(w), text], check=True, capture_output=True)
         parts.append(w)
     lst = work / "list.txt"
-    lst.write_text("".join(f"file '{p}'\nfile '{work / 'pause.wav'}'\n" for p in parts))
+    lst.write_text("".join(f"file '{p.resolve()}'\nfile '{(work / 'pause.wav').resolve()}'\n" for p in parts))
     ffmpeg("-f", "lavfi", "-i", "anullsrc=r=22050:cl=mono:d=1.5", work / "pause.wav")
     ffmpeg("-f", "concat", "-safe", "0", "-i", lst, "-ar", "16000", work / "once.wav")
     ffmpeg("-stream_loop", "-1", "-i", work / "once.wav", "-t", str(seconds), out)

@@ -60,6 +60,7 @@ TIERS: dict[str, str] = {
     # A failed transcription and its retry (two ingests); the default tier keeps speech ingest,
     # rerun and speech added later (test_ingest_speech.py), the kills are in reliability/.
     "integration/test_ingest_speech.py::test_a_failed_transcription_fails_the_speech_stage_only": "reliability",
+    "integration/test_ingest_speech.py::test_clips_go_ahead_of_a_late_transcript_and_it_follows": "reliability",
     # F12 over HTTP: an ingest while the server answers (also a CLI F12 test in test_faults_storage).
     "integration/test_serve_api.py::test_search_keeps_answering_during_an_ingest": "reliability",
     # The demo model's retrieval quality on a 20-video world (~2 min of ingest and queries); the

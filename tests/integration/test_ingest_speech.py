@@ -33,8 +33,8 @@ LINES = [(1.0, "The children built a large sandcastle on the beach."),
          (9.0, "A small airplane landed safely in the field.")]
 
 
-def ingest(src: Path, lib: Path, *, speech: bool = True, **opts: Any) -> IngestSummary:
-    return run_ingest([str(src)], lib, IngestCfg(decode_workers=1, batch_size=8),
+def ingest(src: Path, lib: Path, *, speech: bool = True, commit_interval_s: float = 60.0, **opts: Any) -> IngestSummary:
+    return run_ingest([str(src)], lib, IngestCfg(decode_workers=1, batch_size=8, commit_interval_s=commit_interval_s),
                       IngestOptions(model=TEST_MODEL, executor="local", progress=False, speech=speech,
                                     speech_model=str(whisper_test_model()) if speech else None, **opts))
 
@@ -229,3 +229,23 @@ def test_missing_speech_model_offline_is_one_clear_error_before_anything_starts(
     assert not lib.exists()  # checked before the lock, the executor or the folder
     assert main(["ingest", str(tmp_path / "v"), "--library", str(lib), "--language", "en"]) == 1
     assert "--language needs --speech" in capsys.readouterr().err
+
+
+def test_clips_go_ahead_of_a_late_transcript_and_it_follows(speech_lib: dict[str, Any], corpus: dict[str, Any],
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A speech pool behind the embedder: embedded videos do not wait for their transcript past
+    the limit (here 0); it follows in a later commit of the same run, and the tables end the same."""
+    from vidsearch.pipeline import runner
+
+    monkeypatch.setattr(runner, "_HELD_MAX", 0)
+    monkeypatch.setenv("VIDSEARCH_TEST_SPEECH_FAULT", "slow=5:talk.mp4")  # its clips are embedded first
+    lib = tmp_path / "lib"
+    s = ingest(corpus["dir"], lib, commit_interval_s=0.0)  # a commit per settled video
+    assert s.exit_code == 0 and s.speech_held_out >= 1 and s.speech_videos == 1
+    talk = by_name(lib)["talk.mp4"]
+    with Library(lib).connect_catalog() as con:
+        (clips_shard,) = con.execute("SELECT shard_id FROM videos WHERE video_id = ?", [talk]).fetchone()
+        speech_shards = {r[0] for r in con.execute("SELECT shard_id FROM transcripts WHERE video_id = ? AND "
+                                                   "source = 'speech'", [talk]).fetchall()}
+    assert speech_shards and min(speech_shards) > clips_shard
+    assert text_snapshot(lib) == text_snapshot(speech_lib["lib"])

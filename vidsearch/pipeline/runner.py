@@ -21,7 +21,7 @@ Text stages (issue 14): subtitles are read by the decode worker while it plans a
 back in the plan); speech (``--speech``) goes to its own worker pool once the plan says the file
 is a video with audio, beside decode and embed, at most ``_SPEECH_PER_WORKER`` calls queued per
 worker. A video whose clips are embedded waits for its transcript so that both go into the same
-commit, but at most ``_HELD_MAX`` such videos wait (a slow speech pool must not hold the visual
+commit, but at most ``_HELD_MAX`` such videos per speech worker wait (a slow speech pool must not hold the visual
 library back, nor its embeddings in memory): past that the oldest is committed without it and its
 transcript follows in a text-only commit. Videos embedded earlier that lack a text stage (a
 later ``--speech``, a library older than subtitles) get only that stage: no probe, decode or
@@ -94,8 +94,8 @@ _FILE_ACCESS_ERRORS = frozenset({"NotFound", "PermissionDenied", "IOError", "Uns
 _PER_WORKER = 2          # calls queued per decode worker (one running + one ready to start)
 _EMBED_PER_WORKER = 2
 _SPEECH_PER_WORKER = 2
-# Videos whose clips are embedded and wait for their transcript, to be committed together; past
-# this many (per speech worker: 4, at least 8) the oldest is committed without it (module docstring).
+# Videos whose clips are embedded and wait for their transcript, to be committed together, per
+# speech worker; past that the oldest is committed without it (module docstring).
 _HELD_MAX = 8
 # A call whose worker process dies under it (kill -9, the OOM killer, Ray's memory monitor) is
 # retried on the restarted worker; after this many deaths on one video (or one embed batch) its
@@ -447,7 +447,7 @@ def _speech_cfg(library: Library, opts: IngestOptions) -> SpeechCfg | None:
             if isinstance(used, str) and used:
                 name = used
                 break
-    return SpeechCfg(model=name or DEFAULT_SPEECH_MODEL, language=opts.speech_language,
+    return SpeechCfg(model=str(name or DEFAULT_SPEECH_MODEL), language=opts.speech_language,
                      device="cpu" if opts.device == "cpu" else "auto", cpu_threads=opts.speech_threads or 0)
 
 
@@ -731,7 +731,7 @@ class _Driver:
         self.speech_queue: collections.deque[str] = collections.deque()
         self.subtitle_jobs: collections.deque[str] = collections.deque()
         self.held: collections.OrderedDict[str, PendingVideo] = collections.OrderedDict()
-        self.held_max = max(_HELD_MAX, 4 * backend.n_speech)
+        self.held_max = _HELD_MAX * max(1, backend.n_speech)
         self.pending_clips = 0
         self.max_pending_clips = max(4 * cfg.batch_size * backend.n_embed,
                                      2 * opts.decode_chunk_clips * (backend.n_decode + sum(self.gpu_sessions)))
