@@ -279,6 +279,19 @@ class Transcriber:
             compute = "default"
             self._model = WhisperModel(str(self.resolved.path), device=device, compute_type=compute,
                                        cpu_threads=self.cfg.cpu_threads, local_files_only=True)
+        if device == "cuda" and self.cfg.device == "auto":
+            # CTranslate2 loads cuBLAS/cuDNN at the first computation, not at load: a machine whose
+            # CUDA libraries do not match would fail every video. One second of audio through the
+            # model finds out now; then the CPU (int8) does the work, with one warning.
+            try:
+                list(self._model.transcribe(np.zeros(SAMPLE_RATE, np.float32), language="en", beam_size=1,
+                                            vad_filter=False, without_timestamps=True)[0])
+            except Exception as e:  # noqa: BLE001 - any CUDA library or driver error means "not usable"
+                _logger.warning("speech model on CUDA failed (%s: %s); transcribing on the CPU (int8) instead",
+                                type(e).__name__, str(e)[:200])
+                device, compute = "cpu", "int8"
+                self._model = WhisperModel(str(self.resolved.path), device=device, compute_type=compute,
+                                           cpu_threads=self.cfg.cpu_threads, local_files_only=True)
         self.device, self.compute_type = device, compute
         _logger.info("speech model %s on %s (%s) loaded in %.1f s", self.resolved.model_id, device, compute,
                      time.perf_counter() - t0)
