@@ -69,20 +69,23 @@ def _min_score(text: str) -> float | None:
     return v
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "search", help="search a library by text or by example clip",
-        description="Ranked moments (merged adjacent clips) for a text query. A search is sent to a "
-                    "running `vidsearch serve` of the same library when there is one (its model is "
-                    "already loaded); otherwise the text encoder is loaded here.")
-    p.add_argument("query", nargs="?", default=None, help="what to look for, e.g. 'dog playing in snow'")
-    add_library_argument(p)
-    p.add_argument("-k", "--k", type=_pos_int, default=10, help="number of results (moments; default 10)")
-    p.add_argument("--offset", type=_nonneg_int, default=0, help="skip this many results (paging; default 0)")
+def add_min_score_argument(p: argparse.ArgumentParser) -> None:
+    """``--min-score SCORE|off`` (shared by ``search`` and ``eval``); read it with :func:`min_score_from_args`."""
     p.add_argument("--min-score", type=_min_score, default=argparse.SUPPRESS, metavar="SCORE",
                    help="leave out moments scoring below SCORE, and say 'no good match' when none is left "
                         "(default for text queries: the model's min_score, e.g. 0.9 for internvideo2-demo, "
                         "none where it was not measured; 'off' keeps every hit)")
+
+
+def min_score_from_args(args: argparse.Namespace) -> float | None:
+    """The searcher's ``min_score``: -1 for 'off' (no cosine is lower), None for the model's default."""
+    if "min_score" not in args:
+        return None
+    return -1.0 if args.min_score is None else float(args.min_score)
+
+
+def add_filter_arguments(p: argparse.ArgumentParser) -> None:
+    """The metadata filters of ``search`` (shared by ``eval``); read them with :func:`filters_from_args`."""
     g = p.add_argument_group("filters (values are bound parameters, never pasted into SQL)")
     g.add_argument("--path", dest="path_glob", default=None, help="GLOB over the video path, e.g. '*/pets/*'")
     g.add_argument("--folder", default=None,
@@ -98,6 +101,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--where", default=None,
                    help="SQL predicate over clips/videos columns, e.g. \"codec = 'h264' AND width >= 1280\" "
                         "(qualify shared names: videos.path, clips.run_id)")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "search", help="search a library by text or by example clip",
+        description="Ranked moments (merged adjacent clips) for a text query. A search is sent to a "
+                    "running `vidsearch serve` of the same library when there is one (its model is "
+                    "already loaded); otherwise the text encoder is loaded here.")
+    p.add_argument("query", nargs="?", default=None, help="what to look for, e.g. 'dog playing in snow'")
+    add_library_argument(p)
+    p.add_argument("-k", "--k", type=_pos_int, default=10, help="number of results (moments; default 10)")
+    p.add_argument("--offset", type=_nonneg_int, default=0, help="skip this many results (paging; default 0)")
+    add_min_score_argument(p)
+    add_filter_arguments(p)
     s = p.add_argument_group("shaping")
     s.add_argument("--per-video", type=_pos_int, default=None, help="at most N results per video")
     s.add_argument("--no-merge", action="store_true", help="do not merge adjacent hits into moments")
@@ -117,6 +134,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fmt.add_argument("--json", action="store_true", help="JSON on stdout (clip ids as strings)")
     fmt.add_argument("--csv", action="store_true", help="CSV on stdout")
     o.add_argument("--parquet", default=None, metavar="FILE", help="also write the results to a Parquet file")
+    o.add_argument("--export", default=None, metavar="FILE|DIR/",
+                   help="also write the hits for editing software, the format by extension: .edl (CMX 3600 "
+                        "with Resolve markers), .fcpxml (Final Cut Pro X, Resolve), .xml (Premiere Pro / FCP7), "
+                        ".otio (OpenTimelineIO), .csv (Resolve edit index); a folder (ending in /) gets one "
+                        ".mp4 per hit (stream copy where the hit starts on a keyframe, else re-encoded)")
     o.add_argument("--thumbnails", action="store_true", help="extract a jpg per hit into LIBRARY/thumbs/")
     o.add_argument("--open", nargs="?", const="auto", choices=("auto", "mpv", "ffplay"), default=None,
                    help="print a command that plays each hit (mpv or ffplay; 'auto': whichever is installed)")
@@ -131,7 +153,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _filters(args: argparse.Namespace) -> Any:
+def filters_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~vidsearch.search.types.Filters` of the filter arguments, checked (UserError otherwise)."""
     from vidsearch.search.types import Filters, SearchError
 
     f = Filters(path_glob=args.path_glob, folder=args.folder, min_duration_s=args.min_duration,
@@ -189,10 +212,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--video and --at go together")
     if args.timeout <= 0 or not math.isfinite(args.timeout):
         raise UserError("--timeout must be a positive number of seconds")
-    filters = _filters(args)
+    filters = filters_from_args(args)
     # --min-score SCORE; 'off' keeps everything (-1: no cosine is lower); absent: the model's default.
-    explicit_min = "min_score" in args
-    min_score = (-1.0 if args.min_score is None else args.min_score) if explicit_min else None
+    min_score = min_score_from_args(args)
     player = None
     if args.open:
         from vidsearch.search.output import find_player
@@ -208,25 +230,65 @@ def run(args: argparse.Namespace) -> int:
         if target.is_dir() or not target.absolute().parent.is_dir():
             raise UserError(f"--parquet {args.parquet}: give a file name in an existing folder (not a directory)")
 
+    export_to = None
+    if args.export:
+        from vidsearch.library import Library
+        from vidsearch.search.export import ExportError
+        from vidsearch.search.hit_export import export_target
+
+        try:  # before searching: a bad destination costs nothing
+            export_to = export_target(args.export, Library(args.library))
+        except ExportError as e:
+            raise UserError(f"--export: {e}") from None
+
     result = None
+    sources: dict[str, Any] | None = None
     try:
         if _remote_eligible(args):
             result = _try_server(args, filters, min_score)
         if result is None:
-            result, paths, thumbs, said = _search_here(args, filters, min_score, player)
+            result, paths, thumbs, said, sources = _search_here(args, filters, min_score, player,
+                                                                export_to is not None)
         else:
             paths, thumbs, said = {}, {}, set()
     except SearchError as e:
         raise UserError(str(e)) from None
-    return _print(args, result, paths, thumbs, player, said)
+    code = _print(args, result, paths, thumbs, player, said)
+    if export_to is not None:
+        _export(args, result, export_to, sources)
+    return code
 
 
-def _search_here(args: argparse.Namespace, filters: Any, min_score: float | None,
-                 player: str | None) -> tuple[Any, dict[str, str], dict[int, Any], set[str]]:
+def _export(args: argparse.Namespace, result: Any, target: Any, sources: dict[str, Any] | None) -> None:
+    """Write the result's hits to ``target`` (the ranked hits as shown); lines on stderr with --json/--csv."""
+    from vidsearch.cli import UserError
+    from vidsearch.library import Library
+    from vidsearch.search.export import ExportError
+    from vidsearch.search.hit_export import default_title, source_rows, to_export_hits, write_export
+
+    if sources is None:  # answered by a server: the exact paths come from the catalog here
+        with Library(args.library).open_catalog_readonly() as reader:
+            sources = source_rows(reader.con, [h.video_id for h in result.hits])
+    hits, warnings = to_export_hits(result.hits, sources, query=result.query)
+    try:
+        outcome = write_export(target, hits, title=default_title(result.query, result.like_clip_id))
+    except ExportError as e:
+        for w in warnings if not args.quiet else ():
+            print(f"warning: {w}", file=sys.stderr)
+        raise UserError(f"--export: {e}") from None
+    side = sys.stderr if args.json or args.csv else sys.stdout
+    for w in warnings + outcome.warnings if not args.quiet else ():
+        print(f"warning: {w}", file=sys.stderr)
+    for line in outcome.lines:
+        print(line, file=side)
+
+
+def _search_here(args: argparse.Namespace, filters: Any, min_score: float | None, player: str | None,
+                 export: bool = False) -> tuple[Any, dict[str, str], dict[int, Any], set[str], dict[str, Any] | None]:
     """Search in this process: open the library, load the model if the query is text.
 
-    Returns the result, video paths (for --open), thumbnails, and the warnings the searcher
-    already logged when it opened the library.
+    Returns the result, video paths (for --open), thumbnails, the warnings the searcher already
+    logged when it opened the library, and (``export``) the catalog facts of the hits' videos.
     """
     from dataclasses import replace
 
@@ -272,7 +334,12 @@ def _search_here(args: argparse.Namespace, filters: Any, min_score: float | None
                 thumbs = output.make_thumbnails(lib, frames)
             except LibraryError as e:  # thumbs/ read-only or a symlink: one line, exit 1
                 raise UserError(f"--thumbnails: {e}") from None
-    return result, paths, thumbs, said
+        sources = None
+        if export:
+            from vidsearch.search.hit_export import source_rows
+
+            sources = source_rows(searcher.connection, [h.video_id for h in result.hits])
+    return result, paths, thumbs, said, sources
 
 
 def _print(args: argparse.Namespace, result: Any, paths: dict[str, str], thumbs: dict[int, Any],

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 
 from vidsearch.library import Library, utcnow
 from vidsearch.search.sandbox import HISTORY_DDL
-from vidsearch.search.types import SearchResult
+from vidsearch.search.types import Hit, SearchError, SearchResult
 
 _logger = logging.getLogger(__name__)
 
@@ -54,3 +57,65 @@ def record_search(library: Library, result: SearchResult, *, retries: int = 20) 
             _logger.warning("search not recorded in %s: %s", path, str(e).splitlines()[0])
             return None
     return None
+
+
+# ---- saved searches ---------------------------------------------------------------------------------
+SEARCH_ID_RE = re.compile(r"^[0-9a-f]{4,32}$")
+LAST = "last"
+
+
+@dataclass(frozen=True)
+class SavedSearch:
+    """A search of ``history.duckdb`` with its hits, in their saved ranks."""
+
+    search_id: str
+    searched_at: Any
+    query: str | None
+    like_clip_id: int | None
+    hits: list[Hit]
+
+
+def load_search(con: Any, search_id: str) -> SavedSearch:
+    """The saved search ``search_id`` (or a unique prefix of at least 4 hex digits, or ``last``).
+
+    ``con`` is a sandbox connection with the history attached (:func:`~vidsearch.search.sandbox.
+    open_sandbox`): history.duckdb is read read-only on a locked connection, the id bound as a
+    parameter, and every value checked, since the file is input like any other.
+
+    Raises:
+        SearchError: not a search id, no such search, an ambiguous prefix, or a malformed row.
+    """
+    from vidsearch.search.sandbox import run_query
+
+    sid = search_id.strip().lower()
+    cols = "SELECT search_id, searched_at, query, like_clip_id FROM searches"
+    if sid == LAST:
+        found = run_query(con, f"{cols} ORDER BY searched_at DESC, search_id LIMIT 1").to_pylist()
+    elif SEARCH_ID_RE.match(sid):
+        found = run_query(con, f"{cols} WHERE starts_with(search_id, ?) ORDER BY search_id LIMIT 2", [sid]).to_pylist()
+    else:
+        raise SearchError(f"not a search id: {search_id!r} (32 hex digits as in `vidsearch search --json`, "
+                          "a prefix of at least 4 of them, or 'last')")
+    if not found:
+        raise SearchError(f"no saved search {search_id!r} in history.duckdb; list them with "
+                          "`vidsearch sql \"SELECT search_id, searched_at, query FROM searches ORDER BY searched_at\"`")
+    if len(found) > 1:
+        raise SearchError(f"search id prefix {search_id!r} matches several searches "
+                          f"({found[0]['search_id']}, {found[1]['search_id']}, ...); give more digits")
+    row = found[0]
+    rows = run_query(con, "SELECT rank, score, clip_id, video_id, path, start_s, end_s, merged_clip_ids, rerank_score "
+                          "FROM search_results WHERE search_id = ? ORDER BY rank", [row["search_id"]]).to_pylist()
+    try:
+        hits = [Hit(rank=int(r["rank"]), score=float(r["score"]), clip_id=int(r["clip_id"]),
+                    video_id=str(r["video_id"]), path=str(r["path"]), start_s=float(r["start_s"]),
+                    end_s=float(r["end_s"]), clip_ids=tuple(int(c) for c in (r["merged_clip_ids"] or ())),
+                    rerank_score=None if r["rerank_score"] is None else float(r["rerank_score"]))
+                for r in rows]
+        like = row["like_clip_id"]
+        query = row["query"]
+        if query is not None and not isinstance(query, str):
+            raise TypeError("query is not text")
+        return SavedSearch(str(row["search_id"]), row["searched_at"], query,
+                           None if like is None else int(like), hits)
+    except (TypeError, ValueError) as e:
+        raise SearchError(f"history.duckdb: search {row['search_id']} has a malformed row ({e})") from None
