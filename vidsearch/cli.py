@@ -36,7 +36,7 @@ EXIT_OK, EXIT_USER, EXIT_PARTIAL, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`
 
 # Order is the order of `vidsearch --help`.
-COMMANDS = ("demo", "ingest", "status", "index", "search", "export", "sql", "serve", "weights", "doctor")
+COMMANDS = ("demo", "ingest", "status", "index", "search", "export", "eval", "sql", "serve", "weights", "doctor")
 
 
 class UserError(Exception):

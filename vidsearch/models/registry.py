@@ -19,7 +19,7 @@ from typing import Any
 
 from vidsearch.schemas.model_config import ModelCfg, PreprocessCfg, TextCfg, VisionCfg
 
-__all__ = ["add_model_config", "list_models", "get_model_config", "compute_fingerprint"]
+__all__ = ["add_model_config", "list_models", "get_model_config", "compute_fingerprint", "preprocess_overrides"]
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
 _MODEL_CONFIGS: dict[str, dict[str, Any]] = {}  # name -> parsed JSON (validated on registration)
@@ -94,6 +94,29 @@ def get_model_config(name: str, **overrides: Any) -> ModelCfg:
                 "embed_dim, init_seed, itm_vision_width, interpolation, sampling, description"
             )
     return ModelCfg.from_dict(d)
+
+
+# Preprocessing fields a library may have been ingested with other values of (IngestOptions.model_overrides).
+_PREPROCESS_OVERRIDES = {"sampling": ("uniform", "middle"), "interpolation": ("bilinear", "bicubic")}
+
+
+def preprocess_overrides(name: str, preprocess: Any) -> dict[str, Any]:
+    """The overrides under which ``name`` has the preprocessing ``preprocess`` (a library's record).
+
+    A library ingested with other frame sampling or resize filter than the registry's (``vidsearch
+    eval --msrvtt``: the official eval's middle sampling + bicubic) has another fingerprint; its
+    text encoder must be built with the same overrides to match it (the text tower does not use
+    them). Only ``sampling`` and ``interpolation`` with known values are taken; {} otherwise.
+    """
+    if name not in _MODEL_CONFIGS or not isinstance(preprocess, dict):
+        return {}
+    base = get_model_config(name).preprocess
+    out: dict[str, Any] = {}
+    for key, allowed in _PREPROCESS_OVERRIDES.items():
+        v = preprocess.get(key)
+        if isinstance(v, str) and v in allowed and v != getattr(base, key):
+            out[key] = v
+    return out
 
 
 # Config fields that choose an implementation but not the function computed (equal within float

@@ -30,8 +30,10 @@ class Embedder:
 
     def __init__(self, model_name: str, checkpoint: str | None = None, device: str | None = None,
                  tokenizer: str | None = None, batch_size: int = 32, dtype: str | None = None,
-                 pretrained: bool = True, fault: str | None = None, compile: str | None = "auto") -> None:
+                 pretrained: bool = True, fault: str | None = None, compile: str | None = "auto",
+                 overrides: dict[str, Any] | None = None) -> None:
         self.model_name, self.checkpoint, self.tokenizer = model_name, checkpoint, tokenizer
+        self.overrides = dict(overrides or {})  # preprocessing overrides (IngestOptions.model_overrides)
         self.pretrained = pretrained  # False: random-init architecture (benchmarks only)
         self.device_arg, self.dtype_arg = device, dtype
         self.batch_size = max(1, batch_size)  # forward batch; halved on out-of-memory
@@ -61,7 +63,7 @@ class Embedder:
         try:
             self.model = create_model(self.model_name, checkpoint=self.checkpoint, device=device,
                                       tokenizer=self.tokenizer, dtype=dtype, vision_only=True,
-                                      pretrained=self.pretrained)
+                                      pretrained=self.pretrained, **self.overrides)
         finally:
             factory_log.removeFilter(quiet)
         _logger.info("embedder: %s on %s (%s)", self.model_name, device, dtype)

@@ -185,6 +185,10 @@ class IngestOptions:
     speech_workers: int | None = None      # None: one per GPU, else 1
     speech_threads: int | None = None      # CTranslate2 CPU threads per worker (None: min(4, CPUs / 2))
     retranscribe: bool = False             # transcribe again what another speech model transcribed
+    # Preprocessing overrides of the model (get_model_config's ``sampling``, ``interpolation``), e.g.
+    # the official eval's middle sampling + bicubic for `vidsearch eval --msrvtt`. They change the
+    # fingerprint: a library keeps the preprocessing it was created with.
+    model_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -481,7 +485,8 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
     embedder_kwargs = {"model_name": model_name, "checkpoint": checkpoint,
                        "tokenizer": opts.tokenizer, "device": opts.device,
                        "batch_size": cfg.batch_size, "pretrained": not opts.random_weights,
-                       "fault": _fault_spec(EMBED_FAULT_ENV), "compile": "auto" if opts.compile else "off"}
+                       "fault": _fault_spec(EMBED_FAULT_ENV), "compile": "auto" if opts.compile else "off",
+                       "overrides": dict(opts.model_overrides)}
     gpu_decode = opts.decode != "cpu" and opts.device != "cpu"
     # Test hook: the GPU decode path (scheduling, sessions, fallbacks; the Ray actor's concurrency
     # group) with PyAV's CPU decoder standing in for NVDEC, so machines without a GPU run it end
@@ -658,7 +663,7 @@ def _check_model(name: str, opts: IngestOptions) -> tuple[str | None, Any, str |
     from vidsearch.models import WeightsNotFoundError, get_model_config
     from vidsearch.models.hub import resolve_checkpoint
 
-    cfg = get_model_config(name)
+    cfg = get_model_config(name, **opts.model_overrides)
     warning = (f"{name} is a TEST MODEL with random weights: its embeddings mean nothing (use it for "
                "tests only)") if cfg.is_test_model else None
     if opts.random_weights or opts.ray_address:

@@ -48,6 +48,7 @@ __all__ = [
     "QueryOutcome",
     "evaluate",
     "find_msrvtt",
+    "official_pre_text",
     "read_msrvtt",
     "read_queries",
     "temporal_iou",
@@ -66,6 +67,19 @@ MSRVTT_PROTOCOL = {
     "queries": 1000,             # one sentence per test video (JSFusion 1k-A)
     "score": "cosine",           # dual-encoder ranking; 51.9 adds ITM re-ranking of the top 128
 }
+
+
+# The official eval's caption cleaning (InternVideo2 multi_modality dataset/utils.py ``pre_text``).
+_PRE_TEXT_DROP = re.compile(r"[,.'!?\"()*#:;~]")
+
+
+def official_pre_text(text: str) -> str:
+    """A caption as InternVideo2's official retrieval eval feeds it to the text encoder: lower
+    case, ``, . ' ! ? " ( ) * # : ; ~`` deleted, ``-`` and ``/`` as spaces, ``<person>`` ->
+    ``person``, runs of spaces collapsed (``dataset/utils.py: pre_text``)."""
+    t = _PRE_TEXT_DROP.sub("", text.lower())
+    t = t.replace("-", " ").replace("/", " ").replace("<person>", "person")
+    return " ".join(t.split())
 
 
 class EvalError(ValueError):
@@ -87,10 +101,14 @@ class EvalQuery:
 class HitLike(Protocol):
     """What :func:`evaluate` reads from a search hit (``Searcher`` hits qualify)."""
 
-    path: str
-    start_s: float
-    end_s: float
-    video_id: str
+    @property
+    def path(self) -> str: ...
+    @property
+    def start_s(self) -> float: ...
+    @property
+    def end_s(self) -> float: ...
+    @property
+    def video_id(self) -> str: ...
 
 
 @dataclass(frozen=True)

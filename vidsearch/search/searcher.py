@@ -325,22 +325,8 @@ class Searcher:
         model = self._model
         if model is None:
             a = self._model_args
-            name = self._g.model_info.name
-            if a.with_itm:  # re-ranking needs the whole model with its ITM head
-                from vidsearch.models import create_model
-
-                model = create_model(name, checkpoint=a.checkpoint, tokenizer=a.tokenizer, device=a.device,
-                                     with_itm=True)
-            elif a.device in (None, "cpu"):
-                # A text query needs only the text tower; on the CPU its NumPy port, which imports
-                # no torch (~2.3 s of CPU on the 2-core machine; same ranking, float32 rounding).
-                from vidsearch.models import create_numpy_text_encoder
-
-                model = create_numpy_text_encoder(name, checkpoint=a.checkpoint, tokenizer=a.tokenizer)
-            else:
-                from vidsearch.models import create_text_encoder
-
-                model = create_text_encoder(name, checkpoint=a.checkpoint, tokenizer=a.tokenizer, device=a.device)
+            model = load_text_encoder(self._g.model_info, checkpoint=a.checkpoint, tokenizer=a.tokenizer,
+                                      device=a.device, with_itm=a.with_itm)
             self._model = model
         self._check_model(model)
         return model
@@ -623,6 +609,34 @@ class Searcher:
         for i, mo in enumerate(out):
             mo.rank = first + i
         return out
+
+
+def load_text_encoder(info: ModelInfo, *, checkpoint: str | None = None, tokenizer: str | None = None,
+                      device: str | None = None, with_itm: bool = False) -> TextEncoder:
+    """The text encoder of a library's model (``info``: the manifest's), with the preprocessing
+    the library was ingested with (its fingerprint must match; see ``preprocess_overrides``).
+
+    On the CPU the NumPy port of the text tower (no torch import); on another device torch's text
+    tower; ``with_itm`` the whole model with its ITM head (re-ranking).
+    """
+    from vidsearch.models.registry import preprocess_overrides
+
+    name = info.name
+    overrides = preprocess_overrides(name, info.preprocess)
+    if with_itm:  # re-ranking needs the whole model with its ITM head
+        from vidsearch.models import create_model
+
+        return create_model(name, checkpoint=checkpoint, tokenizer=tokenizer, device=device, with_itm=True,
+                            **overrides)
+    if device in (None, "cpu"):
+        # A text query needs only the text tower; on the CPU its NumPy port, which imports
+        # no torch (~2.3 s of CPU on the 2-core machine; same ranking, float32 rounding).
+        from vidsearch.models import create_numpy_text_encoder
+
+        return create_numpy_text_encoder(name, checkpoint=checkpoint, tokenizer=tokenizer, **overrides)
+    from vidsearch.models import create_text_encoder
+
+    return create_text_encoder(name, checkpoint=checkpoint, tokenizer=tokenizer, device=device, **overrides)
 
 
 def _catalog_identity(library: Library) -> tuple[int, int, int] | None:
