@@ -53,14 +53,17 @@ def run(args: argparse.Namespace) -> int:
           "trained only on generated shapes videos; it is NOT the real InternVideo2.\n")
     report = run_demo(args.library, videos=args.videos, seed=args.seed, queries=args.queries, k=args.k,
                       executor=args.executor, device=args.device, say=print)
-    n = len(report.outcomes)
-    top1 = sum(o.first_correct == 1 for o in report.outcomes)
-    topk = sum(o.first_correct is not None for o in report.outcomes)
+    ev = report.evaluation
     lib = shlex.quote(str(report.library))
+    queries = shlex.quote(str(report.queries_file))
     ck = _checkpoint_flag()
     example = shlex.quote(report.outcomes[0].query.text) if report.outcomes else "'a red circle moving to the left'"
     in_folder = report.folder_example or ("a red circle moving to the left", "studio")
-    print(f"\n{top1}/{n} searches right at rank 1, {topk}/{n} within the top {args.k} "
+    n = ev.n_queries
+    r1 = sum(o.rank == 1 for o in ev.per_query)
+    r5 = sum(o.rank is not None and o.rank <= 5 for o in ev.per_query)
+    print(f"\nvidsearch eval of these {n} queries (their scenes are in {queries}): recall@1 {ev.recall_at_1:.2f} "
+          f"({r1}/{n}), recall@5 {ev.recall_at_5:.2f} ({r5}/{n}), MRR {ev.mrr:.2f} "
           f"({report.clips} clips, {report.timings_s['total']:.0f} s in all).")
     print(f"""
 Next, try:
@@ -71,6 +74,8 @@ Next, try:
   vidsearch sql "SELECT path, round(start_s, 1) AS at_s, source, text FROM transcripts JOIN videos \\
 USING (video_id) ORDER BY 1, 2" --library {lib}   # what is said: speech and subtitles
   vidsearch status --library {lib}
+  vidsearch eval {queries} --library {lib}{ck}   # recall@1/5/10, MRR, temporal IoU
+  vidsearch search {example} --library {lib}{ck} --export hits.edl   # or .fcpxml .xml .otio .csv, or clips/
 The world's ground truth (scene times and captions) is in {shlex.quote(str(report.world.root / 'world.json'))}.
 
 The demo model knows shapes, colours, counts and motions; it knows nothing else. For real videos

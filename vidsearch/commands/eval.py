@@ -165,10 +165,11 @@ def _resolve_targets(con: Any, queries: list[Any]) -> tuple[list[Any], list[int]
         by_path.setdefault(os.path.realpath(p), vid)
     out, unknown = [], []
     for i, q in enumerate(queries):
-        vid = by_path.get(q.path) or by_path.get(os.path.realpath(q.path))
-        if vid is None and q.video_id is None:
+        ids = [t.video_id or by_path.get(t.path) or by_path.get(os.path.realpath(t.path)) for t in q.targets()]
+        if not any(ids):
             unknown.append(i)
-        out.append(replace(q, video_id=q.video_id or vid))
+        out.append(replace(q, video_id=ids[0], also=tuple(replace(t, video_id=v) for t, v in zip(q.also, ids[1:],
+                                                                                               strict=True))))
     return out, unknown
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from vidsearch.demo.captions import Attributes, CaptionStyle, canonical_caption, sample_caption
 from vidsearch.demo.model import DEMO_MODEL, weights_path
 from vidsearch.demo.narrate import Narration, narrate_world, offline_speech_model
-from vidsearch.demo.world import SceneTruth, World, generate_world
+from vidsearch.demo.world import SceneTruth, VideoTruth, World, generate_world
 from vidsearch.search.timefmt import format_span
 
 _logger = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ __all__ = [
     "scene_at",
     "hit_matches",
     "pick_queries",
+    "write_queries",
     "folder_example",
     "ingest_world",
     "run_demo",
@@ -59,6 +60,9 @@ class DemoQuery:
     text: str
     attributes: Attributes
     style: CaptionStyle
+    # The scenes that answer the query, the one it was written for first: (video path relative
+    # to the world folder, start_s, end_s); its targets in ``world/queries.jsonl`` (vidsearch eval).
+    targets: tuple[tuple[str, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class DemoReport:
     narration: Narration | None = None            # the narrator's lines (demo.narrate)
     speech_model: str | None = None               # None: speech was not transcribed
     transcript_rows: dict[str, int] = field(default_factory=dict)   # source -> rows in transcripts
+    queries_file: Path | None = None                 # world/queries.jsonl: the queries and their scenes
+    evaluation: Any = None                           # vidsearch eval's EvalReport of those queries
 
 
 def scene_at(world: World, path: str | os.PathLike[str], t: float) -> SceneTruth | None:
@@ -129,19 +135,52 @@ def pick_queries(world: World, n: int, seed: int) -> list[DemoQuery]:
     Every other query is a held-out paraphrase (a sentence structure never seen in training).
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xDE30]))
-    scenes = [s for _, s in world.scenes()]
-    chosen: list[SceneTruth] = []
+    scenes = list(world.scenes())
+    # Scenes of a kind that occurs once in the world are preferred (one right answer); the
+    # queries file lists every scene of the kind as a target (the first one the query's own).
+    kinds: dict[Attributes, list[tuple[str, float, float]]] = {}
+    for v, s in scenes:
+        kinds.setdefault(s.attributes, []).append((v.relpath, s.start_s, s.end_s))
+    chosen: list[tuple[VideoTruth, SceneTruth]] = []
     for motion in _MOTIONS_FIRST:
-        pool = [s for s in scenes if s.motion == motion and s.attributes not in {c.attributes for c in chosen}]
+        pool = [(v, s) for v, s in scenes
+                if s.motion == motion and s.attributes not in {c.attributes for _, c in chosen}]
+        pool = [(v, s) for v, s in pool if len(kinds[s.attributes]) == 1] or pool
         if pool:
             chosen.append(pool[int(rng.integers(len(pool)))])
         if len(chosen) == n:
             break
     queries = []
-    for i, s in enumerate(chosen):
+    for i, (v, s) in enumerate(chosen):
         style: CaptionStyle = "canonical" if i % 2 == 0 else "paraphrase"
-        queries.append(DemoQuery(sample_caption(s.attributes, rng, style), s.attributes, style))
+        own = (v.relpath, s.start_s, s.end_s)
+        queries.append(DemoQuery(sample_caption(s.attributes, rng, style), s.attributes, style,
+                                 (own, *(t for t in kinds[s.attributes] if t != own))))
     return queries
+
+
+QUERIES_FILE = "queries.jsonl"
+
+
+def write_queries(world: World, queries: Sequence[DemoQuery]) -> Path:
+    """The queries and their target scenes as ``world/queries.jsonl`` (the format of ``vidsearch
+    eval``; paths relative to the world folder, so the demo folder can move), atomically."""
+    import json
+
+    from vidsearch.files import atomic_write_text
+
+    lines = []
+    for q in queries:
+        if not q.targets:
+            continue
+        (rel, start, end), *also = q.targets
+        doc: dict[str, Any] = {"query": q.text, "path": rel, "start_s": start, "end_s": end}
+        if also:
+            doc["also"] = [{"path": p, "start_s": a, "end_s": b} for p, a, b in also]
+        lines.append(json.dumps(doc))
+    out = world.root / QUERIES_FILE
+    atomic_write_text(out, "".join(line + "\n" for line in lines))
+    return out
 
 
 def folder_example(world: World, seed: int = 0) -> tuple[str, str] | None:
@@ -267,11 +306,14 @@ def run_demo(library: str | os.PathLike[str], *, videos: int = 24, seed: int = 0
     t2 = time.monotonic()
     model = load_demo_model(device="cpu")
     qs = pick_queries(world, queries, seed)
+    report.queries_file = write_queries(world, qs)
     say(f"4/4 searching ({len(qs)} queries; every other one is a paraphrase never seen in training)")
+    results: dict[str, Any] = {}
     with Searcher(Library(root), model=model, record_history=True) as searcher:
         for q in qs:
-            res = searcher.search(q.text, k=k)
-            out = check_result(world, root, q, res.hits)
+            # The top 10 for the evaluation (recall@10 looks at 10); the first k are shown.
+            res = results[q.text] = searcher.search(q.text, k=max(k, 10))
+            out = check_result(world, root, q, res.hits[:k])
             report.outcomes.append(out)
             say("")
             say(f'  "{q.text}"')
@@ -280,6 +322,11 @@ def run_demo(library: str | os.PathLike[str], *, videos: int = 24, seed: int = 0
                 say(f"    {mark} {h.rank}. {format_span(h.start_s, h.end_s)}  "
                     f"{os.path.relpath(h.path, root)}  score {h.score:.3f}"
                     + ("" if h.correct else f"  (shows: {h.shows})"))
+    # The same figures `vidsearch eval world/queries.jsonl --library DEMO` prints (same search,
+    # same min_score rule): a hit is right when it overlaps the query's scene in its video.
+    from vidsearch.search.evaluate import evaluate, read_queries
+
+    report.evaluation = evaluate(read_queries(report.queries_file), lambda text, _k: results[text].hits)
     report.folder_example = folder_example(world, seed)
     report.timings_s["search"] = time.monotonic() - t2
     report.timings_s["total"] = time.monotonic() - t0

@@ -3,8 +3,10 @@
 Each query names the moment it should find: ``{"query": "...", "path": "...", "start_s": x,
 "end_s": y}`` (one JSON object per line). A hit is **right** when it is in the same video (same
 path after resolving, or the same ``video_id``) and its span overlaps the target span (they share
-more than an instant; a target without ``start_s``/``end_s`` is the whole video). Per query, the
-rank of the first right hit among the top ``k`` (10) gives
+more than an instant; a target without ``start_s``/``end_s`` is the whole video). A query with
+more than one right answer (the same event in several videos) lists the others in ``"also": [{"path",
+"start_s", "end_s"}, ...]``; a hit answering any of them is right. Per query, the rank of the first
+right hit among the top ``k`` (10) gives
 
 - ``recall_at_K``: share of queries with a right hit at rank <= K (K = 1, 5, 10);
 - ``mrr``: mean of 1/rank (0 when no right hit in the top ``k``);
@@ -45,6 +47,7 @@ __all__ = [
     "EvalHit",
     "EvalQuery",
     "EvalReport",
+    "EvalTarget",
     "QueryOutcome",
     "evaluate",
     "find_msrvtt",
@@ -56,6 +59,7 @@ __all__ = [
 
 RECALL_AT = (1, 5, 10)
 MAX_QUERY_CHARS = 2000
+MAX_ALSO = 1000
 
 # What "the official protocol" means for InternVideo2-s2-1B's MSR-VTT 1k-A zero-shot T2V (51.9 R@1
 # in its model zoo; InternVideo2/multi_modality scripts/evaluation/stage2/zero_shot/1B/eval_msrvtt.sh).
@@ -87,8 +91,18 @@ class EvalError(ValueError):
 
 
 @dataclass(frozen=True)
+class EvalTarget:
+    """One more moment that answers a query (``"also"`` in the queries file)."""
+
+    path: str
+    start_s: float | None = None
+    end_s: float | None = None
+    video_id: str | None = None
+
+
+@dataclass(frozen=True)
 class EvalQuery:
-    """A query and the moment it should find."""
+    """A query and the moment it should find (and, in ``also``, other moments that answer it)."""
 
     query: str
     path: str                    # the target video (absolute, normalised)
@@ -96,6 +110,11 @@ class EvalQuery:
     end_s: float | None = None
     video_id: str | None = None  # when known (content fingerprint), matched as well as the path
     line: int = 0                # 1-based line of the queries file (messages)
+    also: tuple[EvalTarget, ...] = ()  # other right answers (the same event elsewhere)
+
+    def targets(self) -> tuple[EvalTarget, ...]:
+        """Every moment that answers the query, the main one first."""
+        return (EvalTarget(self.path, self.start_s, self.end_s, self.video_id), *self.also)
 
 
 class HitLike(Protocol):
@@ -209,17 +228,30 @@ def read_queries(path: str | os.PathLike[str]) -> list[EvalQuery]:
             raise EvalError(f"{where}: query longer than {MAX_QUERY_CHARS} characters")
         if not isinstance(p, str) or not p.strip():
             raise EvalError(f"{where}: 'path' must name the video the query should find")
-        start, end = _number(obj, "start_s", where), _number(obj, "end_s", where)
-        if (start is None) != (end is None):
-            raise EvalError(f"{where}: give both start_s and end_s, or neither (the whole video)")
-        if start is not None and end is not None and end <= start:
-            raise EvalError(f"{where}: end_s ({end:g}) must be after start_s ({start:g})")
-        vid = obj.get("video_id")
-        out.append(EvalQuery(query=q.strip(), path=_norm_path(p, base), start_s=start, end_s=end,
-                             video_id=vid if isinstance(vid, str) and vid else None, line=i))
+        main = _target(obj, base, where)
+        also = obj.get("also", [])
+        if not isinstance(also, list) or len(also) > MAX_ALSO:
+            raise EvalError(f"{where}: 'also' must be a list of at most {MAX_ALSO} objects with path, start_s, end_s")
+        more = []
+        for j, t in enumerate(also, 1):
+            if not isinstance(t, dict) or not isinstance(t.get("path"), str) or not t["path"].strip():
+                raise EvalError(f"{where}: also[{j}] must be an object with a 'path' (and start_s, end_s)")
+            more.append(_target(t, base, f"{where}: also[{j}]"))
+        out.append(EvalQuery(query=q.strip(), path=main.path, start_s=main.start_s, end_s=main.end_s,
+                             video_id=main.video_id, line=i, also=tuple(more)))
     if not out:
         raise EvalError(f"{name}: no queries")
     return out
+
+
+def _target(obj: dict[str, Any], base: Path, where: str) -> EvalTarget:
+    start, end = _number(obj, "start_s", where), _number(obj, "end_s", where)
+    if (start is None) != (end is None):
+        raise EvalError(f"{where}: give both start_s and end_s, or neither (the whole video)")
+    if start is not None and end is not None and end <= start:
+        raise EvalError(f"{where}: end_s ({end:g}) must be after start_s ({start:g})")
+    vid = obj.get("video_id")
+    return EvalTarget(_norm_path(obj["path"], base), start, end, vid if isinstance(vid, str) and vid else None)
 
 
 def temporal_iou(a0: float, a1: float, b0: float, b1: float) -> float:
@@ -229,14 +261,14 @@ def temporal_iou(a0: float, a1: float, b0: float, b1: float) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _right(q: EvalQuery, h: HitLike) -> bool:
-    same = (q.video_id is not None and getattr(h, "video_id", None) == q.video_id) or \
-        _norm_path(h.path) == q.path
-    if not same:
-        return False
-    if q.start_s is None or q.end_s is None:
-        return True
-    return h.start_s < q.end_s and h.end_s > q.start_s  # overlap, not just touching
+def _answers(q: EvalQuery, h: HitLike) -> EvalTarget | None:
+    """The first of the query's targets the hit answers, None if none."""
+    for t in q.targets():
+        same = (t.video_id is not None and getattr(h, "video_id", None) == t.video_id) or \
+            _norm_path(h.path) == t.path
+        if same and (t.start_s is None or t.end_s is None or (h.start_s < t.end_s and h.end_s > t.start_s)):
+            return t  # same video, and overlapping (not just touching) the span
+    return None
 
 
 def evaluate(queries: Sequence[EvalQuery], search: Callable[[str, int], Sequence[HitLike]], *,
@@ -254,12 +286,13 @@ def evaluate(queries: Sequence[EvalQuery], search: Callable[[str, int], Sequence
     outcomes = []
     for n, q in enumerate(queries, 1):
         hits = list(search(q.query, k))[:k]
-        rank = next((i for i, h in enumerate(hits, 1) if _right(q, h)), None)
-        iou = None
-        if rank is not None:
-            h = hits[rank - 1]
-            t0, t1 = (q.start_s, q.end_s) if q.start_s is not None and q.end_s is not None else (h.start_s, h.end_s)
-            iou = temporal_iou(h.start_s, h.end_s, t0, t1)
+        rank, iou = None, None
+        for i, h in enumerate(hits, 1):
+            t = _answers(q, h)
+            if t is not None:
+                t0, t1 = (t.start_s, t.end_s) if t.start_s is not None and t.end_s is not None else (h.start_s, h.end_s)
+                rank, iou = i, temporal_iou(h.start_s, h.end_s, t0, t1)
+                break
         outcomes.append(QueryOutcome(q.query, q.path, q.start_s, q.end_s, rank, iou, len(hits)))
         if progress:
             progress(n, len(queries))
