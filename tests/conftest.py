@@ -71,6 +71,9 @@ TIERS: dict[str, str] = {
     "integration/test_demo_e2e.py::test_path_filter_with_text_returns_only_matching_hits_in_order": "slow",
     "integration/test_demo_e2e.py::test_default_min_score_keeps_the_right_answers": "slow",
     "integration/test_demo_e2e.py::test_demo_folder_suggestion_has_an_answer": "slow",
+    # Zero-shot tags and eval on a demo world (~1-2 min: a 10-video ingest with the demo model); the
+    # default tier keeps the CLI tests of issue 16 on a small library (test_hits_cli.py).
+    "integration/test_tags_eval_demo.py": "slow",
     # Read commands change nothing (R1): one damage in the default tier (a lagging catalog, D9 too).
     "reliability/test_read_commands.py::test_searches_answer_around_damage_and_change_nothing[stale catalog]":
         "default",

@@ -239,3 +239,12 @@ def test_vidsearch_demo_command(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert re.search(r"✓ 1\. \d\d:\d\d:\d\d\.\d{3}-\d\d:\d\d:\d\d\.\d{3}  ", out)  # the one time format
     assert re.search(r"vidsearch search '[a-z ]+' --library .* --folder [a-z]+\n", out)  # a suggestion with an answer
     assert (tmp_path / "d" / "world" / "world.json").is_file()
+    # The ground truth as a queries file, and the figures printed are vidsearch eval's on it.
+    qfile = tmp_path / "d" / "world" / "queries.jsonl"
+    assert len(qfile.read_text().splitlines()) == 3
+    m = re.search(r"vidsearch eval of these 3 queries .*: recall@1 ([0-9.]+) \(\d/3\), recall@5 ([0-9.]+)", out)
+    assert m is not None and f"vidsearch eval {qfile} --library" in out
+    assert main(["-q", "eval", str(qfile), "--library", str(tmp_path / "d"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (f"{doc['recall_at_1']:.2f}", f"{doc['recall_at_5']:.2f}") == m.groups()
+    assert doc["recall_at_1"] >= 2 / 3
