@@ -263,11 +263,14 @@ def test_eval_agrees_with_counting_search_json(hitlib: Path, tmp_path: Path, cap
     assert rc == 0 and f"recall@1           {doc['recall_at_1']:.3f}" in out
 
 
-def test_eval_refuses_bad_input(hitlib: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_refuses_bad_input(hitlib: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VIDSEARCH_LIBRARY", raising=False)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "x", "path": "a.mp4", "start_s": 0, "end_s": 1}\n{"query": "y"}\n')
     for argv, words in ((["eval", str(bad), "--library", str(hitlib)], f"{bad}:2"),
                         (["eval", "--library", str(hitlib)], "QUERIES.jsonl file or --msrvtt"),
+                        (["eval", str(bad)], "give --library DIR (or set VIDSEARCH_LIBRARY)"),
                         (["eval", str(bad), "--msrvtt", str(tmp_path)], "one of them"),
                         (["eval", str(bad), "--library", str(hitlib), "-k", "5"], "at least 10")):
         rc, _, err = _run(capsys, *argv)
