@@ -53,9 +53,9 @@ def test_select_text_work_rules() -> None:
     # A video embedded now: subtitles (read while planned) and speech; one embedded before this
     # library had subtitles ("nothing"): both, text only; no_audio and same-model results: nothing.
     assert t.work == {"new": {"subtitle": 1, "speech": 1}, "nothing": {"subtitle": 1, "speech": 1},
-                      "subs_only": {"speech": 1}, "fail1": {"speech": 2}}
+                      "subs_only": {"speech": 1}, "fail1": {"speech": 2}, "audio_bad": {"speech": 2}}
     c = t.of("speech")
-    assert (c.done_before, c.other_model, c.failed_before, t.text_only) == (3, 1, 2, 3)
+    assert (c.done_before, c.other_model, c.failed_before, t.text_only) == (3, 1, 1, 4)
     assert c.other_models == {"m2": 1}
     t = select_text_work(sel, state, stages={"speech": "m1"}, **{**kw, "redo_other_model": True,
                                                                   "retry_failed": True})

@@ -19,8 +19,7 @@ will be searchable, from its latest ``text_status`` row of each kind:
 * speech (``--speech``; likewise any stage run by a model, e.g. on-screen text): no status ->
   run it (a video embedded earlier is transcribed without re-embedding); ``ok``/``silent`` by
   the same model and ``no_audio`` -> done; by another model -> kept, unless ``retranscribe``;
-  ``failed`` -> retried while ``attempts < max_attempts`` (``AudioDecodeError`` depends on the
-  file's bytes and is not retried), ``retry_failed`` retries all.
+  ``failed`` -> retried while ``attempts < max_attempts``, ``retry_failed`` retries all.
 
 :func:`select_work` and :func:`select_text_work` are pure (the catalog rows come in, the decision
 comes out), so the rules are tested without a backend or a library; :func:`read_state` and
@@ -42,8 +41,10 @@ from vidsearch.pipeline.write import failure_row
 from vidsearch.schemas.tables import STATUS_DONE, STATUS_FAILED, STATUS_PARTIAL, STATUS_REPLACED
 from vidsearch.schemas.text_tables import TEXT_FAILED, TEXT_NO_AUDIO
 
-# Speech errors that depend only on the file's bytes: not retried without retry_failed.
-DETERMINISTIC_TEXT_ERRORS = frozenset({"AudioDecodeError"})
+# Text-stage errors that depend only on the file's bytes: not retried without retry_failed. None
+# so far: AudioDecodeError also covers a file that vanished or could not be read for a moment, and
+# retrying a broken audio track once more costs one failed open.
+DETERMINISTIC_TEXT_ERRORS: frozenset[str] = frozenset()
 
 
 @dataclass
