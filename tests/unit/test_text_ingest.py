@@ -14,7 +14,13 @@ import pytest
 from test_library import MODEL, make_tables
 
 from vidsearch.indexer.keyword import KeywordIndex
-from vidsearch.indexer.text import keyword_dir, keyword_problems, update_keyword_index
+from vidsearch.indexer.text import (
+    keyword_behind,
+    keyword_dir,
+    keyword_problems,
+    open_keyword_index,
+    update_keyword_index,
+)
 from vidsearch.library import Library
 from vidsearch.pipeline.resume import Selection, Todo, select_text_work
 from vidsearch.pipeline.text import status_row
@@ -151,7 +157,10 @@ def test_commit_refuses_a_known_text_table_of_another_schema(tmp_path: Path) -> 
         lib.init(MODEL)
         with pytest.raises(ValueError, match="transcripts does not have its schema"):
             lib.commit(*make_tables("a", 1), "r", tables={"transcripts": pa.table({"video_id": ["a"]})})
-    assert lib.read_manifest().shards == ()
+        assert lib.read_manifest().shards == ()
+        lib.commit(*make_tables("a", 1), "r")  # no text at all: no keyword index, nothing to report
+        assert update_keyword_index(lib).action == "none"
+    assert open_keyword_index(lib) is None and keyword_problems(lib, lib.read_manifest()) == []
 
 
 def test_keyword_index_follows_the_text_tables(text_lib: Library) -> None:
@@ -165,10 +174,13 @@ def test_keyword_index_follows_the_text_tables(text_lib: Library) -> None:
     idx = KeywordIndex.open(keyword_dir(lib))
     assert [h.video_id for h in idx.search("words")] == ["a"] and not idx.search("old")
     assert keyword_problems(lib, m) == []
+    assert keyword_behind(open_keyword_index(lib), m) == []
     # A later commit: only the videos it touches are rewritten (b gains speech; a keeps its two).
     with lib.lock():
         text_commit(lib, [outcome("b", "speech", "ok", ["words of b"], "m2")])
         assert keyword_problems(lib, lib.read_manifest())[0][1] is False  # behind: `vidsearch index`
+        m2 = lib.read_manifest()
+        assert keyword_behind(open_keyword_index(lib, m2), m2) == [m2.shards[-1].shard_id]
         r = update_keyword_index(lib)
         assert (r.action, r.docs, r.videos_refreshed) == ("extended", 3, 1)
         # A silent re-transcription leaves a without speech documents.

@@ -182,3 +182,33 @@ def keyword_problems(library: Library, m: Manifest) -> list[tuple[str, bool]]:
         n = len(set(covers) - set(idx.meta.covers))
         return [(f"keyword index: {n} text table file(s) committed since it was built are not in it", False)]
     return [("keyword index: it covers text tables the manifest no longer lists (stale)", True)]
+
+
+def open_keyword_index(library: Library, m: Manifest | None = None, *, verify: bool = True) -> Any:
+    """The keyword index for a reader (never writes), or None when the library has no text rows.
+
+    Returns:
+        A :class:`~vidsearch.indexer.keyword.KeywordIndex`; ``keyword_behind(index, m)`` says
+        whether text committed since it was built is missing from it (a running ingest, or one
+        killed before its index update: exact text search over the catalog covers that part).
+
+    Raises:
+        KeywordIndexMissing: text rows exist but no index was built (``vidsearch index``).
+        KeywordIndexCorrupt: ``keyword.json`` or a file fails its checks (``doctor --fix``).
+    """
+    from vidsearch.indexer.keyword import KeywordIndex, KeywordIndexMissing
+
+    m = m or library.read_manifest()
+    try:
+        return KeywordIndex.open(keyword_dir(library), verify=verify)
+    except KeywordIndexMissing:
+        if not has_text_rows(m):
+            return None
+        raise
+
+
+def keyword_behind(index: Any, m: Manifest) -> list[int]:
+    """Shard ids whose text tables ``index`` does not cover (empty: current). A covered file the
+    manifest no longer lists (a shard set aside) makes the index stale, not behind: see
+    :func:`keyword_problems`."""
+    return sorted({int(k.rsplit("-", 1)[1]) for k in keyword_covers(m) if k not in index.meta.covers})
