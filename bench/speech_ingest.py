@@ -14,7 +14,7 @@ runs 1 and 2 is what speech costs the run; run 3 alone is what a later ``--speec
 
     python bench/speech_ingest.py --videos 6 --seconds 60 --executor local          # 2-core CPU
     python bench/speech_ingest.py --videos 32 --seconds 300 --executor ray \\
-        --model internvideo2-s2-1b --speech-model PATH_OR_NAME                     # GPU machine
+        --model internvideo2-s2-1b --random-weights [--speech-model PATH_OR_NAME]  # GPU machine
 
 The default models are the tests' (``internvideo2-tiny`` random weights; the dev extra's tiny.en
 Whisper), so that it runs offline anywhere; on the GPU machine pass the real ones.
@@ -94,7 +94,7 @@ def run(src: Path, lib: Path, args: argparse.Namespace, speech: bool) -> dict[st
     s = run_ingest([str(src)], lib, IngestCfg(decode_workers=args.decode_workers, batch_size=args.batch_size),
                    IngestOptions(model=args.model, executor=args.executor, progress=False, build_index=False,
                                  device=args.device, speech=speech, speech_model=args.speech_model if speech else None,
-                                 speech_threads=args.speech_threads))
+                                 speech_threads=args.speech_threads, random_weights=args.random_weights))
     wall = time.perf_counter() - t
     return {"wall_s": round(wall, 2), "loop_s": round(s.loop_s, 2), "clips": s.clips,
             "clips_per_s_loop": round(s.clips / s.loop_s, 2) if s.loop_s else None,
@@ -116,6 +116,8 @@ def main() -> None:
     ap.add_argument("--speech-threads", type=int, default=None)
     ap.add_argument("--decode-workers", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--random-weights", action="store_true",
+                    help="the model's architecture without its weights (the real compute cost, no download)")
     ap.add_argument("--out", default=None, help="also write the JSON report here")
     args = ap.parse_args()
     if args.speech_model is None:
