@@ -36,7 +36,8 @@ EXIT_OK, EXIT_USER, EXIT_PARTIAL, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`
 
 # Order is the order of `vidsearch --help`.
-COMMANDS = ("demo", "ingest", "status", "index", "search", "export", "eval", "sql", "serve", "weights", "doctor")
+COMMANDS = ("demo", "ingest", "status", "index", "search", "export", "eval", "tag", "sql", "serve", "weights",
+            "doctor")
 
 
 class UserError(Exception):
@@ -107,7 +108,8 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 def _writes_library(args: argparse.Namespace) -> bool:
     """Whether the command writes the library (a read command must not, not even a crash log)."""
-    return args.command in ("ingest", "index", "demo") or (args.command == "doctor" and bool(getattr(args, "fix", 0)))
+    return args.command in ("ingest", "index", "demo", "tag") or \
+        (args.command == "doctor" and bool(getattr(args, "fix", 0)))
 
 
 def _crash_log_dirs(args: argparse.Namespace) -> list[Path]:

@@ -31,7 +31,7 @@ TERMINAL_WIDTH = 60
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "sql", help="read-only SQL over videos, clips, failures, runs, transcripts, text_status, screen_text, "
-                   "searches, search_results",
+                   "tags, tag_sets, searches, search_results",
         description="Run one SELECT on the library's tables. Writes, ATTACH, COPY, SET, INSTALL/LOAD "
                     "and reading files or URLs are refused.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

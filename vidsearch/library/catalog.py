@@ -46,10 +46,12 @@ from vidsearch.schemas.manifest import Manifest, ShardEntry
 from vidsearch.schemas.tables import (
     CATALOG_DDL,
     CLIP_CATALOG_COLUMNS,
+    STATUS_DONE,
     STATUS_FAILED,
     STATUS_PARTIAL,
     VIDEO_SCHEMA,
 )
+from vidsearch.schemas.tag_tables import TAG_CATALOG_DDL, TAG_ROW_SCHEMA, TAG_SET_SCHEMA
 from vidsearch.schemas.text_tables import (
     EXTRA_TABLES,
     SCREEN_TEXT_SCHEMA,
@@ -66,9 +68,13 @@ FRESH_ROWS_BYTES = 256 << 20
 # Where load_into keeps rows read from shards when it overlays an attached catalog.
 OVERLAY_SCHEMA = "_shards"
 # Tables a reader sees (meta is the catalog's own bookkeeping).
-READER_TABLES = ("videos", "clips", "failures", "runs", "transcripts", "screen_text", "text_status")
+READER_TABLES = ("videos", "clips", "failures", "runs", "transcripts", "screen_text", "text_status", "tags",
+                 "tag_sets")
 # Extra per-commit tables loaded into the catalog (schemas.text_tables.EXTRA_TABLES), in insert order.
 TEXT_TABLES = ("text_status", "transcripts", "screen_text")
+# The zero-shot tag tables (schemas.tag_tables), in insert order: a commit's tag_sets row first.
+TAG_TABLES = ("tag_sets", "tags")
+CATALOG_EXTRA_TABLES = TEXT_TABLES + TAG_TABLES
 
 # SQL text below is built from these constants only, never from data.
 _CLIP_COLS = ", ".join(CLIP_CATALOG_COLUMNS)
@@ -77,6 +83,11 @@ _FAILURE_COLS = "video_id, path, stage, error_type, error_message, attempts, run
 _KEYS = {"clips": "clip_id", "videos": "video_id"}
 _TEXT_COLS = {"transcripts": ", ".join(TRANSCRIPT_SCHEMA.names), "screen_text": ", ".join(SCREEN_TEXT_SCHEMA.names),
               "text_status": ", ".join(TEXT_STATUS_SCHEMA.names)}
+_TAG_COLS = {"tags": ", ".join(TAG_ROW_SCHEMA.names), "tag_sets": ", ".join(TAG_SET_SCHEMA.names)}
+# The catalog table of each tag table (readers see ``tags`` as a view over ``tag_rows``).
+_TAG_CATALOG_TABLE = {"tags": "tag_rows", "tag_sets": "tag_sets"}
+# The current label set: the newest tagging commit's.
+_CURRENT_TAGSET = "(SELECT tagset FROM tag_sets ORDER BY shard_id DESC LIMIT 1)"
 # A commit's text_status row (kind, status other than failed) supersedes that video's rows of the
 # same kind from earlier commits (a re-transcription with another model, subtitles read again):
 # rows of a kind live in this table, with this condition linking them to the kind.
@@ -149,7 +160,7 @@ def meta_is_current(meta: dict[str, str], m: Manifest) -> bool:
 
 def create_tables(con: duckdb.DuckDBPyConnection, schema: str | None = None) -> None:
     """The catalog's tables (CATALOG_DDL) in ``con``, in ``schema`` if given (a constant of this module)."""
-    ddl = CATALOG_DDL + TEXT_CATALOG_DDL
+    ddl = CATALOG_DDL + TEXT_CATALOG_DDL + TAG_CATALOG_DDL
     if schema is None:
         con.execute(ddl)
         return
@@ -165,7 +176,9 @@ def insert_shard_rows(con: duckdb.DuckDBPyConnection, shard_id: int, clips: pa.T
     Later shards replace earlier rows of the same clip or video (INSERT OR REPLACE), and a
     ``text_status`` row of a video and kind (not ``failed``) replaces that video's text rows of the
     kind from earlier shards (``_KIND_ROWS``). A failed text stage is a ``failures`` row whose
-    stage is the kind. The shard id rides in an Arrow column, never in the SQL text.
+    stage is the kind. A ``tag_sets`` row (a tagging commit) drops the tag rows of every other
+    label set: the newest commit's set is the current one. The shard id rides in an Arrow column,
+    never in the SQL text.
     """
     prefix = f"{schema}." if schema else ""
     sid = pa.array([shard_id], pa.int32())
@@ -173,6 +186,10 @@ def insert_shard_rows(con: duckdb.DuckDBPyConnection, shard_id: int, clips: pa.T
     con.register("_videos", videos.append_column("shard_id", pa.repeat(sid[0], videos.num_rows)))
     texts = {t: tbl for t, tbl in (extra or {}).items() if t in TEXT_TABLES}
     for t, tbl in texts.items():
+        con.register(f"_{t}", tbl.select(list(EXTRA_TABLES[t].names))
+                     .append_column("shard_id", pa.repeat(sid[0], tbl.num_rows)))
+    tags = {t: tbl for t, tbl in (extra or {}).items() if t in TAG_TABLES}
+    for t, tbl in tags.items():
         con.register(f"_{t}", tbl.select(list(EXTRA_TABLES[t].names))
                      .append_column("shard_id", pa.repeat(sid[0], tbl.num_rows)))
     try:
@@ -194,10 +211,18 @@ def insert_shard_rows(con: duckdb.DuckDBPyConnection, shard_id: int, clips: pa.T
             if t in texts:
                 con.execute(f"INSERT INTO {prefix}{t} ({_TEXT_COLS[t]}, shard_id) "
                             f"SELECT {_TEXT_COLS[t]}, shard_id FROM _{t}")
+        if "tag_sets" in tags:
+            con.execute(f"INSERT INTO {prefix}tag_sets ({_TAG_COLS['tag_sets']}, shard_id) "
+                        f"SELECT {_TAG_COLS['tag_sets']}, shard_id FROM _tag_sets")
+            con.execute(f"DELETE FROM {prefix}tag_rows WHERE tagset NOT IN (SELECT tagset FROM _tag_sets)")
+        if "tags" in tags:  # a clip tagged again (ingested again after its shard was lost) keeps one set
+            con.execute(f"DELETE FROM {prefix}tag_rows WHERE clip_id IN (SELECT clip_id FROM _tags)")
+            con.execute(f"INSERT INTO {prefix}tag_rows ({_TAG_COLS['tags']}, shard_id) "
+                        f"SELECT {_TAG_COLS['tags']}, shard_id FROM _tags")
     finally:
         con.unregister("_clips")
         con.unregister("_videos")
-        for t in texts:
+        for t in [*texts, *tags]:
             con.unregister(f"_{t}")
 
 
@@ -286,14 +311,14 @@ class Catalog:
             return {str(k): str(v) for k, v in con.execute("SELECT key, value FROM meta").fetchall()}
 
     def is_current(self, m: Manifest) -> bool:
-        """Whether ``catalog.duckdb`` is usable and holds exactly ``m``'s generation."""
+        """Whether ``catalog.duckdb`` is usable, has this version's tables and holds exactly ``m``'s generation."""
         if self.problem() is not None:
             return False
         try:
             meta = self.meta()
+            return meta_is_current(meta, m) and self.tables_match()
         except (duckdb.Error, OSError):
             return False
-        return meta_is_current(meta, m)
 
     # ---- writer ------------------------------------------------------------------------------
     def set_aside(self, problem: str) -> None:
@@ -310,29 +335,43 @@ class Catalog:
         """Bring ``catalog.duckdb`` to ``m``'s generation (incrementally when it can). Writer only.
 
         A missing, corrupt or foreign catalog is rebuilt from shards (rule 11); one already at the
-        generation is left alone. Raises OSError/duckdb.Error as they come (the façade turns a
-        full disk into DiskFull).
+        generation is left alone. A catalog whose tables are not this version's (made before a
+        table was added, or by another vidsearch) is rebuilt from the shards as a whole: readers
+        would not use it, and rows of tables it lacks may sit in shards it already covers.
+        Raises OSError/duckdb.Error as they come (the façade turns a full disk into DiskFull).
         """
         t0 = time.perf_counter()
         problem = self.problem()
         meta: dict[str, str] | None = None
+        same_tables = False
         if problem is None and self.path.is_file():
             try:
                 meta = self.meta()
+                same_tables = self.tables_match()
             except duckdb.Error as e:
                 problem = f"is unreadable ({str(e).splitlines()[0][:200]})"
         if problem is not None:
             self.set_aside(problem)
-        elif meta is not None and meta_is_current(meta, m):
+        elif meta is not None and same_tables and meta_is_current(meta, m):
             return CatalogRefresh(0, time.perf_counter() - t0, 0.0)
-        added, insert_s = self._rebuild(m)
+        elif meta is not None and not same_tables:
+            _logger.info("catalog %s has tables of another vidsearch version; rebuilding it from the shards",
+                         self.path)
+        added, insert_s = self._rebuild(m, from_scratch=not same_tables)
         return CatalogRefresh(added, time.perf_counter() - t0, insert_s)
 
-    def _rebuild(self, m: Manifest) -> tuple[int, float]:
+    def tables_match(self) -> bool:
+        """Whether ``catalog.duckdb`` has exactly this version's tables and columns (raises
+        duckdb.Error when it cannot be read)."""
+        with duckdb.connect(str(self.path), read_only=True) as con:
+            (db,) = con.execute("SELECT current_database()").fetchone() or ("",)
+            return _columns(con, str(db)) == _catalog_columns()
+
+    def _rebuild(self, m: Manifest, *, from_scratch: bool = False) -> tuple[int, float]:
         tmp = self.tmp_dir / f"catalog.{uuid.uuid4().hex}.duckdb"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         covered: set[int] | None = None
-        if self.path.is_file():
+        if self.path.is_file() and not from_scratch:
             try:
                 shutil.copyfile(self.path, tmp)
                 with duckdb.connect(str(tmp)) as con:
@@ -379,10 +418,10 @@ class Catalog:
         try:
             rows = catalog_clip_rows(clips.select(list(CLIP_CATALOG_COLUMNS)))
             texts = {t: tbl.select(list(EXTRA_TABLES[t].names)) for t, tbl in (extra or {}).items()
-                     if t in TEXT_TABLES}
+                     if t in CATALOG_EXTRA_TABLES}
         except (KeyError, ValueError, pa.ArrowException):  # an odd table: read it back instead
             return
-        if set(texts) != {t for t in entry.tables if t in TEXT_TABLES}:
+        if set(texts) != {t for t in entry.tables if t in CATALOG_EXTRA_TABLES}:
             return
         with self._fresh_lock:
             self._fresh_rows[entry.shard_id] = (entry.clips_sha256, entry.videos_sha256, rows, videos, texts)
@@ -399,7 +438,7 @@ class Catalog:
         if fresh is not None and fresh[:2] == (entry.clips_sha256, entry.videos_sha256):
             return fresh[2], fresh[3], fresh[4]
         clips = self._read_shard(entry, "clips", list(CLIP_CATALOG_COLUMNS))
-        extra = {t: self._read_shard(entry, t, None) for t in TEXT_TABLES if t in entry.tables}
+        extra = {t: self._read_shard(entry, t, None) for t in CATALOG_EXTRA_TABLES if t in entry.tables}
         return catalog_clip_rows(clips), self._read_shard(entry, "videos", None), extra
 
     def _shard_rows_ahead(self, entries: list[ShardEntry]) -> Iterator[tuple[pa.Table, pa.Table, dict[str, pa.Table]]]:
@@ -499,6 +538,19 @@ class Catalog:
                                 f"(SELECT 1 FROM {schema}.text_status s WHERE s.video_id = t.video_id "
                                 f"AND s.status <> '{TEXT_FAILED}' AND {link}) UNION ALL SELECT * FROM {schema}.{t}")
             con.execute(f"CREATE VIEW runs AS SELECT * FROM {schema}.runs")
+            # Tag rows: the catalog's of the current label set (a newer shard's tag_sets row may
+            # have replaced it), plus the newer shards' (insert_shard_rows pruned those).
+            con.execute(f"CREATE VIEW tag_sets AS SELECT * FROM {src}.main.tag_sets"
+                        + ("" if load.source == "catalog" else f" UNION ALL SELECT * FROM {schema}.tag_sets"))
+            con.execute(f"CREATE VIEW tag_rows AS SELECT * FROM {src}.main.tag_rows c WHERE tagset = {_CURRENT_TAGSET}"
+                        + ("" if load.source == "catalog" else
+                           f" AND NOT EXISTS (SELECT 1 FROM {schema}.tag_rows n WHERE n.clip_id = c.clip_id) "
+                           f"UNION ALL SELECT * FROM {schema}.tag_rows"))
+        # What users query: the current label set's tags of clips whose video is searchable (tags
+        # of replaced or lost videos drop out with them).
+        con.execute(f"CREATE VIEW tags AS SELECT r.clip_id, r.video_id, r.label, r.score, r.rank FROM tag_rows r "
+                    f"WHERE r.tagset = {_CURRENT_TAGSET} AND r.video_id IN "
+                    f"(SELECT video_id FROM videos WHERE status IN ('{STATUS_DONE}', '{STATUS_PARTIAL}'))")
         return load
 
     def _plan(self, con: duckdb.DuckDBPyConnection, m: Manifest, attached: str | None) -> CatalogLoad:

@@ -21,6 +21,8 @@ from typing import Literal
 
 import pyarrow as pa  # type: ignore[import-untyped]
 
+from vidsearch.schemas.tag_tables import TAG_TABLES
+
 TEXT_SCHEMA_VERSION = 1
 
 # Where a text row comes from. "speech" = ASR (faster-whisper); "subtitle" = a text subtitle track
@@ -155,10 +157,12 @@ CREATE TABLE IF NOT EXISTS text_status (
 """
 
 # Extra per-commit tables a library knows (``ShardEntry.tables``): name -> schema, checked on every
-# read like the clips and videos files. A table not listed here (written by a newer vidsearch) is
-# kept and verified by its SHA-256, but not loaded into the catalog.
+# read like the clips and videos files; the zero-shot tag tables (schemas/tag_tables.py) too. A
+# table not listed here (written by a newer vidsearch) is kept and verified by its SHA-256, but
+# not loaded into the catalog.
 EXTRA_TABLES: dict[str, pa.Schema] = {
-    "transcripts": TRANSCRIPT_SCHEMA, "screen_text": SCREEN_TEXT_SCHEMA, "text_status": TEXT_STATUS_SCHEMA}
+    "transcripts": TRANSCRIPT_SCHEMA, "screen_text": SCREEN_TEXT_SCHEMA, "text_status": TEXT_STATUS_SCHEMA,
+    **TAG_TABLES}
 
 
 def text_row_id(video_id: str, *parts: object) -> int:

@@ -64,7 +64,8 @@ from vidsearch.library import Library
 
 _logger = logging.getLogger(__name__)
 
-CATALOG_TABLES = ("videos", "clips", "failures", "runs", "transcripts", "screen_text", "text_status")
+CATALOG_TABLES = ("videos", "clips", "failures", "runs", "transcripts", "screen_text", "text_status", "tags",
+                  "tag_sets")
 HISTORY_TABLES = ("searches", "search_results")
 
 # Spill space of one user query (DuckDB's temp_directory), in a private folder per worker. The

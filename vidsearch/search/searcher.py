@@ -664,4 +664,9 @@ def _catalog_state(library: Library, m: Manifest) -> str | None:
         return "belongs to another library"
     if meta.get("generation") != str(m.generation):
         return f"is behind the manifest (generation {meta.get('generation')} of {m.generation})"
+    try:
+        if not library.catalog.tables_match():  # made before a table was added: read from the shards
+            return "has the tables of another vidsearch version"
+    except (duckdb.Error, OSError) as e:
+        return f"is unreadable ({str(e).splitlines()[0][:120]})"
     return None

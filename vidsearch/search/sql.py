@@ -1,5 +1,5 @@
 """``vidsearch sql``: read-only SQL over the catalog (videos, clips, failures, runs, transcripts,
-text_status, screen_text) and the search history (searches, search_results).
+text_status, screen_text, tags, tag_sets) and the search history (searches, search_results).
 
 The query runs in a sandbox worker process (:func:`vidsearch.search.sandbox.run_user_sql`);
 this module turns its rows into the three outputs:

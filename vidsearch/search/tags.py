@@ -48,10 +48,13 @@ __all__ = [
     "LabelError",
     "ZeroShotTagger",
     "builtin_labels",
+    "check_labels",
+    "check_templates",
     "encode_labels",
     "label_scores",
     "read_labels",
     "tag_table",
+    "tagger_fingerprint",
     "top_labels",
 ]
 
@@ -83,7 +86,13 @@ class LabelError(ValueError):
     """A label list or template that cannot be used."""
 
 
-def _check_labels(labels: Sequence[str], source: str) -> list[str]:
+def check_labels(labels: Sequence[str], source: str = "labels") -> list[str]:
+    """Labels as the tagger uses them: whitespace collapsed, ``#`` comments and blanks dropped,
+    duplicates kept once (a warning).
+
+    Raises:
+        LabelError: no labels, too many, one too long or holding control characters.
+    """
     out: list[str] = []
     seen: set[str] = set()
     for i, raw in enumerate(labels, 1):
@@ -127,7 +136,7 @@ def read_labels(path: str | os.PathLike[str]) -> list[str]:
         raise LabelError(f"{name}: not UTF-8 text (byte {e.start})") from None
     if "\x00" in text:
         raise LabelError(f"{name}: binary file, not a label list")
-    return _check_labels(text.splitlines(), name)
+    return check_labels(text.splitlines(), name)
 
 
 def builtin_labels(name: str = "kinetics400") -> list[str]:
@@ -135,10 +144,11 @@ def builtin_labels(name: str = "kinetics400") -> list[str]:
     if name not in BUILTIN_LABELS:
         raise LabelError(f"no builtin label list {name!r}; builtin: {', '.join(BUILTIN_LABELS)}")
     text = resources.files("vidsearch.search").joinpath("labels", f"{name}.txt").read_text("utf-8")
-    return _check_labels(text.splitlines(), f"builtin:{name}")
+    return check_labels(text.splitlines(), f"builtin:{name}")
 
 
-def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:
+def check_templates(templates: Sequence[str]) -> tuple[str, ...]:
+    """Prompt templates, each with ``{}`` exactly once (LabelError otherwise)."""
     if not templates:
         raise LabelError("no prompt templates")
     for t in templates:
@@ -167,7 +177,7 @@ def encode_labels(encode_text: Callable[[list[str]], Any], labels: Sequence[str]
         templates: sentences with ``{}`` where the label goes.
         batch_size: texts per call of ``encode_text``.
     """
-    templates = _check_templates(templates)
+    templates = check_templates(templates)
     texts = [t.format(label) for label in labels for t in templates]
     parts = [_normalise(_as_array(encode_text(texts[i:i + batch_size]))) for i in range(0, len(texts), batch_size)]
     emb = np.concatenate(parts).reshape(len(labels), len(templates), -1)  # (L, T, D)
@@ -217,25 +227,44 @@ def tag_table(clip_ids: np.ndarray, video_ids: Sequence[str], labels: Sequence[s
     }, schema=TAGS_SCHEMA)
 
 
+def tagger_fingerprint(labels: Sequence[str], templates: Sequence[str], logit_scale: float,
+                       model_fingerprint: str) -> str:
+    """What label scores depend on (labels, templates, scale, model), as a short hex hash."""
+    key = json.dumps({"labels": list(labels), "templates": list(templates), "scale": float(logit_scale),
+                      "model": model_fingerprint}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 class ZeroShotTagger:
     """Labels encoded once, then any number of clips tagged.
 
     ``fingerprint`` identifies what the scores depend on (labels, templates, scale, model): tags
     stored with one fingerprint stay valid for new clips; a different one means re-tagging all.
+    ``embeddings`` may be given (a cache of an earlier encoding with the same fingerprint); then
+    ``encode_text`` is not called.
     """
 
-    def __init__(self, encode_text: Callable[[list[str]], Any], labels: Sequence[str], *,
+    def __init__(self, encode_text: Callable[[list[str]], Any] | None, labels: Sequence[str], *,
                  templates: Sequence[str] = VIDEO_TEMPLATES, logit_scale: float = LOGIT_SCALE,
-                 model_fingerprint: str = "") -> None:
+                 model_fingerprint: str = "", embeddings: np.ndarray | None = None) -> None:
         if not np.isfinite(logit_scale) or logit_scale <= 0:
             raise LabelError(f"logit scale must be positive, got {logit_scale!r}")
-        self.labels = _check_labels(list(labels), "labels")
-        self.templates = _check_templates(templates)
+        self.labels = check_labels(list(labels), "labels")
+        self.templates = check_templates(templates)
         self.logit_scale = float(logit_scale)
-        self.embeddings = encode_labels(encode_text, self.labels, self.templates)
-        key = json.dumps({"labels": self.labels, "templates": self.templates, "scale": self.logit_scale,
-                          "model": model_fingerprint}, sort_keys=True)
-        self.fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
+        self.fingerprint = tagger_fingerprint(self.labels, self.templates, self.logit_scale, model_fingerprint)
+        if embeddings is not None:
+            emb = np.asarray(embeddings, dtype=np.float32)
+            if emb.ndim != 2 or emb.shape[0] != len(self.labels) or not np.isfinite(emb).all():
+                raise LabelError(f"label embeddings of shape {emb.shape} do not fit {len(self.labels)} labels")
+            # As encode_labels left them (bit for bit: the same scores as the run that encoded them),
+            # normalised only when they are not already.
+            norms = np.linalg.norm(emb, axis=1)
+            self.embeddings = emb if np.allclose(norms, 1.0, atol=1e-4) else _normalise(emb)
+        elif encode_text is None:
+            raise LabelError("no text encoder and no label embeddings")
+        else:
+            self.embeddings = encode_labels(encode_text, self.labels, self.templates)
 
     def scores(self, clip_emb: np.ndarray) -> np.ndarray:
         """``(N, L)`` calibrated scores of clips (embeddings of the same model)."""
