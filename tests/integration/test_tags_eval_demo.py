@@ -148,3 +148,29 @@ def test_eval_agrees_with_counting_search_json(demo: dict[str, Any], tmp_path: P
     print(f"demo eval: R@1 {report.recall_at_1:.3f} R@5 {report.recall_at_5:.3f} MRR {report.mrr:.3f} "
           f"IoU {report.mean_iou}")
     assert len(set(ranks)) >= 3  # not all at rank 1: the comparison means something
+
+
+def test_tag_command_true_label_in_top3(demo: dict[str, Any], tmp_path: Path) -> None:
+    """`vidsearch tag` end to end on the demo library: the rows of the catalog table `tags`
+    (read with `vidsearch sql`) put a clip's true colour+shape in its top 3 for most clips; a
+    rerun does nothing."""
+    labels = tmp_path / "shapes.txt"
+    labels.write_text("".join(f"{c} {s}\n" for c in COLOURS for s in SHAPES), encoding="utf-8")
+    lib = str(demo["lib"].root)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["-q", "tag", "--library", lib, "--labels", str(labels), "--top", "3"]) == 0
+        assert main(["-q", "tag", "--library", lib, "--labels", str(labels), "--top", "3"]) == 0
+    assert "nothing to do" in out.getvalue().split("vidsearch tag:")[-1]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["-q", "sql", "SELECT clip_id, list(label ORDER BY rank) AS top FROM tags GROUP BY clip_id",
+                     "--library", lib, "--json"]) == 0
+    top3 = {int(r["clip_id"]): r["top"] for r in json.loads(out.getvalue())}
+    clips = demo["clips"]
+    judged = [(cid, t) for cid, t in zip(clips.column("clip_id").to_pylist(), _truth(demo["world"], clips),
+                                         strict=True) if t is not None]
+    assert len(top3) == clips.num_rows and all(len(v) == 3 for v in top3.values())
+    hit = np.mean([t in top3[cid] for cid, t in judged])
+    print(f"vidsearch tag: true colour+shape label in the top 3: {hit:.3f} of {len(judged)} clips")
+    assert hit >= TOP3_FLOOR
