@@ -179,6 +179,50 @@ def test_export_saved_search_equals_search_export(hitlib: Path, tmp_path: Path,
         assert rc == 1 and words in err and len(err.strip().splitlines()) == 1
 
 
+def test_export_leaves_out_replaced_videos_and_serves_server_answers(hitlib: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A saved search whose video was replaced since exports the rest, with a warning; a search a
+    running server answered gets its exact paths from the catalog here."""
+    import pyarrow as pa
+
+    import vidsearch.commands.search as search_cmd
+    from vidsearch.schemas.tables import VIDEO_SCHEMA, clip_schema
+    from vidsearch.search.searcher import Searcher
+
+    lib = tmp_path / "lib"
+    shutil.copytree(hitlib, lib)
+    rc, out, _ = _run(capsys, "search", QUERY, "--library", str(lib), "-k", "4", "--json", "--no-server")
+    hits = json.loads(out)["hits"]
+    gone = hits[0]
+    library = Library(lib)
+    with library.open_catalog_readonly() as r:
+        t = r.con.sql("SELECT * EXCLUDE (shard_id) FROM videos WHERE video_id = ?",
+                      params=[gone["video_id"]]).to_arrow_table()
+    row = dict(t.to_pylist()[0], status="replaced")
+    m = library.read_manifest()
+    assert m.model is not None
+    with library.lock():  # what ingest commits when the file at that path changed
+        library.commit(clip_schema(m.model.embed_dim).empty_table(), pa.Table.from_pylist([row], schema=VIDEO_SCHEMA),
+                       run_id="replace")
+    rc = main(["export", "last", "--library", str(lib), "--out", str(tmp_path / "rest.otio")])  # not -q: warnings
+    err = capsys.readouterr().err
+    assert rc == 0 and "warning: hit 1:" in err and "replaced" in err
+    clips = list(otio.adapters.read_from_file(str(tmp_path / "rest.otio")).find_clips())
+    assert [c.metadata["vidsearch"]["rank"] for c in clips] == [h["rank"] for h in hits[1:]]
+    # A server's answer (remote_search) carries display paths only: the export looks the files up.
+    with Searcher(Library(hitlib), record_history=False) as s:
+        answer = s.search(QUERY, k=4)
+    monkeypatch.setattr(search_cmd, "_remote_eligible", lambda args: True)
+    monkeypatch.setattr(search_cmd, "_try_server", lambda args, f, m: answer)
+    rc, out, err = _run(capsys, "search", QUERY, "--library", str(hitlib), "-k", "4", "--export",
+                        str(tmp_path / "remote.otio"))
+    assert rc == 0, err
+    exact = _exact_paths(hitlib)
+    clips = list(otio.adapters.read_from_file(str(tmp_path / "remote.otio")).find_clips())
+    assert [_url_bytes(c.media_reference.target_url) for c in clips] == [exact[h.video_id] for h in answer.hits]
+
+
 def test_export_destinations_are_checked_before_searching(hitlib: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     before = _tree(hitlib)
@@ -238,7 +282,9 @@ def _first_right(hits: list[dict[str, Any]], targets: list[tuple[bytes, float | 
 def test_eval_agrees_with_counting_search_json(hitlib: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                extra: tuple[str, ...]) -> None:
     qfile = _queries(hitlib, tmp_path)
+    before = _tree(hitlib)
     rc, out, err = _run(capsys, "eval", str(qfile), "--library", str(hitlib), "--json", *extra)
+    assert _tree(hitlib) == before  # a read command (no history either)
     assert rc == 0, err
     doc = json.loads(out)
     exact = _exact_paths(hitlib)
