@@ -144,3 +144,22 @@ def test_mixed_corpus_same_clips_as_cpu_only(status: nvdec.NvdecStatus, corpus: 
     cos = np.array([float(a[k] @ b[k]) for k in a])
     print(f"mixed corpus embedding cosine: min {cos.min():.6f} mean {cos.mean():.6f}")
     assert cos.min() >= 0.999
+
+
+def test_nvdec_works_after_torch_activated_the_gpu(status: nvdec.NvdecStatus) -> None:
+    """Regression (H200, 2026-12-02): the Ray embed worker built its model first, torch activated
+    the primary CUDA context with default flags, and FFmpeg's NVDEC then refused it ("Primary
+    context already active with incompatible flags", errno 95): every video went to the CPU path.
+    A fresh process does the same here and must still decode on the GPU."""
+    import subprocess
+    import sys
+
+    code = ("import torch\n"
+            "torch.zeros(1, device='cuda').sum().item()\n"  # the context is now active, flags 0
+            "from vidsearch.pipeline.nvdec import nvdec_status\n"
+            "st = nvdec_status(0)\n"
+            "print('status', st)\n"
+            "raise SystemExit(0 if st.ok else 1)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    print(r.stdout.strip())
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -50,6 +50,12 @@ class LocalBackend:
             self._speech = SpeechWorker(speech, speech_fault)
             self._speech_thread = cf.ThreadPoolExecutor(1, thread_name_prefix="speech")
             self._speech_setup = self._speech_thread.submit(self._speech.setup)  # loads beside the embedder
+        if nvdec_sessions > 0 and gpu_device is None:
+            # Before the model touches the GPU: FFmpeg's NVDEC needs the primary context's flags.
+            from vidsearch.pipeline.nvdec import align_cuda_context
+
+            dev = str(embedder_kwargs.get("device") or "cuda")
+            align_cuda_context(int(dev.split(":")[1]) if dev.startswith("cuda:") else 0)
         self.embedder = Embedder(**embedder_kwargs)
         # Start the children while the model loads.
         self._setups = [t.submit(w.setup) for w, t in zip(self._workers, self._threads, strict=True)]

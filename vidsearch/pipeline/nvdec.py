@@ -147,11 +147,14 @@ def nvdec_status(device_index: int = 0) -> NvdecStatus:
         return NvdecStatus(False, f"PyAV has no hardware decoding ({e})", caps)
     if "cuda" not in hwdevices_available():
         return NvdecStatus(False, f"PyAV's FFmpeg {av.ffmpeg_version_info} was built without CUDA", caps)
+    ctx_note = align_cuda_context(device_index)
+    if ctx_note is not None:
+        _logger.info("GPU decode: %s", ctx_note)
     try:
         n = _probe_decode(device_index)
     except Exception as e:  # noqa: BLE001 - any failure here means "no GPU decode on this machine"
         msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        hint = ""
+        hint = f" ({ctx_note})" if ctx_note is not None else ""
         if "cuvid" in msg.lower() or "nvcuvid" in msg.lower() or "Function not implemented" in msg:
             hint = " (libnvcuvid missing: in a container, the NVIDIA 'video' driver capability)"
         return NvdecStatus(False, f"NVDEC decode failed on {name}: {msg}{hint}", caps)
@@ -159,6 +162,45 @@ def nvdec_status(device_index: int = 0) -> NvdecStatus:
         return NvdecStatus(False, f"NVDEC gave no frame on {name} (MIG slice without decoders?)", caps)
     _ = HWAccel
     return NvdecStatus(True, "", caps)
+
+
+# FFmpeg's CUDA device (PyAV's hwaccel with ``is_hw_owned``) retains the device's primary context,
+# torch's, and insists on this scheduling flag: if the context is already active with other flags
+# (torch activates it with 0 when it first touches the GPU, e.g. when the embedder is built), FFmpeg
+# refuses with ENOTSUP ("Primary context already active with incompatible flags") and GPU decode
+# is lost for the process. Measured on the H200: the embed actor built its model first and every
+# video went to the CPU path.
+_CU_CTX_SCHED_BLOCKING_SYNC = 0x04
+
+
+def align_cuda_context(device_index: int = 0) -> str | None:
+    """Give the device's primary CUDA context the scheduling flag FFmpeg's NVDEC needs
+    (blocking sync), before or after torch activated it; None when done, else why not.
+
+    Call it before anything touches the GPU in a process that will decode on it (the embed worker
+    does, before building its model); :func:`nvdec_status` calls it too. Blocking sync only changes
+    how a host thread waits for the GPU (it sleeps instead of spinning).
+    """
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError as e:
+        return f"libcuda.so.1 not loadable ({e})"
+    dev, flags, active = ctypes.c_int(), ctypes.c_uint(), ctypes.c_int()
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGet(ctypes.byref(dev), int(device_index)) != 0:
+        return f"CUDA device {device_index} not found"
+    if cuda.cuDevicePrimaryCtxGetState(dev, ctypes.byref(flags), ctypes.byref(active)) != 0:
+        return "cuDevicePrimaryCtxGetState failed"
+    if flags.value == _CU_CTX_SCHED_BLOCKING_SYNC:
+        return None
+    # The _v2 entry point (CUDA >= 11) may change the flags of an active context as well.
+    set_flags = getattr(cuda, "cuDevicePrimaryCtxSetFlags_v2", None) or cuda.cuDevicePrimaryCtxSetFlags
+    rc = set_flags(dev, _CU_CTX_SCHED_BLOCKING_SYNC)
+    if rc != 0:
+        return (f"the CUDA context of device {device_index} is already active with flags {flags.value:#x} "
+                f"and cannot take blocking sync (CUresult {rc})")
+    return None
 
 
 def _probe_decode(device_index: int) -> int:

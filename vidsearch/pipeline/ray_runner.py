@@ -85,6 +85,11 @@ class _DecodeActor:
 class _EmbedActor:
     def __init__(self, kwargs: dict[str, Any], cfg: IngestCfg | None = None, pp: PreprocessCfg | None = None,
                  nvdec_sessions: int = 0, gpu_device: str | None = None) -> None:
+        if nvdec_sessions > 0 and gpu_device != "cpu":
+            # Before the model touches the GPU: FFmpeg's NVDEC needs the primary context's flags.
+            from vidsearch.pipeline.nvdec import align_cuda_context
+
+            align_cuda_context(0)  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU: device 0
         self.embedder = Embedder(**kwargs)
         # A setup error (weights missing, SHA-256 mismatch) is kept and raised by info(): Ray
         # turns an error in __init__ into an ActorDiedError that has lost the exception's type.
