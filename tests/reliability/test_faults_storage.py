@@ -302,13 +302,19 @@ def test_f15_corrupt_catalog_or_wal_is_set_aside_and_rebuilt(corpus: Path, clean
     with lib.connect_catalog() as con:
         assert con.execute("SELECT count(*) FROM clips").fetchone() == (n_clips,)
         assert con.execute("SELECT count(*) FROM videos WHERE path = 'EVIL'").fetchone() == (0,)
-    # The next writer (an ingest, or a search finding the library free) moves it aside once.
+    # A search answers around it and changes nothing (read commands do not write, rule 13); the
+    # next writer (an ingest, or the refresh any writer does) moves it aside once.
     if writer == "ingest":
         s = ingest(corpus, root)
         assert (s.videos_skipped, s.exit_code) == (4, 0)
     else:
+        damaged = {p.name: p.read_bytes() for p in (lib.catalog_path, lib.catalog_wal_path) if p.exists()}
         with Searcher(lib, record_history=False) as searcher:
             assert searcher.search("anything", k=3).hits
+        assert {p.name: p.read_bytes() for p in (lib.catalog_path, lib.catalog_wal_path) if p.exists()} == damaged
+        assert not lib.quarantine_dir.exists() or not any(lib.quarantine_dir.iterdir())
+        with lib.lock():
+            lib.refresh_catalog()
     assert any("moved aside" in r.getMessage() for r in caplog.records)
     assert not lib.catalog_wal_path.exists() and lib.catalog_is_current()
     aside = sorted(p.name.split("-", 2)[2] for p in lib.quarantine_dir.iterdir())
@@ -357,7 +363,7 @@ def test_f12_cli_search_during_ingest_sees_only_committed_clips(corpus: Path, tm
                                capture_output=True, text=True, timeout=120, env=env_with_repo())
             assert r.returncode == 0, r.stderr[-3000:]
             assert "lock" not in r.stderr.lower(), r.stderr[-3000:]
-            hits = {h["clip_id"] for h in json.loads(r.stdout)["hits"]}
+            hits = {int(h["clip_id"]) for h in json.loads(r.stdout)["hits"]}  # JSON ids are strings
             allowed = committed_ids()  # read after the search returned: an upper bound of what it saw
             assert hits and hits <= allowed, hits - allowed
             searches.append((lib.read_manifest().generation, len(hits)))
