@@ -61,6 +61,10 @@ TIERS: dict[str, str] = {
     # rerun and speech added later (test_ingest_speech.py), the kills are in reliability/.
     "integration/test_ingest_speech.py::test_a_failed_transcription_fails_the_speech_stage_only": "reliability",
     "integration/test_ingest_speech.py::test_clips_go_ahead_of_a_late_transcript_and_it_follows": "reliability",
+    # A second Ray run (a `vidsearch ingest` child starts its own Ray): the default tier keeps one,
+    # test_ingest.py's; this one checks Ray's progress output without a terminal.
+    "integration/test_ingest_cli.py::test_ray_ingest_says_what_it_does_and_shows_progress_without_a_terminal":
+        "slow",
     # F12 over HTTP: an ingest while the server answers (also a CLI F12 test in test_faults_storage).
     "integration/test_serve_api.py::test_search_keeps_answering_during_an_ingest": "reliability",
     # The demo model's retrieval quality on a 20-video world (~2 min of ingest and queries); the
