@@ -6,11 +6,11 @@ or ``slow`` tier is decided here, in :data:`TIERS`, not by markers in the test m
 moving a test between tiers is one line in one file.
 
 Every video is generated once per test session with the ffmpeg binary of ``imageio-ffmpeg`` and
-``lavfi`` sources (RELIABILITY.md §8 conventions), small enough for 2 CPU cores:
+``lavfi`` sources (docs/RELIABILITY.md §8 conventions), small enough for 2 CPU cores:
 
 * :func:`media_videos` — good videos of several codecs, sizes and frame rates, a VFR one, rotated
   ones, a 1-frame one, a 0.5 s one and one with known scene cuts (:data:`CUTS_S`), keyed by name.
-* :func:`bad_inputs` — the bad-input rows of RELIABILITY.md §8.1 (B1-B19, B22) in one folder,
+* :func:`bad_inputs` — the bad-input rows of docs/RELIABILITY.md §8.1 (B1-B19, B22) in one folder,
   keyed by row id.
 * :func:`fault_corpus` — four small videos ``v0.mp4`` .. ``v3.mp4`` (1-3 clips each), the corpus
   of the fault tests, and :func:`clean_library` — that corpus ingested once, undisturbed (the
@@ -143,7 +143,7 @@ def shared_demo_video() -> Path:
 
 @pytest.fixture(scope="session")
 def bad_inputs(tmp_path_factory: pytest.TempPathFactory, media_videos: dict[str, Path]) -> dict[str, Path]:
-    """RELIABILITY.md §8.1 bad inputs in one folder (row id -> path; folder = ``['dir']``).
+    """docs/RELIABILITY.md §8.1 bad inputs in one folder (row id -> path; folder = ``['dir']``).
 
     Also holds ``good`` (a normal video) so tests can check the rest is ingested.
     """

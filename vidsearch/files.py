@@ -4,7 +4,7 @@ Standard library only, so that ``vidsearch.models`` (checkpoint hashes, conversi
 can use it without importing DuckDB or pyarrow.
 
 A file becomes visible by temp file -> fsync -> ``os.replace`` -> fsync of the folder (docs/
-RELIABILITY.md rule 4): a reader sees the old or the new content, never a mix, and a power cut
+docs/RELIABILITY.md rule 4): a reader sees the old or the new content, never a mix, and a power cut
 after the rename cannot leave an empty file under the final name.
 """
 

@@ -228,7 +228,7 @@ def _kill_then_resume(point: str, corpus: Path, local_lib: Path, s3: S3, tmp_pat
 
 def test_f10_corrupt_object_is_set_aside_and_its_videos_re_ingested(corpus: Path, local_lib: Path, s3: S3,
                                                                      tmp_path: Path) -> None:
-    """RELIABILITY.md F10 on an object store: the bad object moves to ``<prefix>/quarantine/``."""
+    """docs/RELIABILITY.md F10 on an object store: the bad object moves to ``<prefix>/quarantine/``."""
     lib, prefix = tmp_path / "lib", "f10"
     assert ingest(corpus, lib, s3.uri(prefix)).exit_code == 0
     bad = next(s for s in Library(lib).read_manifest().shards if s.clips_rows)

@@ -1,4 +1,4 @@
-"""The library-invariants checker of RELIABILITY.md §8 (used at the end of every ingest test).
+"""The library-invariants checker of docs/RELIABILITY.md §8 (used at the end of every ingest test).
 
 :func:`check_library` asserts:
 

@@ -1,4 +1,4 @@
-"""RELIABILITY.md §8.1: every bad input becomes a clear failure row; the rest is ingested.
+"""docs/RELIABILITY.md §8.1: every bad input becomes a clear failure row; the rest is ingested.
 
 One ingest run (local executor, real decode children, tiny model) over the ``bad_inputs``
 folder; each test checks one row of the table against the catalog.
@@ -436,7 +436,7 @@ def _decode_all(w: Any, path: Path) -> tuple[Any, list[Any]]:
     return plan, chunks
 
 
-B13_BUDGET = 1 << 30  # RELIABILITY.md B13: the decode child's peak RSS, 1 GB
+B13_BUDGET = 1 << 30  # docs/RELIABILITY.md B13: the decode child's peak RSS, 1 GB
 
 
 @pytest.mark.parametrize("decoder", ["pyav", "decord"])
@@ -509,7 +509,7 @@ def test_s7_decode_child_memory_cap_fails_one_video_as_too_large(limit_inputs: d
 # at the end) in small pieces, as a slow `cp` into a watched folder would. Both keep writing until
 # the first ingest has returned, so the race is decided, not timed.
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.slow  # RELIABILITY.md 8.4 tier; ~10 s
+@pytest.mark.slow  # docs/RELIABILITY.md 8.4 tier; ~10 s
 def test_b20_growing_files_are_unstable_then_ingested_next_run(tmp_path: Path) -> None:
     import subprocess
     import threading
@@ -602,7 +602,7 @@ def test_b20_growing_files_are_unstable_then_ingested_next_run(tmp_path: Path) -
 
 
 # ---------------------------------------------------------------------------------------------
-# Slow tier (RELIABILITY.md 8.4): B14, B21's hang and quarantine, B23's 10^6-frame bomb.
+# Slow tier (docs/RELIABILITY.md 8.4): B14, B21's hang and quarantine, B23's 10^6-frame bomb.
 # ---------------------------------------------------------------------------------------------
 class _RssSampler:
     """Samples this process's RSS and its children's (the decode child) every 0.2 s."""

@@ -1,4 +1,4 @@
-"""RELIABILITY.md §8.2 faults: decoder crash/hang (F1, F2), kills at every crash point and at a
+"""docs/RELIABILITY.md §8.2 faults: decoder crash/hang (F1, F2), kills at every crash point and at a
 random moment (F6), Ctrl-C (F7), the writer lock (F14), a different model (F16).
 
 Kills need a real separate driver process, so those tests run ``python -m vidsearch.cli ingest``

@@ -1,4 +1,4 @@
-"""RELIABILITY.md §8.2, the library's storage faults: F8 (disk full), F10 (corrupt, missing or
+"""docs/RELIABILITY.md §8.2, the library's storage faults: F8 (disk full), F10 (corrupt, missing or
 foreign shard), F12 (search during ingest) and F15 (corrupt catalog or WAL).
 
 Real parts only: the disk is "filled" by ``RLIMIT_FSIZE`` in a child process with SIGXFSZ
@@ -87,7 +87,7 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.slow  # RELIABILITY.md 8.4: slow tier (the unit DiskFull test is in tests/unit)
+@pytest.mark.slow  # docs/RELIABILITY.md 8.4: slow tier (the unit DiskFull test is in tests/unit)
 def test_f8_disk_full_during_shard_write_catalog_and_index(tmp_path: Path) -> None:
     from vidsearch.indexer import load_index, read_meta, update_index
     from vidsearch.search import Searcher

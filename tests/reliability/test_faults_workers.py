@@ -1,4 +1,4 @@
-"""RELIABILITY.md §8.2, the pipeline's worker faults: F3 (decode actor killed), F4 (embed actor
+"""docs/RELIABILITY.md §8.2, the pipeline's worker faults: F3 (decode actor killed), F4 (embed actor
 killed; out of memory), F5 (a video that gets its worker killed every time), F17 (weights missing
 or corrupt) and F18 (EIO on read).
 
@@ -161,7 +161,7 @@ def test_f4_embed_actor_killed_mid_batch_re_embeds_the_batch_deterministically(
     assert_same_library(tmp_path / "lib", clean_lib)  # embeddings allclose to an undisturbed run
 
 
-@pytest.mark.slow  # RELIABILITY.md 8.4: slow tier
+@pytest.mark.slow  # docs/RELIABILITY.md 8.4: slow tier
 def test_f4_out_of_memory_splits_the_batch_with_the_same_embeddings(corpus: Path, clean_lib: Path, tmp_path: Path,
                                                                     mark_dir: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,7 +174,7 @@ def test_f4_out_of_memory_splits_the_batch_with_the_same_embeddings(corpus: Path
     assert_same_library(tmp_path / "lib", clean_lib)
 
 
-@pytest.mark.slow  # RELIABILITY.md 8.4: slow tier
+@pytest.mark.slow  # docs/RELIABILITY.md 8.4: slow tier
 def test_f4_out_of_memory_even_for_one_clip_fails_the_videos_with_embed_oom(corpus: Path, tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VIDSEARCH_TEST_EMBED_FAULT", "oom=0")
@@ -291,7 +291,7 @@ def test_f17_missing_weights_cli_says_where_to_put_them(corpus: Path, tmp_path: 
 
 # ---- F18: EIO on read ---------------------------------------------------------------------------------
 
-@pytest.mark.slow  # RELIABILITY.md 8.4: slow tier
+@pytest.mark.slow  # docs/RELIABILITY.md 8.4: slow tier
 def test_f18_eio_is_retried_with_backoff_then_an_ioerror_row(corpus: Path, clean_lib: Path, tmp_path: Path,
                                                              mark_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     m = mark_dir

@@ -1,4 +1,4 @@
-"""RELIABILITY.md rule 2 and 8.4: the 160-mutant fuzz corpus, ingested in one run (slow tier).
+"""docs/RELIABILITY.md rule 2 and 8.4: the 160-mutant fuzz corpus, ingested in one run (slow tier).
 
 Four small real videos (MP4 with the index first and last, Matroska H.264, AVI MPEG-4) are
 mutated 40 times each, seeded: bit flips, zeroed ranges, truncations, and edits of header

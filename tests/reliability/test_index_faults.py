@@ -1,4 +1,4 @@
-"""RELIABILITY.md F9-F11, F13 for the index: corrupt, stale, extended and swapped indexes."""
+"""docs/RELIABILITY.md F9-F11, F13 for the index: corrupt, stale, extended and swapped indexes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RELIABILITY.md 8.3 against real DuckDB files, real shards and real ingests (DuckDB 2.0.0).
+"""docs/RELIABILITY.md 8.3 against real DuckDB files, real shards and real ingests (DuckDB 2.0.0).
 
 S5 is in tests/unit/test_models_weights.py; S7's resource bombs run with the other probe limits in
 test_bad_inputs.py (they share its generated files).
@@ -69,7 +69,7 @@ def test_s1_injection_through_typed_flags_stays_literal(library, capsys: pytest.
     assert benign and search_json(library, "--path", "/media/pets/*") == benign
     for flag, payload in (("--min-duration", "1; DROP TABLE clips"), ("--from", "2024' --"),
                           ("-k", "5; DROP TABLE clips")):
-        # A usage error (exit 1, as RELIABILITY.md S1 asks): the payload never reaches SQL.
+        # A usage error (exit 1, as docs/RELIABILITY.md S1 asks): the payload never reaches SQL.
         assert main(["search", "--like", "1", "--library", str(library.lib.root), flag, payload]) == 1
     assert digests(library) == before
     assert json.loads(_run(["sql", "SELECT count(*) AS n FROM clips", "--library", str(library.lib.root),

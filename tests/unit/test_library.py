@@ -208,7 +208,7 @@ def test_kill_at_each_crash_point_then_recover(tmp_path: Path, point: str, remot
 
 def test_disk_full_during_commit_leaves_the_library_as_it_was(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """RELIABILITY.md F8: ENOSPC while writing a shard -> a clear DiskFull, no temp files, nothing lost."""
+    """docs/RELIABILITY.md F8: ENOSPC while writing a shard -> a clear DiskFull, no temp files, nothing lost."""
     import errno
 
     from vidsearch.library import DiskFull

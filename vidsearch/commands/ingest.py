@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _esc(text: str) -> str:
-    # File names may hold control characters (RELIABILITY.md S8): never print them raw.
+    # File names may hold control characters (docs/RELIABILITY.md S8): never print them raw.
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 

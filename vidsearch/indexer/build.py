@@ -570,7 +570,7 @@ def update_index(library: Library, cfg: IndexCfg | None = None, *, rebuild: bool
 
     Raises:
         LibraryError: no writer lock, no model, or a shard whose SHA-256 differs.
-        DiskFull: no space for the new files (RELIABILITY.md F8); the files of this attempt are
+        DiskFull: no space for the new files (docs/RELIABILITY.md F8); the files of this attempt are
             removed and ``index.json`` still names the previous, complete index.
     """
     cfg = cfg or IndexCfg()

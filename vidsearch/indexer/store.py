@@ -10,7 +10,7 @@ Layout::
 
 ``index.json`` is written after everything it names, so a kill at any point leaves the previous
 index valid (unnamed files are deleted by the next writer). It records the SHA-256 of every file
-it names; FAISS itself loads a bit-flipped file without complaint (RELIABILITY.md F9), so the
+it names; FAISS itself loads a bit-flipped file without complaint (docs/RELIABILITY.md F9), so the
 digest is checked *before* ``faiss.read_index``.
 
 The vector cache is memory-mapped at search time: exact search over a filtered subset, exact

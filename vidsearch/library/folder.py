@@ -299,7 +299,7 @@ class Library:
         return uri
 
     def _mkdir_no_symlink(self, d: Path) -> None:
-        # A symlinked subfolder could point writes outside the library (RELIABILITY.md S4).
+        # A symlinked subfolder could point writes outside the library (docs/RELIABILITY.md S4).
         self._refuse_symlink(d)
         try:
             d.mkdir(parents=True, exist_ok=True)

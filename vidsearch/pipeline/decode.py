@@ -1,6 +1,6 @@
 """Decode stage: probe + segment + sample frames of one video, in a killable child process.
 
-Why a child process (RELIABILITY.md rule 1, F1/F2): a decoder that segfaults or hangs on one
+Why a child process (docs/RELIABILITY.md rule 1, F1/F2): a decoder that segfaults or hangs on one
 input must fail that video, not the run. [M] Ray Data's default path looped forever on a
 segfaulting decoder. :class:`DecodeWorker` keeps one persistent ``spawn`` child; every job has a
 wall-clock timeout (reset by each reply, so long videos are fine as long as chunks come back).
@@ -17,7 +17,7 @@ probe's frame count, and the runner marks a video ``partial`` below ``min_covera
 :class:`DecodeWorker` keeps the plans of the videos it planned: the driver's chunk requests
 name the video (:class:`~vidsearch.pipeline.types.ChunkRequest`) instead of sending the plan back.
 
-Transient I/O errors (RELIABILITY.md F18): an ``OSError`` such as EIO or ESTALE while the child
+Transient I/O errors (docs/RELIABILITY.md F18): an ``OSError`` such as EIO or ESTALE while the child
 reads a video (a network filesystem hiccup) comes back as ``IOError``; :class:`DecodeWorker`
 retries that job with exponential backoff (``IngestCfg.io_retries``, ``io_retry_backoff_s``, as
 cosmos-curate's ``do_with_retries``) and only then reports it, so the runner writes an

@@ -1,7 +1,7 @@
 """Discover stage: input paths -> regular video files with a content fingerprint.
 
 Inputs are folders (walked recursively), globs, single files, or ``@LIST`` files holding one path
-per line (relative paths are relative to the list file's folder). Policy (RELIABILITY.md B7):
+per line (relative paths are relative to the list file's folder). Policy (docs/RELIABILITY.md B7):
 
 * a file named explicitly on the command line or in a list is always a candidate;
 * inside folders, a file is a candidate when its extension is in ``extensions`` or, unless

@@ -4,7 +4,7 @@
 local runner calls it in-process. On CUDA the model runs in bf16 and the embeddings come back as
 float32; without a GPU it runs in float32 on the CPU.
 
-Out of memory (RELIABILITY.md F4): a ``torch.cuda.OutOfMemoryError`` (or an allocator
+Out of memory (docs/RELIABILITY.md F4): a ``torch.cuda.OutOfMemoryError`` (or an allocator
 ``RuntimeError`` saying "out of memory") halves the forward batch and retries the same clips; the
 smaller size is kept for later calls (the next batch would not fit either). A clip that does not
 fit even alone gets a NaN row, and the runner fails its video with ``EmbedOOM``; the other clips

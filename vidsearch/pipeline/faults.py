@@ -1,4 +1,4 @@
-"""Fault-injection hooks for the reliability tests (RELIABILITY.md §8.2); inert unless armed.
+"""Fault-injection hooks for the reliability tests (docs/RELIABILITY.md §8.2); inert unless armed.
 
 The specs are read from the environment by the driver and handed to the workers as arguments:
 Ray workers keep the environment of the runtime's start, so a variable set later would not

@@ -1,6 +1,6 @@
 """Probe stage: container checks and frame timestamps of one video, before any decoder opens it.
 
-Order of checks, each a failure branch (RELIABILITY.md §8.1):
+Order of checks, each a failure branch (docs/RELIABILITY.md §8.1):
 
 1. size 0 -> ``EmptyFile`` (B1);
 2. the first bytes must be a known video container (:func:`sniff_container`), else

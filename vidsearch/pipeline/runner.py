@@ -648,7 +648,7 @@ def _model_for(library: Library, opts: IngestOptions) -> str:
 
 
 def _check_model(name: str, opts: IngestOptions) -> tuple[str | None, Any, str | None]:
-    """The model's config and weights, checked before anything is created (RELIABILITY.md F17).
+    """The model's config and weights, checked before anything is created (docs/RELIABILITY.md F17).
 
     Returns:
         (the weights file for the embedder, the model's preprocessing, a warning line for test

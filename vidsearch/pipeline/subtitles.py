@@ -9,7 +9,7 @@ in srt/vtt/ass/ssa (any case) and ``tags`` dot-separated language codes or flags
 middle part that is neither (``clip.2020.srt``) belongs to another video (``clip.2020.mp4``) and
 is not read.
 
-Untrusted input (RELIABILITY.md rule: everything read from disk is a stranger's):
+Untrusted input (docs/RELIABILITY.md rule: everything read from disk is a stranger's):
 
 * only regular files are read (``O_NONBLOCK`` + ``fstat``: a FIFO named ``clip.srt`` cannot block);
 * a sidecar that is a symlink is read only when its target lies in the video's folder or in the

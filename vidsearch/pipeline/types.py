@@ -17,7 +17,7 @@ import errno
 from dataclasses import dataclass, field
 from typing import Any
 
-# Stable error_type names (RELIABILITY.md §8 vocabulary). Tests and users match on these.
+# Stable error_type names (docs/RELIABILITY.md §8 vocabulary). Tests and users match on these.
 ERROR_TYPES = (
     "EmptyFile", "CorruptContainer", "NotAVideo", "NoVideoStream", "UnsupportedCodec", "TooShort",
     "TooLarge", "TooManyFrames", "TooManyStreams", "DecodeTimeout", "DecoderCrash", "DecodeError",
@@ -73,7 +73,7 @@ class WorkerLost(Exception):
     """A worker process (Ray actor) died while a call to it was pending (killed, out of memory).
 
     Raised by ``Backend.get``; the driver retries the call or, after repeated deaths on the same
-    video, fails it with ``WorkerKilled`` (RELIABILITY.md F3-F5).
+    video, fails it with ``WorkerKilled`` (docs/RELIABILITY.md F3-F5).
 
     Args:
         message: what the executor reported.

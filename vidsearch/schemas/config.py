@@ -37,7 +37,7 @@ class IngestCfg:
     io_retry_backoff_s: float = 0.5
     # Decoded/expected frame ratio under which a video is "partial", never "done" (rule 2).
     min_coverage: float = 0.95
-    # Probe limits (RELIABILITY.md B13/B23/S7): refuse a file (TooLarge / TooManyFrames /
+    # Probe limits (docs/RELIABILITY.md B13/B23/S7): refuse a file (TooLarge / TooManyFrames /
     # TooManyStreams) rather than exhaust memory or time on it. Pixels of one frame: 8K UHD
     # decodes in well under 1 GB (decode_max_pixels); above it the decoder's own reference frames
     # alone approach a GB. Frames of one video: the probe keeps one timestamp per frame (about 70

@@ -1,7 +1,7 @@
 """Deterministic identifiers: ``video_id`` from file content, ``clip_id`` from (video, span, model).
 
 Ids are content-derived so that a moved or renamed file is not embedded twice, a changed file is,
-and re-running ingest rewrites nothing (RELIABILITY.md rule 6). FAISS stores ``clip_id`` as its id.
+and re-running ingest rewrites nothing (docs/RELIABILITY.md rule 6). FAISS stores ``clip_id`` as its id.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Search history: every search and its results, in ``LIBRARY/history.duckdb``.
 
 Not in ``catalog.duckdb``: the catalog is written only by the ingest writer and swapped as a whole
-file, so a search writing into it would race the writer (RELIABILITY.md rule 7). Each search
+file, so a search writing into it would race the writer (docs/RELIABILITY.md rule 7). Each search
 holds history.duckdb for one short transaction, retrying briefly while another search holds it;
 failing to record is a warning, never a failed search.
 """

@@ -1,7 +1,7 @@
 """Search results as a table, JSON, CSV or Parquet; thumbnails; player commands.
 
 Paths come from file names, which may hold terminal escapes (``\\x1b[2J``), carriage returns or
-newlines (RELIABILITY.md S8): the table escapes every control character, JSON stays valid JSON
+newlines (docs/RELIABILITY.md S8): the table escapes every control character, JSON stays valid JSON
 (its own escaping), CSV quotes fields. Written files are temp file + fsync + rename; thumbnail
 names come from clip ids only (S4).
 """

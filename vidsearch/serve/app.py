@@ -14,7 +14,7 @@ Endpoints (all JSON unless noted; errors are ``{"error": "..."}`` with 400/403/4
 
 Ids are the catalog's: ``clip_id`` a positive int64 (sent as a decimal string in JSON, because a
 JavaScript number holds 53 bits), ``video_id`` 32 hex characters. No parameter is a path: files
-are looked up by id in the catalog (RELIABILITY.md S4).
+are looked up by id in the catalog (docs/RELIABILITY.md S4).
 
 What the server defends against (docs/RELIABILITY.md S3, S4) and what it does not:
 

@@ -4,11 +4,11 @@ The HTTP layer (:mod:`vidsearch.serve.app`) only parses parameters and turns the
 into status codes; everything that touches the library is here, so it is testable and the rules
 are in one place:
 
-- **Reads only the last committed generation** (RELIABILITY.md F12/F13): every request calls
+- **Reads only the last committed generation** (docs/RELIABILITY.md F12/F13): every request calls
   ``Searcher.refresh()``, which reloads index and catalog when an ingest committed since. Like every
   searcher, it never takes the writer lock, repairs or rebuilds anything (a damaged index or catalog
   is answered around, with a warning in ``/api/status`` and every search).
-- **Files by id only** (RELIABILITY.md S4): a video file is found by ``video_id`` in the catalog's
+- **Files by id only** (docs/RELIABILITY.md S4): a video file is found by ``video_id`` in the catalog's
   ``videos`` table (searchable status only) and served only if it is a regular file; no request
   carries a path. Thumbnails are ``LIBRARY/thumbs/<clip_id>.jpg``, named by an integer.
 - **One lock** guards the Searcher and its DuckDB connection, which are not made for concurrent
