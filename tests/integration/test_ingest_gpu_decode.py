@@ -36,7 +36,8 @@ def _embeddings(lib: Path) -> dict[int, np.ndarray]:
 
 def test_mixed_corpus_gpu_path_equals_cpu_path(media_videos: dict[str, Path], tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = IngestCfg(decode_workers=1, batch_size=8, clip_seconds=1.0, stride=1.0)
+    # The test videos are tiny: offer every one to the GPU side (auto keeps small frames on the CPU).
+    cfg = IngestCfg(decode_workers=1, batch_size=8, clip_seconds=1.0, stride=1.0, gpu_decode_min_pixels=0)
     folder = media_videos["h264"].parent
     cpu = run_ingest([folder], tmp_path / "cpu", cfg, IngestOptions(
         model=TEST_MODEL, executor="local", build_index=False, progress=False, decode="cpu", decode_chunk_clips=2))
@@ -55,12 +56,29 @@ def test_mixed_corpus_gpu_path_equals_cpu_path(media_videos: dict[str, Path], tm
     assert cos.min() > 0.999, cos.min()
 
 
+def test_auto_keeps_small_frames_on_the_cpu(media_videos: dict[str, Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under --decode auto a video below gpu_decode_min_pixels is decoded by the CPU workers (at
+    360p NVDEC was 4x slower than 15 CPU workers on the H200 and slowed the embedder); at the
+    limit it goes to the GPU side."""
+    monkeypatch.setenv("VIDSEARCH_TEST_NVDEC_CPU", "1")
+    one = tmp_path / "in"
+    one.mkdir()
+    (one / "v.mp4").symlink_to(media_videos["h264"])  # 96x64
+    for mode, limit, expect in (("auto", 96 * 64 + 1, 0), ("auto", 96 * 64, 1)):
+        cfg = IngestCfg(decode_workers=1, batch_size=8, clip_seconds=1.0, stride=1.0, gpu_decode_min_pixels=limit)
+        s = run_ingest([one], tmp_path / f"{mode}-{limit}", cfg, IngestOptions(
+            model=TEST_MODEL, executor="local", build_index=False, progress=False, decode=mode,
+            decode_chunk_clips=2, nvdec_sessions=2))
+        assert s.videos_done == 1 and s.gpu_videos == expect, (mode, limit, s.gpu_videos)
+
+
 @pytest.mark.ray
 def test_ray_executor_gpu_path_equals_cpu_path(media_videos: dict[str, Path], tmp_path: Path, ray_session: None,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The Ray wiring of GPU decode (NVDEC threads in the embed actor's concurrency group, frames
     kept by the actor until their embed call, release calls) with the CPU stand-in decoder."""
-    cfg = IngestCfg(decode_workers=1, batch_size=8, clip_seconds=1.0, stride=1.0)
+    cfg = IngestCfg(decode_workers=1, batch_size=8, clip_seconds=1.0, stride=1.0, gpu_decode_min_pixels=0)
     folder = media_videos["h264"].parent
     cpu = run_ingest([folder], tmp_path / "cpu", cfg, IngestOptions(
         model=TEST_MODEL, executor="local", build_index=False, progress=False, decode="cpu", decode_chunk_clips=2))

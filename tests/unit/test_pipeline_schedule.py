@@ -37,3 +37,12 @@ def test_one_chunk_per_video_oldest_first_up_to_free_sessions() -> None:
     assert next_gpu_chunks(videos, in_flight=1, sessions=3) == [1, 3]
     assert next_gpu_chunks(videos, in_flight=3, sessions=3) == []
     assert next_gpu_chunks(videos, in_flight=0, sessions=8) == [1, 3, 4]
+
+
+def test_worth_gpu_keeps_small_frames_on_the_cpu() -> None:
+    from vidsearch.pipeline.schedule import worth_gpu
+
+    limit = 1280 * 720
+    assert not worth_gpu(640, 360, limit) and not worth_gpu(1279, 720, limit)
+    assert worth_gpu(1280, 720, limit) and worth_gpu(1920, 1080, limit) and worth_gpu(3840, 2160, limit)
+    assert worth_gpu(64, 48, 0)  # 0: no size rule

@@ -61,7 +61,7 @@ from vidsearch.pipeline.resume import (
     select_text_work,
     select_work,
 )
-from vidsearch.pipeline.schedule import choose_side, gpu_room, next_gpu_chunks
+from vidsearch.pipeline.schedule import choose_side, gpu_room, next_gpu_chunks, worth_gpu
 from vidsearch.pipeline.text import failed_outcome, no_audio_outcome, status_row
 from vidsearch.pipeline.types import (
     ChunkRequest,
@@ -1008,6 +1008,9 @@ class _Driver:
     def _gpu_side(self, v: _Video, plan: VideoPlan) -> int | None:
         """The embed worker whose GPU decodes this video, or None for the CPU path."""
         if not any(self.gpu_sessions):
+            return None
+        if self.opts.decode == "auto" and not worth_gpu(plan.probe.coded_width, plan.probe.coded_height,
+                                                        self.cfg.gpu_decode_min_pixels):
             return None
         from vidsearch.pipeline.nvdec import nvdec_refusal
 

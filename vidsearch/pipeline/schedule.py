@@ -1,6 +1,8 @@
 """Which decoder takes a planned video: the GPU's NVDEC sessions or the CPU decode workers (pure).
 
-The rule (issue 13, ``docs/ARCHITECTURE.md``): a video goes to whichever side has room. The GPU
+The rule (issue 13, ``docs/ARCHITECTURE.md``): a video goes to whichever side has room; under
+``--decode auto`` only videos of at least ``IngestCfg.gpu_decode_min_pixels`` are offered to the
+GPU (:func:`worth_gpu`: small frames decode faster on the CPU workers). The GPU
 side of one embed worker has room while it holds fewer videos than its NVDEC sessions plus a
 short queue (``GPU_QUEUE_FACTOR``); the CPU side has room when the decode worker that planned
 the video has nothing else queued. A video NVDEC cannot take (a refusal) always goes to the CPU.
@@ -15,6 +17,12 @@ from collections.abc import Sequence
 # Videos an embed worker holds per NVDEC session: one being decoded, and half a video queued so
 # that a session finishing a video starts the next at once (chunks come one at a time per video).
 GPU_QUEUE_FACTOR = 1.5
+
+
+def worth_gpu(width: int, height: int, min_pixels: int) -> bool:
+    """Whether a video's frames are large enough for NVDEC to pay under ``--decode auto``
+    (``IngestCfg.gpu_decode_min_pixels``: small frames decode faster on the CPU workers)."""
+    return min_pixels <= 0 or width * height >= min_pixels
 
 
 def gpu_capacity(sessions: int) -> int:

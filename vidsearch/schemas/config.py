@@ -53,6 +53,14 @@ class IngestCfg:
     # is made. At or below it frames reach the model's resize untouched (bit-exact with
     # preprocess_frames); 4096x2160 covers every 4K format.
     decode_max_pixels: int = 4096 * 2160
+    # Under --decode auto, videos with fewer pixels per frame than this stay on the CPU decode
+    # workers; NVDEC takes the larger ones. Measured on one H200 + 16 cores (2-s clips, 4 frames):
+    # at 360p the CPU workers decoded 206 clips/s against NVDEC's 53, and giving half the videos
+    # to NVDEC cut the end-to-end rate from 118 to 72 clips/s (its sessions run in the embed
+    # worker's process and slow the embedder); at 1080p the CPU decoded 27-33 clips/s, NVDEC
+    # 39-53, and both together ran end to end at 56 against 32 for the CPU alone. 0: every video
+    # NVDEC can take goes to whichever side has room (--decode gpu always ignores this).
+    gpu_decode_min_pixels: int = 1280 * 720
     # Writable memory (RLIMIT_DATA, MiB; 0 = no cap) a decode child may add to its start-up
     # (~0.25 GB of imports). A file that needs more fails as TooLarge instead of taking the
     # host's memory (S7). An 8K video needs ~0.35 GB.
