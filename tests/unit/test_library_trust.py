@@ -190,7 +190,29 @@ def _not_parquet(t: pa.Table) -> bytes:
     return b"PAR1 this is not parquet PAR1"
 
 
-@pytest.mark.parametrize("damage", [_string_ids, _no_path, _short_embedding, _not_parquet])
+def _parquet_bytes(t: pa.Table) -> bytearray:
+    sink = pa.BufferOutputStream()
+    pq.write_table(t, sink)
+    return bytearray(sink.getvalue().to_pybytes())
+
+
+def _garbled_footer(t: pa.Table) -> bytes:
+    """Magic and footer length intact, the footer's Thrift bytes not (pyarrow: a plain OSError)."""
+    data = _parquet_bytes(t)
+    n = int.from_bytes(data[-8:-4], "little")
+    data[-8 - n:-8] = b"\xff" * n
+    return bytes(data)
+
+
+def _garbled_page_header(t: pa.Table) -> bytes:
+    """The footer and schema intact, the first data page's header not: fails only when read."""
+    data = _parquet_bytes(t)
+    off = pq.ParquetFile(pa.BufferReader(bytes(data))).metadata.row_group(0).column(0).data_page_offset
+    data[off:off + 8] = b"\xff" * 8
+    return bytes(data)
+
+
+@pytest.mark.parametrize("damage", [_string_ids, _no_path, _short_embedding, _not_parquet, _garbled_footer])
 def test_d7_wrong_schema_shard_is_left_out_by_readers_and_set_aside_by_writers(tmp_path: Path, damage: Any) -> None:
     lib = small_library(tmp_path / "lib", shards=3)
     m = lib.read_manifest()
@@ -223,6 +245,38 @@ def test_d7_wrong_schema_shard_is_left_out_by_readers_and_set_aside_by_writers(t
     with lib.connect_catalog() as con:
         assert con.execute("SELECT status, error_type FROM videos WHERE video_id = ?",
                            [f"{1:032x}"]).fetchone() == ("failed", "ShardCorrupt")
+
+
+def test_d7_garbled_data_page_is_a_shard_invalid_and_left_out_by_readers(tmp_path: Path) -> None:
+    """pyarrow reports an undecodable page as a plain OSError (no errno): it is the file's fault,
+    so readers leave the shard out with a warning instead of crashing. (Writers' start-up check
+    reads footers only, so with a matching SHA-256 this damage is found when a shard is read.)"""
+    lib = small_library(tmp_path / "lib", shards=3)
+    path = lib.root / lib.read_manifest().shards[1].clips_file
+    path.write_bytes(_garbled_page_header(pq.read_table(path)))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    edit_manifest(lib, lambda d: d["shards"][1].__setitem__("clips_sha256", digest))
+    lib.catalog_path.unlink()
+    before = snapshot(lib.root)
+    with pytest.raises(ShardInvalid, match=r"part-000002.parquet: not a readable Parquet file \(Couldn't deser"):
+        Library(lib.root).read_shard(lib.read_manifest().shards[1], "clips", verify=True)
+    with Library(lib.root).open_catalog_readonly() as cat:
+        assert cat.con.execute("SELECT count(*) FROM clips").fetchone() == (6,)
+        assert list(cat.load.left_out_shards) == [2]
+    assert snapshot(lib.root) == before
+
+
+def test_d7_an_os_error_reading_a_shard_is_no_verdict_on_the_file(tmp_path: Path) -> None:
+    """Only errors about the bytes make a shard invalid; one the OS reports (here: the file is gone
+    between listing and reading) propagates, so a writer never sets a good shard aside for it."""
+    from vidsearch.library.shards import footer_schema, read_parquet
+
+    with pytest.raises(FileNotFoundError):
+        footer_schema(str(tmp_path / "gone.parquet"))
+    with pytest.raises(FileNotFoundError):
+        read_parquet(str(tmp_path / "gone.parquet"), "shards/gone.parquet", None, None)
+    t = pa.table({"clip_id": [1, 2, 3]})
+    assert "Couldn't deserialize thrift" in str(footer_schema(pa.BufferReader(_garbled_footer(t))))
 
 
 # ---- D2: the writer lock is a kernel lock ------------------------------------------------------

@@ -43,12 +43,25 @@ def is_shard_file(name: str) -> bool:
     return _SHARD_OR_TEMP_RE.fullmatch(name) is not None
 
 
+def _is_bad_content(e: BaseException) -> bool:
+    """Whether a pyarrow error reading a Parquet file says its bytes are bad (not the disk or the OS).
+
+    pyarrow raises ``ArrowInvalid`` (a ``ValueError``) for some damage but a plain ``OSError``
+    without errno for much of the rest: a footer or page header whose Thrift cannot be decoded,
+    a page that fails to decompress, a stream that ends early. An error the OS reported (missing
+    file, no permission, EIO) carries its errno and is no verdict on the file: it propagates.
+    """
+    if isinstance(e, OSError):
+        return e.errno is None
+    return isinstance(e, (pa.ArrowException, ValueError))
+
+
 def footer_schema(source: str | os.PathLike[str] | pa.BufferReader) -> pa.Schema | str:
     """The Arrow schema in a Parquet file's footer, or why it cannot be read."""
     try:
         return pq.read_schema(source)
-    except (pa.ArrowException, ValueError) as e:
-        if isinstance(e, OSError) and not isinstance(e, pa.ArrowException):
+    except (pa.ArrowException, ValueError, OSError) as e:
+        if not _is_bad_content(e):
             raise
         return f"not a readable Parquet file ({_first_line(e)})"
 
@@ -87,8 +100,8 @@ def read_parquet(source: str | os.PathLike[str] | pa.BufferReader, where: str, c
             if problem:
                 raise ShardInvalid(f"{where}: wrong schema ({problem})")
         table = pf.read(columns=columns)
-    except (pa.ArrowException, ValueError) as e:
-        if isinstance(e, OSError) and not isinstance(e, pa.ArrowException):
+    except (pa.ArrowException, ValueError, OSError) as e:
+        if not _is_bad_content(e):
             raise
         raise ShardInvalid(f"{where}: not a readable Parquet file ({_first_line(e)})") from None
     if expected is not None:
