@@ -226,7 +226,10 @@ def test_f10_corrupt_and_missing_shards_are_quarantined_and_re_ingested(corpus: 
         assert lib.quarantine_bad_shards() == sorted([a.shard_id, b.shard_id])
     assert {a.shard_id, b.shard_id}.isdisjoint(s.shard_id for s in lib.read_manifest().shards)
     kept = sorted(p.name.split("-", 1)[1] for p in lib.quarantine_dir.iterdir())
-    assert kept == sorted([Path(a.clips_file).name, Path(a.videos_file).name, Path(b.clips_file).name])
+    # Every file of both shards that was still there, the extra per-commit tables (text_status) too.
+    extra = [Path(t.file).name for s in (a, b) for t in s.tables.values()]
+    assert extra and kept == sorted([Path(a.clips_file).name, Path(a.videos_file).name, Path(b.clips_file).name,
+                                     *extra])
     with lib.connect_catalog() as con:
         rows = dict(con.execute("SELECT video_id, error_type FROM videos WHERE status = 'failed'").fetchall())
         assert con.execute("SELECT count(*) FROM clips WHERE shard_id IN (?, ?)",
