@@ -184,19 +184,34 @@ def probe(path_bytes: bytes, cfg: IngestCfg) -> ProbeResult:
     if demuxer is None:
         raise VideoError("NotAVideo", "probe", _describe_head(head))
 
-    with open_path(path_bytes) as path:
-        try:
-            container = av.open(path, format=demuxer, options={"protocol_whitelist": "file"})
-        except MemoryError:
-            raise VideoError("TooLarge", "probe", "out of memory opening the container") from None
-        except av.error.FFmpegError as e:
-            if is_transient_io(e):
-                raise  # EIO from a network filesystem: retried by the decode worker (F18)
-            raise VideoError("CorruptContainer", "probe", f"container does not open ({_short(e)})") from None
-        try:
-            return _probe_open(container, cfg, demuxer, container_name(demuxer, head))
-        finally:
-            container.close()
+    # The demuxer's own error messages (a damaged Matroska cluster, a cut file) are the evidence
+    # that frames are missing; PyAV only routes ffmpeg's log while a level is set. They are
+    # collected from the open on: opening reads the first packets (stream info), and damage
+    # there is reported then, not during the demux pass (a zeroed cluster at the start of a
+    # Matroska file: 24 frames gone without a timestamp gap counted). PyAV drops a message equal
+    # to the one before it, which in a decode child is often the last video's: the second cut
+    # Matroska file in a row said nothing ("File ended prematurely" twice), so repeats are kept.
+    prev_level, prev_skip = av.logging.get_level(), av.logging.get_skip_repeated()
+    av.logging.set_level(av.logging.ERROR)
+    av.logging.set_skip_repeated(False)
+    try:
+        with open_path(path_bytes) as path, av.logging.Capture(local=False) as logs:
+            # local=False: local=True misses them once a frame is decoded
+            try:
+                container = av.open(path, format=demuxer, options={"protocol_whitelist": "file"})
+            except MemoryError:
+                raise VideoError("TooLarge", "probe", "out of memory opening the container") from None
+            except av.error.FFmpegError as e:
+                if is_transient_io(e):
+                    raise  # EIO from a network filesystem: retried by the decode worker (F18)
+                raise VideoError("CorruptContainer", "probe", f"container does not open ({_short(e)})") from None
+            try:
+                return _probe_open(container, cfg, demuxer, container_name(demuxer, head), logs)
+            finally:
+                container.close()
+    finally:
+        av.logging.set_level(prev_level)
+        av.logging.set_skip_repeated(prev_skip)
 
 
 def _short(e: BaseException) -> str:
@@ -225,9 +240,9 @@ def _first_frame(packet: Any, cw: int, ch: int) -> tuple[int | None, int, int, s
     return None, cw, ch, None
 
 
-def _probe_open(container: Any, cfg: IngestCfg, demuxer: str, kind: str) -> ProbeResult:
-    import av
-
+def _probe_open(container: Any, cfg: IngestCfg, demuxer: str, kind: str,
+                logs: list[tuple[int, str, str]]) -> ProbeResult:
+    """The checks after the open; ``logs``: ffmpeg's error messages so far (filled as they come)."""
     fmt = container.format.name
     if not set(fmt.split(",")) & set(cfg.allowed_formats):
         raise VideoError("NotAVideo", "probe", f"container format {fmt} not allowed")
@@ -253,15 +268,7 @@ def _probe_open(container: Any, cfg: IngestCfg, demuxer: str, kind: str) -> Prob
     # one frame per thread in flight (at 8K, 50 MB each on every core).
     vs.thread_type = "NONE"
     pts: list[int] = []
-    # The demuxer's own error messages (a damaged Matroska cluster, a cut file) are the evidence
-    # that frames are missing; PyAV only routes ffmpeg's log while a level is set.
-    prev_level = av.logging.get_level()
-    av.logging.set_level(av.logging.ERROR)
-    try:
-        with av.logging.Capture(local=False) as logs:  # local=True misses them once a frame is decoded
-            rotation, cw, ch, decode_error = _demux_pass(container, vs, cfg, pts, cw, ch)
-    finally:
-        av.logging.set_level(prev_level)
+    rotation, cw, ch, decode_error = _demux_pass(container, vs, cfg, pts, cw, ch)
     # The demuxer logs under its full name ("matroska,webm"); fmt is the forced one ("matroska").
     demux_errors = sum(1 for _, name, _ in logs if set(name.split(",")) & set(fmt.split(",")))
     if not pts:
@@ -359,17 +366,28 @@ def _implied_frames(container: Any, vs: Any, fmt: str, times: tuple[float, ...],
                     duration: float, demux_errors: int) -> tuple[int, str]:
     """Frames the container implies (rule 2: compare with the container's metadata), and why.
 
-    * Declared duration: the video stream's own (mp4 ``mdhd``), else the file's (Matroska
-      ``Duration``, AVI header) when the format writes one. If the frames stop short of it by more
-      than a slack (two frames + 2 %, plus 1 s when the duration is the file's and other streams
-      may outlast the video), the demuxed count is scaled up by declared / reached. [M] 15 of 40
-      cut or damaged Matroska mutants were "done" before: Matroska counts no frames.
     * Timestamp gaps, only when the demuxer reported errors (so variable-frame-rate video with
       long still stretches is not penalised): every gap of more than 1.5 frame durations counts
       the frames that would fill it.
+    * Declared duration: the video stream's own (mp4 ``mdhd``), else the file's (Matroska
+      ``Duration``, AVI header) when the format writes one. If the frames stop short of it by more
+      than a slack, the count so far (demuxed + gaps) is scaled up by declared / reached. [M] 15
+      of 40 cut or damaged Matroska mutants were "done" before: Matroska counts no frames. The
+      slack is two frames + 2 % for a file the demuxer read without error (rounding, muxers'
+      habits), one frame when it reported errors (the end is then damage too: a cut Matroska
+      file missing 3 frames inside and 3 at the end was "done" at 97 %), plus 1 s either way
+      when the duration is the file's and other streams may outlast the video.
     """
     n = len(times)
-    expected, notes = n, []
+    notes = []
+    gap = 0
+    if demux_errors and n > 1 and frame_dur > 0:
+        gap = sum(max(0, round((b - a) / frame_dur) - 1) for a, b in zip(times, times[1:], strict=False)
+                  if b - a > 1.5 * frame_dur)
+        if gap:
+            notes.append(f"the demuxer reported {demux_errors} error(s) and ~{gap} frames are missing "
+                         "in timestamp gaps")
+    expected = n + gap
     declared, from_stream = None, False
     if vs.duration and vs.time_base:
         declared, from_stream = float(vs.duration * vs.time_base), True
@@ -377,15 +395,8 @@ def _implied_frames(container: Any, vs: Any, fmt: str, times: tuple[float, ...],
         declared = container.duration / 1e6  # AV_TIME_BASE units
     if declared is not None and duration > 0:
         others = len(container.streams) > 1 and not from_stream
-        slack = 2 * frame_dur + 0.02 * declared + (1.0 if others else 0.0)
+        slack = (frame_dur if demux_errors else 2 * frame_dur + 0.02 * declared) + (1.0 if others else 0.0)
         if declared > duration + slack:
-            expected = max(expected, math.ceil(n * declared / duration))
+            expected = max(expected, math.ceil((n + gap) * declared / duration))
             notes.append(f"the container declares {declared:.2f} s, the frames reach {duration:.2f} s")
-    if demux_errors and n > 1 and frame_dur > 0:
-        gap = sum(max(0, round((b - a) / frame_dur) - 1) for a, b in zip(times, times[1:], strict=False)
-                  if b - a > 1.5 * frame_dur)
-        if gap:
-            expected = max(expected, n + gap)
-            notes.append(f"the demuxer reported {demux_errors} error(s) and ~{gap} frames are missing "
-                         "in timestamp gaps")
     return expected, "; ".join(notes)
