@@ -202,6 +202,9 @@ class _BrokenReader:
     def get(self, indices: list[int], retain_from: int | None = None) -> readers.ReadResult:
         raise RuntimeError("cannot read this file")
 
+    def finish(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -251,3 +254,85 @@ def test_decode_worker_keeps_plans_and_plans_again_when_it_has_none(videos: dict
         assert isinstance(wrong, VideoError) and wrong.error_type == "Unstable", wrong
     finally:
         w.close()
+
+
+# ---- Coverage (docs/RELIABILITY.md rule 2): what the decoder drops is counted -----------------
+
+def _packets(path: Path) -> list[tuple[int, int, int, bool | None]]:
+    """(presentation index, file offset, size, is a reference picture) of every video packet."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        ed = s.codec_context.extradata
+        length_size = (ed[4] & 3) + 1
+        raw = [(p.pts, p.pos, p.size, readers.h264_is_reference(bytes(p), length_size))
+               for p in c.demux(s) if p.size]
+    rank = {pts: i for i, pts in enumerate(sorted(r[0] for r in raw))}
+    return [(rank[pts], pos, size, ref) for pts, pos, size, ref in raw]
+
+
+def _plain_decode_count(path: Path) -> int:
+    """Frames a plain PyAV decode yields, every picture decoded, a failing packet skipped."""
+    n = 0
+    with av.open(str(path)) as c:
+        for packet in c.demux(video=0):
+            try:
+                n += len(packet.decode())
+            except av.error.FFmpegError:
+                continue
+    return n
+
+
+def _decoded(path: Path, cfg: IngestCfg, pp: PreprocessCfg) -> tuple[int, int, list[int]]:
+    """(probe's frame count, frames the decode stage counts as decoded, sampled indices)."""
+    plan = plan_video(make_task(os.fsencode(path)), cfg, pp)  # type: ignore[arg-type]
+    state = ChildState()
+    try:
+        n = len(plan.clips)
+        chunks = [decode_chunk(plan, lo, min(n, lo + 2), cfg, pp, state) for lo in range(0, n, 2)]
+    finally:
+        state.reset()
+    assert all(not c.truncated for c in chunks) and [k for c in chunks for k in c.kept] == list(range(n))
+    sampled = sorted({i for c in plan.clips for i in c.frame_indices})
+    return plan.probe.frame_count, min(c.decoded_frames for c in chunks), sampled
+
+
+def test_damage_after_the_last_sampled_frame_is_counted(videos: dict[str, Path], tmp_path: Path) -> None:
+    """The reader stops at the last frame a clip samples; the last chunk then decodes the rest of
+    the stream, so packets that no longer decode at the very end are lost frames too (a fuzz
+    mutant with its last 7 packets zeroed was "done" at 100 %)."""
+    pp, cfg = PreprocessCfg(img_size=32), IngestCfg(clip_seconds=2.0, stride=2.0)
+    n, decoded, sampled = _decoded(videos["bframes"], cfg, pp)
+    assert decoded == n == _plain_decode_count(videos["bframes"])
+    data = bytearray(videos["bframes"].read_bytes())
+    tail = [p for p in _packets(videos["bframes"]) if p[0] > sampled[-1]][-3:]
+    assert len(tail) == 3
+    for _, pos, size, _ in tail:
+        data[pos: pos + size] = bytes(size)  # NAL length 0: the decoder refuses the packet
+    bad = tmp_path / "tail_zeroed.mp4"
+    bad.write_bytes(bytes(data))
+    assert _plain_decode_count(bad) == n - 3
+    n2, decoded, _ = _decoded(bad, cfg, pp)
+    assert (n2, decoded) == (n, n - 3)
+
+
+def test_after_damage_no_picture_is_skipped(videos: dict[str, Path], tmp_path: Path) -> None:
+    """Unsampled h264 non-reference pictures are skipped, and a skipped picture's loss cannot be
+    seen; so once the stream shows damage, every later picture is decoded. Here a reference
+    picture is destroyed, then a later unsampled non-reference one (its NAL header kept, its
+    slice zeroed): a plain decode loses both, and so must the count."""
+    pp, cfg = PreprocessCfg(img_size=32), IngestCfg(clip_seconds=2.0, stride=2.0)
+    n, _, sampled = _decoded(videos["bframes"], cfg, pp)
+    packets = _packets(videos["bframes"])  # in decode order
+    keep = set(sampled)
+    k_ref = next(k for k, p in enumerate(packets) if k > len(packets) // 4 and p[3] and p[0] not in keep)
+    k_non = next(k for k, p in enumerate(packets) if k > k_ref + 5 and p[3] is False and p[0] not in keep)
+    data = bytearray(videos["bframes"].read_bytes())
+    _, pos, size, _ = packets[k_ref]
+    data[pos: pos + size] = bytes(size)
+    _, pos, size, _ = packets[k_non]
+    data[pos + 5: pos + size] = bytes(size - 5)  # 4-byte length and NAL header (nal_ref_idc 0) kept
+    bad = tmp_path / "two_damaged.mp4"
+    bad.write_bytes(bytes(data))
+    assert _plain_decode_count(bad) == n - 2  # the damage is what the test says it is
+    n2, decoded, _ = _decoded(bad, cfg, pp)
+    assert (n2, decoded) == (n, n - 2)

@@ -289,6 +289,8 @@ def assemble_chunk(plan: VideoPlan, lo: int, hi: int, got: dict[int, Any], ended
     else:
         out = np.stack(arrays) if arrays else np.zeros((0, pp.num_frames, S, S, 3), np.uint8)
     decoded = ended if truncated and ended is not None else plan.probe.frame_count
+    if hi == len(plan.clips):
+        reader.finish()  # the video's last chunk: frames after the last sampled one count too
     if reader.lost:  # cumulative over the video: the runner keeps the minimum
         decoded = max(0, decoded - reader.lost)
         err = err or f"{reader.name}: {reader.lost} frames did not decode"
