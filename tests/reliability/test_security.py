@@ -226,21 +226,30 @@ def test_s4_stopped_query_says_one_line_on_a_terminal(library) -> None:  # type:
     assert out.startswith("vidsearch: error: query stopped after the 4 s timeout") and out.count("\n") == 1, out
 
 
-def test_s4_worker_leaves_with_its_killed_parent(library, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A parent killed with SIGKILL cannot stop its SQL worker: the worker notices it is orphaned,
-    even in the middle of a query, removes its private folder and exits."""
+@pytest.mark.parametrize("when", ["between_requests", "mid_query"])
+def test_s4_worker_leaves_with_its_killed_parent(library, tmp_path: Path, when: str) -> None:  # type: ignore[no-untyped-def]
+    """A parent killed with SIGKILL cannot stop its SQL worker: the worker leaves, and removes
+    its private folder before it exits. Between requests, its input ends; in the middle of a
+    query (the request is in its input before the kill), it notices it is orphaned. The test
+    waits for the worker's exit; the folder must be gone by then (it once outlived the worker:
+    a parent killed between requests left the removal to nobody)."""
     import signal
     import subprocess
 
-    code = ("import sys\n"
+    code = ("import sys, json\n"
             "from vidsearch.library import Library\n"
             "from vidsearch.search.sandbox import SqlWorker\n"
             "w = SqlWorker(Library(sys.argv[1]))\n"
             "w.start()\n"
             "w.request({'op': 'query', 'sql': 'SELECT 1', 'shape': 'raw'}, 120)\n"
+            "if sys.argv[2] == 'mid_query':\n"
+            "    req = {'op': 'query', 'sql': 'SELECT count(*) FROM range(1000000000000)', 'shape': 'raw'}\n"
+            "    w.proc.stdin.write(json.dumps(req).encode() + b'\\n')\n"
+            "    w.proc.stdin.flush()\n"
             "print(w.proc.pid, w._tmp, flush=True)\n"
-            "w.request({'op': 'query', 'sql': 'SELECT count(*) FROM range(1000000000000)', 'shape': 'raw'}, 600)\n")
-    parent = subprocess.Popen([sys.executable, "-c", code, str(library.lib.root)], stdout=subprocess.PIPE, text=True)
+            "w.proc.wait()\n")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(library.lib.root), when], stdout=subprocess.PIPE,
+                              text=True)
     assert parent.stdout is not None
     pid_text, private = parent.stdout.readline().split()
     pid = int(pid_text)

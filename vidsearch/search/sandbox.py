@@ -481,7 +481,20 @@ def _worker_main() -> None:
     inp = sys.stdin.buffer
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     init = json.loads(inp.readline())
-    _watch_parent(int(init["ppid"]), os.path.dirname(init["spill_dir"]) if init.get("spill_dir") else None)
+    private_dir = os.path.dirname(init["spill_dir"]) if init.get("spill_dir") else None
+    _watch_parent(int(init["ppid"]), private_dir)
+    try:
+        _serve(inp, out, init)
+    finally:
+        # However the worker leaves (its input ended because the parent closed it or died, or it
+        # could not start), its private folder goes before the process does: a parent killed
+        # between two requests ends our input, and nobody else would remove it.
+        if private_dir is not None and not _remove_private(private_dir):
+            _logger.warning("could not remove the SQL worker's folder %s", private_dir)
+
+
+def _serve(inp: IO[bytes], out: IO[bytes], init: dict[str, Any]) -> None:
+    """Open the library, report ready, then answer requests until the input ends."""
     box: _Box | None = None
     try:
         box = _Box(Library(init["root"]), init)
@@ -514,16 +527,27 @@ def _worker_main() -> None:
     box.close()
 
 
+def _remove_private(private_dir: str) -> bool:
+    """Remove the worker's private folder; a few tries, as a query still running (the orphan
+    watcher's case) may add a spill file while the tree is being removed. True when it is gone."""
+    for _ in range(5):
+        shutil.rmtree(private_dir, ignore_errors=True)
+        if not os.path.lexists(private_dir):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def _watch_parent(ppid: int, private_dir: str | None) -> None:
     # A killed parent cannot kill us: leave as soon as we are orphaned, even mid-query (DuckDB
     # releases the GIL while it runs). PR_SET_PDEATHSIG would follow the spawning *thread*,
     # which in the server is a pool thread that may exit while we are still wanted. The parent
-    # removes our private folder when it stops us; orphaned, we remove it ourselves.
+    # removes our private folder when it stops us (SIGKILL); orphaned, we remove it ourselves.
     def watch() -> None:
         while True:
             if os.getppid() != ppid:
                 if private_dir:
-                    shutil.rmtree(private_dir, ignore_errors=True)
+                    _remove_private(private_dir)
                 os._exit(1)
             time.sleep(0.5)
 
