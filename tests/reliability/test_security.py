@@ -428,6 +428,29 @@ def test_s6_detectors_fire_on_decoders_that_follow_references(observers: _Observ
     assert observers.requests
 
 
+def test_s6_thumbnails_never_follow_references(observers: _Observers, tmp_path: Path) -> None:
+    """A video replaced by a playlist after its ingest: ``search --thumbnails`` (and the page's
+    thumbnails) run ffmpeg on the path. Forced to the catalog's demuxer, or to the one the
+    file's first bytes show (none here), with the file protocol only, ffmpeg opens no referenced
+    file and makes no connection: no thumbnail, a warning each. (Left to guess the format, as it
+    was, ffmpeg opened the FIFO through the ffconcat list.)"""
+    from vidsearch.library import Library
+    from vidsearch.search.output import FrameRef, make_thumbnails
+
+    d = observers.fifo.parent
+    lists = _playlists(observers)
+    (tmp_path / "lib").mkdir()
+    frames = {}
+    for k, name in enumerate(sorted(lists)):
+        frames[2 * k + 1] = FrameRef(str(d / name), 1.0, 10.0, "mov")  # ingested as an MP4, replaced since
+        frames[2 * k + 2] = FrameRef(str(d / name), 1.0, 10.0)  # no container recorded: sniffed now
+    observers.reset_atime()
+    assert make_thumbnails(Library(tmp_path / "lib"), frames) == dict.fromkeys(frames)
+    time.sleep(0.05)  # let the FIFO watcher take one more look
+    assert observers.requests == [] and observers.fifo_opens == 0
+    assert not observers.fixture_read()
+
+
 def test_s6_reference_following_media_rejected_at_probe(observers: _Observers, tmp_path: Path) -> None:
     from vidsearch.library import Library
     from vidsearch.pipeline.runner import IngestOptions, run_ingest

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from media_tools import ffmpeg, lavfi_video
 
-from vidsearch.pipeline.probe import container_name, probe
+from vidsearch.pipeline.probe import container_name, demuxer_of, probe
 from vidsearch.pipeline.types import ERROR_TYPES, VideoError
 from vidsearch.schemas.config import IngestCfg
 
@@ -66,6 +66,18 @@ def test_video_error_refuses_an_unknown_type_even_under_python_O() -> None:
     with pytest.raises(ValueError, match="NotAnErrorType"):
         VideoError("NotAnErrorType", "probe", "x")
     assert VideoError(ERROR_TYPES[0], "probe", "x").error_type == ERROR_TYPES[0]
+
+
+@pytest.mark.parametrize(("recorded", "demuxer"), [
+    ("mp4", "mov"), ("m4v", "mov"), ("3gp", "mov"), ("mov", "mov"), ("webm", "matroska"), ("matroska", "matroska"),
+    ("avi", "avi"), ("mpegts", "mpegts"),
+    ("mov,mp4,m4a,3gp,3g2,mj2", "mov"), ("matroska,webm", "matroska"),  # libraries of before container names
+    ("hls", None), ("concat", None), ("image2", None), ("", None), (None, None),
+])
+def test_demuxer_of_a_recorded_container(recorded: str | None, demuxer: str | None) -> None:
+    """The demuxer the probe used, for ffmpeg commands run later on the file (thumbnails): only
+    the sniffed containers, never a playlist format."""
+    assert demuxer_of(recorded) == demuxer
 
 
 # ---- Rule 2 (docs/RELIABILITY.md): the frames a damaged Matroska file should have ----------------

@@ -112,6 +112,25 @@ def container_name(demuxer: str, head: bytes) -> str:
     return demuxer
 
 
+# Every demuxer :func:`sniff_container` can choose, and the container names of the ISO family.
+SNIFFED_DEMUXERS = frozenset({"mov", "matroska", "avi", "mpegts", "mpeg", "flv", "ogg", "gif", "asf"})
+_ISO_CONTAINERS = frozenset({"mp4", "mov", "3gp", "3g2", "m4a", "m4v", "mj2"})
+
+
+def demuxer_of(container: str | None) -> str | None:
+    """The demuxer the probe used for a video recorded as ``container`` (``videos.container``).
+
+    That column holds :func:`container_name`'s name, or, in libraries ingested before it, the
+    ffmpeg format name ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"). None: not a container the
+    probe accepts (the caller sniffs the file or refuses it).
+    """
+    if not container:
+        return None
+    first = container.split(",")[0]
+    name = "mov" if first in _ISO_CONTAINERS else "matroska" if first == "webm" else first
+    return name if name in SNIFFED_DEMUXERS else None
+
+
 def _describe_head(head: bytes) -> str:
     if head.lstrip().startswith(b"#EXTM3U"):
         return "an HLS playlist (format hls not allowed: it references other files)"

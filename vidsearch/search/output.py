@@ -214,6 +214,7 @@ class FrameRef:
     path: str
     at_s: float      # that frame's timestamp
     fps: float = 0.0  # the video's frame rate (0: unknown)
+    demuxer: str | None = None  # the ingest's probed demuxer (None: sniffed from the file now)
 
 
 def thumbnail_frames(con: Any, clip_ids: list[int]) -> dict[int, FrameRef]:
@@ -227,8 +228,10 @@ def thumbnail_frames(con: Any, clip_ids: list[int]) -> dict[int, FrameRef]:
 
     if not clip_ids:
         return {}
+    from vidsearch.pipeline.probe import demuxer_of
+
     t = run_query(con, "SELECT clips.clip_id, videos.path_bytes, clips.frame_times_s, clips.start_s, clips.end_s, "
-                  "videos.fps, videos.duration_s FROM clips JOIN videos USING (video_id) "
+                  "videos.fps, videos.duration_s, videos.container FROM clips JOIN videos USING (video_id) "
                   "WHERE clips.clip_id IN (SELECT unnest(?::BIGINT[]))", [[int(c) for c in clip_ids]])
     out: dict[int, FrameRef] = {}
     for r in t.to_pylist():
@@ -240,7 +243,7 @@ def thumbnail_frames(con: Any, clip_ids: list[int]) -> dict[int, FrameRef]:
             at = (r["start_s"] + r["end_s"]) / 2
             if r["duration_s"]:
                 at = min(at, max(0.0, r["duration_s"] - (1 / fps if fps > 0 else 0.1)))
-        out[int(r["clip_id"])] = FrameRef(os.fsdecode(r["path_bytes"]), at, fps)
+        out[int(r["clip_id"])] = FrameRef(os.fsdecode(r["path_bytes"]), at, fps, demuxer_of(r["container"]))
     return out
 
 
@@ -250,7 +253,10 @@ def make_thumbnails(library: Library, frames: dict[int, FrameRef], *,
     ``LIBRARY/thumbs/<clip_id>.jpg``; existing ones are reused.
 
     Written as a temp file in ``thumbs/`` itself and renamed: a read command writes nothing in
-    the library beyond ``thumbs/`` and ``history.duckdb``.
+    the library beyond ``thumbs/`` and ``history.duckdb``. The video is untrusted input (it may
+    have been replaced since the ingest): ffmpeg gets the probed demuxer (else the one its first
+    bytes show; none: no thumbnail) and the file protocol only, so a playlist named .mp4 is never
+    followed (docs/RELIABILITY.md rule 3, S6).
 
     Returns:
         The file of each clip id, None where extraction failed (one warning line each).
@@ -283,9 +289,11 @@ def make_thumbnails(library: Library, frames: dict[int, FrameRef], *,
         # Half a frame before the frame: the first frame at or after that time is this one, even
         # when the stored time rounds a little above the frame's own timestamp.
         seek = max(0.0, ref.at_s - (0.5 / ref.fps if ref.fps > 0 else 0.001))
-        cmd = [ffmpeg, "-nostdin", "-v", "error", "-ss", f"{seek:.3f}", "-i", f"file:{os.path.abspath(ref.path)}",
-               "-frames:v", "1", "-vf", f"scale={int(width)}:-2", "-y", str(tmp)]
         try:
+            demuxer = ref.demuxer or _sniffed_demuxer(ref.path)
+            cmd = [ffmpeg, "-nostdin", "-v", "error", "-protocol_whitelist", "file", "-f", demuxer,
+                   "-ss", f"{seek:.3f}", "-i", f"file:{os.path.abspath(ref.path)}",
+                   "-frames:v", "1", "-vf", f"scale={int(width)}:-2", "-y", str(tmp)]
             r = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
             if r.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
                 raise _ThumbFailed(_ffmpeg_reason(r.stderr, r.returncode))
@@ -307,6 +315,17 @@ def make_thumbnails(library: Library, frames: dict[int, FrameRef], *,
 
 class _ThumbFailed(Exception):
     """ffmpeg wrote no thumbnail."""
+
+
+def _sniffed_demuxer(path: str) -> str:
+    """The demuxer for a video the catalog names no container for, from its first bytes."""
+    from vidsearch.pipeline.probe import SNIFF_BYTES, sniff_container
+
+    with open(os.fsencode(path), "rb") as f:
+        demuxer = sniff_container(f.read(SNIFF_BYTES))
+    if demuxer is None:
+        raise _ThumbFailed("not a known video container")
+    return demuxer
 
 
 def _ffmpeg_reason(stderr: bytes, returncode: int) -> str:
