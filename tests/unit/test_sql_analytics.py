@@ -130,6 +130,33 @@ def test_d6_json_is_strict_and_exact(_synthetic_3000: SyntheticLibrary, capsys: 
     assert all(isinstance(r["clip_id"], str) for r in ids)
 
 
+def test_d6_wide_integers_inside_lists_and_structs_are_strings(_synthetic_3000: SyntheticLibrary,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """As at the top level (issue 11 item 8): an integer past 2**53 inside a list, struct or map
+    is a string, and so is every integer at the same place in that column, while columns and
+    fields holding only small ones keep numbers. A saved search's merged_clip_ids (BIGINT[]) is
+    what users export this way."""
+    lib = _synthetic_3000
+    rows = strict_json(sql(lib, "SELECT [9007199254740993, 7]::BIGINT[] AS ids, [1, 2]::BIGINT[] AS small, "
+                                "{'id': 9223372036854775807::BIGINT, 'n': 3::BIGINT, 'f': 0.5} AS st, "
+                                "[{'id': -9007199254740993::BIGINT}, {'id': 5::BIGINT}] AS nest, "
+                                "[170141183460469231731687303715884105727::HUGEINT] AS huge, "
+                                "MAP {'k': 9007199254740993::BIGINT} AS m, "
+                                "[true, false] AS flags", "--json", capsys=capsys))
+    assert rows == [{"ids": ["9007199254740993", "7"], "small": [1, 2],
+                     "st": {"id": "9223372036854775807", "n": 3, "f": 0.5},
+                     "nest": [{"id": "-9007199254740993"}, {"id": "5"}],
+                     "huge": ["170141183460469231731687303715884105727"],
+                     "m": {"k": "9007199254740993"}, "flags": [True, False]}]
+    # The same rule across rows: the column's small value is a string too when another row's is not.
+    rows = strict_json(sql(lib, "SELECT [x]::BIGINT[] AS l FROM (VALUES (9007199254740993), (1)) t(x) ORDER BY x",
+                           "--json", capsys=capsys))
+    assert rows == [{"l": ["1"]}, {"l": ["9007199254740993"]}]
+    # Real clip ids in lists: exact after a round trip through strict JSON.
+    rows = strict_json(sql(lib, "SELECT list(clip_id ORDER BY clip_id) AS ids FROM clips", "--json", capsys=capsys))
+    assert [int(c) for c in rows[0]["ids"]] == sorted(int(c) for c in lib.clip_ids)
+
+
 # ---- 9: CSV line ends; 7: table width --------------------------------------------------------------
 
 def test_csv_lines_end_with_lf(_synthetic_3000: SyntheticLibrary, capsys: pytest.CaptureFixture) -> None:

@@ -12,7 +12,9 @@ this module turns its rows into the three outputs:
   that is not finite is DuckDB's spelling as a string (``"nan"``, ``"inf"``, ``"-inf"``);
   64-bit and wider integer columns holding a value a JavaScript number cannot hold exactly
   (beyond +-2**53) are strings, every value of the column, so a clip id survives ``jq``;
-  nested values are JSON (DuckDB's ``to_json``); everything else is DuckDB's text.
+  nested values are JSON (DuckDB's ``to_json``), with the same rule for the integers inside
+  them, place by place (a list's elements, a struct's field: :func:`_wide_ints_as_text`);
+  everything else is DuckDB's text.
 """
 
 from __future__ import annotations
@@ -111,6 +113,46 @@ def _nested(v: Any) -> Any:
     return v
 
 
+# A place inside a nested value: struct/map keys, and None for "an element of a list".
+_Place = tuple[str | None, ...]
+
+
+def _wide_places(v: Any, place: _Place, out: set[_Place]) -> None:
+    """Add to ``out`` the places in ``v`` holding an integer a double cannot hold exactly."""
+    if isinstance(v, bool):
+        return
+    if isinstance(v, int):
+        if abs(v) > JSON_SAFE_INT:
+            out.add(place)
+    elif isinstance(v, list):
+        for x in v:
+            _wide_places(x, (*place, None), out)
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            _wide_places(x, (*place, k), out)
+
+
+def _ints_as_text(v: Any, place: _Place, wide: set[_Place]) -> Any:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v) if place in wide else v
+    if isinstance(v, list):
+        return [_ints_as_text(x, (*place, None), wide) for x in v]
+    if isinstance(v, dict):
+        return {k: _ints_as_text(x, (*place, k), wide) for k, x in v.items()}
+    return v
+
+
+def _wide_ints_as_text(values: list[Any]) -> list[Any]:
+    """Parsed nested values of one column, with the top-level rule applied inside them: where
+    any row has an integer past 2**53 at a place (the elements of a list, a struct's field),
+    every integer at that place becomes a string, in every row; other places keep numbers
+    (a BIGINT[] of clip ids becomes strings, a count beside it stays a number)."""
+    wide: set[_Place] = set()
+    for v in values:
+        _wide_places(v, (), wide)
+    return values if not wide else [_ints_as_text(v, (), wide) for v in values]
+
+
 def _number(d: decimal.Decimal) -> int | float | str:
     # A DECIMAL as a JSON number when a double holds it exactly, else its exact text.
     if d == d.to_integral_value() and abs(d) <= JSON_SAFE_INT:
@@ -123,7 +165,8 @@ def _json_column(field: pa.Field, values: list[Any]) -> list[Any]:
     enc = _encoding(field)
     conv: Callable[[Any], Any]
     if enc == b"json":
-        values = [None if v is None else _nested(json.loads(v, parse_constant=_json_constant)) for v in values]
+        values = _wide_ints_as_text([None if v is None else _nested(json.loads(v, parse_constant=_json_constant))
+                                     for v in values])
     elif enc == b"int":
         values = [None if v is None else int(v) for v in values]
     if enc in (b"native", b"int"):
