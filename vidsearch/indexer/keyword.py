@@ -124,6 +124,23 @@ def terms(text: str) -> list[str]:
     return list(analyzers()[_TEXT_ANALYZER].analyze(text))
 
 
+_CONTENT_ANALYZER: Any = None
+
+
+def content_terms(text: str) -> list[str]:
+    """:func:`terms` of ``text`` without English stop words ("the", "in", "a"...): the words a
+    query's matching is judged on (a line sharing only "the" with the query is no match). The
+    index keeps stop words (phrases need them); the same stemmer makes the same terms."""
+    global _CONTENT_ANALYZER
+    if _CONTENT_ANALYZER is None:
+        from tantivy import Filter, TextAnalyzerBuilder, Tokenizer
+
+        _CONTENT_ANALYZER = (TextAnalyzerBuilder(Tokenizer.simple()).filter(Filter.remove_long(40))
+                             .filter(Filter.lowercase()).filter(Filter.stopword("english"))
+                             .filter(Filter.ascii_fold()).filter(Filter.stemmer("english")).build())
+    return list(_CONTENT_ANALYZER.analyze(text))
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _word_terms(word: str) -> tuple[str, ...]:
     """:func:`terms` of one word, cached: marking the matched words of 100 hits analyses thousands."""
@@ -481,6 +498,8 @@ class _ParsedQuery:
     text: str                     # capped, neutralised
     positive_terms: list[str] = field(default_factory=list)   # analysed terms to highlight
     positive_words: list[str] = field(default_factory=list)   # the same words as typed (fuzzy marking)
+    content_terms: list[str] = field(default_factory=list)    # positive terms without stop words
+    plain: bool = True            # no quotes, +/- or boolean operators: a bag of words
 
 
 _NEG_RE = re.compile(r'(?:(?<=\s)|^)-(?:"[^"]*"|\S+)')
@@ -501,8 +520,18 @@ def sanitize_query(query: str) -> _ParsedQuery:
         q = q.replace('"', " ")  # an unclosed quote would swallow the rest as a phrase
     positive = _NEG_RE.sub(" ", q)
     positive = re.sub(r"\b(AND|OR|NOT|TO|IN)\b", " ", positive)
+    plain = '"' not in q and not re.search(r"(?:^|\s)[+-]\S|\b(AND|OR|NOT)\b", q)
     return _ParsedQuery(text=q.strip(), positive_terms=list(dict.fromkeys(terms(positive))),
-                        positive_words=list(dict.fromkeys(re.findall(r"\w+", positive.lower()))))
+                        positive_words=list(dict.fromkeys(re.findall(r"\w+", positive.lower()))),
+                        content_terms=list(dict.fromkeys(content_terms(positive))), plain=bool(plain))
+
+
+def _filter(query: Any) -> Any:
+    """``query`` as a pure filter: it must match, and adds nothing to the score (a term-set clause
+    adds 1 and a term clause its own BM25 otherwise, so a hit's score would depend on the filters)."""
+    from tantivy import Query
+
+    return Query.const_score_query(query, 0.0)
 
 
 def _word_spans(text: str) -> list[tuple[int, int]]:
@@ -522,12 +551,36 @@ def _trigram_sim(a: str, b: str) -> float:
 class KeywordIndex:
     """A read-only keyword index generation. Open with :meth:`open`; never writes to the library."""
 
-    def __init__(self, dest: Path, meta: KeywordIndexMeta, index: Any) -> None:
+    def __init__(self, dest: Path | None, meta: KeywordIndexMeta | None, index: Any) -> None:
         self.dest = dest
-        self.meta = meta
+        self.meta = meta  # None: built in memory (from_docs), covering what its caller gave it
         self._index = index
         self._searcher = index.searcher()
         self._schema = index.schema
+
+    @classmethod
+    def from_docs(cls, docs: pa.Table, *, threads: int | None = None) -> KeywordIndex:
+        """An index of ``docs`` built in memory (tantivy's RAM directory): nothing is written
+        anywhere. What a reader searches when the library's index is missing, corrupt or stale
+        (read commands never repair it), and over rows committed after the index was built.
+
+        Raises:
+            ValueError: ``docs`` does not fit :data:`KEYWORD_DOC_SCHEMA`.
+        """
+        import tantivy
+
+        docs = conform(docs, KEYWORD_DOC_SCHEMA, "keyword documents")
+        _check_sources(docs)
+        index = tantivy.Index(_schema())  # no path: in memory
+        for name, analyzer in analyzers().items():
+            index.register_tokenizer(name, analyzer)
+        writer = _writer(index, threads or 1)
+        _add_docs(writer, docs)
+        writer.commit()
+        writer.wait_merging_threads()
+        del writer
+        index.reload()
+        return cls(None, None, index)
 
     @classmethod
     def open(cls, dest: str | os.PathLike[str], *, verify: bool = True) -> KeywordIndex:
@@ -560,16 +613,28 @@ class KeywordIndex:
 
     def is_current(self, covers: Mapping[str, str]) -> bool:
         """True when the index was built from exactly ``covers`` (else it is stale: extend or rebuild)."""
-        return dict(covers) == self.meta.covers
+        return self.meta is not None and dict(covers) == self.meta.covers
 
-    def _query(self, parsed: _ParsedQuery, mode: MatchMode) -> Any:
+    def _exact_query(self, parsed: _ParsedQuery, min_match: float | None) -> Any:
+        """The stemmed-words half: tantivy's lenient parser (OR of the words, phrases, +/-); with
+        ``min_match`` and a plain query, its content words with at least that share matching."""
+        from tantivy import Occur, Query
+
+        if min_match is None or not parsed.plain or not parsed.content_terms:
+            return self._index.parse_query_lenient(parsed.text, ["text"])[0]
+        words = parsed.content_terms
+        need = max(1, math.ceil(min_match * len(words) - 1e-9))
+        should = [(Occur.Should, Query.term_query(self._schema, "text", t)) for t in words]
+        return Query.boolean_query(should, minimum_number_should_match=need) if len(should) > 1 else should[0][1]
+
+    def _query(self, parsed: _ParsedQuery, mode: MatchMode, min_match: float | None = None) -> Any:
         from tantivy import Occur, Query
 
         if not parsed.text:
             return None
         exact = None
         if mode in ("exact", "both"):
-            exact, _errors = self._index.parse_query_lenient(parsed.text, ["text"])
+            exact = self._exact_query(parsed, min_match)
         if mode == "exact":
             return exact
         negatives = [m.group(0)[1:].strip('"') for m in _NEG_RE.finditer(parsed.text)]
@@ -577,8 +642,8 @@ class KeywordIndex:
         if not grams:
             return exact
         should = [(Occur.Should, Query.term_query(self._schema, "text_ngram", g)) for g in grams]
-        min_match = max(1, math.ceil(NGRAM_MIN_SHOULD * len(grams)))
-        clauses = [(Occur.Must, Query.boolean_query(should, minimum_number_should_match=min_match))]
+        need = max(1, math.ceil(NGRAM_MIN_SHOULD * len(grams)))
+        clauses = [(Occur.Must, Query.boolean_query(should, minimum_number_should_match=need))]
         if negatives:  # "-word" excludes on the exact field whichever way the rest matched
             neg, _errors = self._index.parse_query_lenient(" ".join(negatives), ["text"])
             clauses.append((Occur.MustNot, neg))
@@ -589,14 +654,15 @@ class KeywordIndex:
         # recall@1 0.977 vs 0.833 exact, 0.933 with exact boosted over trigrams); speech and
         # subtitle text is spelled right, and trigram overlap there would loosen phrases and "-word".
         # BM25 values of the two halves are not compared by fusion (it ranks per modality).
-        clauses.append((Occur.Must, Query.term_query(self._schema, "source", "screen")))
+        clauses.append((Occur.Must, _filter(Query.term_query(self._schema, "source", "screen"))))
         spoken = Query.boolean_query([(Occur.Must, exact),
                                       (Occur.MustNot, Query.term_query(self._schema, "source", "screen"))])
         return Query.boolean_query([(Occur.Should, spoken), (Occur.Should, Query.boolean_query(clauses))])
 
     def search(self, query: str, k: int = 100, *, modalities: Sequence[str] | None = None,
                sources: Sequence[str] | None = None, video_ids: Iterable[str] | None = None,
-               mode: MatchMode | Literal["auto"] = "auto") -> list[KeywordHit]:
+               exclude_video_ids: Iterable[str] | None = None,
+               mode: MatchMode | Literal["auto"] = "auto", min_match: float | None = None) -> list[KeywordHit]:
         """Top-``k`` text rows for ``query`` by BM25.
 
         Args:
@@ -605,8 +671,13 @@ class KeywordIndex:
             modalities: only rows answering these (``speech`` = speech + subtitle, ``screen``).
             sources: only these sources (narrower than ``modalities``).
             video_ids: only these videos (e.g. the result of a metadata filter).
+            exclude_video_ids: never these videos (e.g. those answered from newer rows elsewhere).
             mode: ``exact`` (stemmed words), ``ngram`` (trigrams), ``both``; ``auto`` = exact,
                 plus trigrams when screen text is searched (OCR misreads letters).
+            min_match: for a plain query (no quotes, ``+``/``-`` or operators), the share of its
+                words other than stop words that a row must contain (``vidsearch search`` uses
+                2/3); None: any word (tantivy's OR), stop words included. Marked words and the
+                span of a hit then leave stop words out too.
         """
         from tantivy import Occur, Query
 
@@ -622,19 +693,23 @@ class KeywordIndex:
         if mode == "auto":
             mode = "both" if "screen" in allowed else "exact"
         parsed = sanitize_query(query)
-        q = self._query(parsed, mode)
+        if min_match is not None and parsed.plain and parsed.content_terms:
+            parsed.positive_terms = parsed.content_terms  # "the" is neither marked nor timed
+        q = self._query(parsed, mode, min_match)
         if q is None:
             return []
         must = [(Occur.Must, q)]
         if allowed != set(TEXT_SOURCES):
-            must.append((Occur.Must, Query.term_set_query(self._schema, "source", sorted(allowed))))
+            must.append((Occur.Must, _filter(Query.term_set_query(self._schema, "source", sorted(allowed)))))
         if video_ids is not None:
             vids = sorted(set(video_ids))
             if not vids:
                 return []
             if len(vids) > MAX_VIDEO_FILTER:
                 raise ValueError(f"video filter of {len(vids)} ids is over {MAX_VIDEO_FILTER}; search unfiltered")
-            must.append((Occur.Must, Query.term_set_query(self._schema, "video_id", vids)))
+            must.append((Occur.Must, _filter(Query.term_set_query(self._schema, "video_id", vids))))
+        if exclude_video_ids is not None and (gone := sorted(set(exclude_video_ids))):
+            must.append((Occur.MustNot, Query.term_set_query(self._schema, "video_id", gone)))
         final = must[0][1] if len(must) == 1 else Query.boolean_query(must)
         result = self._searcher.search(final, min(k, 10_000), count=False)
         hits = []

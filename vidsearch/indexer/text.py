@@ -176,6 +176,7 @@ def keyword_problems(library: Library, m: Manifest) -> list[tuple[str, bool]]:
         return [(f"no keyword index yet ({len(covers)} text table file(s) to index)", False)]
     except KeywordIndexCorrupt as e:
         return [(str(e).split(";")[0], True)]
+    assert idx.meta is not None  # opened from disk
     if idx.meta.covers == covers:
         return []
     if set(idx.meta.covers.items()) <= set(covers.items()):
