@@ -23,8 +23,9 @@ so it is the rule here.
 
 Hits of one video that overlap in time (or lie within ``merge_gap_s``) are merged into one
 moment, so the same moment found by the picture and by the words counts once, with both
-contributions. Inside one moment each modality counts once, by its best rank: ten adjacent
-subtitle lines do not outvote one strong visual match. The moment keeps:
+contributions (two visual hits are never merged here: the visual search shaped them already).
+Inside one moment each modality counts once, by its best rank: ten adjacent subtitle lines do
+not outvote one strong visual match. The moment keeps:
 
 * ``modalities``: which modalities matched, best contribution first;
 * ``scores``: each modality's own best score (for display, never summed);
@@ -86,12 +87,14 @@ class FusedHit:
     hits: list[ModalityHit] = field(default_factory=list)
 
 
-def _ranked(lists: Mapping[str, Sequence[ModalityHit]]) -> list[tuple[int, ModalityHit]]:
+def _ranked(lists: Mapping[str, Sequence[ModalityHit]], presorted: bool = False) -> list[tuple[int, ModalityHit]]:
     out = []
     for modality, hits in lists.items():
         if modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r}; expected some of {', '.join(MODALITIES)}")
-        ordered = sorted(hits, key=lambda h: -h.score)  # stable: the caller's order breaks ties
+        # stable: the caller's order breaks ties; presorted lists keep the caller's order (a
+        # re-ranked visual list is ordered by ITM, not by the cosine shown as its score)
+        ordered = list(hits) if presorted else sorted(hits, key=lambda h: -h.score)
         for rank, h in enumerate(ordered, 1):
             if h.modality != modality:
                 raise ValueError(f"a {h.modality} hit in the {modality} list")
@@ -101,22 +104,31 @@ def _ranked(lists: Mapping[str, Sequence[ModalityHit]]) -> list[tuple[int, Modal
 
 def _merge(hits: list[tuple[int, ModalityHit]], gap_s: float,
            max_moment_s: float) -> list[list[tuple[int, ModalityHit]]]:
-    """Group one video's hits into moments: sweep by start, join while overlapping (within gap) and short enough."""
+    """Group one video's hits into moments: sweep by start, join while overlapping (within gap) and short enough.
+
+    A visual hit never joins a moment that has one already: visual hits are moments the visual
+    search shaped (merged, or kept apart at a cut, a score gap, ``--no-merge``); fusion adds the
+    evidence of the other modalities to them, it does not re-merge them.
+    """
     groups: list[list[tuple[int, ModalityHit]]] = []
     start = end = 0.0
+    has_visual = False
     for rank, h in sorted(hits, key=lambda x: (x[1].start_s, x[1].end_s)):
-        if groups and h.start_s <= end + gap_s and max(end, h.end_s) - start <= max_moment_s:
+        visual = h.modality == "visual"
+        if (groups and h.start_s <= end + gap_s and not (visual and has_visual)
+                and max(end, h.end_s) - start <= max_moment_s):
             groups[-1].append((rank, h))
             end = max(end, h.end_s)
+            has_visual |= visual
         else:
             groups.append([(rank, h)])
-            start, end = h.start_s, h.end_s
+            start, end, has_visual = h.start_s, h.end_s, visual
     return groups
 
 
 def fuse(lists: Mapping[str, Sequence[ModalityHit]], *, k: int | None = 10, rrf_k: float = RRF_K,
          weights: Mapping[str, float] | None = None, merge_gap_s: float = 0.0,
-         max_moment_s: float = 60.0) -> list[FusedHit]:
+         max_moment_s: float = 60.0, presorted: bool = False) -> list[FusedHit]:
     """One ranked list of moments from per-modality hit lists.
 
     Args:
@@ -127,6 +139,7 @@ def fuse(lists: Mapping[str, Sequence[ModalityHit]], *, k: int | None = 10, rrf_
         merge_gap_s: hits of one video closer than this merge even without overlapping.
         max_moment_s: a merged moment never grows past this length (a long run of adjacent
             hits is split rather than becoming one vague hour-long "moment").
+        presorted: each list is already in rank order (else it is ranked by its hits' scores).
 
     Returns:
         Fused moments, best first (ties: better best rank, then video and time, so the order is
@@ -138,7 +151,7 @@ def fuse(lists: Mapping[str, Sequence[ModalityHit]], *, k: int | None = 10, rrf_
     if weights:
         w.update(weights)
     by_video: dict[str, list[tuple[int, ModalityHit]]] = {}
-    for rank, h in _ranked(lists):
+    for rank, h in _ranked(lists, presorted):
         by_video.setdefault(h.video_id, []).append((rank, h))
     fused: list[FusedHit] = []
     for video_id, hits in by_video.items():
