@@ -7,8 +7,8 @@ says what "right" means). ``vidsearch eval --msrvtt DIR`` ingests the MSR-VTT 1k
 into a library of their own under the official protocol and compares text-to-video recall with
 InternVideo2's published figures.
 
-``--in`` (which modalities to search) is not offered yet: the search has no modality choice so
-far; when ``vidsearch search --in`` exists, eval takes it the same way.
+``--in`` chooses the modalities as for ``vidsearch search`` (default: every one the library
+has, fused); ``--in visual`` measures the pictures (the model) alone.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from vidsearch.commands import LIBRARY_ENV
 from vidsearch.commands.search import (
     add_filter_arguments,
     add_min_score_argument,
+    add_modalities_argument,
     filters_from_args,
     min_score_from_args,
 )
@@ -68,6 +69,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true",
                    help="JSON on stdout: n_queries, recall_at_1/5/10, mrr, mean_iou and per-query ranks")
     p.add_argument("--per-query", action="store_true", help="also list each query's rank (table output)")
+    add_modalities_argument(p)
     add_min_score_argument(p)
     add_filter_arguments(p)
     m = p.add_argument_group("model")
@@ -133,7 +135,7 @@ def _evaluate(args: argparse.Namespace, library: str | os.PathLike[str], queries
 
         def search(text: str, k: int) -> list[EvalHit]:
             try:
-                res = searcher.search(text, k=k, filters=filters, min_score=min_score)
+                res = searcher.search(text, k=k, filters=filters, min_score=min_score, modalities=args.modalities)
             except SearchError as e:
                 raise UserError(str(e)) from None
             missing = [h.video_id for h in res.hits if h.video_id not in paths]
@@ -242,6 +244,9 @@ def _msrvtt(args: argparse.Namespace, filters: Any) -> int:
         raise UserError("filters do not apply to --msrvtt (the protocol searches all 1000 test videos)")
     if "min_score" in args:
         raise UserError("--min-score does not apply to --msrvtt (the protocol ranks every video)")
+    if args.modalities not in (None, ("visual",)):
+        raise UserError("--msrvtt measures text-to-video retrieval by the pictures (--in visual)")
+    args.modalities = ("visual",)
     root = Path(args.msrvtt).expanduser().absolute()
     queries = read_msrvtt(root)
     # The official eval cleans captions (pre_text) and truncates them to 40 tokens (the model's

@@ -72,9 +72,10 @@ def _min_score(text: str) -> float | None:
 def add_min_score_argument(p: argparse.ArgumentParser) -> None:
     """``--min-score SCORE|off`` (shared by ``search`` and ``eval``); read it with :func:`min_score_from_args`."""
     p.add_argument("--min-score", type=_min_score, default=argparse.SUPPRESS, metavar="SCORE",
-                   help="leave out moments scoring below SCORE, and say 'no good match' when none is left "
-                        "(default for text queries: the model's min_score, e.g. 0.9 for internvideo2-demo, "
-                        "none where it was not measured; 'off' keeps every hit)")
+                   help="leave out picture hits scoring below SCORE (the cosine; speech and screen-text hits "
+                        "are not cut by it), and say 'no good match' when nothing is left (default for text "
+                        "queries: the model's min_score, e.g. 0.9 for internvideo2-demo, none where it was not "
+                        "measured; 'off' keeps every hit)")
 
 
 def min_score_from_args(args: argparse.Namespace) -> float | None:
@@ -82,6 +83,23 @@ def min_score_from_args(args: argparse.Namespace) -> float | None:
     if "min_score" not in args:
         return None
     return -1.0 if args.min_score is None else float(args.min_score)
+
+
+def _modalities(text: str) -> tuple[str, ...] | None:
+    from vidsearch.search.types import SearchError, parse_modalities
+
+    try:
+        return parse_modalities(text)
+    except SearchError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_modalities_argument(p: argparse.ArgumentParser) -> None:
+    """``--in visual,speech,screen`` (shared by ``search`` and ``eval``)."""
+    p.add_argument("--in", dest="modalities", type=_modalities, default=None, metavar="MODALITIES",
+                   help="what to search, comma-separated: visual (the pictures), speech (what is said: speech "
+                        "transcripts and subtitles), screen (text on screen), or all (default: every one the "
+                        "library has, fused into one ranked list)")
 
 
 def add_filter_arguments(p: argparse.ArgumentParser) -> None:
@@ -106,13 +124,15 @@ def add_filter_arguments(p: argparse.ArgumentParser) -> None:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "search", help="search a library by text or by example clip",
-        description="Ranked moments (merged adjacent clips) for a text query. A search is sent to a "
-                    "running `vidsearch serve` of the same library when there is one (its model is "
-                    "already loaded); otherwise the text encoder is loaded here.")
+        description="Ranked moments (merged adjacent clips) for a text query: found in the pictures, in "
+                    "what is said (speech transcripts, subtitles) and in text on screen, fused into one list "
+                    "(--in chooses). A search is sent to a running `vidsearch serve` of the same library when "
+                    "there is one (its model is already loaded); otherwise the text encoder is loaded here.")
     p.add_argument("query", nargs="?", default=None, help="what to look for, e.g. 'dog playing in snow'")
     add_library_argument(p)
     p.add_argument("-k", "--k", type=_pos_int, default=10, help="number of results (moments; default 10)")
     p.add_argument("--offset", type=_nonneg_int, default=0, help="skip this many results (paging; default 0)")
+    add_modalities_argument(p)
     add_min_score_argument(p)
     add_filter_arguments(p)
     s = p.add_argument_group("shaping")
@@ -191,7 +211,7 @@ def _try_server(args: argparse.Namespace, filters: Any, min_score: float | None)
     try:
         return remote_search(server, query=args.query, like_clip_id=args.like, k=args.k, offset=args.offset,
                              filters=filters, per_video=args.per_video, merge=not args.no_merge,
-                             min_score=min_score)
+                             min_score=min_score, modalities=args.modalities)
     except (OSError, ValueError, KeyError, TypeError) as e:
         from vidsearch.search.types import SearchError
 
@@ -325,7 +345,8 @@ def _search_here(args: argparse.Namespace, filters: Any, min_score: float | None
         said = set(searcher.warnings)  # logged by the searcher as it opened the library
         result = searcher.search(args.query, like_clip_id=like, k=args.k, filters=filters,
                                  per_video=args.per_video, rerank=args.rerank, offset=args.offset,
-                                 merge=not args.no_merge, min_score=min_score, warnings=extra)
+                                 merge=not args.no_merge, min_score=min_score, warnings=extra,
+                                 modalities=args.modalities)
         paths = output.video_paths(searcher.connection, [h.video_id for h in result.hits]) if player else {}
         thumbs: dict[int, Any] = {}
         if args.thumbnails:

@@ -158,3 +158,12 @@ class SearchCfg:
     # Memory and threads the user-SQL sandbox may use.
     sql_memory_limit: str = "2GB"
     sql_threads: int = 2
+    # Searches of several modalities (`--in visual,speech,screen`): each modality's ranked list is
+    # cut at this many moments before reciprocal rank fusion (k=60). Deeper lists cost more and
+    # matter little: rank 100 adds 1/160 to a moment, rank 1 adds 1/61.
+    fusion_depth: int = 100
+    # A plain text query (no quotes, +/- or operators) finds a transcript or screen-text row only
+    # when the row has at least this share of the query's words, stop words aside ("the", "in"):
+    # with any one word (tantivy's OR), a line sharing one common word of a long query would take a
+    # top rank of its list, and rank alone decides fusion. 2/3: 1 of 1, 2 of 2, 2 of 3, 3 of 4.
+    keyword_min_match: float = 2 / 3

@@ -116,6 +116,11 @@ class ClipTable:
         starts = np.concatenate(([0], change)) if n else np.empty(0, np.int64)
         self._run_video: np.ndarray = video[starts] if n else np.empty(0, np.int32)
         self._run_len: np.ndarray = np.diff(np.append(starts, n)).astype(np.int64)
+        self._run_start: np.ndarray = starts.astype(np.int64) if n else np.empty(0, np.int64)
+        # Built on first use by text searches (video id -> code; runs sorted by video).
+        self._code: dict[str, int] | None = None
+        self._runs_by_video: tuple[np.ndarray, np.ndarray] | None = None
+        self._vmasks: OrderedDict[Filters, np.ndarray] = OrderedDict()
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -236,6 +241,47 @@ class ClipTable:
             why = f"no clip of {what} contains {format_hms(at_s)}"
         return ClipAt(int(row["clip_id"]), f"{why}; searching like its nearest clip {format_span(start, end)}")
 
+    # ---- per video (text hits) -------------------------------------------------------------
+    def code_of(self, video_id: str) -> int:
+        """The video code of ``video_id`` (index into ``video_ids``), -1 when not in the catalog."""
+        if self._code is None:
+            self._code = {v: i for i, v in enumerate(self.video_ids)}
+        return self._code.get(video_id, -1)
+
+    def video_positions(self, code: int) -> np.ndarray:
+        """Positions of the clips of video ``code`` (any order; empty for -1 or no clips).
+
+        A video's clips are a few runs of positions (index rows, then newer shards, then clips
+        without a vector); the runs sorted by video, once per table, answer this by binary search.
+        """
+        if code < 0:
+            return np.empty(0, np.int64)
+        if self._runs_by_video is None:
+            order = np.argsort(self._run_video, kind="stable")
+            self._runs_by_video = (self._run_video[order], order)
+        rv, order = self._runs_by_video
+        lo, hi = np.searchsorted(rv, code, "left"), np.searchsorted(rv, code, "right")
+        runs = order[lo:hi]
+        if len(runs) == 0:
+            return np.empty(0, np.int64)
+        return np.concatenate([np.arange(self._run_start[r], self._run_start[r] + self._run_len[r]) for r in runs])
+
+    def video_mask(self, f: Filters) -> np.ndarray:
+        """Per video code: the video is searchable and passes the per-video part of ``f`` (path,
+        folder, durations, dates, video id). One slot more than there are videos (always False)."""
+        vf = f.video_part()
+        hit = self._vmasks.get(vf)
+        if hit is not None:
+            self._vmasks.move_to_end(vf)
+            return hit
+        vf.check()
+        vmask = self._video_mask(vf)
+        vmask.flags.writeable = False
+        self._vmasks[vf] = vmask
+        while len(self._vmasks) > max(self.cache_size, 1):
+            self._vmasks.popitem(last=False)
+        return vmask
+
     # ---- filters -------------------------------------------------------------------------
     def _query(self, sql: str, params: list[Any]) -> pa.Table:
         try:
@@ -290,6 +336,7 @@ class ClipTable:
     def clear_cache(self) -> None:
         """Forget cached filter results (benchmarks time the cold path with it)."""
         self._masks.clear()
+        self._vmasks.clear()
 
     def mask(self, f: Filters) -> tuple[np.ndarray, int]:
         """(read-only bool mask over positions, count) of the clips matching ``f``.

@@ -19,14 +19,31 @@ from typing import Any
 import duckdb
 
 from vidsearch.library import Library, utcnow
-from vidsearch.search.sandbox import HISTORY_DDL
-from vidsearch.search.types import Hit, SearchError, SearchResult
+from vidsearch.search.sandbox import HISTORY_DDL, HISTORY_UPGRADE
+from vidsearch.search.types import Hit, SearchError, SearchResult, TextSnippet
+
+# What record_search writes, by name: a file made before a column existed gets it first
+# (HISTORY_UPGRADE), and a file with columns of a newer vidsearch still takes these rows.
+_SEARCH_COLS = ("search_id", "searched_at", "query", "like_clip_id", "k", "offset_", "per_video", "rerank",
+                "filters", "strategy", "n_results", "latency_ms", "timings", "index_kind", "library_generation",
+                "model", "model_fingerprint", "modalities", "score_kind")
+_RESULT_COLS = ("search_id", "rank", "score", "clip_id", "video_id", "path", "start_s", "end_s", "merged_clip_ids",
+                "rerank_score", "modalities", "visual_score", "speech_score", "screen_score", "snippet",
+                "snippet_marks", "snippet_source", "play_s")
 
 _logger = logging.getLogger(__name__)
 
 
+def _insert(table: str, cols: tuple[str, ...]) -> str:
+    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+
+
 def record_search(library: Library, result: SearchResult, *, retries: int = 20) -> str | None:
-    """Append ``result`` to the library's search history; returns its ``search_id`` or None."""
+    """Append ``result`` to the library's search history; returns its ``search_id`` or None.
+
+    Each hit keeps its modalities, each modality's own score, the snippet (text, marked spans,
+    source) and where playback starts.
+    """
     search_id = uuid.uuid4().hex
     path = library.root / "history.duckdb"
     if path.is_symlink():
@@ -36,17 +53,25 @@ def record_search(library: Library, result: SearchResult, *, retries: int = 20) 
            result.per_video, result.rerank, json.dumps(result.filters.to_dict(), sort_keys=True),
            result.strategy, len(result.hits), result.timings_ms.get("total", 0.0),
            json.dumps(result.timings_ms, sort_keys=True), result.index_kind, result.generation,
-           result.model_name, result.model_fingerprint]
-    hits = [[search_id, h.rank, h.score, h.clip_id, h.video_id, h.path, h.start_s, h.end_s,
-             list(h.clip_ids), h.rerank_score] for h in result.hits]
+           result.model_name, result.model_fingerprint, list(result.modalities), result.score_kind]
+    hits = []
+    for h in result.hits:
+        sc = h.scores or {"visual": h.score}
+        sn = h.snippet
+        hits.append([search_id, h.rank, h.score, h.clip_id, h.video_id, h.path, h.start_s, h.end_s,
+                     list(h.clip_ids), h.rerank_score, list(h.modalities), sc.get("visual"), sc.get("speech"),
+                     sc.get("screen"), None if sn is None else sn.text,
+                     None if sn is None else [[a, b] for a, b in sn.marks], None if sn is None else sn.source,
+                     h.play_s])
     for attempt in range(max(1, retries)):
         try:
             with duckdb.connect(str(path)) as con:
                 con.execute(HISTORY_DDL)
+                con.execute(HISTORY_UPGRADE)
                 con.execute("BEGIN TRANSACTION")
-                con.execute("INSERT INTO searches VALUES (" + ",".join("?" * len(row)) + ")", row)
+                con.execute(_insert("searches", _SEARCH_COLS), row)
                 if hits:
-                    con.executemany("INSERT INTO search_results VALUES (?,?,?,?,?,?,?,?,?,?)", hits)
+                    con.executemany(_insert("search_results", _RESULT_COLS), hits)
                 con.execute("COMMIT")
             return search_id
         except duckdb.IOException as e:  # another process holds the file: retry briefly
@@ -60,6 +85,27 @@ def record_search(library: Library, result: SearchResult, *, retries: int = 20) 
 
 
 # ---- saved searches ---------------------------------------------------------------------------------
+def _saved_hit(r: dict[str, Any]) -> Hit:
+    """A ``search_results`` row as a Hit (values type-checked: the file is input like any other)."""
+    mods = tuple(str(m) for m in (r.get("modalities") or ("visual",)))
+    scores = {m: float(r[f"{m}_score"]) for m in ("visual", "speech", "screen") if r.get(f"{m}_score") is not None}
+    snippet = None
+    if r.get("snippet") is not None:
+        text = r["snippet"]
+        if not isinstance(text, str):
+            raise TypeError("snippet is not text")
+        marks = tuple((int(m[0]), int(m[1])) for m in (r.get("snippet_marks") or ()))
+        if any(not 0 <= a <= b <= len(text) for a, b in marks):
+            raise ValueError("snippet marks outside the snippet")
+        snippet = TextSnippet(text, marks, str(r.get("snippet_source") or "speech"))
+    return Hit(rank=int(r["rank"]), score=float(r["score"]), clip_id=int(r["clip_id"]),
+               video_id=str(r["video_id"]), path=str(r["path"]), start_s=float(r["start_s"]),
+               end_s=float(r["end_s"]), clip_ids=tuple(int(c) for c in (r["merged_clip_ids"] or ())),
+               rerank_score=None if r["rerank_score"] is None else float(r["rerank_score"]),
+               modalities=mods, scores=scores, snippet=snippet,
+               play_s=None if r.get("play_s") is None else float(r["play_s"]))
+
+
 SEARCH_ID_RE = re.compile(r"^[0-9a-f]{4,32}$")
 LAST = "last"
 
@@ -103,14 +149,15 @@ def load_search(con: Any, search_id: str) -> SavedSearch:
         raise SearchError(f"search id prefix {search_id!r} matches several searches "
                           f"({found[0]['search_id']}, {found[1]['search_id']}, ...); give more digits")
     row = found[0]
-    rows = run_query(con, "SELECT rank, score, clip_id, video_id, path, start_s, end_s, merged_clip_ids, rerank_score "
-                          "FROM search_results WHERE search_id = ? ORDER BY rank", [row["search_id"]]).to_pylist()
+    # A history made before modalities (issue 14) lacks their columns: its hits are visual.
+    have = set(run_query(con, "SELECT * FROM search_results LIMIT 0").column_names)
+    extra = [c for c in ("modalities", "visual_score", "speech_score", "screen_score", "snippet", "snippet_marks",
+                         "snippet_source", "play_s") if c in have]
+    rows = run_query(con, "SELECT rank, score, clip_id, video_id, path, start_s, end_s, merged_clip_ids, rerank_score"
+                          + "".join(f", {c}" for c in extra)
+                          + " FROM search_results WHERE search_id = ? ORDER BY rank", [row["search_id"]]).to_pylist()
     try:
-        hits = [Hit(rank=int(r["rank"]), score=float(r["score"]), clip_id=int(r["clip_id"]),
-                    video_id=str(r["video_id"]), path=str(r["path"]), start_s=float(r["start_s"]),
-                    end_s=float(r["end_s"]), clip_ids=tuple(int(c) for c in (r["merged_clip_ids"] or ())),
-                    rerank_score=None if r["rerank_score"] is None else float(r["rerank_score"]))
-                for r in rows]
+        hits = [_saved_hit(r) for r in rows]
         like = row["like_clip_id"]
         query = row["query"]
         if query is not None and not isinstance(query, str):

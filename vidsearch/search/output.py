@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vidsearch.search.timefmt import format_hms, format_span, round_ms
-from vidsearch.search.types import Hit, SearchResult
+from vidsearch.search.types import MODALITIES, Hit, SearchResult, TextSnippet
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -34,19 +34,22 @@ _logger = logging.getLogger(__name__)
 # The CSV / Parquet columns. pyarrow and the library package are imported where they are used:
 # printing a result (e.g. one a running server answered) needs neither.
 RESULT_COLUMNS = ("rank", "score", "rerank_score", "clip_id", "video_id", "path", "start_s", "end_s",
-                  "start", "end", "merged_clip_ids")
+                  "start", "end", "merged_clip_ids", "modalities", "visual_score", "speech_score",
+                  "screen_score", "play_s", "snippet")
 
 
 def result_schema() -> pa.Schema:
     """Arrow schema of :func:`write_parquet`: clip ids int64 (exact in Parquet and SQL; JSON
-    writes them as strings)."""
+    writes them as strings); one score column per modality (null where it did not match)."""
     import pyarrow as pa
 
     return pa.schema([
         ("rank", pa.int32()), ("score", pa.float64()), ("rerank_score", pa.float64()),
         ("clip_id", pa.int64()), ("video_id", pa.string()), ("path", pa.string()),
         ("start_s", pa.float64()), ("end_s", pa.float64()), ("start", pa.string()), ("end", pa.string()),
-        ("merged_clip_ids", pa.list_(pa.int64())),
+        ("merged_clip_ids", pa.list_(pa.int64())), ("modalities", pa.list_(pa.string())),
+        ("visual_score", pa.float64()), ("speech_score", pa.float64()), ("screen_score", pa.float64()),
+        ("play_s", pa.float64()), ("snippet", pa.string()),
     ])
 
 
@@ -64,26 +67,76 @@ def escape_display(text: str) -> str:
     return "".join(out)
 
 
+def _scores(h: Hit) -> dict[str, float]:
+    """Each modality's own score (a hit saved before modalities existed: its score is visual)."""
+    return dict(h.scores) if h.scores else {h.modalities[0] if h.modalities else "visual": h.score}
+
+
 def records(result: SearchResult) -> list[dict[str, Any]]:
     """One plain dict per hit (the CSV / Parquet row): ids as int64, times rounded to ms."""
-    return [{"rank": h.rank, "score": round(h.score, 6), "rerank_score": h.rerank_score,
-             "clip_id": h.clip_id, "video_id": h.video_id, "path": h.path, "start_s": round_ms(h.start_s),
-             "end_s": round_ms(h.end_s), "start": format_hms(h.start_s), "end": format_hms(h.end_s),
-             "merged_clip_ids": list(h.clip_ids)} for h in result.hits]
+    out = []
+    for h in result.hits:
+        sc = _scores(h)
+        out.append({"rank": h.rank, "score": round(h.score, 6), "rerank_score": h.rerank_score,
+                    "clip_id": h.clip_id, "video_id": h.video_id, "path": h.path, "start_s": round_ms(h.start_s),
+                    "end_s": round_ms(h.end_s), "start": format_hms(h.start_s), "end": format_hms(h.end_s),
+                    "merged_clip_ids": list(h.clip_ids), "modalities": list(h.modalities),
+                    **{f"{m}_score": None if m not in sc else round(sc[m], 6) for m in MODALITIES},
+                    "play_s": round_ms(h.play_at), "snippet": None if h.snippet is None else h.snippet.text})
+    return out
+
+
+def snippet_json(s: TextSnippet | None) -> dict[str, Any] | None:
+    """A snippet as JSON: its text, the marked words as ``[start, end)`` offsets into ``text``
+    (Unicode code points, as Python counts; JavaScript: index ``Array.from(text)``) and the
+    source of the row (``speech``, ``subtitle``, ``screen``)."""
+    if s is None:
+        return None
+    return {"text": s.text, "marks": [[a, b] for a, b in s.marks], "source": s.source}
 
 
 def hit_json(h: Hit) -> dict[str, Any]:
     """One hit as JSON, the same fields in ``search --json`` and the web API.
 
     Clip ids are decimal strings: a JavaScript number (and jq) holds 53 bits, and a rounded id
-    then names another clip or none.
+    then names another clip or none. ``scores`` holds each matching modality's own score (a
+    cosine, a BM25): they are never compared with each other; ``score`` is what ranked the hit
+    (the result's ``score_kind``). ``play_s`` is where playback starts (a speech hit: its first
+    matched word).
     """
     return {"rank": h.rank, "score": round(h.score, 6),
             "rerank_score": None if h.rerank_score is None else round(h.rerank_score, 6),
             "clip_id": str(h.clip_id), "video_id": h.video_id, "path": h.path,
             "start_s": round_ms(h.start_s), "end_s": round_ms(h.end_s),
             "start": format_hms(h.start_s), "end": format_hms(h.end_s),
-            "merged_clip_ids": [str(c) for c in h.clip_ids]}
+            "merged_clip_ids": [str(c) for c in h.clip_ids],
+            "modalities": list(h.modalities), "scores": {m: round(v, 6) for m, v in _scores(h).items()},
+            "snippet": snippet_json(h.snippet), "play_s": round_ms(h.play_at)}
+
+
+def hit_from_json(d: dict[str, Any]) -> Hit:
+    """A :func:`hit_json` object back as a :class:`Hit` (a running server's answer).
+
+    Raises:
+        KeyError, TypeError, ValueError: not such an object.
+    """
+    snip = d.get("snippet")
+    snippet = None
+    if snip is not None:
+        text = str(snip["text"])
+        marks = tuple((int(a), int(b)) for a, b in snip.get("marks") or ())
+        if any(not 0 <= a <= b <= len(text) for a, b in marks):
+            raise ValueError("snippet marks outside its text")
+        snippet = TextSnippet(text, marks, str(snip.get("source") or "speech"))
+    mods = tuple(str(m) for m in d.get("modalities") or ("visual",))
+    start = float(d["start_s"])
+    play = d.get("play_s")
+    return Hit(rank=int(d["rank"]), score=float(d["score"]), clip_id=int(d["clip_id"]), video_id=str(d["video_id"]),
+               path=str(d["path"]), start_s=start, end_s=float(d["end_s"]),
+               clip_ids=tuple(int(c) for c in d["merged_clip_ids"]),
+               rerank_score=None if d.get("rerank_score") is None else float(d["rerank_score"]),
+               modalities=mods, scores={str(m): float(v) for m, v in (d.get("scores") or {}).items()},
+               snippet=snippet, play_s=None if play is None or float(play) == start else float(play))
 
 
 def result_json(result: SearchResult) -> dict[str, Any]:
@@ -93,6 +146,7 @@ def result_json(result: SearchResult) -> dict[str, Any]:
             "like_clip_id": None if result.like_clip_id is None else str(result.like_clip_id),
             "k": result.k, "offset": result.offset, "strategy": result.strategy, "matched": result.matched,
             "generation": result.generation, "index": result.index_kind, "model": result.model_name,
+            "modalities": list(result.modalities), "score_kind": result.score_kind,
             "min_score": result.min_score,
             "best_score": None if result.best_score is None else round(result.best_score, 6),
             "no_good_match": result.no_good_match,
@@ -113,6 +167,7 @@ def to_csv(result: SearchResult) -> str:
     w.writerow(RESULT_COLUMNS)
     for r in records(result):
         r["merged_clip_ids"] = " ".join(map(str, r["merged_clip_ids"]))
+        r["modalities"] = "+".join(r["modalities"])
         w.writerow([r[c] for c in RESULT_COLUMNS])
     return buf.getvalue()
 
@@ -121,22 +176,45 @@ def timing_line(result: SearchResult) -> str:
     """One line: how many results, from where, and where the time went (model load apart)."""
     t = result.timings_ms
     parts = [f"{k} {t[k]:.0f}" if t[k] >= 10 else f"{k} {t[k]:.1f}"
-             for k in ("load", "encode", "filter", "ann", "db", "rerank") if k in t]
+             for k in ("load", "encode", "filter", "ann", "db", "rerank", "keyword_open", "keyword", "fuse") if k in t]
     where = f"vidsearch serve at {result.server}" if result.server else result.strategy
     n = len(result.hits)
     return f"{n} result{'' if n == 1 else 's'} in {t.get('total', 0):.0f} ms ({', '.join(parts)}) via {where}"
 
 
+def _modality_cell(h: Hit) -> str:
+    return "+".join(h.modalities)
+
+
+def _detail_line(h: Hit) -> str:
+    """The second line of a hit of a text search: each modality's own score, the marked snippet."""
+    sc = _scores(h)
+    parts = [", ".join(f"{m} {sc[m]:.4f}" if m == "visual" else f"{m} {sc[m]:.3g}" for m in h.modalities if m in sc)]
+    if h.snippet is not None:
+        said = {"speech": "said", "subtitle": "subtitle", "screen": "on screen"}.get(h.snippet.source, h.snippet.source)
+        at = f" at {format_hms(h.play_s)}" if h.play_s is not None else ""
+        parts.append(f"{said}{at}: {escape_display(h.snippet.render())}")
+    return " · ".join(parts)
+
+
 def format_table(result: SearchResult) -> str:
-    """A plain aligned table, control characters escaped; "no good match" or "no results" when empty."""
+    """A plain aligned table, control characters escaped; "no good match" or "no results" when empty.
+
+    A search of what is said or shown on screen adds the column ``in`` (the modalities that
+    found each moment) and, under each hit, the modalities' own scores and the snippet with the
+    matched words in «».
+    """
     rerank = any(h.rerank_score is not None for h in result.hits)
-    header = ["rank", "score", *(["itm"] if rerank else []), "start-end", "clip_id", "path"]
+    multi = tuple(result.modalities) != ("visual",)
+    header = ["rank", "score", *(["itm"] if rerank else []), *(["in"] if multi else []), "start-end", "clip_id",
+              "path"]
     rows = []
     for h in result.hits:
         n_more = len(h.clip_ids) - 1
         merged = f" (+{n_more} clip{'' if n_more == 1 else 's'})" if n_more else ""
         rows.append([str(h.rank), f"{h.score:.4f}",
                      *([f"{h.rerank_score:.3f}" if h.rerank_score is not None else ""] if rerank else []),
+                     *([_modality_cell(h)] if multi else []),
                      format_span(h.start_s, h.end_s), str(h.clip_id), escape_display(h.path) + merged])
     if not rows:
         if result.no_good_match:
@@ -144,9 +222,13 @@ def format_table(result: SearchResult) -> str:
                     f"{result.min_score:g}; lower it with --min-score)")
         return "no results"
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == len(header) - 1 else c.rjust(w) if i < 2 else c.ljust(w)
-                       for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
-             for r in [header, *rows]]
+    indent = " " * (widths[0] + 2)
+    lines = []
+    for n, r in enumerate([header, *rows]):
+        lines.append("  ".join(c.ljust(w) if i == len(header) - 1 else c.rjust(w) if i < 2 else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip())
+        if multi and n > 0:
+            lines.append(indent + _detail_line(result.hits[n - 1]))
     return "\n".join(lines)
 
 
@@ -189,11 +271,13 @@ def find_player(preferred: str | None = None) -> str | None:
 
 
 def open_command(h: Hit, video_path: str, player: str = "mpv") -> str:
-    """A shell-quoted command that plays the hit from its start (``mpv`` or ``ffplay``)."""
-    dur = round_ms(max(h.end_s - h.start_s, 0.1))
+    """A shell-quoted command that plays the hit from its start (a speech hit: its first matched
+    word) to its end (``mpv`` or ``ffplay``)."""
+    start = h.play_at
+    dur = round_ms(max(h.end_s - start, 0.1))
     if player == "ffplay":
-        return shlex.join(["ffplay", "-ss", format_hms(h.start_s), "-t", f"{dur:g}", "--", video_path])
-    return shlex.join(["mpv", f"--start={format_hms(h.start_s)}", f"--end={format_hms(h.end_s)}", "--", video_path])
+        return shlex.join(["ffplay", "-ss", format_hms(start), "-t", f"{dur:g}", "--", video_path])
+    return shlex.join(["mpv", f"--start={format_hms(start)}", f"--end={format_hms(h.end_s)}", "--", video_path])
 
 
 def video_paths(con: Any, video_ids: list[str]) -> dict[str, str]:

@@ -33,13 +33,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vidsearch.files import atomic_write_text
-from vidsearch.search.types import Filters, Hit, SearchError, SearchResult
+from vidsearch.search.types import Filters, SearchError, SearchResult
 
 _logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def can_ask(*, k: int, offset: int, query: str | None, where: str | None) -> boo
 
 def remote_search(server: ServerInfo, *, query: str | None, like_clip_id: int | None, k: int, offset: int,
                   filters: Filters, per_video: int | None, merge: bool,
-                  min_score: float | None) -> SearchResult:
+                  min_score: float | None, modalities: Sequence[str] | None = None) -> SearchResult:
     """The same search as :meth:`Searcher.search`, answered by ``server``.
 
     Raises:
@@ -233,6 +233,8 @@ def remote_search(server: ServerInfo, *, query: str | None, like_clip_id: int | 
         params["per_video"] = str(per_video)
     if min_score is not None:
         params["min_score"] = repr(float(min_score))
+    if modalities is not None:
+        params["in"] = ",".join(modalities)
     f = filters
     for name, value in (("path", f.path_glob), ("folder", f.folder), ("min_duration", f.min_duration_s),
                         ("max_duration", f.max_duration_s), ("from", f.from_s), ("to", f.to_s),
@@ -252,11 +254,9 @@ def remote_search(server: ServerInfo, *, query: str | None, like_clip_id: int | 
         if e.code in (400, 404, 422) and isinstance(msg, str):
             raise SearchError(msg) from None
         raise OSError(f"{server.url} answered {e.code}: {msg or e.reason}") from None
-    hits = [Hit(rank=int(h["rank"]), score=float(h["score"]), clip_id=int(h["clip_id"]), video_id=str(h["video_id"]),
-                path=str(h["path"]), start_s=float(h["start_s"]), end_s=float(h["end_s"]),
-                clip_ids=tuple(int(c) for c in h["merged_clip_ids"]),
-                rerank_score=None if h.get("rerank_score") is None else float(h["rerank_score"]))
-            for h in doc["hits"]]
+    from vidsearch.search.output import hit_from_json
+
+    hits = [hit_from_json(h) for h in doc["hits"]]
     timings = {str(k_): float(v) for k_, v in (doc.get("timings_ms") or {}).items()}
     timings["server_total"] = timings.pop("total", 0.0)
     timings["total"] = (time.perf_counter() - t0) * 1e3
@@ -269,4 +269,6 @@ def remote_search(server: ServerInfo, *, query: str | None, like_clip_id: int | 
         warnings=[str(w) for w in doc.get("warnings") or []], index_kind=doc.get("index"),
         generation=int(doc.get("generation") or 0), model_name=doc.get("model"),
         model_fingerprint=server.model_fingerprint, search_id=doc.get("search_id"),
-        min_score=doc.get("min_score"), best_score=None if best is None else float(best), server=server.url)
+        min_score=doc.get("min_score"), best_score=None if best is None else float(best), server=server.url,
+        modalities=tuple(str(m) for m in doc.get("modalities") or ("visual",)),
+        score_kind=str(doc.get("score_kind") or "cosine"))

@@ -90,13 +90,30 @@ CREATE TABLE IF NOT EXISTS searches (
     like_clip_id BIGINT, k INTEGER NOT NULL, offset_ INTEGER NOT NULL, per_video INTEGER,
     rerank INTEGER NOT NULL, filters VARCHAR NOT NULL, strategy VARCHAR NOT NULL,
     n_results INTEGER NOT NULL, latency_ms DOUBLE NOT NULL, timings VARCHAR NOT NULL,
-    index_kind VARCHAR, library_generation BIGINT NOT NULL, model VARCHAR, model_fingerprint VARCHAR
+    index_kind VARCHAR, library_generation BIGINT NOT NULL, model VARCHAR, model_fingerprint VARCHAR,
+    modalities VARCHAR[], score_kind VARCHAR
 );
 CREATE TABLE IF NOT EXISTS search_results (
     search_id VARCHAR NOT NULL, rank INTEGER NOT NULL, score DOUBLE NOT NULL, clip_id BIGINT NOT NULL,
     video_id VARCHAR NOT NULL, path VARCHAR NOT NULL, start_s DOUBLE NOT NULL, end_s DOUBLE NOT NULL,
-    merged_clip_ids BIGINT[] NOT NULL, rerank_score DOUBLE
+    merged_clip_ids BIGINT[] NOT NULL, rerank_score DOUBLE,
+    modalities VARCHAR[], visual_score DOUBLE, speech_score DOUBLE, screen_score DOUBLE,
+    snippet VARCHAR, snippet_marks INTEGER[][], snippet_source VARCHAR, play_s DOUBLE
 );
+"""
+# Columns added to a history.duckdb made before modalities existed (issue 14): a writer adds them
+# (ALTER TABLE ... ADD COLUMN IF NOT EXISTS) before its first insert; the old rows read as NULL.
+HISTORY_UPGRADE = """
+ALTER TABLE searches ADD COLUMN IF NOT EXISTS modalities VARCHAR[];
+ALTER TABLE searches ADD COLUMN IF NOT EXISTS score_kind VARCHAR;
+ALTER TABLE search_results ADD COLUMN IF NOT EXISTS modalities VARCHAR[];
+ALTER TABLE search_results ADD COLUMN IF NOT EXISTS visual_score DOUBLE;
+ALTER TABLE search_results ADD COLUMN IF NOT EXISTS speech_score DOUBLE;
+ALTER TABLE search_results ADD COLUMN IF NOT EXISTS screen_score DOUBLE;
+ALTER TABLE search_results ADD COLUMN IF NOT EXISTS snippet VARCHAR;
+ALTER TABLE search_results ADD COLUMN IF NOT EXISTS snippet_marks INTEGER[][];
+ALTER TABLE search_results ADD COLUMN IF NOT EXISTS snippet_source VARCHAR;
+ALTER TABLE search_results ADD COLUMN IF NOT EXISTS play_s DOUBLE;
 """
 
 

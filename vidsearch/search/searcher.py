@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -56,7 +57,8 @@ from vidsearch.schemas.manifest import Manifest, ModelInfo
 from vidsearch.search.cliptable import ClipAt, ClipTable
 from vidsearch.search.sandbox import matching_clip_ids, open_sandbox
 from vidsearch.search.shaping import ClipHit, Moment, shape
-from vidsearch.search.types import Filters, Hit, SearchError, SearchResult
+from vidsearch.search.textsearch import TextHit, TextSide
+from vidsearch.search.types import MODALITIES, Filters, Hit, SearchError, SearchResult
 
 _logger = logging.getLogger(__name__)
 
@@ -119,6 +121,26 @@ class _Generation:
     warnings: list[str]
     catalog_behind: bool                  # catalog.duckdb lags the manifest (completed from shards)
     catalog_stamp: tuple[int, int, int] | None  # identity of catalog.duckdb when opened
+    text: TextSide | None = None          # speech / screen text search, made on first use
+
+
+@dataclass
+class _Visual:
+    """The pictures' part of a search."""
+
+    moments: list[Moment]
+    n_moments: int
+    strategy: str
+    n_match: int | None
+    best: float | None                    # best cosine found, also when cut by min_score
+    min_score: float | None               # the cut applied
+    no_good_match: str | None             # the warning when min_score cut every moment
+
+
+# Why a text modality has nothing to search: (what it lacks, what gives it).
+_ABSENT = {"speech": ("speech transcripts or subtitles",
+                      "ingest with --speech (subtitle tracks and .srt/.vtt files are read always)"),
+           "screen": ("screen text", "ingest with --ocr")}
 
 
 class Searcher:
@@ -428,24 +450,30 @@ class Searcher:
                vector: np.ndarray | None = None, k: int | None = None, filters: Filters | None = None,
                per_video: int | None = None, rerank: int = 0, offset: int = 0,
                merge: bool = True, min_score: float | None = None, use_default_min_score: bool = True,
-               warnings: list[str] | None = None) -> SearchResult:
+               warnings: list[str] | None = None, modalities: Sequence[str] | None = None) -> SearchResult:
         """Ranked moments for a text query, an example clip or a raw vector.
 
         Args:
-            query: text, encoded with the library's model.
+            query: text, encoded with the library's model (pictures) and matched against what is
+                said and written on screen (keyword index).
             like_clip_id: find clips similar to this one (the clip itself is left out).
             vector: a query embedding (dim of the library, L2-normalised here).
             k: moments to return (default ``SearchCfg.k``).
-            filters: metadata filters.
+            filters: metadata filters; they apply to every modality.
             per_video: at most this many moments per video.
-            rerank: re-score the top ``rerank`` moments with the ITM head (text queries only).
+            rerank: re-score the top ``rerank`` moments of the pictures with the ITM head (text
+                queries only).
             offset: skip this many moments (paging).
             merge: merge adjacent hits of a video into one moment.
-            min_score: leave out moments whose best clip scores below this.
+            min_score: leave out picture hits whose best clip scores below this (the cosine; text
+                hits are not cut by it).
             use_default_min_score: for a text query without ``min_score``, use the model's
                 (``ModelCfg.min_score``; clip-to-clip scores of ``like_clip_id`` are on another
                 scale and get none).
             warnings: more warnings to report with the result (e.g. from ``clip_at``).
+            modalities: some of ``visual``, ``speech``, ``screen``; None: every modality the
+                library has for a text query (pictures only for an example clip or a vector).
+                Several are fused into one list by reciprocal rank fusion (:mod:`.fusion`).
 
         Raises:
             SearchError: bad filter or predicate, unknown clip, wrong model, nothing to search with.
@@ -455,7 +483,7 @@ class Searcher:
                 return self._search(query, like_clip_id=like_clip_id, vector=vector, k=k, filters=filters,
                                     per_video=per_video, rerank=rerank, offset=offset, merge=merge,
                                     min_score=min_score, use_default_min_score=use_default_min_score,
-                                    extra_warnings=warnings or [])
+                                    extra_warnings=warnings or [], modalities=modalities)
             except IndexCorrupt as e:
                 if attempt:
                     raise
@@ -464,10 +492,50 @@ class Searcher:
                 self._reopen(self._g.manifest, problem=e)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    # ---- modalities --------------------------------------------------------------------------
+    def _text(self) -> TextSide:
+        """The text side of this generation (counts its rows now; opens the keyword index on the
+        first text search)."""
+        g = self._g
+        if g.text is None:
+            g.text = TextSide(self.library, g.manifest, g.con, g.clips, self.cfg)
+        return g.text
+
+    def modalities(self) -> tuple[str, ...]:
+        """What this library can be searched in: ``visual``, plus ``speech`` when it has
+        transcripts or subtitles, ``screen`` when it has screen text."""
+        return ("visual", *self._text().available())
+
+    def _resolve_modalities(self, query: str | None, modalities: Sequence[str] | None,
+                            warnings: list[str]) -> tuple[str, ...]:
+        if query is None:  # an example clip or a vector: pictures only
+            if modalities is not None and set(modalities) - {"visual"}:
+                raise SearchError("speech and screen text are searched with a text query; an example clip "
+                                  "(--like, --video/--at) searches the pictures only (--in visual)")
+            return ("visual",)
+        if modalities is None:
+            return self.modalities()
+        bad = sorted(set(modalities) - set(MODALITIES))
+        if bad:
+            raise SearchError(f"unknown modality {bad[0]!r}: give some of {', '.join(MODALITIES)}")
+        asked = tuple(m for m in MODALITIES if m in set(modalities))
+        if not asked:
+            raise SearchError(f"no modality to search in: give some of {', '.join(MODALITIES)}")
+        have = self._text().available() if set(asked) - {"visual"} else ()
+        missing = [m for m in asked if m != "visual" and m not in have]
+        for m in missing:
+            what, how = _ABSENT[m]
+            warnings.append(f"the library has no {what} to search (--in {m}): {how}")
+        mods = tuple(m for m in asked if m == "visual" or m in have)
+        if not mods:
+            raise SearchError(warnings[-1])
+        return mods
+
+    # ---- search ------------------------------------------------------------------------------
     def _search(self, query: str | None, *, like_clip_id: int | None, vector: np.ndarray | None,
                 k: int | None, filters: Filters | None, per_video: int | None, rerank: int,
                 offset: int, merge: bool, min_score: float | None, use_default_min_score: bool,
-                extra_warnings: list[str]) -> SearchResult:
+                extra_warnings: list[str], modalities: Sequence[str] | None) -> SearchResult:
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         self.refresh()
@@ -480,6 +548,80 @@ class Searcher:
         if sum(x is not None for x in (query, like_clip_id, vector)) != 1:
             raise SearchError("give exactly one of a text query, --like CLIP_ID or a vector")
         warnings = list(g.warnings)
+        mods = self._resolve_modalities(query, modalities, warnings)
+        text_mods = tuple(m for m in mods if m != "visual")
+        if rerank and "visual" not in mods:
+            raise SearchError("--rerank re-scores the pictures' hits: search them too (--in visual,...)")
+        if text_mods and min_score is not None and min_score > -1 and "visual" not in mods:
+            warnings.append("--min-score applies to the pictures' cosine only; text hits are not cut by it")
+        fused = len(mods) > 1
+        # Each modality's list is cut deeper than the page when fused: a moment ranked 30th by
+        # the pictures and 2nd by speech may make the first page.
+        depth = max(offset + k, self.cfg.fusion_depth) if fused else offset + k
+
+        visual: _Visual | None = None
+        n_match: int | None = None
+        if "visual" in mods:
+            visual = self._visual(query, like_clip_id, vector, k=depth if fused else k, offset=0 if fused else offset,
+                                  filters=filters, per_video=None if fused else per_video, rerank=rerank, merge=merge,
+                                  min_score=min_score, use_default_min_score=use_default_min_score, timings=timings,
+                                  warnings=warnings)
+            n_match = visual.n_match
+            min_score = visual.min_score
+        elif not filters.is_empty():
+            n_match = g.clips.mask(filters)[1]
+        warnings += extra_warnings
+
+        text_hits: list[TextHit] = []
+        text_strategy = ""
+        if text_mods:
+            assert query is not None
+            side = self._text()
+            t0 = time.perf_counter()
+            clip_level = filters.from_s is not None or filters.to_s is not None or filters.where is not None
+            clip_mask = g.clips.mask(filters)[0] if clip_level else None
+            text_hits = side.search(query, text_mods, filters, depth, clip_mask)
+            timings["keyword"] = (time.perf_counter() - t0) * 1e3 - side.open_ms
+            if side.open_ms:
+                timings["keyword_open"], side.open_ms = side.open_ms, 0.0
+            warnings += side.warnings
+            text_strategy = side.strategy
+
+        score_kind = "cosine"
+        if visual is not None and not fused:
+            hits = [Hit(mo.rank, mo.score, mo.clip_id, mo.video_id, mo.path, mo.start_s, mo.end_s,
+                        tuple(mo.clip_ids), mo.rerank_score, scores={"visual": mo.score}) for mo in visual.moments]
+            n_moments, strategy = visual.n_moments, visual.strategy
+        else:
+            t0 = time.perf_counter()
+            hits, n_moments, score_kind = self._fuse(visual, text_hits, k=k, offset=offset, per_video=per_video)
+            timings["fuse"] = (time.perf_counter() - t0) * 1e3
+            strategy = f"{visual.strategy}+{text_strategy}" if visual is not None else text_strategy
+        if visual is not None and visual.no_good_match and not hits:
+            warnings.append(visual.no_good_match)
+        timings["total"] = (time.perf_counter() - t_start) * 1e3
+
+        info = g.model_info
+        result = SearchResult(
+            hits=hits, query=query, like_clip_id=like_clip_id, k=k, offset=offset, per_video=per_video,
+            rerank=rerank, filters=filters, strategy=strategy, matched=n_match,
+            total_moments=n_moments, timings_ms=timings, warnings=warnings,
+            index_kind=g.index.meta.kind if g.index else None, generation=g.manifest.generation,
+            model_name=info.name, model_fingerprint=info.fingerprint,
+            min_score=min_score if visual is not None else None,
+            best_score=visual.best if visual is not None else None, modalities=mods, score_kind=score_kind)
+        if self.record_history:
+            from vidsearch.search.history import record_search
+
+            result.search_id = record_search(self.library, result)
+        return result
+
+    def _visual(self, query: str | None, like_clip_id: int | None, vector: np.ndarray | None, *, k: int,
+                offset: int, filters: Filters, per_video: int | None, rerank: int, merge: bool,
+                min_score: float | None, use_default_min_score: bool, timings: dict[str, float],
+                warnings: list[str]) -> _Visual:
+        """The pictures' moments: encode, filter, ANN or exact candidates, shape, re-rank, min_score."""
+        g = self._g
         if query is not None and self._model is None:
             t0 = time.perf_counter()
             self.model  # noqa: B018 - created now, so that loading is not counted as encoding
@@ -565,31 +707,80 @@ class Searcher:
             moments = self._rerank(query, moments, rerank)
             timings["rerank"] = (time.perf_counter() - t0) * 1e3
         best = max((mo.score for mo in moments), default=None)
-        warnings += extra_warnings
+        no_good = None
         if min_score is not None:
             # Moments are in score order (a rerank re-orders only the page); the cut is by the
             # embedding score, the one min_score is calibrated on.
             kept = [mo for mo in moments if mo.score >= min_score]
             if moments and not kept:
-                warnings.append(f"no good match: the best score {best:.3f} is below the minimum score "
-                                f"{min_score:g} (--min-score)")
+                no_good = (f"no good match: the best score {best:.3f} is below the minimum score "
+                           f"{min_score:g} (--min-score)")
             moments = kept
-        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        return _Visual(moments, n_moments, strategy, n_match, best, min_score, no_good)
 
-        info = g.model_info
-        result = SearchResult(
-            hits=[Hit(mo.rank, mo.score, mo.clip_id, mo.video_id, mo.path, mo.start_s, mo.end_s,
-                      tuple(mo.clip_ids), mo.rerank_score) for mo in moments],
-            query=query, like_clip_id=like_clip_id, k=k, offset=offset, per_video=per_video,
-            rerank=rerank, filters=filters, strategy=strategy, matched=n_match,
-            total_moments=n_moments, timings_ms=timings, warnings=warnings,
-            index_kind=g.index.meta.kind if g.index else None, generation=g.manifest.generation,
-            model_name=info.name, model_fingerprint=info.fingerprint, min_score=min_score, best_score=best)
-        if self.record_history:
-            from vidsearch.search.history import record_search
+    def _fuse(self, visual: _Visual | None, text_hits: list[TextHit], *, k: int, offset: int,
+              per_video: int | None) -> tuple[list[Hit], int, str]:
+        """The page of moments of several modalities (or of one text modality): reciprocal rank
+        fusion, overlapping hits of a video merged (:func:`.fusion.fuse`).
 
-            result.search_id = record_search(self.library, result)
-        return result
+        Returns:
+            (the page, moments found, what a hit's score is). When only one modality found
+            anything, its moments keep their own score (cosine or BM25), not a fusion score.
+        """
+        from vidsearch.search.fusion import ModalityHit, fuse
+
+        g = self._g
+        lists: dict[str, list[ModalityHit]] = {}
+        vrank: dict[int, int] = {}
+        if visual is not None:
+            lists["visual"] = []
+            for i, mo in enumerate(visual.moments):
+                vrank[id(mo)] = i
+                lists["visual"].append(ModalityHit("visual", mo.video_id, mo.start_s, mo.end_s, mo.score, ref=mo))
+        for th in text_hits:
+            lists.setdefault(th.modality, []).append(ModalityHit(th.modality, th.video_id, th.start_s, th.end_s,
+                                                                 th.score, source=th.source, play_s=th.start_s,
+                                                                 ref=th))
+        # Lists are in rank order already (a re-ranked visual list is not in cosine order).
+        moments = fuse(lists, k=None, max_moment_s=self.cfg.max_moment_s, presorted=True)
+        if per_video:
+            count: dict[str, int] = {}
+            kept = []
+            for fm in moments:
+                if count.get(fm.video_id, 0) < per_video:
+                    kept.append(fm)
+                    count[fm.video_id] = count.get(fm.video_id, 0) + 1
+            moments = kept
+        present = [m for m, hs in lists.items() if hs]
+        single = len(present) <= 1
+        kind = "rrf" if not single else ("cosine" if (present or ["visual" if visual else "speech"])[0] == "visual"
+                                         else "bm25")
+        hits = []
+        for i, fm in enumerate(moments[offset:offset + k]):
+            vis = [h.ref for h in fm.hits if h.modality == "visual"]
+            best_vis = min(vis, key=lambda mo: vrank[id(mo)]) if vis else None
+            text_mod = next((m for m in fm.modalities if m != "visual"), None)
+            best_text = max((h.ref for h in fm.hits if h.modality == text_mod), key=lambda t: t.score,
+                            default=None)
+            ids = {c for mo in vis for c in mo.clip_ids} | {c for h in fm.hits if h.modality != "visual"
+                                                            for c in h.ref.clip_ids}
+            clip_ids = np.array(sorted(ids), np.int64)
+            pos, _ok = g.clips.positions(clip_ids)
+            clip_ids = clip_ids[np.lexsort((clip_ids, g.clips.start_s[pos]))]
+            if best_vis is not None:
+                clip_id, path = best_vis.clip_id, best_vis.path
+            else:  # found by its words only: the clip the best text hit starts in
+                assert best_text is not None
+                clip_id, path = best_text.clip_id, g.clips.paths[g.clips.code_of(fm.video_id)]
+            hits.append(Hit(
+                rank=offset + i + 1, score=fm.scores[fm.modalities[0]] if single else fm.score, clip_id=int(clip_id),
+                video_id=fm.video_id, path=path, start_s=round(fm.start_s, 3), end_s=round(fm.end_s, 3),
+                clip_ids=tuple(int(c) for c in clip_ids),
+                rerank_score=best_vis.rerank_score if best_vis is not None else None,
+                modalities=fm.modalities, scores=dict(fm.scores),
+                snippet=best_text.snippet if best_text is not None else None,
+                play_s=round(fm.play_s, 3) if fm.play_s != fm.start_s else None))
+        return hits, len(moments), kind
 
     def _rerank(self, query: str, moments: list[Moment], n: int) -> list[Moment]:
         """Re-score the best clip of the top ``n`` moments with the ITM head; the rest keep order."""

@@ -11,6 +11,10 @@ import datetime as dt
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+# What a search can look in (`vidsearch search --in`): the pictures (InternVideo2), what is said
+# (speech transcripts and subtitles) and what is written on screen (OCR).
+MODALITIES: tuple[str, ...] = ("visual", "speech", "screen")
+
 # Clip ids are positive int64 (vidsearch.schemas.ids.clip_id); JSON carries them as decimal
 # strings, since a JavaScript (or jq) number holds only 53 bits.
 CLIP_ID_MAX = 2**63 - 1
@@ -106,19 +110,70 @@ def _above(lo: float | None, hi: float | None) -> bool:
     return lo is not None and hi is not None and lo > hi
 
 
+def parse_modalities(text: str | None) -> tuple[str, ...] | None:
+    """``"visual,speech"`` -> ``("visual", "speech")`` (order of :data:`MODALITIES`, no repeats);
+    None or blank -> None (every modality the library has). ``"all"`` is all three.
+
+    Raises:
+        SearchError: an unknown name.
+    """
+    if text is None or not text.strip():
+        return None
+    names = {t.strip().lower() for t in text.split(",") if t.strip()}
+    if names == {"all"}:
+        return MODALITIES
+    bad = sorted(names - set(MODALITIES))
+    if bad:
+        raise SearchError(f"unknown modality {bad[0]!r}: give some of {', '.join(MODALITIES)} (comma-separated)")
+    return tuple(m for m in MODALITIES if m in names)
+
+
+@dataclass(frozen=True)
+class TextSnippet:
+    """The matched text of a hit: the row's text (maybe cut around the marks) and the character
+    spans (Python string offsets, i.e. code points) of the words that matched."""
+
+    text: str
+    marks: tuple[tuple[int, int], ...] = ()
+    source: str = "speech"        # speech / subtitle / screen
+
+    def render(self, left: str = "«", right: str = "»") -> str:
+        """The text with each marked word wrapped in ``left``/``right``."""
+        out, pos = [], 0
+        for a, b in self.marks:
+            out += [self.text[pos:a], left, self.text[a:b], right]
+            pos = b
+        out.append(self.text[pos:])
+        return "".join(out)
+
+
 @dataclass
 class Hit:
-    """One ranked result (a moment)."""
+    """One ranked result (a moment).
+
+    ``score`` is what ranked it: the cosine of its best clip (a pictures-only search), the BM25
+    of its best text row (one text modality) or the reciprocal-rank-fusion score (several);
+    ``scores`` holds each matching modality's own score, never compared across modalities.
+    """
 
     rank: int
     score: float
-    clip_id: int                  # the best clip of the moment
+    clip_id: int                  # the best clip of the moment (a text hit: the clip it lies in)
     video_id: str
     path: str
-    start_s: float                # the moment's extent (all merged clips), rounded to ms
+    start_s: float                # the moment's extent (all merged clips, matched words), rounded to ms
     end_s: float
     clip_ids: tuple[int, ...]     # merged clips in time order
     rerank_score: float | None = None
+    modalities: tuple[str, ...] = ("visual",)   # which modalities found it, best contribution first
+    scores: dict[str, float] = field(default_factory=dict)  # modality -> its own best score
+    snippet: TextSnippet | None = None          # the matched words (speech, subtitles, screen text)
+    play_s: float | None = None   # where playback starts (a speech hit: its first matched word)
+
+    @property
+    def play_at(self) -> float:
+        """Where to start playing: ``play_s``, else the moment's start."""
+        return self.start_s if self.play_s is None else self.play_s
 
 
 @dataclass
@@ -146,8 +201,10 @@ class SearchResult:
     min_score: float | None = None    # hits scoring below it were left out
     best_score: float | None = None   # best score found, also when below min_score
     server: str | None = None         # URL of the `vidsearch serve` that answered; None: this process
+    modalities: tuple[str, ...] = ("visual",)  # what was searched
+    score_kind: str = "cosine"        # what Hit.score is: cosine, bm25 (one text modality) or rrf
 
     @property
     def no_good_match(self) -> bool:
-        """Nothing cleared ``min_score`` although something was found."""
+        """Nothing cleared ``min_score`` (the pictures' cosine) although something was found."""
         return not self.hits and self.min_score is not None and self.best_score is not None
