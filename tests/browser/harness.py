@@ -62,14 +62,24 @@ class ServeLibrary:
     videos: dict[str, Path]    # name -> file
 
 
+# A subtitle beside sky.mp4 (read by every ingest): what is said, for the speech modality of the
+# API and the page. Its words are in none of the other tests' queries; "&lt;b&gt;" is decoded to
+# the text "<b>", which the page must show as text, never as markup.
+SUBTITLE = "The lighthouse keeper waves: 2 < 3 &amp; x&lt;b&gt;y"
+SUBTITLE_TEXT = "The lighthouse keeper waves: 2 < 3 & x<b>y"
+SUBTITLE_SPAN = (1.0, 3.0)
+
+
 def make_library(base: Path) -> ServeLibrary:
-    """Three good videos in two folders plus one broken file (a failed video), ingested."""
+    """Three good videos in two folders plus one broken file (a failed video), ingested; sky.mp4
+    has a sidecar subtitle (:data:`SUBTITLE` from 1 s to 3 s)."""
     media = base / "media"
     v = {
         "dog": make_video(media / "pets" / "dog.mp4", "testsrc2", 12),
         "beach": make_video(media / "travel" / "beach.mp4", "mandelbrot", 10),
         "sky": make_video(media / "travel" / "sky.mp4", "smptebars", 4),
     }
+    (media / "travel" / "sky.srt").write_text(f"1\n00:00:01,000 --> 00:00:03,000\n{SUBTITLE}\n\n", encoding="utf-8")
     broken = media / "travel" / "broken.mp4"
     broken.write_text("not a video\n" * 10)
     v["broken"] = broken

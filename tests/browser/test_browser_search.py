@@ -173,3 +173,45 @@ def test_more_like_this_and_shared_url(browser: Any, server: Any, tmp_path: Path
     page.locator("#message.error").wait_for(timeout=30_000)
     assert "min_duration" in page.locator("#message").inner_text()
     page.close()
+
+
+def test_a_subtitle_hit_shows_its_marked_words_and_plays_from_them(browser: Any, server: Any, tmp_path: Path) -> None:
+    """What is said (issue 14): modality badges, the snippet with <mark> (built as DOM nodes: the
+    subtitle's "<b>" is text), playback from the first matched word, and the "Search in" choice."""
+    want = api_search(server, q="lighthouse keeper", k="24")["hits"][0]
+    assert want["name"] == "sky.mp4" and want["play_s"] == 1.0 and "speech" in want["modalities"]
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url + "/?q=lighthouse+keeper")
+    first = page.locator("#grid li.hit").first
+    first.wait_for(timeout=30_000)
+    assert first.get_attribute("data-clip-id") == want["clip_id"]
+    assert sorted(first.locator(".badge").all_inner_texts()) == ["Picture", "Subtitles"]
+    snippet = first.locator(".snippet")
+    assert snippet.inner_text() == harness.SUBTITLE_TEXT
+    assert snippet.locator("mark").all_inner_texts() == ["lighthouse", "keeper"]
+    assert snippet.evaluate("e => [...e.querySelectorAll('*')].every(n => n.tagName === 'MARK')")
+    assert page.locator("#grid li.hit").nth(1).locator(".snippet").count() == 0  # a picture-only hit
+    # The library has no screen text: the page does not offer it.
+    page.locator("summary", has_text="Filters").click()
+    assert page.get_by_label("Speech and subtitles").is_visible()
+    assert not page.get_by_label("Text on screen").is_visible()
+
+    first.locator("button.thumb").click()
+    page.wait_for_function("() => { const v = document.getElementById('video');"
+                           " return v.readyState >= 2 && !v.seeking && v.currentTime > 0; }", timeout=30_000)
+    t = page.locator("#video").evaluate("v => v.currentTime")
+    assert 1.0 - 0.05 <= t <= want["end_s"], (t, want)  # from the subtitle's start, not the moment's
+    shot(page, tmp_path, "search_speech_hit.png")
+
+    # Words only: untick the pictures; the URL keeps the choice.
+    page.get_by_label("Pictures").uncheck()
+    page.get_by_label("Search", exact=True).press("Enter")
+    page.wait_for_function("() => location.search.includes('in=speech')")
+    page.wait_for_function("() => document.querySelectorAll('#grid li.hit').length === 1", timeout=30_000)
+    only = page.locator("#grid li.hit").first
+    assert only.locator(".badge").all_inner_texts() == ["Subtitles"]
+    assert only.get_attribute("data-modalities") == "speech"
+    assert not errors, errors
+    page.close()

@@ -371,6 +371,68 @@ def test_recent_queries_read_the_history_locked(tmp_path: Path) -> None:
     assert recent_queries(lib) == []
 
 
+# ---- what is said (issue 14): `in`, hits with modalities, scores and snippets -------------------------
+
+def test_status_names_what_the_library_can_be_searched_in(server: Any) -> None:
+    assert api(server, "/api/status").json()["modalities"] == ["visual", "speech"]  # sky.mp4 has a subtitle
+
+
+def test_in_speech_finds_the_subtitle_with_its_marked_words(server: Any, lib: Any) -> None:
+    from vidsearch.library import Library
+    from vidsearch.search import Searcher
+    from vidsearch.search.output import hit_json
+
+    r = api(server, "/api/search", q="lighthouse keeper", in_="speech")
+    assert r.status == 200, r.body
+    body = r.json()
+    assert body["modalities"] == ["speech"] and body["score_kind"] == "bm25"
+    (h,) = body["hits"]
+    assert h["name"] == "sky.mp4" and (h["start_s"], h["end_s"], h["play_s"]) == (*harness.SUBTITLE_SPAN, 1.0)
+    assert h["modalities"] == ["speech"] and list(h["scores"]) == ["speech"] and h["score"] == h["scores"]["speech"]
+    assert h["snippet"] == {"text": harness.SUBTITLE_TEXT, "marks": [[4, 14], [15, 21]], "source": "subtitle"}
+    # What the library's own searcher answers, field for field (one JSON shape for CLI and API).
+    with Searcher(Library(lib.root), record_history=False) as s:
+        want = hit_json(s.search("lighthouse keeper", k=24, modalities=("speech",)).hits[0])
+    assert {k: h[k] for k in want} == want
+
+
+def test_default_search_fuses_the_pictures_and_the_words(server: Any) -> None:
+    body = api(server, "/api/search", q="lighthouse keeper", k=5).json()
+    assert body["modalities"] == ["visual", "speech"] and body["score_kind"] == "rrf"
+    top = body["hits"][0]  # the only moment both lists hold
+    assert top["name"] == "sky.mp4" and sorted(top["modalities"]) == ["speech", "visual"]
+    assert top["play_s"] == 1.0 and top["snippet"]["source"] == "subtitle"
+    assert top["start_s"] <= 1.0 and top["end_s"] >= 3.0
+    assert all(h["modalities"] == ["visual"] and h["snippet"] is None for h in body["hits"][1:])
+    # Queries whose words no line holds rank the pictures alone, by their cosine.
+    body = api(server, "/api/search", q="a dog running", k=3).json()
+    assert body["score_kind"] == "cosine" and all(h["scores"] == {"visual": h["score"]} for h in body["hits"])
+
+
+def test_bad_modalities_get_a_clear_json_error(server: Any, lib: Any) -> None:
+    r = api(server, "/api/search", q="x", in_="smell")
+    assert r.status == 400 and "unknown modality 'smell'" in r.json()["error"]
+    assert api(server, "/api/search", q="x", in_="<script>").status == 422
+    clip = catalog(lib, "SELECT clip_id FROM clips LIMIT 1")[0][0]
+    r = api(server, "/api/search", like=clip, in_="speech")
+    assert r.status == 400 and "pictures only" in r.json()["error"]
+
+
+def test_cli_search_in_speech_through_the_server_is_the_local_answer(server: Any, lib: Any,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    from vidsearch.cli import main
+
+    argv = ["search", "lighthouse keeper", "--in", "speech", "--library", str(lib.root), "--json"]
+    assert main(argv) == 0
+    remote = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--no-server", "--no-history"]) == 0
+    here = json.loads(capsys.readouterr().out)
+    assert remote["server"] == server.url and here["server"] is None
+    key = ("clip_id", "start_s", "end_s", "play_s", "modalities", "snippet", "scores")
+    assert [[h[k] for k in key] for h in remote["hits"]] == [[h[k] for k in key] for h in here["hits"]]
+    assert remote["modalities"] == here["modalities"] == ["speech"]
+
+
 # ---- concurrent ingest (F12): keep last, it changes the library ---------------------------------------
 
 # ---- `vidsearch search` through the running server (vidsearch.search.remote) --------------------

@@ -3,7 +3,8 @@
 Endpoints (all JSON unless noted; errors are ``{"error": "..."}`` with 400/403/404/422/503)::
 
     GET /                                  the search page (static HTML/JS/CSS, no build step)
-    GET /api/search?q=...|like=CLIP_ID     ranked moments; filters, per_video, k/offset paging
+    GET /api/search?q=...|like=CLIP_ID     ranked moments; in=visual,speech,screen; filters, per_video,
+                                           k/offset paging
     GET /api/clips/{clip_id}               clip metadata
     GET /api/clips/{clip_id}/thumbnail     JPEG (cached in LIBRARY/thumbs/<clip_id>.jpg)
     GET /api/videos/{video_id}             video metadata and its clips
@@ -56,7 +57,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vidsearch import __version__
 from vidsearch.search.output import result_json
 from vidsearch.search.timefmt import TimeFormatError, parse_time
-from vidsearch.search.types import BadClipId, Filters, parse_clip_id
+from vidsearch.search.types import BadClipId, Filters, SearchError, parse_clip_id, parse_modalities
 from vidsearch.serve.service import BadRequest, LibraryService, SearchParams, ServeError
 
 _logger = logging.getLogger(__name__)
@@ -82,6 +83,12 @@ class ErrorOut(BaseModel):
     error: str = Field(description="what was wrong, in one line")
 
 
+class SnippetOut(BaseModel):
+    text: str = Field(description="the matched row's text (cut around the match when long)")
+    marks: list[list[int]] = Field(description="[start, end) of each matched word in text, in Unicode code points")
+    source: str = Field(description="speech, subtitle or screen")
+
+
 class HitOut(BaseModel):
     """The fields of ``vidsearch search --json`` hits, plus the page's."""
 
@@ -96,6 +103,12 @@ class HitOut(BaseModel):
     start: str = Field(description="HH:MM:SS.mmm")
     end: str = Field(description="HH:MM:SS.mmm")
     merged_clip_ids: list[str] = Field(description="merged clips in time order (decimal int64)")
+    modalities: list[str] = Field(description="which modalities found the moment (visual, speech, screen), "
+                                              "best contribution first")
+    scores: dict[str, float] = Field(description="each modality's own score (cosine, BM25): never compared "
+                                                 "with each other")
+    snippet: SnippetOut | None = Field(description="the matched words (speech, subtitles, screen text)")
+    play_s: float = Field(description="where playback starts: a speech hit's first matched word, else start_s")
     name: str = Field(description="file name")
     folder: str
     thumbnail_url: str
@@ -115,7 +128,10 @@ class SearchOut(BaseModel):
     generation: int = Field(description="library generation that answered")
     index: str | None
     model: str | None
-    min_score: float | None = Field(description="moments scoring below it were left out")
+    modalities: list[str] = Field(description="what was searched")
+    score_kind: str = Field(description="what a hit's score is: cosine (pictures only), bm25 (one text "
+                                        "modality) or rrf (reciprocal rank fusion of several)")
+    min_score: float | None = Field(description="picture hits scoring below it were left out")
     best_score: float | None = Field(description="the best score found, also when below min_score")
     no_good_match: bool = Field(description="something was found, but nothing cleared min_score")
     timings_ms: dict[str, float]
@@ -265,18 +281,27 @@ def create_app(service: LibraryService, *, allowed_hosts: list[str] | None = Non
         date_to: Annotated[dt.date | None, Query(description="file date on or before, YYYY-MM-DD")] = None,
         where: Annotated[str | None, Query(max_length=2000, description="SQL predicate over clips/videos "
                                                                          "columns (checked, sandboxed)")] = None,
-        min_score: Annotated[float | None, Query(ge=-1, le=1, description="leave out moments scoring below "
-                                                 "this (default: the model's min_score for text queries)")] = None,
+        min_score: Annotated[float | None, Query(ge=-1, le=1, description="leave out picture hits scoring "
+                                                 "below this cosine (default: the model's min_score for text "
+                                                 "queries); speech and screen-text hits are not cut")] = None,
+        in_: Annotated[str | None, Query(alias="in", max_length=100, pattern=r"^[a-z, ]*$",
+                                         description="what to search, comma-separated: visual, speech, screen "
+                                                     "(default: every one the library has)")] = None,
     ) -> dict[str, Any]:
         if q is not None and not q.strip() and like:
             q = None  # the page sends an empty q with like=
+        try:
+            modalities = parse_modalities(in_)
+        except SearchError as e:
+            raise BadRequest(f"in: {e}") from None
         f = Filters(path_glob=path or None, folder=folder or None,
                     min_duration_s=_seconds("min_duration", min_duration),
                     max_duration_s=_seconds("max_duration", max_duration), date_from=date_from, date_to=date_to,
                     from_s=_seconds("from", from_), to_s=_seconds("to", to),
                     where=where.strip() or None if where else None)
         params = SearchParams(query=q, like_clip_id=_clip_id(like) if like else None, k=k, offset=offset,
-                              per_video=per_video, merge=merge, filters=f, min_score=min_score)
+                              per_video=per_video, merge=merge, filters=f, min_score=min_score,
+                              modalities=modalities)
         r, more = service.search(params)
         return {**result_json(r), "has_more": more, "hits": [service.hit_record(h) for h in r.hits]}
 

@@ -107,6 +107,7 @@ class SearchParams:
     merge: bool = True
     filters: Filters = Filters()         # folder and file dates included: all bound parameters
     min_score: float | None = None       # None: the model's default (text queries)
+    modalities: tuple[str, ...] | None = None  # None: every modality the library has (text queries)
 
 
 def media_type(container: str | None) -> str | None:
@@ -306,7 +307,8 @@ class LibraryService:
             try:
                 # One extra moment tells whether a next page exists.
                 r = s.search(p.query, like_clip_id=p.like_clip_id, k=p.k + 1, filters=p.filters,
-                             per_video=p.per_video, offset=p.offset, merge=p.merge, min_score=p.min_score)
+                             per_video=p.per_video, offset=p.offset, merge=p.merge, min_score=p.min_score,
+                             modalities=p.modalities)
             except (QueryRefused, QueryFailed) as e:
                 raise BadRequest(str(e)) from None
             except SearchError as e:
@@ -442,7 +444,7 @@ class LibraryService:
             "model": None if m.model is None else {"name": m.model.name, "fingerprint": m.model.fingerprint,
                                                    "embed_dim": m.model.embed_dim,
                                                    "is_test_model": m.model.is_test_model},
-            "shards": len(m.shards), "ready": False, "videos": {}, "clips": 0, "index": None,
+            "shards": len(m.shards), "ready": False, "videos": {}, "clips": 0, "index": None, "modalities": [],
             "warnings": [], "writer": self._writer(), "uptime_s": round(time.time() - self.started_at, 1),
             "examples": self.examples(),
         }
@@ -459,6 +461,7 @@ class LibraryService:
             out["clips"] = self._rows(f"SELECT count(*) AS n FROM clips JOIN videos USING (video_id) "
                                       f"WHERE {self._STATUS_IN}", list(SEARCHABLE_STATUSES))[0]["n"]
             out["index"] = None if s.index is None else {"kind": s.index.meta.kind, "ntotal": int(s.index.ntotal)}
+            out["modalities"] = list(s.modalities())
             out["warnings"] = list(s.warnings)
             out["model_loaded"] = self._model is not None or s.model_loaded
         return out

@@ -5,7 +5,15 @@
 
 const PAGE_SIZE = 24;
 const FILTERS = ["folder", "min_duration", "max_duration", "date_from", "date_to", "from", "to", "per_video"];
+const MODALITIES = ["visual", "speech", "screen"];
+// Labels of the badges that say which modality found a hit (speech hits from subtitles say so).
+const BADGES = { visual: "Picture", speech: "Speech", subtitle: "Subtitles", screen: "On screen" };
+// A hit found by its words may last a fraction of a second (one matched word): play at least this
+// long from its first matched word, so the words are heard in context.
+const MIN_TEXT_PLAY_S = 3;
 const $ = (id) => document.getElementById(id);
+
+let available = MODALITIES.slice();  // what the library can be searched in (/api/status)
 
 let inflight = null;       // AbortController of the running search
 let moment = null;         // {start, end, done} of the playing hit
@@ -14,7 +22,8 @@ const clipLabels = new Map();  // clip id -> "name at start–end" (for "more li
 
 function readState() {
   const p = new URLSearchParams(location.search);
-  const s = { q: p.get("q") || "", like: p.get("like") || "", page: Math.max(1, parseInt(p.get("page") || "1", 10) || 1) };
+  const s = { q: p.get("q") || "", like: p.get("like") || "", in: p.get("in") || "",
+              page: Math.max(1, parseInt(p.get("page") || "1", 10) || 1) };
   for (const f of FILTERS) s[f] = p.get(f) || "";
   return s;
 }
@@ -23,14 +32,21 @@ function stateUrl(s) {
   const p = new URLSearchParams();
   if (s.q) p.set("q", s.q);           // kept with like=, so "back to text search" restores it
   if (s.like) p.set("like", s.like);
+  if (s.in) p.set("in", s.in);
   for (const f of FILTERS) if (s[f]) p.set(f, s[f]);
   if (s.page > 1) p.set("page", String(s.page));
   const qs = p.toString();
   return qs ? `/?${qs}` : "/";
 }
 
+// The modalities ticked (among those the library has); "" when all of them are (the default).
+function checkedModalities() {
+  const on = available.filter((m) => $(`in-${m}`).checked);
+  return on.length === available.length ? "" : on.join(",");
+}
+
 function formToState() {
-  const s = { q: $("q").value.trim(), like: "", page: 1 };
+  const s = { q: $("q").value.trim(), like: "", in: checkedModalities(), page: 1 };
   for (const f of FILTERS) s[f] = $(f).value.trim();
   return s;
 }
@@ -38,7 +54,9 @@ function formToState() {
 function fillForm(s) {
   $("q").value = s.q;
   for (const f of FILTERS) $(f).value = s[f];
-  if (FILTERS.some((f) => s[f])) $("filters").open = true;
+  const wanted = s.in ? s.in.split(",") : null;
+  for (const m of MODALITIES) $(`in-${m}`).checked = !wanted || wanted.includes(m);
+  if (FILTERS.some((f) => s[f]) || s.in) $("filters").open = true;
 }
 
 function navigate(s) {
@@ -87,6 +105,7 @@ async function run(s) {
   }
   const api = new URLSearchParams();
   if (s.like) api.set("like", s.like); else api.set("q", s.q);
+  if (s.in && !s.like) api.set("in", s.in);  // an example clip is searched by its pictures
   for (const f of FILTERS) if (s[f]) api.set(f, s[f]);
   api.set("k", String(PAGE_SIZE));
   api.set("offset", String((s.page - 1) * PAGE_SIZE));
@@ -155,11 +174,45 @@ function breakable(cls, text, seps) {
   return e;
 }
 
+// The snippet of a hit found by its words: text nodes and <mark> elements, never HTML (the text
+// comes from subtitle files and speech). Marks are offsets in code points (Array.from).
+function snippetNode(sn) {
+  const p = el("p", "snippet");
+  const chars = Array.from(sn.text);
+  let pos = 0;
+  for (const [a, b] of sn.marks) {
+    if (a < pos || b > chars.length || b < a) continue;  // malformed: keep the plain text
+    if (a > pos) p.append(chars.slice(pos, a).join(""));
+    p.append(el("mark", null, chars.slice(a, b).join("")));
+    pos = b;
+  }
+  if (pos < chars.length) p.append(chars.slice(pos).join(""));
+  return p;
+}
+
+function badgeLabel(m, h) {
+  if (m === "speech" && h.snippet && h.snippet.source === "subtitle") return BADGES.subtitle;
+  return BADGES[m] || m;
+}
+
+// Each modality's own score, never compared with each other: "score 0.312" for a picture-only
+// hit (its cosine, also in a fused list, where h.score is the fusion score), else
+// "speech 7.4 · visual 0.312".
+function scoresText(h) {
+  const mods = h.modalities || ["visual"];
+  const own = h.scores || {};
+  if (mods.length === 1 && mods[0] === "visual") return `score ${(own.visual ?? h.score).toFixed(3)}`;
+  return mods.filter((m) => own[m] != null)
+    .map((m) => `${m} ${m === "visual" ? own[m].toFixed(3) : own[m].toPrecision(3)}`).join(" · ");
+}
+
 function card(h, s) {
   const li = el("li", "hit");
   li.dataset.clipId = h.clip_id;
   li.dataset.start = h.start_s;
   li.dataset.end = h.end_s;
+  li.dataset.play = h.play_s;
+  li.dataset.modalities = (h.modalities || ["visual"]).join(",");
   const range = `${h.start}–${h.end}`;
   clipLabels.set(String(h.clip_id), `${h.name} at ${range}`);
   const thumb = el("button", "thumb");
@@ -177,7 +230,10 @@ function card(h, s) {
   const name = breakable("name", h.name, "_-. ");
   name.title = h.path;
   const meta = el("div", "meta");
-  meta.append(el("span", "range", range), el("span", "score", `score ${h.score.toFixed(3)}`));
+  meta.append(el("span", "range", range), el("span", "score", scoresText(h)));
+  const badges = el("ul", "badges");
+  badges.setAttribute("aria-label", "Found in");
+  for (const m of h.modalities || ["visual"]) badges.append(el("li", `badge ${m}`, badgeLabel(m, h)));
   const folder = breakable("folder", h.folder, "/\\");
   const more = el("button", "more", "More like this");
   more.type = "button";
@@ -187,7 +243,9 @@ function card(h, s) {
     navigate(next);
     $("results").focus();
   });
-  info.append(name, meta, folder, more);
+  info.append(name, meta, badges);
+  if (h.snippet) info.append(snippetNode(h.snippet));
+  info.append(folder, more);
   li.append(thumb, info);
   return li;
 }
@@ -199,7 +257,10 @@ function play(h, li) {
   if (playingCard) playingCard.classList.remove("playing");
   playingCard = li;
   li.classList.add("playing");
-  moment = { start: h.start_s, end: h.end_s, done: false };
+  // A hit found by what is said plays from its first matched word (play_s).
+  const start = h.play_s != null ? h.play_s : h.start_s;
+  const textOnly = !(h.modalities || ["visual"]).includes("visual");
+  moment = { start, end: textOnly ? Math.max(h.end_s, start + MIN_TEXT_PLAY_S) : h.end_s, done: false };
   v.dataset.start = h.start_s;
   v.dataset.end = h.end_s;
   v.dataset.clipId = h.clip_id;
@@ -274,6 +335,12 @@ async function loadStatus() {
     // An example the library's model can answer (the demo world's captions, recent searches),
     // instead of a fixed one that may mean nothing to it.
     if (st.examples && st.examples.length) $("q").placeholder = `e.g. ${st.examples[0]}`;
+    // Offer only the modalities the library has (a library without transcripts: pictures only).
+    if (st.modalities && st.modalities.length) {
+      available = MODALITIES.filter((m) => st.modalities.includes(m));
+      for (const m of MODALITIES) $(`in-${m}`).closest("label").hidden = !available.includes(m);
+      $("in-fields").hidden = available.length < 2;
+    }
     let text = st.ready ? `${st.clips} clips in ${vids} videos` : "No clips yet";
     if (st.model) text += ` · ${st.model.name}${st.model.is_test_model ? " (test model)" : ""}`;
     if (st.writer) text += " · ingest running";
@@ -286,6 +353,10 @@ document.addEventListener("DOMContentLoaded", () => {
     e.preventDefault();
     const s = formToState();
     if (!s.q) { setMessage("Type what to look for.", true); $("q").focus(); return; }
+    if (!available.some((m) => $(`in-${m}`).checked)) {
+      setMessage("Tick at least one of pictures, speech or text on screen.", true);
+      return;
+    }
     navigate(s);
   });
   $("like-clear").addEventListener("click", () => { navigate({ ...readState(), like: "", page: 1 }); $("q").focus(); });
