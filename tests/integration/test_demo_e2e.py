@@ -239,12 +239,26 @@ def test_vidsearch_demo_command(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert re.search(r"✓ 1\. \d\d:\d\d:\d\d\.\d{3}-\d\d:\d\d:\d\d\.\d{3}  ", out)  # the one time format
     assert re.search(r"vidsearch search '[a-z ]+' --library .* --folder [a-z]+\n", out)  # a suggestion with an answer
     assert (tmp_path / "d" / "world" / "world.json").is_file()
-    # The ground truth as a queries file, and the figures printed are vidsearch eval's on it.
+    # The ground truth as a queries file, and the figures printed are vidsearch eval's on it: the
+    # pictures alone (the demo model), and apart from them every modality fused (the narrator).
     qfile = tmp_path / "d" / "world" / "queries.jsonl"
     assert len(qfile.read_text().splitlines()) == 3
-    m = re.search(r"vidsearch eval of these 3 queries .*: recall@1 ([0-9.]+) \(\d/3\), recall@5 ([0-9.]+)", out)
-    assert m is not None and f"vidsearch eval {qfile} --library" in out
-    assert main(["-q", "eval", str(qfile), "--library", str(tmp_path / "d"), "--json"]) == 0
+    m = re.search(r"vidsearch eval of these 3 queries .*, the pictures alone \(--in visual: the demo model\): "
+                  r"recall@1 ([0-9.]+) \(\d/3\), recall@5 ([0-9.]+)", out)
+    assert m is not None and f"vidsearch eval {qfile} --library {tmp_path / 'd'} --in visual" in out
+    assert main(["-q", "eval", str(qfile), "--library", str(tmp_path / "d"), "--in", "visual", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert (f"{doc['recall_at_1']:.2f}", f"{doc['recall_at_5']:.2f}") == m.groups()
     assert doc["recall_at_1"] >= 2 / 3
+    fused = re.search(r"With what is said fused in \(--in visual,speech, the default;.*\): recall@1 ([0-9.]+), "
+                      r"recall@5 ([0-9.]+)", out)
+    assert fused is not None
+    assert main(["-q", "eval", str(qfile), "--library", str(tmp_path / "d"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (f"{doc['recall_at_1']:.2f}", f"{doc['recall_at_5']:.2f}") == fused.groups()
+    # A query only words answer (the narrator says where a video was recorded): found by speech,
+    # at the narrated line, and suggested with --in speech.
+    said = re.search(r'  "recorded in the ([a-z]+)" .*\n    ✓ 1\. (\S+)-(\S+)  world/videos/([a-z]+)/\S+ .*\[speech\]\n'
+                     r'         «Recorded» in the «\1»', out)
+    assert said is not None and said.group(4) == said.group(1), out
+    assert f"vidsearch search 'recorded in the {said.group(1)}' --library" in out and "--in speech" in out

@@ -59,22 +59,28 @@ def run(args: argparse.Namespace) -> int:
     ck = _checkpoint_flag()
     example = shlex.quote(report.outcomes[0].query.text) if report.outcomes else "'a red circle moving to the left'"
     in_folder = report.folder_example or ("a red circle moving to the left", "studio")
+    spoken = report.speech_query.query.text if report.speech_query else "recorded in the park"
     n = ev.n_queries
     r1 = sum(o.rank == 1 for o in ev.per_query)
     r5 = sum(o.rank is not None and o.rank <= 5 for o in ev.per_query)
-    print(f"\nvidsearch eval of these {n} queries (their scenes are in {queries}): recall@1 {ev.recall_at_1:.2f} "
-          f"({r1}/{n}), recall@5 {ev.recall_at_5:.2f} ({r5}/{n}), MRR {ev.mrr:.2f} "
-          f"({report.clips} clips, {report.timings_s['total']:.0f} s in all).")
+    print(f"\nvidsearch eval of these {n} queries (their scenes are in {queries}), the pictures alone "
+          f"(--in visual: the demo model): recall@1 {ev.recall_at_1:.2f} ({r1}/{n}), recall@5 {ev.recall_at_5:.2f} "
+          f"({r5}/{n}), MRR {ev.mrr:.2f} ({report.clips} clips, {report.timings_s['total']:.0f} s in all).")
+    if report.evaluation_all is not None:
+        ea = report.evaluation_all
+        print(f"With what is said fused in (--in {','.join(report.modalities)}, the default; the narrator describes "
+              f"some scenes in words): recall@1 {ea.recall_at_1:.2f}, recall@5 {ea.recall_at_5:.2f}, MRR {ea.mrr:.2f}.")
     print(f"""
 Next, try:
   vidsearch search {example} --library {lib}{ck}
   vidsearch search {shlex.quote(in_folder[0])} --library {lib}{ck} --folder {shlex.quote(in_folder[1])}
   vidsearch search --like CLIP_ID --library {lib}            # more like a clip (ids: --json)
+  vidsearch search {shlex.quote(spoken)} --library {lib} --in speech   # what is said: speech and subtitles
   vidsearch sql "SELECT path, count(*) AS clips FROM clips GROUP BY path ORDER BY path" --library {lib}
   vidsearch sql "SELECT path, round(start_s, 1) AS at_s, source, text FROM transcripts JOIN videos \\
 USING (video_id) ORDER BY 1, 2" --library {lib}   # what is said: speech and subtitles
   vidsearch status --library {lib}
-  vidsearch eval {queries} --library {lib}{ck}   # recall@1/5/10, MRR, temporal IoU
+  vidsearch eval {queries} --library {lib}{ck} --in visual   # recall@1/5/10, MRR, temporal IoU
   vidsearch search {example} --library {lib}{ck} --export hits.edl   # or .fcpxml .xml .otio .csv, or clips/
 The world's ground truth (scene times and captions) is in {shlex.quote(str(report.world.root / 'world.json'))}.
 

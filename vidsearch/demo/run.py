@@ -26,7 +26,7 @@ import numpy as np
 
 from vidsearch.demo.captions import Attributes, CaptionStyle, canonical_caption, sample_caption
 from vidsearch.demo.model import DEMO_MODEL, weights_path
-from vidsearch.demo.narrate import Narration, narrate_world, offline_speech_model
+from vidsearch.demo.narrate import Line, Narration, narrate_world, offline_speech_model
 from vidsearch.demo.world import SceneTruth, VideoTruth, World, generate_world
 from vidsearch.search.timefmt import format_span
 
@@ -58,7 +58,7 @@ class DemoQuery:
     """A query and the scene attributes that make a hit right."""
 
     text: str
-    attributes: Attributes
+    attributes: Attributes | None     # None: a query about words (the narrator's), not about a scene
     style: CaptionStyle
     # The scenes that answer the query, the one it was written for first: (video path relative
     # to the world folder, start_s, end_s); its targets in ``world/queries.jsonl`` (vidsearch eval).
@@ -78,6 +78,8 @@ class HitCheck:
     score: float
     correct: bool
     shows: str | None        # caption of the scene under the best clip
+    modalities: tuple[str, ...] = ("visual",)   # what found it (pictures, speech/subtitles)
+    snippet: str | None = None                  # the matched words, marked with « »
 
 
 @dataclass
@@ -108,7 +110,10 @@ class DemoReport:
     speech_model: str | None = None               # None: speech was not transcribed
     transcript_rows: dict[str, int] = field(default_factory=dict)   # source -> rows in transcripts
     queries_file: Path | None = None                 # world/queries.jsonl: the queries and their scenes
-    evaluation: Any = None                           # vidsearch eval's EvalReport of those queries
+    evaluation: Any = None                           # vidsearch eval's EvalReport of those queries (--in visual)
+    evaluation_all: Any = None                       # the same with every modality fused (None: pictures only)
+    modalities: tuple[str, ...] = ("visual",)        # what the library can be searched in
+    speech_query: QueryOutcome | None = None         # a query only words answer (the narrator's line)
 
 
 def scene_at(world: World, path: str | os.PathLike[str], t: float) -> SceneTruth | None:
@@ -230,6 +235,10 @@ def _clip_times(library: Path, clip_ids: Sequence[int]) -> dict[int, tuple[float
     return {int(c): (float(a), float(b)) for c, a, b in rows}
 
 
+def _snippet(h: Any) -> str | None:
+    return None if getattr(h, "snippet", None) is None else h.snippet.render()
+
+
 def check_result(world: World, library: Path, query: DemoQuery, hits: Sequence[Any]) -> QueryOutcome:
     """Judge the ``Hit``s of a search against the ground truth."""
     times = _clip_times(library, [h.clip_id for h in hits])
@@ -239,8 +248,40 @@ def check_result(world: World, library: Path, query: DemoQuery, hits: Sequence[A
         scene = scene_at(world, h.path, 0.5 * (cs + ce))
         checks.append(HitCheck(h.rank, h.path, h.start_s, h.end_s, cs, ce, float(h.score),
                                scene is not None and scene.attributes == query.attributes,
-                               scene.caption if scene else None))
+                               scene.caption if scene else None, tuple(getattr(h, "modalities", ("visual",))),
+                               _snippet(h)))
     return QueryOutcome(query, checks)
+
+
+def speech_query(world: World, narration: Narration) -> tuple[str, list[Line]] | None:
+    """A query that only words answer, and the narrated lines that are right: the narrator's
+    "Recorded in the <folder>." (no picture shows where a video was recorded). None without one."""
+    lines = [ln for ln in narration.lines if ln.kind == "speech" and ln.text.startswith("Recorded in the ")]
+    if not lines:
+        return None
+    text = lines[0].text.rstrip(".")
+    return text.lower(), [ln for ln in lines if ln.text.rstrip(".") == text]
+
+
+def check_speech_hits(world: World, lines: Sequence[Line], query: str, hits: Sequence[Any]) -> QueryOutcome:
+    """Judge the hits of :func:`speech_query`: right when the hit overlaps one of the lines (±1 s)."""
+    checks = []
+    for h in hits:
+        rel = os.path.relpath(h.path, world.root)
+        ok = any(ln.relpath == rel and h.start_s <= ln.end_s + 1 and h.end_s >= ln.start_s - 1 for ln in lines)
+        checks.append(HitCheck(h.rank, h.path, h.start_s, h.end_s, h.start_s, h.end_s, float(h.score), ok,
+                               None if ok else "no narrator line there",
+                               tuple(getattr(h, "modalities", ("visual",))), _snippet(h)))
+    return QueryOutcome(DemoQuery(query, None, "canonical"), checks)
+
+
+def _say_hit(say: Callable[[str], None], h: HitCheck, root: Path) -> None:
+    mark = "✓" if h.correct else "✗"
+    found = "" if h.modalities == ("visual",) else f"  [{'+'.join(h.modalities)}]"
+    say(f"    {mark} {h.rank}. {format_span(h.start_s, h.end_s)}  {os.path.relpath(h.path, root)}  "
+        f"score {h.score:.3f}{found}" + ("" if h.correct else f"  (shows: {h.shows})"))
+    if h.snippet:
+        say(f"         {h.snippet}")
 
 
 def run_demo(library: str | os.PathLike[str], *, videos: int = 24, seed: int = 0, queries: int = 6,
@@ -309,24 +350,42 @@ def run_demo(library: str | os.PathLike[str], *, videos: int = 24, seed: int = 0
     report.queries_file = write_queries(world, qs)
     say(f"4/4 searching ({len(qs)} queries; every other one is a paraphrase never seen in training)")
     results: dict[str, Any] = {}
+    visual: dict[str, Any] = {}
     with Searcher(Library(root), model=model, record_history=True) as searcher:
+        report.modalities = searcher.modalities()
+        if len(report.modalities) > 1:
+            say(f"    in {' + '.join(report.modalities)}: the pictures (the demo model) and what is said "
+                "(speech, subtitles), fused into one list")
         for q in qs:
             # The top 10 for the evaluation (recall@10 looks at 10); the first k are shown.
             res = results[q.text] = searcher.search(q.text, k=max(k, 10))
+            visual[q.text] = res if report.modalities == ("visual",) else searcher.search(
+                q.text, k=max(k, 10), modalities=("visual",))
             out = check_result(world, root, q, res.hits[:k])
             report.outcomes.append(out)
             say("")
             say(f'  "{q.text}"')
             for h in out.hits:
-                mark = "✓" if h.correct else "✗"
-                say(f"    {mark} {h.rank}. {format_span(h.start_s, h.end_s)}  "
-                    f"{os.path.relpath(h.path, root)}  score {h.score:.3f}"
-                    + ("" if h.correct else f"  (shows: {h.shows})"))
-    # The same figures `vidsearch eval world/queries.jsonl --library DEMO` prints (same search,
-    # same min_score rule): a hit is right when it overlaps the query's scene in its video.
+                _say_hit(say, h, root)
+        sq = speech_query(world, narration) if "speech" in report.modalities else None
+        if sq is not None:
+            text, lines = sq
+            res = searcher.search(text, k=k)
+            report.speech_query = check_speech_hits(world, lines, text, res.hits)
+            say("")
+            say(f'  "{text}"   (words no picture shows: the narrator says where each video was recorded)')
+            for h in report.speech_query.hits:
+                _say_hit(say, h, root)
+    # The same figures `vidsearch eval world/queries.jsonl --library DEMO --in visual` prints (same
+    # search, same min_score rule): a hit is right when it overlaps the query's scene in its video.
+    # The pictures alone measure the demo model; the narration describes some scenes in words, so
+    # the fused figures (every modality, the default) are given apart, never instead.
     from vidsearch.search.evaluate import evaluate, read_queries
 
-    report.evaluation = evaluate(read_queries(report.queries_file), lambda text, _k: results[text].hits)
+    queries_read = read_queries(report.queries_file)
+    report.evaluation = evaluate(queries_read, lambda text, _k: visual[text].hits)
+    if report.modalities != ("visual",):
+        report.evaluation_all = evaluate(queries_read, lambda text, _k: results[text].hits)
     report.folder_example = folder_example(world, seed)
     report.timings_s["search"] = time.monotonic() - t2
     report.timings_s["total"] = time.monotonic() - t0
