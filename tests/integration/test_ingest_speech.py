@@ -5,7 +5,7 @@ without audio, a silence-only one; the offline Whisper model of the dev extra; t
 Checked: ``transcripts`` holds each spoken and subtitled line at the right time (within 1 s), each
 video's text status (ok / silent / no_audio; subtitles ok / none), ``vidsearch sql`` and
 ``vidsearch status`` see them, the keyword index finds each phrase in the right video at the right
-time, a rerun redoes nothing, and adding ``--speech`` to a library ingested without it transcribes
+time, so does ``vidsearch search --in speech`` (and fused with the pictures), a rerun redoes nothing, and adding ``--speech`` to a library ingested without it transcribes
 without embedding anything again (its clip shards untouched) and gives the same transcripts.
 A failed transcription is a failure of the speech stage only, retried by the next run.
 """
@@ -155,6 +155,35 @@ def test_keyword_index_finds_each_phrase_in_its_video(speech_lib: dict[str, Any]
         assert hits, query
         assert (hits[0].video_id, hits[0].source) == (ids[video], source), query
         assert lo - 1 <= hits[0].start_s <= hits[0].end_s <= hi + 1, (query, hits[0])
+
+
+def test_search_in_speech_finds_each_spoken_and_subtitled_phrase_at_its_time(
+        speech_lib: dict[str, Any], corpus: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """`vidsearch search --in speech` (issue 14, search): the right video, within 1 s, the matched words."""
+    lib = str(speech_lib["lib"])
+    (s0, e0, _), (s1, e1, _) = corpus["spans"]
+    for query, video, lo, hi, source, word in [("sandcastle", "talk.mp4", s0, e0, "speech", "sandcastle"),
+                                               ("small airplane", "talk.mp4", s1, e1, "speech", "airplane"),
+                                               ("lighthouse keeper", "subs.mp4", 1.0, 2.5, "subtitle", "keeper"),
+                                               ("penguins", "movtext.mp4", 3.0, 4.5, "subtitle", "penguins"),
+                                               ("Genève", "latin.mp4", 2.0, 3.0, "subtitle", "Genève")]:
+        assert main(["-q", "search", query, "--in", "speech", "--library", lib, "--json", "--no-history"]) == 0
+        h = json.loads(capsys.readouterr().out)["hits"][0]
+        assert (os.path.basename(h["path"]), h["snippet"]["source"]) == (video, source), (query, h)
+        assert lo - 1 <= h["start_s"] <= h["play_s"] <= h["end_s"] <= hi + 1, (query, h)
+        marked = [h["snippet"]["text"][a:b].lower() for a, b in h["snippet"]["marks"]]
+        assert word.lower() in marked, (query, h["snippet"])
+    # A spoken hit spans its words, not the whole sentence: "sandcastle" is one word of ~3 s of speech.
+    assert main(["-q", "search", "sandcastle", "--in", "speech", "--library", lib, "--json", "--no-history"]) == 0
+    h = json.loads(capsys.readouterr().out)["hits"][0]
+    assert h["end_s"] - h["start_s"] < 1.5 < e0 - s0
+    # By default every modality the library has, fused: the spoken moment comes first, found by both
+    # its picture (the tiny model ranks every clip) and its words.
+    assert main(["-q", "search", "sandcastle", "--library", lib, "--json", "--no-history"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    top = doc["hits"][0]
+    assert doc["modalities"] == ["visual", "speech"] and os.path.basename(top["path"]) == "talk.mp4"
+    assert set(top["modalities"]) == {"visual", "speech"} and s0 - 1 <= top["play_s"] <= e0 + 1
 
 
 def test_rerun_redoes_nothing(speech_lib: dict[str, Any], corpus: dict[str, Any], tmp_path: Path) -> None:

@@ -175,3 +175,43 @@ def test_rebuild_over_a_corrupt_index(index_dir: Path) -> None:
     assert meta.generation == 2  # never reuses a generation folder that may exist
     assert KeywordIndex.open(index_dir).n_docs == 4
     assert os.path.isdir(index_dir / "gen-000002")
+
+
+def test_min_match_needs_most_of_the_words_and_ignores_stop_words(index_dir: Path) -> None:
+    """What `vidsearch search` asks (SearchCfg.keyword_min_match): a row with one word of a
+    two-word query, or only the stop words of a long one, is no match; marks skip stop words."""
+    ki = KeywordIndex.open(index_dir)
+    # "b" has "tomato" only (screen rows match by trigrams, half of them, as measured for OCR text)
+    assert _ids(ki.search("tomato plant", 10, min_match=2 / 3, modalities=["speech"])) == ["a"]
+    assert sorted(_ids(ki.search("the tomato", 10, min_match=2 / 3, modalities=["speech"]))) == ["a", "b"]
+    assert ki.search("in the", 10, min_match=2 / 3) != []  # only stop words: they are the query
+    hit = ki.search("the plants", 10, min_match=2 / 3)[0]
+    assert hit.snippet.render() == "Please remember to water the tomato «plants»"
+    assert (hit.start_s, hit.end_s) == (3.4, 3.7)  # "plants", not from "the" (2.6 s)
+    assert ki.search("the plants", 10)[0].start_s == 2.6  # without min_match "the" is a matched word
+    # Operators keep tantivy's parser: a phrase is a phrase whatever min_match says.
+    assert _ids(ki.search('"water the tomato"', 10, min_match=2 / 3)) == ["a"]
+
+
+def test_filters_add_nothing_to_the_score_and_videos_can_be_excluded(index_dir: Path) -> None:
+    ki = KeywordIndex.open(index_dir)
+    plain = {h.video_id: h.score for h in ki.search("tomato", 10)}
+    narrowed = {h.video_id: h.score for h in ki.search("tomato", 10, sources=["speech", "subtitle"],
+                                                       video_ids=["a", "b"])}
+    assert narrowed == pytest.approx({v: plain[v] for v in ("a", "b")})
+    assert _ids(ki.search("tomato", 10, exclude_video_ids=["a"], modalities=["speech"])) == ["b"]
+
+
+def test_an_index_built_in_memory_answers_as_the_one_on_disk(index_dir: Path, tmp_path: Path) -> None:
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    mem = KeywordIndex.from_docs(_docs())
+    disk = KeywordIndex.open(index_dir)
+    assert mem.meta is None and mem.n_docs == 4 and not mem.is_current({})
+    for q in ("tomato plant", "tomato opening", '"water the tomato"', "run dog"):
+        a, b = mem.search(q, 10), disk.search(q, 10)
+        assert [(h.video_id, h.start_s, h.end_s, h.snippet) for h in a] == \
+            [(h.video_id, h.start_s, h.end_s, h.snippet) for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b])
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+    with pytest.raises(ValueError, match="missing column"):
+        KeywordIndex.from_docs(_docs().drop_columns(["text"]))
