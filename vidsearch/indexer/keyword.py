@@ -675,8 +675,9 @@ class KeywordIndex:
             mode: ``exact`` (stemmed words), ``ngram`` (trigrams), ``both``; ``auto`` = exact,
                 plus trigrams when screen text is searched (OCR misreads letters).
             min_match: for a plain query (no quotes, ``+``/``-`` or operators), the share of its
-                words other than stop words that a row must contain (``vidsearch search`` uses
-                2/3); None: any word (tantivy's OR), stop words included. Marked words and the
+                words other than stop words that a row must contain (``vidsearch search``: all of
+                them, ``SearchCfg.keyword_min_match``); None: any word (tantivy's OR), stop words
+                included. Marked words and the
                 span of a hit then leave stop words out too.
         """
         from tantivy import Occur, Query
