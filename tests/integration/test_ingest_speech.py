@@ -5,8 +5,9 @@ without audio, a silence-only one; the offline Whisper model of the dev extra; t
 Checked: ``transcripts`` holds each spoken and subtitled line at the right time (within 1 s), each
 video's text status (ok / silent / no_audio; subtitles ok / none), ``vidsearch sql`` and
 ``vidsearch status`` see them, the keyword index finds each phrase in the right video at the right
-time, so does ``vidsearch search --in speech`` (and fused with the pictures), a rerun redoes nothing, and adding ``--speech`` to a library ingested without it transcribes
-without embedding anything again (its clip shards untouched) and gives the same transcripts.
+time, so does ``vidsearch search --in speech`` (and fused with the pictures), a rerun redoes
+nothing, and adding ``--speech`` to a library ingested without it transcribes without embedding
+anything again (its clip shards untouched) and gives the same transcripts.
 A failed transcription is a failure of the speech stage only, retried by the next run.
 """
 
