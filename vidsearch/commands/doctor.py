@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vidsearch.commands import add_library_argument
+from vidsearch.commands import add_break_lock_argument, add_library_argument
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                           "corrupt shards aside, rebuild the catalog and the index.")
     add_library_argument(p)
     p.add_argument("--fix", action="store_true", help="repair what is found (takes the writer lock)")
-    p.add_argument("--break-lock", action="store_true", help="with --fix: take over a lock left by a dead process")
+    add_break_lock_argument(p)
     p.add_argument("--json", action="store_true", help="problems (and repairs) as JSON on stdout")
     p.set_defaults(func=run)
 

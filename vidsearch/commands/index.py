@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from vidsearch.commands import add_library_argument
+from vidsearch.commands import add_break_lock_argument, add_library_argument
 
 
 def _bytes(text: str) -> int:
@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--target-recall", type=float, default=None,
                    help="recall@10 that nprobe/efSearch are tuned to reach (default 0.95)")
     p.add_argument("--no-gpu", action="store_true", help="do not use GPU FAISS even when present")
-    p.add_argument("--break-lock", action="store_true", help="take over a lock left by a dead process")
+    add_break_lock_argument(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.set_defaults(func=run)
 

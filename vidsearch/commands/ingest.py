@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from vidsearch.commands import add_library_argument
+from vidsearch.commands import add_break_lock_argument, add_library_argument
 
 
 def add_parser(subparsers: Any) -> None:
@@ -66,7 +66,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--new-index", action="store_true",
                    help="start the library over if it holds another model's embeddings")
     p.add_argument("--retry-failed", action="store_true", help="retry quarantined (failed twice) videos")
-    p.add_argument("--break-lock", action="store_true", help="take over the writer lock of another process")
+    add_break_lock_argument(p)
     p.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where videos are decoded: auto (NVDEC on the embedding GPU beside the CPU decoders when "
                         "the GPU can decode, else the CPU), cpu, or gpu (fail when no GPU decoder is usable); "
