@@ -241,3 +241,28 @@ def test_refresh_takes_rows_of_shards_this_process_committed_from_memory(tmp_pat
         lib.catalog_path.unlink()
         lib.refresh_catalog()  # rebuilt from the files alone
         assert dump() == from_memory and len(from_memory[0]) == 15 and len(from_memory[1]) == 6
+
+
+def test_status_counts_every_committed_clip_of_a_lagging_catalog(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """status reads the reader's catalog (the file completed from newer shards, D9): its counts
+    do not trail the manifest, and its note says so instead of waiting for an ingest."""
+    from vidsearch.cli import main
+    from vidsearch.commands.status import library_status
+
+    lib = Library(tmp_path / "lib")
+    with lib.lock():
+        lib.init(MODEL)
+        w = ShardWriter(lib, MODEL, "r", shard_rows=1, commit_interval_s=1e9,
+                        catalog_refresh_s=0.0, refresh_overhead=0.0)
+        w.add(pending(0))
+        clips, videos = w._tables([pending(1), pending(2)])
+        lib.commit(clips, videos, "r", refresh_catalog=False)
+    assert catalog_videos(lib) == 1
+    st = library_status(str(lib.root))
+    assert not st["catalog_current"] and st["videos"]["done"] == 3 and st["clips"] == 9 == st["clips_in_shards"]
+    assert main(["status", "--library", str(lib.root)]) == 0
+    out = capsys.readouterr().out
+    assert "catalog.duckdb behind the manifest (9 clips committed in shards): the counts above include the " \
+           "newer shards" in " ".join(out.split())
+    assert "refreshes it periodically" not in out
+    assert catalog_videos(lib) == 1  # status wrote nothing

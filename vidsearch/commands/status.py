@@ -34,8 +34,9 @@ def library_status(root: str, max_attempts: int = 2) -> dict[str, Any]:
                                                  "embed_dim": m.model.embed_dim,
                                                  "is_test_model": m.model.is_test_model}),
         "shards": len(m.shards), "clips_in_shards": m.total_clips, "shards_at": lib.shards_location(m),
-        # A running ingest refreshes the catalog now and then, not at every commit: the counts
-        # below come from the catalog and may trail clips_in_shards until it does.
+        # A running ingest refreshes catalog.duckdb now and then, not at every commit (and a
+        # killed or out-of-disk one not at all): the counts below come from the reader's
+        # catalog, that file completed in memory with the newer shards (D9), so they do not trail.
         "catalog_current": lib.catalog_is_current(m),
     }
     with lib.connect_catalog() as con:
@@ -139,8 +140,9 @@ def run(args: argparse.Namespace) -> int:
     if "://" in st["shards_at"] or not st["shards_at"].startswith(st["library"]):
         lines.insert(1, f"shards  {_esc(st['shards_at'])}")
     if not st["catalog_current"]:
-        lines.append(f"catalog behind the manifest ({st['clips_in_shards']} clips committed in shards): "
-                     "a running ingest refreshes it periodically and at its end")
+        lines.append(f"catalog.duckdb behind the manifest ({st['clips_in_shards']} clips committed in shards): "
+                     "the counts above include the newer shards (read from them); the next writer "
+                     "(ingest, index, doctor --fix) brings the file up to date")
     if st["failures_by_type"]:
         lines.append("failures " + ", ".join(f"{k}: {n}" for k, n in st["failures_by_type"].items()))
         for f in st["recent_failures"][:10]:
