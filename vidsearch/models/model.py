@@ -11,7 +11,6 @@ layers, ``text_fusion.layer.{j}`` = ``text_encoder.bert.encoder.layer.{fusion_la
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidsearch.files import sha256_file
 from vidsearch.schemas.model_config import ModelCfg, PreprocessCfg
 
 from .internvideo2 import VisionTransformer3D
@@ -114,7 +114,7 @@ class InternVideo2Model(nn.Module):
         if self.tokenizer is not None:
             tok = {
                 "vocab_file": str(self.tokenizer.vocab_file),
-                "vocab_sha256": hashlib.sha256(self.tokenizer.vocab_file.read_bytes()).hexdigest(),
+                "vocab_sha256": sha256_file(self.tokenizer.vocab_file),
                 "context_length": self.tokenizer.context_length,
             }
         return {
