@@ -116,10 +116,12 @@ def media_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     v["mpeg4"] = lavfi_video(d / "mpeg4_128x72_25fps.avi", size="128x72", rate=25, seconds=9, codec="mpeg4")
     v["vp9"] = lavfi_video(d / "vp9_80x48_24fps.webm", size="80x48", rate=24, seconds=3,
                            codec="libvpx-vp9", extra=("-deadline", "realtime", "-cpu-used", "8"))
-    # VFR: frame times N*40 ms + 20 ms on every third frame -> deltas of 20, 40 and 60 ms.
+    # VFR: frame times N*40 ms + 20 ms on every third frame -> deltas of 20, 40 and 60 ms. The
+    # times are set in a 1 ms time base and encoded in one: with the source's 1/25 s (ffmpeg n9)
+    # every frame came out 40 ms apart, a constant rate (test_b15 checks the deltas).
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x64:rate=25:duration=4",
-           "-vf", "setpts='(N*0.04+0.02*eq(mod(N\\,3)\\,0))/TB'", "-fps_mode", "vfr",
-           "-c:v", "libx264", "-pix_fmt", "yuv420p", d / "vfr.mp4")
+           "-vf", "settb=1/1000,setpts='N*40+20*eq(mod(N\\,3)\\,0)'", "-fps_mode", "vfr",
+           "-enc_time_base", "1/1000", "-c:v", "libx264", "-pix_fmt", "yuv420p", d / "vfr.mp4")
     v["vfr"] = d / "vfr.mp4"
     v["rot90"] = d / "rot90.mp4"
     ffmpeg("-display_rotation", "90", "-i", v["h264"], "-c", "copy", v["rot90"])
