@@ -236,13 +236,13 @@ def test_format_rows_cuts_paths_from_the_left() -> None:
     ["sql", "SELECT * FROM clips, range(20)", "--csv"],
     ["search", "--like", "CLIP", "--json", "--no-history", "-k", "200", "--no-merge"],
 ])
-def test_output_into_a_closed_pipe_ends_quietly(_synthetic_3000: SyntheticLibrary, tmp_path: Path,
+def test_output_into_a_closed_pipe_ends_quietly(synthetic_library: SyntheticLibrary, tmp_path: Path,
                                                 args: list[str]) -> None:
     """`vidsearch ... | head -1`: no BrokenPipeError traceback, exit status 141 like `yes | head -1`."""
-    lib = _synthetic_3000
+    lib = synthetic_library  # a copy: building an index must not change the session's library
     if args[0] == "search":
         with lib.lib.lock():
-            update_index(lib.lib)  # idempotent: the session library may already have it
+            update_index(lib.lib)
     argv = [a.replace("CLIP", str(int(lib.clip_ids[0]))) for a in args]
     err = tmp_path / "stderr"
     script = ('"$@" 2>"$ERR" | head -1 >/dev/null; echo "${PIPESTATUS[0]}"')
