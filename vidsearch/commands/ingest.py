@@ -91,6 +91,21 @@ def add_parser(subparsers: Any) -> None:
                     help="CPU threads per speech worker on a CPU (default: min(4, CPUs / 2))")
     sp.add_argument("--retranscribe", action="store_true",
                     help="transcribe again the videos another speech model transcribed (default: keep them)")
+    oc = p.add_argument_group("on-screen text")
+    oc.add_argument("--ocr", action="store_true",
+                    help="also read the text in the picture (rapidocr, offline; slides, signs, burnt-in captions) "
+                         "from the same decode pass as the clips; videos already embedded are read without being "
+                         "embedded again")
+    oc.add_argument("--ocr-workers", type=int, metavar="N",
+                    help="OCR workers (default: one per GPU with onnxruntime-gpu, else one per 4 CPUs; 1 with "
+                         "--executor local)")
+    oc.add_argument("--ocr-threads", type=int, metavar="N",
+                    help="onnxruntime threads per OCR worker (default 1; --executor local: min(4, CPUs / 2))")
+    oc.add_argument("--ocr-det-side", type=int, metavar="PX",
+                    help="long side of the text detector's input: 1280 finds smaller print, at about twice the "
+                         "cost (default: the library's last, else 960)")
+    oc.add_argument("--reocr", action="store_true",
+                    help="read again the videos read with other OCR settings (default: keep their screen text)")
     p.add_argument("--executor", choices=("ray", "local"), default="ray",
                    help="ray (default) or local (same stages, no Ray; for debugging)")
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting one")
@@ -158,6 +173,17 @@ def run(args: argparse.Namespace) -> int:
                    speech_language=args.language.lower() if args.language else None,
                    speech_workers=args.speech_workers, speech_threads=args.speech_threads,
                    retranscribe=args.retranscribe)
+    ocr_flags = [f for f, v in (("--ocr-workers", args.ocr_workers), ("--ocr-threads", args.ocr_threads),
+                                ("--ocr-det-side", args.ocr_det_side), ("--reocr", args.reocr)) if v]
+    if ocr_flags and not args.ocr:
+        raise UserError(f"{', '.join(ocr_flags)} {'needs' if len(ocr_flags) == 1 else 'need'} --ocr")
+    if (args.ocr_workers is not None and args.ocr_workers < 1) or (
+            args.ocr_threads is not None and args.ocr_threads < 1):
+        raise UserError("--ocr-workers and --ocr-threads must be at least 1")
+    if args.ocr_det_side is not None and not 160 <= args.ocr_det_side <= 4096:
+        raise UserError(f"--ocr-det-side {args.ocr_det_side}: expected 160..4096 pixels")
+    opts = replace(opts, ocr=args.ocr, ocr_workers=args.ocr_workers, ocr_threads=args.ocr_threads,
+                   ocr_det_side=args.ocr_det_side, reocr=args.reocr)
     try:
         s = run_ingest(args.paths, args.library, cfg, opts)
     except (InputError, DecodeUnavailable) as e:
@@ -204,6 +230,20 @@ def format_summary(d: dict[str, Any]) -> str:
             + (f" ({audio / work:.1f} audio h/h per worker, {d['speech_audio_h_per_h']:.1f} for the run)"
                if work > 0 else "")
             + f" [{_esc(str(d['speech_model']))} on {d.get('speech_device')}]")
+    if d.get("screen_model"):
+        work = d["ocr_work_s"]
+        said = [(d["screen_none"], "without text"), (d["screen_failed"], "failed"),
+                (d["screen_done_before"], "read before"), (d["screen_other_settings"], "with other settings, kept"),
+                (d["screen_failed_before"], "failed before")]
+        lines.append(
+            f"  screen    {plural(d['screen_videos'], 'video')} with text, {plural(d['screen_rows'], 'row')}"
+            + "".join(f", {n:,} {what}" for n, what in said if n)
+            + f"; OCR read {plural(d['ocr_frames_read'], 'frame')} of {d['ocr_candidates']:,} candidates in "
+            + f"{duration_text(work)} of worker time"
+            + (f" ({d['ocr_frames_per_s']:.2f} frames/s, {d['ocr_video_s'] / work:.1f} video h/h per worker, "
+               f"{d['ocr_video_h_per_h']:.1f} for the run)" if work > 0 else "")
+            + f"; change checks + RGB in the decoders {d['ocr_decode_s']:.1f} s"
+            + f" [{_esc(str(d.get('screen_status_model')))} on {d.get('ocr_device')}]")
     if d.get("subtitle_videos") or d.get("text_only_videos"):
         lines.append(f"  subtitles {plural(d['subtitle_videos'], 'video')} with subtitles, "
                      f"{plural(d['subtitle_segments'], 'segment')}"

@@ -25,6 +25,7 @@ def add_parser(subparsers: Any) -> None:
 def library_status(root: str, max_attempts: int = 2) -> dict[str, Any]:
     """Status of the library at ``root`` as a JSON-able dict (read-only; never waits on a writer)."""
     from vidsearch.library import Library
+    from vidsearch.schemas.text_tables import KIND_STAGE_SQL
 
     lib = Library(root)
     m = lib.read_manifest()
@@ -61,13 +62,13 @@ def library_status(root: str, max_attempts: int = 2) -> dict[str, Any]:
             for p, s, t, msg, a in q("SELECT path, stage, error_type, error_message, attempts FROM videos "
                                      "WHERE status IN ('failed', 'partial') ORDER BY ingested_at DESC LIMIT 20")]
         out["text"] = _text_status(q)
-        for kind, t, n in q("SELECT kind, error_type, count(*) FROM text_status WHERE status = 'failed' "
-                            "GROUP BY kind, error_type ORDER BY kind, error_type"):
-            out["failures_by_type"][f"{kind}:{t}"] = n
+        for stage, t, n in q(f"SELECT {KIND_STAGE_SQL} AS stage, error_type, count(*) FROM text_status "
+                             "WHERE status = 'failed' GROUP BY stage, error_type ORDER BY stage, error_type"):
+            out["failures_by_type"][f"{stage}:{t}"] = n
         out["recent_failures"] += [
             {"path": p, "stage": s, "error_type": t, "message": msg, "attempts": a}
-            for p, s, t, msg, a in q("SELECT path, kind, error_type, error_message, attempts FROM text_status "
-                                     "WHERE status = 'failed' ORDER BY recorded_at DESC LIMIT 20")]
+            for p, s, t, msg, a in q(f"SELECT path, {KIND_STAGE_SQL}, error_type, error_message, attempts "
+                                     "FROM text_status WHERE status = 'failed' ORDER BY recorded_at DESC LIMIT 20")]
         cur = con.execute("SELECT * FROM runs ORDER BY started_at")
         names = [d[0] for d in cur.description]
         out["runs"] = [{k: _run_value(k, v) for k, v in zip(names, r, strict=True)} for r in cur.fetchall()]
@@ -84,12 +85,13 @@ def _text_status(q: Any) -> dict[str, Any]:
     by_kind: dict[str, dict[str, int]] = {}
     for kind, status, n in q(f"SELECT kind, status, count(*) FROM text_status WHERE {live} GROUP BY kind, status"):
         by_kind.setdefault(kind, {})[status] = n
-    models = [m for (m,) in q(f"SELECT DISTINCT model FROM text_status WHERE kind = 'speech' AND model IS NOT NULL "
-                              f"AND {live} ORDER BY model")]
+    models = {kind: [m for (m,) in q(f"SELECT DISTINCT model FROM text_status WHERE kind = '{kind}' AND model IS "
+                                     f"NOT NULL AND status <> 'failed' AND {live} ORDER BY model")]
+              for kind in ("speech", "screen")}
     return {"speech_segments": segments.get("speech", 0), "subtitle_segments": segments.get("subtitle", 0),
             "screen_rows": q(f"SELECT count(*) FROM screen_text WHERE {live}")[0][0],
             "speech": by_kind.get("speech", {}), "subtitles": by_kind.get("subtitle", {}),
-            "screen": by_kind.get("screen", {}), "speech_models": models}
+            "screen": by_kind.get("screen", {}), "speech_models": models["speech"], "screen_models": models["screen"]}
 
 
 def _run_value(key: str, value: Any) -> Any:
@@ -137,6 +139,12 @@ def run(args: argparse.Namespace) -> int:
     if sub:
         lines.append(f"subtitles {plural(sub.get('ok', 0), 'video')} with subtitles "
                      f"({plural(t['subtitle_segments'], 'segment')}), {sub.get('none', 0):,} without")
+    scr = t["screen"]
+    if scr:
+        lines.append(f"screen  {plural(scr.get('ok', 0), 'video')} with text on screen "
+                     f"({plural(t['screen_rows'], 'row')}), {scr.get('none', 0):,} without"
+                     + (f", {scr['failed']:,} failed" if scr.get("failed") else "")
+                     + (f"  [{', '.join(_esc(m) for m in t['screen_models'])}]" if t["screen_models"] else ""))
     if "://" in st["shards_at"] or not st["shards_at"].startswith(st["library"]):
         lines.insert(1, f"shards  {_esc(st['shards_at'])}")
     if not st["catalog_current"]:

@@ -54,6 +54,7 @@ from vidsearch.schemas.tables import (
 from vidsearch.schemas.tag_tables import TAG_CATALOG_DDL, TAG_ROW_SCHEMA, TAG_SET_SCHEMA
 from vidsearch.schemas.text_tables import (
     EXTRA_TABLES,
+    KIND_STAGE_SQL,
     SCREEN_TEXT_SCHEMA,
     TEXT_CATALOG_DDL,
     TEXT_FAILED,
@@ -176,9 +177,9 @@ def insert_shard_rows(con: duckdb.DuckDBPyConnection, shard_id: int, clips: pa.T
     Later shards replace earlier rows of the same clip or video (INSERT OR REPLACE), and a
     ``text_status`` row of a video and kind (not ``failed``) replaces that video's text rows of the
     kind from earlier shards (``_KIND_ROWS``). A failed text stage is a ``failures`` row whose
-    stage is the kind. A ``tag_sets`` row (a tagging commit) drops the tag rows of every other
-    label set: the newest commit's set is the current one. The shard id rides in an Arrow column,
-    never in the SQL text.
+    stage is the kind's (``KIND_STAGE``: ``ocr`` for ``screen``). A ``tag_sets`` row (a tagging
+    commit) drops the tag rows of every other label set: the newest commit's set is the current
+    one. The shard id rides in an Arrow column, never in the SQL text.
     """
     prefix = f"{schema}." if schema else ""
     sid = pa.array([shard_id], pa.int32())
@@ -205,8 +206,9 @@ def insert_shard_rows(con: duckdb.DuckDBPyConnection, shard_id: int, clips: pa.T
                             f"WHERE s.video_id = t.video_id AND s.status <> ? AND {link})", [TEXT_FAILED])
             con.execute(f"INSERT OR REPLACE INTO {prefix}text_status ({_TEXT_COLS['text_status']}, shard_id) "
                         f"SELECT {_TEXT_COLS['text_status']}, shard_id FROM _text_status")
-            con.execute(f"INSERT INTO {prefix}failures SELECT video_id, path, kind, error_type, error_message, "
-                        "attempts, run_id, recorded_at, shard_id FROM _text_status WHERE status = ?", [TEXT_FAILED])
+            con.execute(f"INSERT INTO {prefix}failures SELECT video_id, path, {KIND_STAGE_SQL}, error_type, "
+                        "error_message, attempts, run_id, recorded_at, shard_id FROM _text_status WHERE status = ?",
+                        [TEXT_FAILED])
         for t in ("transcripts", "screen_text"):
             if t in texts:
                 con.execute(f"INSERT INTO {prefix}{t} ({_TEXT_COLS[t]}, shard_id) "

@@ -46,12 +46,14 @@ import numpy as np
 
 from vidsearch.pipeline import readers
 from vidsearch.pipeline.faults import DecodeFaults
+from vidsearch.pipeline.ocr import OCR_ONLY_WINDOW_S, CandidateTap, ocr_frame_size, ocr_sample_indices
 from vidsearch.pipeline.readers import FrameReader
 from vidsearch.pipeline.text import read_subtitle_outcome
 from vidsearch.pipeline.types import (
     ChunkRequest,
     ClipSpan,
     FramesChunk,
+    OcrPlan,
     TextOutcome,
     VideoError,
     VideoPlan,
@@ -60,6 +62,7 @@ from vidsearch.pipeline.types import (
 )
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.model_config import PreprocessCfg
+from vidsearch.schemas.ocr_config import OcrCfg
 
 _logger = logging.getLogger(__name__)
 
@@ -68,7 +71,8 @@ _logger = logging.getLogger(__name__)
 # In-child work
 # ---------------------------------------------------------------------------------------------
 class ChildState:
-    """Per-child cache: the open reader of the video being decoded (chunks come in order)."""
+    """Per-child cache: the open reader of the video being decoded (chunks come in order), and
+    its OCR candidate tap (``--ocr``; kept by :meth:`reset`, which a reader change also calls)."""
 
     def __init__(self) -> None:
         self.key: tuple[str, str] | None = None
@@ -76,6 +80,7 @@ class ChildState:
         self.last_sig: np.ndarray | None = None
         self.fd: int | None = None
         self.failed_readers: set[str] = set()  # readers that failed on this video (kept by reset())
+        self.tap: CandidateTap | None = None
 
     def reset(self) -> None:
         if self.reader is not None:
@@ -100,11 +105,15 @@ def _child_path(path_bytes: bytes, state: ChildState | None = None) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-def plan_video(task: VideoTask, cfg: IngestCfg, pp: PreprocessCfg) -> VideoPlan:
+def plan_video(task: VideoTask, cfg: IngestCfg, pp: PreprocessCfg, ocr: OcrCfg | None = None,
+               ocr_only: bool = False) -> VideoPlan:
     """Probe and segment one video (runs in the child).
 
     The frame timestamps end here: segmentation is their last user, so the plan that travels to
-    the driver and back carries clip spans, not one float per frame.
+    the driver and back carries clip spans, not one float per frame. With ``ocr`` the plan also
+    lists the OCR candidate frames (``OcrPlan``); ``ocr_only`` plans a decode pass for them alone
+    (a video embedded earlier): its clips are fixed windows of ``OCR_ONLY_WINDOW_S``, never
+    embedded, only the chunks of the pass (no scene detection, which would decode it once more).
 
     Failure branches: every probe error (see :func:`vidsearch.pipeline.probe.probe`), scene
     detection ``DecodeTimeout``/``DecodeError``, ``NoClips``.
@@ -112,6 +121,8 @@ def plan_video(task: VideoTask, cfg: IngestCfg, pp: PreprocessCfg) -> VideoPlan:
     from vidsearch.pipeline.probe import open_path, probe
     from vidsearch.pipeline.segment import detect_cuts, plan_clips
 
+    if ocr_only:
+        cfg = replace(cfg, segment="fixed", clip_seconds=OCR_ONLY_WINDOW_S, stride=OCR_ONLY_WINDOW_S)
     info, pts_s = probe(task.path_bytes, cfg)
     cuts: list[float] = []
     if cfg.segment == "shots" and info.frame_count > 1:
@@ -123,8 +134,14 @@ def plan_video(task: VideoTask, cfg: IngestCfg, pp: PreprocessCfg) -> VideoPlan:
     # subtitle streams (none: only the sidecar files are looked for) and where its time zero is.
     text = (read_subtitle_outcome(task.path_bytes, task.video_id, origin_s=info.origin_s,
                                   embedded=info.subtitle_streams > 0),)
+    ocr_plan = None
+    if ocr is not None:
+        idx = ocr_sample_indices(pts_s, ocr.interval_s)
+        ocr_plan = OcrPlan(len(idx), ocr_frame_size(info.width, info.height, ocr.long_side), tuple(idx),
+                           tuple(float(pts_s[i]) for i in idx))
     return VideoPlan(task=task, probe=info, clips=clips,
-                     expected_frames=max(info.frame_count, info.claimed_frames, info.expected_frames), text=text)
+                     expected_frames=max(info.frame_count, info.claimed_frames, info.expected_frames), text=text,
+                     ocr=ocr_plan, ocr_only=ocr_only)
 
 
 _START_TIMEOUT_S = 120.0  # a decode child's imports; generous for a loaded machine
@@ -181,29 +198,47 @@ def _static_signature(clip_frames: Any) -> np.ndarray:
     return g.reshape(t, s // k, k, s // k, k).mean(axis=(2, 4))
 
 
+def ocr_bounds(plan: VideoPlan, lo: int, hi: int) -> tuple[int, int | None]:
+    """Frames ``[a, b)`` whose OCR candidates belong to the chunk of clips ``[lo, hi)`` (b None:
+    to the end): from its first clip's start (0 for the first chunk) to the next chunk's first
+    clip's start. Each candidate is handed out by exactly one chunk, whatever the reader decoded."""
+    a = 0 if lo == 0 else plan.clips[lo].start_frame
+    return a, (plan.clips[hi].start_frame if hi < len(plan.clips) else None)
+
+
 def decode_chunk(plan: VideoPlan, lo: int, hi: int, cfg: IngestCfg, pp: PreprocessCfg,
-                 state: ChildState) -> FramesChunk:
-    """Decode the sampled frames of clips ``[lo, hi)`` of ``plan`` (runs in the child).
+                 state: ChildState, ocr: OcrCfg | None = None) -> FramesChunk:
+    """Decode the sampled frames of clips ``[lo, hi)`` of ``plan`` (runs in the child), and with
+    ``ocr`` (the plan has OCR candidates) the chunk's candidates; an ``ocr_only`` plan decodes
+    no clip frame.
 
     Failure branches: no reader opens the file -> ``UnsupportedCodec``; a reader that opened the
     file but fails on its first chunk -> the next reader decodes the whole video; a decoder error
     mid-way ends the chunk early (``truncated``; the runner records partial coverage; never an
-    exception); zero clips decodable in the first chunk -> the runner's ``NoClips``.
+    exception); zero clips decodable in the first chunk -> the runner's ``NoClips``. OCR
+    candidates that cannot be made are the chunk's ``ocr.error`` (a failure of stage ocr only).
     """
     key = (plan.task.video_id, plan.task.display_path)
+    a, b = ocr_bounds(plan, lo, hi)
     if state.key != key or state.reader is None:
         state.reset()
         state.failed_readers.clear()
+        state.tap = None
+        if ocr is not None and plan.ocr is not None and plan.ocr.indices:
+            state.tap = CandidateTap(ocr, plan.ocr.indices, plan.ocr.times, plan.ocr.size, plan.probe.rotation,
+                                     start=a)
         state.reader = _open_reader(plan, state, cfg, pp)
         state.key = key
     reader = state.reader
-    clips = plan.clips[lo:hi]
+    clips = () if plan.ocr_only else plan.clips[lo:hi]
     wanted = sorted({i for c in clips for i in c.frame_indices})
     # Frames the next chunks may still ask for (overlapping clips): the reader keeps those.
-    later = min((min(c.frame_indices) for c in plan.clips[hi:hi + 64]), default=None)
+    later = None if plan.ocr_only else min((min(c.frame_indices) for c in plan.clips[hi:hi + 64]), default=None)
+    through = state.tap.last_in(a, b) if state.tap is not None else None
     while True:
         try:
-            got, ended, err = reader.get(wanted, later)
+            reader.on_tap = state.tap.on_frame if state.tap is not None else None
+            got, ended, err = reader.get(wanted, later, through)
             break
         except Exception as e:  # noqa: BLE001 - decord raises untyped errors on corrupt data
             if is_transient_io(e) or _is_allocation_failure(e):
@@ -219,7 +254,15 @@ def decode_chunk(plan: VideoPlan, lo: int, hi: int, cfg: IngestCfg, pp: Preproce
                 continue
             got, ended, err = _clip_by_clip(reader, clips, e)
             break
-    return _assemble(plan, lo, hi, got, ended, err, reader, cfg, pp, state)
+    if plan.ocr_only:
+        chunk = FramesChunk(video_id=plan.task.video_id, clip_lo=lo, clip_hi=hi, frames=None,
+                            decoded_frames=max(0, plan.probe.frame_count - reader.lost), decoder=reader.name,
+                            error=err)
+    else:
+        chunk = _assemble(plan, lo, hi, got, ended, err, reader, cfg, pp, state)
+    if state.tap is not None:
+        chunk.ocr, chunk.ocr_frames = state.tap.take(a, b)
+    return chunk
 
 
 def _clip_by_clip(reader: FrameReader, clips: tuple[ClipSpan, ...], first_error: Exception) -> readers.ReadResult:
@@ -364,7 +407,7 @@ def _reset_peak_rss() -> None:
         f.write("5")  # resets VmHWM, so that the next reading is this job's peak
 
 
-def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None) -> None:
+def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None, ocr: OcrCfg | None = None) -> None:
     # Ctrl-C goes to the whole foreground process group; the parent decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
@@ -405,14 +448,14 @@ def _child_main(conn: Any, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None)
                 result: Any = {"peak_rss_bytes": max(lifetime_peak, _peak_rss_bytes()), "start_rss_bytes": start_rss}
             elif kind == "plan":
                 hooks.before_job(job[1].display_path)
-                result = plan_video(job[1], cfg, pp)
+                result = plan_video(job[1], cfg, pp, ocr if job[2] else None, ocr_only=job[3])
             elif kind == "subtitles":  # a video embedded earlier: its subtitles only
                 hooks.before_job(job[1].display_path)
                 result = read_subtitle_outcome(job[1].path_bytes, job[1].video_id)
             elif kind == "decode":
                 _, plan, lo, hi = job
                 hooks.before_job(plan.task.display_path)
-                result = decode_chunk(plan, lo, hi, cfg, pp, state)
+                result = decode_chunk(plan, lo, hi, cfg, pp, state, ocr)
                 if result.truncated and near_cap():
                     raise MemoryError(result.error)
             else:
@@ -457,8 +500,8 @@ class DecodeWorker:
     :class:`~vidsearch.pipeline.types.ChunkRequest`), dropping a plan after its last chunk.
     """
 
-    def __init__(self, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None = None) -> None:
-        self.cfg, self.pp, self.fault = cfg, pp, fault
+    def __init__(self, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None = None, ocr: OcrCfg | None = None) -> None:
+        self.cfg, self.pp, self.fault, self.ocr = cfg, pp, fault, ocr
         self._proc: Any = None
         self._conn: Any = None
         self._plans: collections.OrderedDict[str, VideoPlan] = collections.OrderedDict()
@@ -480,7 +523,7 @@ class DecodeWorker:
             return
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_child_main, args=(child, self.cfg, self.pp, self.fault),
+        self._proc = ctx.Process(target=_child_main, args=(child, self.cfg, self.pp, self.fault, self.ocr),
                                  daemon=True, name="vidsearch-decode")
         self._proc.start()
         child.close()
@@ -588,21 +631,26 @@ class DecodeWorker:
         """Peak resident memory of the current decode child, in bytes."""
         return self.memory_stats()["peak_rss_bytes"]
 
-    def plan(self, task: VideoTask) -> VideoPlan | VideoError:
+    def plan(self, task: VideoTask, ocr: bool = False, ocr_only: bool = False) -> VideoPlan | VideoError:
         """Probe + segment ``task``; per-video errors come back as values (errors as data).
+
+        ``ocr``: list its OCR candidates (the worker's ``OcrCfg``); ``ocr_only``: plan a decode
+        pass for them alone (see :func:`plan_video`). The plan returned carries their count only;
+        the worker keeps the list for the video's chunks.
 
         Failure branches: any probe/segment ``VideoError``, ``DecoderCrash`` (the child died: it
         is restarted for the next job), ``DecodeTimeout`` (the child was killed), ``IOError``
         (a read kept failing after the retries).
         """
+        want_ocr = (ocr or ocr_only) and self.ocr is not None
         try:
-            plan: VideoPlan = self._call_retrying(("plan", task), "probe", task.display_path)
+            plan: VideoPlan = self._call_retrying(("plan", task, want_ocr, ocr_only), "probe", task.display_path)
         except VideoError as e:
             return e
         self._plans[task.video_id] = plan
         while len(self._plans) > _PLANS_KEPT:  # only videos that failed elsewhere stay unfinished
             self._plans.popitem(last=False)
-        return plan
+        return replace(plan, ocr=plan.ocr.summary()) if plan.ocr is not None else plan
 
     def subtitles(self, task: VideoTask) -> TextOutcome | VideoError:
         """The subtitles of a video embedded by an earlier run (no probe, no plan, no frames).
@@ -627,14 +675,14 @@ class DecodeWorker:
         if plan is None:
             self.replans += 1
             _logger.info("%s: planning again (this worker did not plan it)", task.display_path)
-            replanned = self.plan(task)
+            replanned = self.plan(task, ocr=request.ocr, ocr_only=request.ocr_only)
             if isinstance(replanned, VideoError):
                 return replanned
             if len(replanned.clips) != request.n_clips:
                 self._plans.pop(task.video_id, None)
                 return VideoError("Unstable", "decode", f"planned again: {len(replanned.clips)} clips, not "
                                                         f"{request.n_clips} (file changed?); retried next run")
-            plan = replanned
+            plan = self._plans[task.video_id]
         try:
             out: FramesChunk = self._call_retrying(("decode", plan, request.lo, request.hi), "decode",
                                                    task.display_path)
@@ -646,6 +694,7 @@ class DecodeWorker:
         return out
 
 
-def strip_frames(chunk: FramesChunk) -> tuple[FramesChunk, Any]:
-    """Split a chunk into its small metadata and its frames (for Ray's two return values)."""
-    return replace(chunk, frames=None), chunk.frames
+def strip_frames(chunk: FramesChunk) -> tuple[FramesChunk, Any, Any]:
+    """Split a chunk into its small metadata, its frames and its OCR frames (for Ray's three
+    return values: the frames go to an embed call, the OCR frames to an OCR call, unfetched)."""
+    return replace(chunk, frames=None, ocr_frames=None), chunk.frames, chunk.ocr_frames

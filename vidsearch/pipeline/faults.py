@@ -24,6 +24,9 @@ pass), ``slow=SECS`` (sleep first) and ``marks=DIR`` as above (kind ``embed``).
 contains the substring): ``fail:S`` (the transcription raises ``TranscribeError``, as a model
 failure would), ``slow=SECS:S`` (sleep first, so a test can kill the run meanwhile), ``exit:S``
 (the worker process exits at once, as a killed one would) and ``marks=DIR`` (kind ``speech``).
+
+``VIDSEARCH_TEST_OCR_FAULT`` (runs in the OCR worker, before each batch of a video's frames):
+the same ``fail`` (the read raises ``OcrError``), ``slow``, ``exit`` and ``marks`` (kind ``ocr``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from dataclasses import dataclass
 DECODE_FAULT_ENV = "VIDSEARCH_TEST_DECODE_FAULT"
 EMBED_FAULT_ENV = "VIDSEARCH_TEST_EMBED_FAULT"
 SPEECH_FAULT_ENV = "VIDSEARCH_TEST_SPEECH_FAULT"
+OCR_FAULT_ENV = "VIDSEARCH_TEST_OCR_FAULT"
 
 
 @dataclass(frozen=True)
@@ -124,21 +128,23 @@ class EmbedFaults:
 
 
 class SpeechFaults:
-    """The speech worker's hooks; ``before_video(path)`` fires those matching ``path``.
+    """The speech (or OCR: ``kind="ocr"``) worker's hooks; ``before_video(path)`` fires those
+    matching ``path``.
 
-    Returns True when the video must fail as a transcription error (``fail``); the caller raises
-    it, so that the failure travels the same way as a real one.
+    Returns True when the video must fail as a transcription (OCR) error (``fail``); the caller
+    raises it, so that the failure travels the same way as a real one.
     """
 
-    def __init__(self, spec: str | None) -> None:
+    def __init__(self, spec: str | None, kind: str = "speech") -> None:
         self.faults, self.marks = parse(spec)
+        self.kind = kind
 
     def before_video(self, display_path: str) -> bool:
         fail = False
         for f in self.faults:
             if not f.needle or f.needle not in display_path:
                 continue
-            mark(self.marks, "speech", display_path)
+            mark(self.marks, self.kind, display_path)
             if f.kind == "slow":
                 time.sleep(float(f.arg or 1.0))
             elif f.kind == "exit":

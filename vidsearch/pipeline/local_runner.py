@@ -5,7 +5,9 @@ own thread, so calls to one worker run in order, exactly like calls to one Ray a
 runs in one more thread, and GPU decode (:class:`~vidsearch.pipeline.nvdec.GpuDecoder`, when
 asked for) in ``nvdec_sessions`` more, its frames kept here until embedded. Speech recognition
 (``--speech``) runs in one more thread, in this process (:class:`~vidsearch.pipeline.text.SpeechWorker`;
-CTranslate2 releases the GIL while it computes). Useful for tests and debugging (``--executor local``).
+CTranslate2 releases the GIL while it computes), and so does OCR (``--ocr``,
+:class:`~vidsearch.pipeline.text.ScreenWorker`; onnxruntime releases it too). Useful for tests
+and debugging (``--executor local``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from vidsearch.pipeline.types import ChunkRequest, FramesChunk, GpuChunkRequest,
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.manifest import ModelInfo
 from vidsearch.schemas.model_config import PreprocessCfg
+from vidsearch.schemas.ocr_config import OcrCfg
 from vidsearch.schemas.speech_config import SpeechCfg
 
 _logger = logging.getLogger(__name__)
@@ -34,11 +37,12 @@ class LocalBackend:
     def __init__(self, cfg: IngestCfg, pp: PreprocessCfg, embedder_kwargs: dict[str, Any],
                  n_decode: int, fault: str | None, nvdec_sessions: int = 0,
                  gpu_device: str | None = None, speech: SpeechCfg | None = None,
-                 speech_fault: str | None = None) -> None:
+                 speech_fault: str | None = None, ocr: OcrCfg | None = None, ocr_fault: str | None = None) -> None:
         self.n_decode = max(1, n_decode)
         self.n_embed = 1
         self.n_speech = 1 if speech is not None else 0
-        self._workers = [DecodeWorker(cfg, pp, fault) for _ in range(self.n_decode)]
+        self.n_ocr = 1 if ocr is not None else 0
+        self._workers = [DecodeWorker(cfg, pp, fault, ocr) for _ in range(self.n_decode)]
         self._threads = [cf.ThreadPoolExecutor(1, thread_name_prefix=f"decode{i}") for i in range(self.n_decode)]
         self._embed_thread = cf.ThreadPoolExecutor(1, thread_name_prefix="embed")
         self._speech: Any = None
@@ -50,6 +54,15 @@ class LocalBackend:
             self._speech = SpeechWorker(speech, speech_fault)
             self._speech_thread = cf.ThreadPoolExecutor(1, thread_name_prefix="speech")
             self._speech_setup = self._speech_thread.submit(self._speech.setup)  # loads beside the embedder
+        self._ocr: Any = None
+        self._ocr_thread: cf.ThreadPoolExecutor | None = None
+        self._ocr_setup: cf.Future | None = None
+        if ocr is not None:
+            from vidsearch.pipeline.text import ScreenWorker
+
+            self._ocr = ScreenWorker(ocr, ocr_fault)
+            self._ocr_thread = cf.ThreadPoolExecutor(1, thread_name_prefix="ocr")
+            self._ocr_setup = self._ocr_thread.submit(self._ocr.setup)
         if nvdec_sessions > 0 and gpu_device is None:
             # Before the model touches the GPU: FFmpeg's NVDEC needs the primary context's flags.
             from vidsearch.pipeline.nvdec import align_cuda_context
@@ -104,8 +117,26 @@ class LocalBackend:
     def model_info(self) -> ModelInfo:
         return self.embedder.info()
 
-    def submit_plan(self, worker: int, task: VideoTask) -> cf.Future:
-        return self._threads[worker].submit(self._workers[worker].plan, task)
+    def submit_plan(self, worker: int, task: VideoTask, ocr: bool = False, ocr_only: bool = False) -> cf.Future:
+        return self._threads[worker].submit(self._workers[worker].plan, task, ocr, ocr_only)
+
+    def ocr_info(self) -> dict[str, Any] | None:
+        """The OCR worker's engine (raises its setup error, e.g. OcrModelNotFoundError)."""
+        if self._ocr is None or self._ocr_setup is None:
+            return None
+        self._ocr_setup.result()
+        info: dict[str, Any] = self._ocr.info()
+        return info
+
+    def submit_ocr(self, worker: int, task: VideoTask, frames: cf.Future) -> cf.Future:
+        assert self._ocr is not None and self._ocr_thread is not None
+
+        def run() -> Any:
+            chunk = frames.result()
+            arr, chunk.ocr_frames = chunk.ocr_frames, None  # read once; the future keeps the chunk
+            return self._ocr.process(task, arr)
+
+        return self._ocr_thread.submit(run)
 
     def speech_info(self) -> dict[str, Any] | None:
         """The speech worker's model (raises its setup error, e.g. SpeechModelNotFoundError)."""
@@ -122,9 +153,9 @@ class LocalBackend:
     def submit_subtitles(self, worker: int, task: VideoTask) -> cf.Future:
         return self._threads[worker].submit(self._workers[worker].subtitles, task)
 
-    def submit_decode(self, worker: int, request: ChunkRequest) -> tuple[cf.Future, cf.Future]:
+    def submit_decode(self, worker: int, request: ChunkRequest) -> tuple[cf.Future, cf.Future, cf.Future]:
         f = self._threads[worker].submit(self._workers[worker].decode, request)
-        return f, f
+        return f, f, f
 
     def submit_embed(self, worker: int, frames: list[cf.Future]) -> cf.Future:
         def run() -> list[np.ndarray]:
@@ -159,6 +190,9 @@ class LocalBackend:
             # A transcription in progress cannot be interrupted: wait for it, then drop the model.
             self._speech_thread.shutdown(wait=True, cancel_futures=True)
             self._speech.close()
+        if self._ocr_thread is not None:
+            self._ocr_thread.shutdown(wait=True, cancel_futures=True)
+            self._ocr.close()
         if self._gpu_threads is not None:
             self._gpu_threads.shutdown(wait=True, cancel_futures=True)
         if self._gpu is not None:

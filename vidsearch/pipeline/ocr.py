@@ -45,12 +45,20 @@ from typing import Any, Literal
 
 import numpy as np
 
+from vidsearch.pipeline.types import OCR_DECISION_CODES, OcrChunk
 from vidsearch.schemas.ocr_config import OcrCfg
 from vidsearch.schemas.text_tables import ScreenTextRow, text_row_id
 
 _logger = logging.getLogger(__name__)
 
 OCR_ERROR_TYPES = ("OcrError", "OcrDecodeError")
+# Seconds of video per decode chunk of a video whose pass hands out OCR candidates: its RGB
+# frames to read (<= 1 per second at the read cap, 2.7 MB each at 1280x720) travel with the
+# chunk, so a chunk of 16 x 4-s clips (64 s) would carry up to ~180 MB; 16 s carry <= ~50 MB.
+OCR_CHUNK_S = 16.0
+# An OCR-only decode pass (a video embedded by an earlier run) is cut into windows of this many
+# seconds (one chunk each), whatever the library's clip length was.
+OCR_ONLY_WINDOW_S = 16.0
 # The ONNX files rapidocr's wheel ships (models/ inside the package); see default_models.yaml there.
 DET_MODEL = "PP-OCRv6_det_small.onnx"
 REC_MODEL = "PP-OCRv6_rec_small.onnx"
@@ -263,6 +271,104 @@ class ChangeGate:
         return "ocr"
 
 
+class CandidateTap:
+    """A video's OCR candidates, taken as its decode pass goes by (runs in the decode child).
+
+    The reader calls :meth:`on_frame` with every candidate frame it decodes, in presentation
+    order: the change check runs on a half-size grey copy made by swscale (a kept
+    ``VideoReformatter``: ~0.75 ms a frame, against ~10 ms for ``to_ndarray(width=...)``, which
+    builds a new swscale context per call), and only the candidates it passes are converted to
+    RGB at the OCR size. A decode chunk then :meth:`take` s the candidates of its own frame range,
+    so each candidate is handed out once whatever the reader decoded ahead; candidates before
+    ``start`` (a reader that starts again from the first frame) are not looked at.
+
+    Args:
+        cfg: the OCR settings (gate, interval).
+        indices, times: the candidates (``OcrPlan``).
+        size: (width, height) of the OCR frames as displayed.
+        rotation: degrees the reader rotates frames by to display them upright.
+        start: the first frame index this tap is responsible for.
+    """
+
+    def __init__(self, cfg: OcrCfg, indices: Sequence[int], times: Sequence[float], size: tuple[int, int],
+                 rotation: int = 0, start: int = 0) -> None:
+        self.cfg = cfg
+        self.time_of = dict(zip(indices, times, strict=True))
+        self.indices = tuple(indices)
+        self.tap_set = frozenset(indices)
+        self.size = size
+        self.rotation = rotation
+        self.gate = ChangeGate(cfg)
+        self.done_upto = start - 1                 # the last candidate index looked at
+        self.results: dict[int, tuple[str, np.ndarray | None]] = {}
+        self.error: str | None = None
+        self.gate_s = 0.0
+        self.convert_s = 0.0
+        self._to_grey: Any = None
+        self._to_rgb: Any = None
+
+    def last_in(self, lo: int, hi: int | None) -> int | None:
+        """The last candidate index in frames ``[lo, hi)`` (None: none), which a chunk's decode must reach."""
+        j = bisect.bisect_left(self.indices, hi) if hi is not None else len(self.indices)
+        return self.indices[j - 1] if j > 0 and self.indices[j - 1] >= lo else None
+
+    def on_frame(self, index: int, frame: Any) -> None:
+        """One decoded frame (a PyAV ``VideoFrame``, or an RGB array from another reader)."""
+        if index <= self.done_upto or index not in self.time_of or self.error is not None:
+            return
+        self.done_upto = index
+        try:
+            self._look(index, frame)
+        except Exception as e:  # noqa: BLE001 - swscale/OpenCV errors on odd frames: OCR of this video stops
+            self.error = f"OCR frames could not be made ({type(e).__name__}: {str(e)[:160]})"
+            _logger.info("%s", self.error, exc_info=True)
+
+    def _look(self, index: int, frame: Any) -> None:
+        w, h = self.size
+        t0 = time.perf_counter()
+        rgb: np.ndarray | None = None
+        if isinstance(frame, np.ndarray):  # an upright RGB frame of any size (the decord reader)
+            import cv2
+
+            rgb = frame if frame.shape[:2] == (h, w) else cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+            grey: np.ndarray = rgb
+        else:
+            from av.video.reformatter import Interpolation, VideoReformatter
+
+            from vidsearch.pipeline.colour import colour_spec, swscale_args
+
+            if self._to_grey is None:
+                self._to_grey, self._to_rgb = VideoReformatter(), VideoReformatter()
+            # Coded orientation: the reader turns frames upright after converting them.
+            cw, ch = (h, w) if self.rotation in (90, 270) else (w, h)
+            sws = swscale_args(colour_spec(frame.colorspace, frame.color_range))
+            grey = self._to_grey.reformat(frame, width=cw // 2, height=ch // 2, format="gray",
+                                          interpolation=Interpolation.AREA, threads=1).to_ndarray()
+        decision = self.gate.decide(self.time_of[index], grey)
+        t1 = time.perf_counter()
+        self.gate_s += t1 - t0
+        if decision == "ocr" and rgb is None:
+            a = self._to_rgb.reformat(frame, width=cw, height=ch, format="rgb24", interpolation=Interpolation.AREA,
+                                      **sws).to_ndarray()
+            rgb = np.ascontiguousarray(np.rot90(a, self.rotation // 90)) if self.rotation else a
+            self.convert_s += time.perf_counter() - t1
+        self.results[index] = (decision, rgb if decision == "ocr" else None)
+
+    def take(self, lo: int, hi: int | None) -> tuple[OcrChunk, np.ndarray | None]:
+        """The candidates of frames ``[lo, hi)`` looked at so far (``hi`` None: to the end), as the
+        chunk's :class:`~vidsearch.pipeline.types.OcrChunk` and its frames to read, uint8
+        (n_read, H, W, 3) or None. Candidates before ``lo`` are dropped; later ones are kept for
+        the next chunk."""
+        mine = sorted(i for i in self.results if i >= lo and (hi is None or i < hi))
+        times = tuple(self.time_of[i] for i in mine)
+        decisions = "".join(OCR_DECISION_CODES[self.results[i][0]] for i in mine)
+        frames = [f for i in mine if (f := self.results[i][1]) is not None]
+        self.results = {i: r for i, r in self.results.items() if hi is not None and i >= hi}
+        chunk = OcrChunk(times, decisions, gate_s=self.gate_s, convert_s=self.convert_s, error=self.error)
+        self.gate_s = self.convert_s = 0.0
+        return chunk, (np.stack(frames) if frames else None)
+
+
 # ----------------------------------------------------------------------------------------------
 # Reading
 
@@ -292,12 +398,35 @@ def _package_models() -> tuple[Path, str]:
         raise OcrModelNotFoundError(
             "on-screen text needs rapidocr: pip install 'rapidocr>=3.10,<4' onnxruntime") from e
     root = Path(rapidocr.__file__).resolve().parent / "models"
+    # rapidocr 3.x has no __version__; the installed distribution's version is what the model id
+    # records (an upgrade may change what it reads).
+    try:
+        from importlib.metadata import version
+
+        found = version("rapidocr")
+    except Exception:  # noqa: BLE001 - a source tree without metadata
+        found = str(getattr(rapidocr, "__version__", "unknown"))
     missing = [f for f in (DET_MODEL, REC_MODEL, CLS_MODEL) if not (root / f).is_file()]
     if missing:
         raise OcrModelNotFoundError(
-            f"rapidocr {getattr(rapidocr, '__version__', '?')} at {root.parent} lacks its packaged models "
+            f"rapidocr {found} at {root.parent} lacks its packaged models "
             f"({', '.join(missing)}); reinstall the wheel: pip install --force-reinstall 'rapidocr>=3.10,<4'")
-    return root, str(getattr(rapidocr, "__version__", "unknown"))
+    return root, found
+
+
+def check_ocr_models() -> None:
+    """rapidocr and its packaged models are installed (checked before an ``--ocr`` ingest starts).
+
+    Raises:
+        OcrModelNotFoundError: what to install.
+    """
+    _package_models()
+
+
+def status_model_id(model_id: str, cfg: OcrCfg) -> str:
+    """The OCR status's model id (``text_status.model`` of kind ``screen``): the engine and models
+    plus the hash of the settings that change the rows. Resume compares it: the same id is done."""
+    return f"{model_id}@{cfg.fingerprint()}"
 
 
 class ScreenReader:

@@ -45,10 +45,17 @@ class Snapshot:
     elapsed_s: float
     eta_s: float | None            # None until there is a rate to go by
     speech_audio_s: float | None = None   # audio transcribed so far (None: no --speech)
+    ocr_read: int | None = None           # frames OCR read so far (None: no --ocr)
+    ocr_waiting: int = 0                  # frames decoded for OCR, not read yet
 
     @property
     def clips_per_s(self) -> float:
         return self.clips / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def ocr_frames_per_s(self) -> float:
+        """Frames OCR read per second of the run so far."""
+        return (self.ocr_read or 0) / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
     def audio_h_per_h(self) -> float:
@@ -60,6 +67,9 @@ class Snapshot:
                  f"{self.clips_per_s:.1f} clips/s"]
         if self.speech_audio_s is not None:
             parts.append(f"speech {duration_text(self.speech_audio_s)} of audio ({self.audio_h_per_h:.1f} audio h/h)")
+        if self.ocr_read is not None:
+            parts.append(f"OCR {plural(self.ocr_read, 'frame')} read ({self.ocr_frames_per_s:.1f}/s)"
+                         + (f", {self.ocr_waiting:,} waiting" if self.ocr_waiting else ""))
         if self.failed:
             parts.append(f"{self.failed} failed")
         if self.eta_s is not None and self.videos_settled < self.videos_total:
@@ -115,7 +125,9 @@ class Progress:
             return
         if self._bar is not None:
             self._bar.n = snap.videos_settled
-            extra = {} if snap.speech_audio_s is None else {"audio_h_h": f"{snap.audio_h_per_h:.1f}"}
+            extra: dict[str, Any] = {} if snap.speech_audio_s is None else {"audio_h_h": f"{snap.audio_h_per_h:.1f}"}
+            if snap.ocr_read is not None:
+                extra.update(ocr=snap.ocr_read, ocr_wait=snap.ocr_waiting)
             self._bar.set_postfix(clips=snap.clips, clips_s=f"{snap.clips_per_s:.1f}", failed=snap.failed,
                                   **extra, refresh=False)
             self._bar.refresh()

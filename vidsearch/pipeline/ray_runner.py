@@ -15,10 +15,14 @@
   packs one of each per GPU; Whisper small in float16 needs ~1 GB of its memory), else one CPU
   actor whose CTranslate2 threads are reserved as its ``num_cpus`` (int8), taken from the decode
   pool's share. Calls go to them beside decode and embed, so the embedder never waits on them.
-* ``decode`` has two return values (metadata, frames) so the driver fetches only the metadata; the
-  frames go from the decode actor's object store straight to an embed actor and are freed once
-  embedded. The driver bounds the number of chunks in flight, so frames never pile up in the object
-  store (memory flat on a 10,000-video run).
+* OCR actors (``--ocr``) wrap a :class:`~vidsearch.pipeline.text.ScreenWorker` (rapidocr loaded
+  once): CPU actors whose onnxruntime threads are reserved as their ``num_cpus`` (as far as the
+  decode pool keeps a CPU), or, where the driver's onnxruntime has the CUDA provider
+  (onnxruntime-gpu), one per GPU at :data:`OCR_GPU_SHARE` of it.
+* ``decode`` has three return values (metadata, frames, OCR frames) so the driver fetches only the
+  metadata; the frames go from the decode actor's object store straight to an embed actor (the OCR
+  frames to an OCR actor) and are freed once used. The driver bounds the number of chunks in
+  flight, so frames never pile up in the object store (memory flat on a 10,000-video run).
 * On one machine ``ray.init`` starts a local runtime; ``--ray-address`` joins a cluster (the video
   paths and the library folder must then be reachable from every node).
 """
@@ -49,6 +53,7 @@ from vidsearch.pipeline.types import (
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.manifest import ModelInfo
 from vidsearch.schemas.model_config import PreprocessCfg
+from vidsearch.schemas.ocr_config import OcrCfg
 from vidsearch.schemas.speech_config import SpeechCfg
 
 _logger = logging.getLogger(__name__)
@@ -60,8 +65,8 @@ _ACTOR_RESTARTS = 20
 
 
 class _DecodeActor:
-    def __init__(self, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None) -> None:
-        self.worker = DecodeWorker(cfg, pp, fault)
+    def __init__(self, cfg: IngestCfg, pp: PreprocessCfg, fault: str | None, ocr: OcrCfg | None = None) -> None:
+        self.worker = DecodeWorker(cfg, pp, fault, ocr)
         self.worker.setup()
 
     def ready(self) -> str:
@@ -69,16 +74,16 @@ class _DecodeActor:
 
         return ray.get_runtime_context().get_node_id()
 
-    def plan(self, task: VideoTask) -> VideoPlan | VideoError:
-        return self.worker.plan(task)
+    def plan(self, task: VideoTask, ocr: bool = False, ocr_only: bool = False) -> VideoPlan | VideoError:
+        return self.worker.plan(task, ocr, ocr_only)
 
     def subtitles(self, task: VideoTask) -> Any:
         return self.worker.subtitles(task)
 
-    def decode(self, request: ChunkRequest) -> tuple[Any, Any]:
+    def decode(self, request: ChunkRequest) -> tuple[Any, Any, Any]:
         out = self.worker.decode(request)
         if isinstance(out, VideoError):
-            return out, None
+            return out, None, None
         return strip_frames(out)
 
 
@@ -171,8 +176,35 @@ class _SpeechActor:
         return self.worker.process(task, origin_s)
 
 
+class _OcrActor:
+    def __init__(self, cfg: OcrCfg, fault: str | None) -> None:
+        from vidsearch.pipeline.text import ScreenWorker
+
+        self.worker = ScreenWorker(cfg, fault)
+        # Kept and raised by info(), as _EmbedActor does (Ray loses an __init__ error's type).
+        self.setup_error: Exception | None = None
+        try:
+            self.worker.setup()
+        except Exception as e:  # noqa: BLE001 - re-raised by info() with its type
+            self.setup_error = e
+
+    def ready(self) -> bool:
+        return True
+
+    def info(self) -> dict[str, Any]:
+        if self.setup_error is not None:
+            raise self.setup_error
+        return self.worker.info()
+
+    def read(self, task: VideoTask, frames: Any) -> Any:
+        return self.worker.process(task, frames)
+
+
 # GPU share of one speech actor where it runs beside an embed actor on the same GPU.
 SPEECH_GPU_SHARE = 0.25
+# GPU share of one OCR actor on a GPU (onnxruntime-gpu): detection + recognition models need
+# a few hundred MB; the embed actor takes what speech and OCR leave.
+OCR_GPU_SHARE = 0.125
 
 
 def speech_pool(cpus: int, gpus: int, embed_cpus: int, cfg: SpeechCfg, n_speech: int | None,
@@ -193,6 +225,37 @@ def speech_pool(cpus: int, gpus: int, embed_cpus: int, cfg: SpeechCfg, n_speech:
     threads = cfg.cpu_threads or max(1, min(4, cpus // 2))
     return n, 0.0, min(float(threads), max(0.0, (cpus - embed_cpus - 1) / n)), \
         replace(cfg, cpu_threads=threads, device="cpu")
+
+
+def ocr_pool(cpus: int, gpus: int, reserved_cpus: float, cfg: OcrCfg, n_ocr: int | None,
+             cuda_provider: bool) -> tuple[int, float, float, OcrCfg]:
+    """(actors, num_gpus and num_cpus of each, their OcrCfg) of the OCR pool.
+
+    On GPUs, when onnxruntime has its CUDA provider and the device is not forced to the CPU: one
+    actor per GPU at :data:`OCR_GPU_SHARE` of it. Otherwise CPU actors (``device="cpu"``: an actor
+    without a GPU must not try CUDA): ``n_ocr`` or one per 4 CPUs, ``cfg.threads`` (default 1)
+    onnxruntime threads each, reserved as ``num_cpus`` as far as the decode pool keeps a CPU
+    (``reserved_cpus``: what the embed and speech actors hold already). Ray does not enforce CPU
+    reservations, so on a small machine the actors run unreserved rather than never being scheduled.
+    """
+    if gpus > 0 and cuda_provider and cfg.device != "cpu":
+        n = n_ocr or gpus
+        return n, OCR_GPU_SHARE * min(1.0, gpus / n), min(1.0, max(0.0, cpus - reserved_cpus - 1) / n), \
+            replace(cfg, threads=cfg.threads or 2, device="cuda")
+    n = n_ocr or max(1, cpus // 4)
+    threads = cfg.threads or 1
+    return n, 0.0, min(float(threads), max(0.0, (cpus - reserved_cpus - 1) / n)), \
+        replace(cfg, threads=threads, device="cpu")
+
+
+def _onnx_cuda() -> bool:
+    """Whether this process's onnxruntime offers the CUDA provider (onnxruntime-gpu installed)."""
+    try:
+        import onnxruntime
+
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    except Exception:  # noqa: BLE001 - a broken install: the CPU
+        return False
 
 
 class _QuietAuthNotice(logging.Filter):
@@ -246,7 +309,8 @@ class RayBackend:
                  n_decode: int | None, n_embed: int | None, fault: str | None,
                  address: str | None = None, say: Callable[[str], None] = lambda _: None,
                  nvdec_sessions: int = 0, gpu_device: str | None = None, speech: SpeechCfg | None = None,
-                 n_speech: int | None = None, speech_fault: str | None = None) -> None:
+                 n_speech: int | None = None, speech_fault: str | None = None, ocr: OcrCfg | None = None,
+                 n_ocr: int | None = None, ocr_fault: str | None = None) -> None:
         import ray
 
         self._ray = ray
@@ -264,7 +328,13 @@ class RayBackend:
         if speech is not None:
             self.n_speech, speech_gpus, speech_cpus, speech = speech_pool(cpus, gpus if use_gpu else 0, embed_cpus,
                                                                          speech, n_speech)
-        self.n_decode = n_decode or max(1, cpus - embed_cpus - int(self.n_speech * speech_cpus))
+        self.n_ocr, ocr_gpus, ocr_cpus = 0, 0.0, 0.0
+        if ocr is not None:
+            self.n_ocr, ocr_gpus, ocr_cpus, ocr = ocr_pool(cpus, gpus if use_gpu else 0,
+                                                           embed_cpus + self.n_speech * speech_cpus, ocr, n_ocr,
+                                                           _onnx_cuda())
+        self.n_decode = n_decode or max(1, cpus - embed_cpus - int(self.n_speech * speech_cpus)
+                                        - int(self.n_ocr * ocr_cpus))
         # GPU decode runs in the embed actors (frames stay on their GPU): where the cluster
         # declares one "nvdec" per GPU, each embed actor takes one, so that every GPU node runs
         # its own decode + embed pipeline; NVDEC threads run in a concurrency group of their own.
@@ -273,7 +343,7 @@ class RayBackend:
         self._nvdec = nvdec_sessions if use_gpu or gpu_device == "cpu" else 0
         nvdec_res = {NVDEC_RESOURCE: 1} if self._nvdec and res.get(NVDEC_RESOURCE, 0) >= self.n_embed else {}
         # Beside a speech actor on the same GPU, the embed actor takes the rest of the GPU.
-        embed_gpu = 1.0 - (SPEECH_GPU_SHARE if speech_gpus else 0.0)
+        embed_gpu = 1.0 - (SPEECH_GPU_SHARE if speech_gpus else 0.0) - (OCR_GPU_SHARE if ocr_gpus else 0.0)
         embed_opts: dict[str, Any] = {"num_gpus": embed_gpu if use_gpu else 0, "num_cpus": 1 if not use_gpu else 0,
                                       "max_restarts": _ACTOR_RESTARTS, "max_task_retries": 0}
         if nvdec_res:
@@ -289,20 +359,27 @@ class RayBackend:
         self._embed: list[Any] = [embed_cls.remote(kwargs, cfg, pp, self._nvdec, gpu_device)
                                   for _ in range(self.n_embed)]
         # SPREAD puts decode actors on every node of a cluster rather than filling the first.
-        self._decode: list[Any] = [decode_cls.options(scheduling_strategy="SPREAD").remote(cfg, pp, fault)
+        self._decode: list[Any] = [decode_cls.options(scheduling_strategy="SPREAD").remote(cfg, pp, fault, ocr)
                                    for _ in range(self.n_decode)]
         self._speech: list[Any] = []
         if speech is not None:
             speech_cls = ray.remote(num_gpus=speech_gpus, num_cpus=speech_cpus, max_restarts=_ACTOR_RESTARTS,
                                     max_task_retries=0)(_SpeechActor)
             self._speech = [speech_cls.remote(speech, speech_fault) for _ in range(self.n_speech)]
+        self._ocr: list[Any] = []
+        if ocr is not None:
+            ocr_cls = ray.remote(num_gpus=ocr_gpus, num_cpus=ocr_cpus, max_restarts=_ACTOR_RESTARTS,
+                                 max_task_retries=0)(_OcrActor)
+            self._ocr = [ocr_cls.remote(ocr, ocr_fault) for _ in range(self.n_ocr)]
         self.nodes = ray.get([a.ready.remote() for a in self._decode])
         nodes = len(set(self.nodes))
         say(f"Ray ready ({time.monotonic() - t0:.1f} s): {self.n_decode} decode "
             f"{'worker' if self.n_decode == 1 else 'workers'}" + (f" on {nodes} nodes" if nodes > 1 else "")
             + f", {self.n_embed} embed {'worker' if self.n_embed == 1 else 'workers'} ({'GPU' if use_gpu else 'CPU'})"
             + (f", {self.n_speech} speech {'worker' if self.n_speech == 1 else 'workers'} "
-               f"({'GPU' if speech_gpus else f'CPU, {speech.cpu_threads} threads'})" if speech is not None else ""))
+               f"({'GPU' if speech_gpus else f'CPU, {speech.cpu_threads} threads'})" if speech is not None else "")
+            + (f", {self.n_ocr} OCR {'worker' if self.n_ocr == 1 else 'workers'} "
+               f"({'GPU' if ocr_gpus else f'CPU, {ocr.threads} threads'})" if ocr is not None else ""))
 
     def model_info(self) -> ModelInfo:
         """The embed actors' model; raises the actor's own setup error (e.g. weights not found)."""
@@ -325,15 +402,28 @@ class RayBackend:
     def submit_speech(self, worker: int, task: VideoTask, origin_s: float | None) -> Any:
         return self._speech[worker].transcribe.remote(task, origin_s)
 
+    def ocr_info(self) -> dict[str, Any] | None:
+        """The OCR actors' engine; raises an actor's own setup error (e.g. OcrModelNotFoundError)."""
+        if not self._ocr:
+            return None
+        try:
+            info: dict[str, Any] = self._ray.get(self._ocr[0].info.remote())
+            return info
+        except self._ray.exceptions.RayTaskError as e:
+            raise e.cause from None
+
+    def submit_ocr(self, worker: int, task: VideoTask, frames: Any) -> Any:
+        return self._ocr[worker].read.remote(task, frames)  # Ray resolves the frames' ObjectRef there
+
     def submit_subtitles(self, worker: int, task: VideoTask) -> Any:
         return self._decode[worker].subtitles.remote(task)
 
-    def submit_plan(self, worker: int, task: VideoTask) -> Any:
-        return self._decode[worker].plan.remote(task)
+    def submit_plan(self, worker: int, task: VideoTask, ocr: bool = False, ocr_only: bool = False) -> Any:
+        return self._decode[worker].plan.remote(task, ocr, ocr_only)
 
-    def submit_decode(self, worker: int, request: ChunkRequest) -> tuple[Any, Any]:
-        meta, frames = self._decode[worker].decode.options(num_returns=2).remote(request)
-        return meta, frames
+    def submit_decode(self, worker: int, request: ChunkRequest) -> tuple[Any, Any, Any]:
+        meta, frames, ocr_frames = self._decode[worker].decode.options(num_returns=3).remote(request)
+        return meta, frames, ocr_frames
 
     def submit_embed(self, worker: int, frames: list[Any]) -> Any:
         return self._embed[worker].embed.remote(*frames)
@@ -358,7 +448,7 @@ class RayBackend:
         Raises:
             WorkerLost: permanent, when it will not come back (or not within ``timeout``).
         """
-        actor = {"embed": self._embed, "speech": self._speech}.get(pool, self._decode)[worker]
+        actor = {"embed": self._embed, "speech": self._speech, "ocr": self._ocr}.get(pool, self._decode)[worker]
         exc = self._ray.exceptions
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -390,7 +480,7 @@ class RayBackend:
             raise WorkerLost(f"worker process died ({str(e).splitlines()[0][:150]})", permanent=True) from None
 
     def close(self) -> None:
-        for a in self._decode + self._embed + self._speech:
+        for a in self._decode + self._embed + self._speech + self._ocr:
             self._ray.kill(a)
         if self._owns_ray:
             self._ray.shutdown()

@@ -58,15 +58,25 @@ class ReadResult(NamedTuple):
 
 
 class FrameReader(Protocol):
-    """One open video (see the module docstring)."""
+    """One open video (see the module docstring).
+
+    OCR candidates (``ingest --ocr``) are a second output of the same pass: the frames whose
+    index is in ``tap_set`` go to ``on_tap(index, frame)`` as they are decoded (a PyAV
+    ``VideoFrame``, or an upright RGB array), never through the model's resize. They are decoded
+    (never skipped) but are not part of a request's frames: one that does not come out is no
+    missing frame of the request (coverage still counts it).
+    """
 
     name: str                      # recorded as the chunk's decoder
     lost: int                      # frames that entered the decoder in full and never came out
     available: int | None          # frames it can deliver at most, when it knows; None: unknown
+    tap_set: frozenset[int]        # OCR candidate frames
+    on_tap: Callable[[int, Any], None] | None
 
-    def get(self, indices: list[int], retain_from: int | None = None) -> ReadResult:
+    def get(self, indices: list[int], retain_from: int | None = None, through: int | None = None) -> ReadResult:
         """Frames for sorted ``indices``; ``retain_from``: the smallest index a later request may
-        ask for (frames at or above it that this pass decodes may be kept for it)."""
+        ask for (frames at or above it that this pass decodes may be kept for it); ``through``:
+        decode at least up to this frame (OCR candidates up to it reach ``on_tap``)."""
         ...
 
     def finish(self) -> None:
@@ -192,10 +202,12 @@ class PyAVReader:
 
     def __init__(self, path: str, demuxer: str, rotation: int, keep: frozenset[int] | None = None,
                  max_pixels: int | None = None, post: Callable[[np.ndarray], np.ndarray] | None = None,
-                 ) -> None:
+                 tap_set: frozenset[int] = frozenset()) -> None:
         self.path, self.demuxer, self.rotation = path, demuxer, rotation
         self.max_pixels, self.post = max_pixels, post
         self.keep: set[int] | None = set(keep) if keep is not None else None
+        self.tap_set = tap_set
+        self.on_tap: Callable[[int, Any], None] | None = None
         self.index_of: dict[int, int] | None = None
         self._indexed = False
         self.damaged = False  # the stream showed damage: no more skipping (kept across reopens)
@@ -285,7 +297,8 @@ class PyAVReader:
                 self.fed = max(self.fed, i)
                 if i >= 0:
                     self.entered[i] = 1
-                skip = self.skip and i >= 0 and i not in self.keep  # type: ignore[operator]
+                skip = (self.skip and i >= 0 and i not in self.keep  # type: ignore[operator]
+                        and i not in self.tap_set)
                 if skip != self._skipping:
                     self.stream.codec_context.skip_frame = "NONREF" if skip else "DEFAULT"
                     self._skipping = skip
@@ -335,15 +348,17 @@ class PyAVReader:
             a = np.ascontiguousarray(np.rot90(a, self.rotation // 90))
         return self.post(a) if self.post is not None else a
 
-    def get(self, indices: list[int], retain_from: int | None = None) -> ReadResult:
+    def get(self, indices: list[int], retain_from: int | None = None, through: int | None = None) -> ReadResult:
         """Frames for sorted ``indices`` (see :class:`ReadResult`).
 
         ``retain_from``: the smallest frame index a later request may ask for (default: past
         ``indices``). Sampled frames at or above it that this pass decodes or hands out are kept
         for that request, so overlapping clips (stride < clip length) across a chunk boundary
-        do not reopen the file and decode it again from the start.
+        do not reopen the file and decode it again from the start. ``through``: decode on at
+        least to this frame (OCR candidates up to it reach ``on_tap``; a frame already passed is
+        not decoded again).
         """
-        if not indices:
+        if not indices and through is None:
             return ReadResult({}, None, None)
         if self.keep is not None and not self.keep.issuperset(indices):
             new = set(indices) - self.keep
@@ -354,14 +369,14 @@ class PyAVReader:
         if any(i < self.pos and i not in self.pending for i in indices):
             self.close()
             self._open()
+        last = max(indices[-1] if indices else -1, -1 if through is None else through)
         if self.index_of is None:
-            return self._get_counting(indices)
+            return self._get_counting(indices, last)
         want = set(indices)
-        last = indices[-1]
-        hold = last + 1 if retain_from is None else retain_from
+        hold = (indices[-1] if indices else last) + 1 if retain_from is None else retain_from
         out = {i: self.pending[i] for i in indices if i in self.pending}
         ended = False
-        while len(out) < len(want):
+        while len(out) < len(want) or self.pos <= last:
             frame = self._next_frame()
             if frame is None:
                 ended = True
@@ -372,6 +387,8 @@ class PyAVReader:
                 self.errors += 1  # a frame whose pts no packet had: cannot be placed
                 continue
             self._came_out(i)
+            if self.on_tap is not None and i in self.tap_set:
+                self.on_tap(i, frame)
             if self.skip and getattr(frame, "interlaced_frame", False):
                 self._stop_skipping()
             self.pos = max(self.pos, i + 1)
@@ -429,19 +446,24 @@ class PyAVReader:
                 self.errors += 1
                 continue
             self._came_out(i)
+            if self.on_tap is not None and i in self.tap_set:
+                self.on_tap(i, frame)
             self.pos = max(self.pos, i + 1)
         self._account(len(self.must), final=True)
 
-    def _get_counting(self, indices: list[int]) -> ReadResult:
+    def _get_counting(self, indices: list[int], last: int) -> ReadResult:
         """``get`` when frames cannot be placed by pts: the n-th decoded frame is frame n."""
         want = set(indices)
         out: dict[int, np.ndarray] = {}
-        last = indices[-1]
         while self.pos <= last:
             frame = self._next_frame()
             if frame is None:
+                if not want - out.keys():
+                    return ReadResult(out, None, None)  # only OCR candidates were left to pass
                 return ReadResult(out, self.pos,
                                   f"pyav: stream ended after {self.pos} frames ({self.errors} bad packets)")
+            if self.on_tap is not None and self.pos in self.tap_set:
+                self.on_tap(self.pos, frame)
             if self.pos in want:
                 out[self.pos] = self._rgb(frame)
             self.pos += 1
@@ -472,7 +494,8 @@ class DecordReader:
     lost = 0  # decord reports no frame it dropped; a short length shows in ``available``
 
     def __init__(self, path: str, size: tuple[int, int] | None = None, max_pixels: int | None = None,
-                 post: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+                 post: Callable[[np.ndarray], np.ndarray] | None = None, tap_set: frozenset[int] = frozenset(),
+                 ) -> None:
         import decord  # type: ignore[import-untyped]
 
         # decord scales inside its ffmpeg filter graph: frames above max_pixels never exist at
@@ -485,6 +508,9 @@ class DecordReader:
         self.post = post
         fw, fh = small or size or (1920, 1080)
         self.batch = max(1, _DECORD_BATCH_BYTES // (fw * fh * 3))
+        self.tap_set = tap_set
+        self.on_tap: Callable[[int, Any], None] | None = None
+        self._tapped = -1  # OCR candidates up to this index went to on_tap
 
     def close(self) -> None:
         del self.vr
@@ -492,7 +518,17 @@ class DecordReader:
     def finish(self) -> None:
         """Nothing to do: decord reports no frame it dropped (a short stream shows in ``available``)."""
 
-    def get(self, indices: list[int], retain_from: int | None = None) -> ReadResult:
+    def get(self, indices: list[int], retain_from: int | None = None, through: int | None = None) -> ReadResult:
+        if self.on_tap is not None and through is not None and through > self._tapped:
+            # Random access: the candidates up to ``through`` as upright RGB at the decoded size.
+            taps = sorted(i for i in self.tap_set if self._tapped < i <= through and i < self.length)
+            for k in range(0, len(taps), self.batch):
+                part = taps[k: k + self.batch]
+                for i, a in zip(part, self.vr.get_batch(part).asnumpy(), strict=True):
+                    self.on_tap(i, a)
+            self._tapped = through
+        if not indices:
+            return ReadResult({}, None, None)
         ok = [i for i in indices if i < self.length]
         ended = self.length if len(ok) < len(indices) else None
         if not ok:
@@ -514,15 +550,20 @@ def model_resize(pp: PreprocessCfg) -> Callable[[np.ndarray], np.ndarray]:
 
 def open_pyav(plan: VideoPlan, path: str, cfg: IngestCfg, pp: PreprocessCfg) -> PyAVReader:
     """A :class:`PyAVReader` for ``plan`` that knows every frame the video's clips sample."""
-    keep = frozenset(i for c in plan.clips for i in c.frame_indices)
+    keep = frozenset() if plan.ocr_only else frozenset(i for c in plan.clips for i in c.frame_indices)
     return PyAVReader(path, plan.probe.demuxer, plan.probe.rotation, keep, max_pixels=cfg.decode_max_pixels,
-                      post=model_resize(pp))
+                      post=model_resize(pp), tap_set=ocr_candidates(plan))
 
 
 def open_decord(plan: VideoPlan, path: str, cfg: IngestCfg, pp: PreprocessCfg) -> DecordReader:
     """A :class:`DecordReader` for ``plan``."""
     return DecordReader(path, (plan.probe.coded_width, plan.probe.coded_height), cfg.decode_max_pixels,
-                        model_resize(pp))
+                        model_resize(pp), tap_set=ocr_candidates(plan))
+
+
+def ocr_candidates(plan: VideoPlan) -> frozenset[int]:
+    """The OCR candidate frames of ``plan`` (empty without ``--ocr``)."""
+    return frozenset(plan.ocr.indices) if plan.ocr is not None else frozenset()
 
 
 READERS: dict[str, ReaderFactory] = {"pyav": open_pyav, "decord": open_decord}

@@ -11,15 +11,17 @@ Rules (a rerun of the same command finishes the job and redoes nothing):
   ``replaced`` in the same commit;
 * the same content twice in one run -> processed once (duplicate).
 
-Text stages (subtitles, speech; :func:`select_text_work`), per video of this run that is or
-will be searchable, from its latest ``text_status`` row of each kind:
+Text stages (subtitles, speech, on-screen text; :func:`select_text_work`), per video of this run
+that is or will be searchable, from its latest ``text_status`` row of each kind:
 
 * subtitles are read for every video embedded now (while it is planned) and for a video embedded
   earlier that has no subtitle status yet (a library older than subtitles): a text-only commit;
-* speech (``--speech``; likewise any stage run by a model, e.g. on-screen text): no status ->
-  run it (a video embedded earlier is transcribed without re-embedding); ``ok``/``silent`` by
-  the same model and ``no_audio`` -> done; by another model -> kept, unless ``retranscribe``;
-  ``failed`` -> retried while ``attempts < max_attempts``, ``retry_failed`` retries all.
+* speech (``--speech``; likewise any stage run by a model: on-screen text, ``--ocr``, whose model
+  id includes the hash of the settings that change its rows): no status -> run it (a video
+  embedded earlier is transcribed or read without re-embedding); ``ok``/``silent``/``none`` by
+  the same model and ``no_audio`` -> done; by another model -> kept, unless that stage is redone
+  (``--retranscribe``, ``--reocr``); ``failed`` -> retried while ``attempts < max_attempts``,
+  ``retry_failed`` retries all.
 
 :func:`select_work` and :func:`select_text_work` are pure (the catalog rows come in, the decision
 comes out), so the rules are tested without a backend or a library; :func:`read_state` and
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,7 +231,7 @@ class TextSelection:
 
 
 def select_text_work(sel: Selection, state: dict[tuple[str, str], dict[str, Any]], *,
-                     stages: dict[str, str | None], redo_other_model: bool, retry_failed: bool,
+                     stages: dict[str, str | None], redo_other_model: bool | Collection[str], retry_failed: bool,
                      max_attempts: int) -> TextSelection:
     """Which text stages each video of this run gets (module docstring).
 
@@ -240,7 +242,8 @@ def select_text_work(sel: Selection, state: dict[tuple[str, str], dict[str, Any]
         state: latest ``text_status`` rows (:func:`read_text_state`).
         stages: model-run stages of this run -> the id of the model it runs with (``{"speech":
             id}`` for ``--speech``; None: unknown, any model counts as this one).
-        redo_other_model: run again what another model did (``--retranscribe``).
+        redo_other_model: run again what another model did: True for every stage, else the
+            stages to redo (``{"speech"}`` for ``--retranscribe``, ``{"screen"}`` for ``--reocr``).
         retry_failed: retry failures for good too.
         max_attempts: attempts of a failed stage before it is given up.
     """
@@ -263,7 +266,7 @@ def select_text_work(sel: Selection, state: dict[tuple[str, str], dict[str, Any]
         if model is None or prev["model"] == model:
             c.done_before += 1
             return None
-        if redo_other_model:
+        if redo_other_model is True or (not isinstance(redo_other_model, bool) and kind in redo_other_model):
             return 1
         c.other_model += 1
         c.other_models[str(prev["model"])] = c.other_models.get(str(prev["model"]), 0) + 1

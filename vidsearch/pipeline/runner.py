@@ -20,13 +20,24 @@ only run the units. Scheduling rules:
 Text stages (issue 14): subtitles are read by the decode worker while it plans a video (they ride
 back in the plan); speech (``--speech``) goes to its own worker pool once the plan says the file
 is a video with audio, beside decode and embed, at most ``_SPEECH_PER_WORKER`` calls queued per
-worker. A video whose clips are embedded waits for its transcript so that both go into the same
-commit, but at most ``_HELD_MAX`` such videos per speech worker wait (a slow speech pool must not hold the visual
-library back, nor its embeddings in memory): past that the oldest is committed without it and its
-transcript follows in a text-only commit. Videos embedded earlier that lack a text stage (a
+worker. On-screen text (``--ocr``, issue 15) comes from the same decode pass as the clips: the
+decode worker hands out each chunk's OCR candidates (a change check in the decode child picks
+the frames worth reading, converted to RGB at the OCR size), the frames go to the OCR worker pool
+(``_OCR_PER_WORKER`` calls per worker) and the readings come back per chunk; once a video's
+chunks are all read they are merged into its ``screen_text`` rows. Frames waiting for OCR are
+bounded: past ``_OCR_FRAMES_PER_WORKER`` per OCR worker no new video starts (the videos under
+way go on, so the embedder is not held up), past twice that no chunk of a video with OCR is
+decoded until OCR catches up (memory stays bounded when OCR is the slowest stage). Videos with
+OCR are decoded on the CPU path (the GPU decoder hands out no OCR frames).
+
+A video whose clips are embedded waits for its transcript (and screen text) so that both go into
+the same commit, but at most ``_HELD_MAX`` such videos per speech or OCR worker wait (a slow pool
+must not hold the visual library back, nor its embeddings in memory): past that the oldest is
+committed without it and its text follows in a text-only commit. Videos embedded earlier that lack a text stage (a
 later ``--speech``, a library older than subtitles) get only that stage: no probe, decode or
-embed. A failed text stage is a failure of that stage only (``text_status`` ``failed``, a
-``failures`` row of stage ``speech``); the clips stay.
+embed; for on-screen text that is a decode pass of its own that decodes only the OCR candidates
+(no clip frame, no embedding). A failed text stage is a failure of that stage only
+(``text_status`` ``failed``, a ``failures`` row of stage ``speech`` / ``ocr``); the clips stay.
 
 Resume rules: :mod:`vidsearch.pipeline.resume`.
 """
@@ -51,7 +62,7 @@ import numpy as np
 
 from vidsearch.library import Library, ModelMismatch, crash_point, utcnow
 from vidsearch.pipeline.discover import check_inputs, discover
-from vidsearch.pipeline.faults import DECODE_FAULT_ENV, EMBED_FAULT_ENV, SPEECH_FAULT_ENV
+from vidsearch.pipeline.faults import DECODE_FAULT_ENV, EMBED_FAULT_ENV, OCR_FAULT_ENV, SPEECH_FAULT_ENV
 from vidsearch.pipeline.progress import Progress, Snapshot, plural
 from vidsearch.pipeline.resume import (
     Selection,
@@ -62,13 +73,14 @@ from vidsearch.pipeline.resume import (
     select_work,
 )
 from vidsearch.pipeline.schedule import choose_side, gpu_room, next_gpu_chunks, worth_gpu
-from vidsearch.pipeline.text import failed_outcome, no_audio_outcome, status_row
+from vidsearch.pipeline.text import OcrRead, failed_outcome, no_audio_outcome, screen_outcome, status_row
 from vidsearch.pipeline.types import (
     ChunkRequest,
     ClipSpan,
     FramesChunk,
     GpuChunkRequest,
     GpuFallback,
+    OcrChunk,
     TextOutcome,
     VideoError,
     VideoPlan,
@@ -79,9 +91,10 @@ from vidsearch.pipeline.write import PendingVideo, ShardWriter, failure_row, vid
 from vidsearch.schemas import ids
 from vidsearch.schemas.config import IngestCfg
 from vidsearch.schemas.manifest import ModelInfo
+from vidsearch.schemas.ocr_config import OcrCfg
 from vidsearch.schemas.speech_config import DEFAULT_SPEECH_MODEL, SpeechCfg
 from vidsearch.schemas.tables import STATUS_DONE, STATUS_FAILED, STATUS_PARTIAL
-from vidsearch.schemas.text_tables import TEXT_FAILED, TEXT_NO_AUDIO, TEXT_OK, TEXT_SILENT
+from vidsearch.schemas.text_tables import KIND_STAGE, TEXT_FAILED, TEXT_NO_AUDIO, TEXT_NONE, TEXT_OK, TEXT_SILENT
 
 _logger = logging.getLogger(__name__)
 
@@ -94,6 +107,11 @@ _FILE_ACCESS_ERRORS = frozenset({"NotFound", "PermissionDenied", "IOError", "Uns
 _PER_WORKER = 2          # calls queued per decode worker (one running + one ready to start)
 _EMBED_PER_WORKER = 2
 _SPEECH_PER_WORKER = 2
+_OCR_PER_WORKER = 2
+# OCR frames (RGB at the OCR size, 2.7 MB at 1280x720) decoded and waiting for an OCR worker, per
+# OCR worker: past this no new video is started; past twice this no chunk of a video with OCR is
+# decoded (module docstring).
+_OCR_FRAMES_PER_WORKER = 32
 # Videos whose clips are embedded and wait for their transcript, to be committed together, per
 # speech worker; past that the oldest is committed without it (module docstring).
 _HELD_MAX = 8
@@ -112,6 +130,7 @@ class Backend(Protocol):
     n_decode: int
     n_embed: int
     n_speech: int                 # speech workers (0: no --speech)
+    n_ocr: int                    # OCR workers (0: no --ocr)
 
     def model_info(self) -> ModelInfo: ...
     def speech_info(self) -> dict[str, Any] | None:
@@ -121,14 +140,25 @@ class Backend(Protocol):
     def submit_speech(self, worker: int, task: VideoTask, origin_s: float | None) -> Any:
         """Transcribe a video on speech worker ``worker``; the handle gives a :class:`TextOutcome`."""
         ...
+    def ocr_info(self) -> dict[str, Any] | None:
+        """The OCR workers' engine (``model_id``, ``status_model``, ``device``, ...), None without
+        OCR; raises their setup error (e.g. ``OcrModelNotFoundError``)."""
+        ...
+    def submit_ocr(self, worker: int, task: VideoTask, frames: Any) -> Any:
+        """Read the OCR frames of a decoded chunk (``frames``: the third handle of
+        :meth:`submit_decode`) on OCR worker ``worker``; the handle gives an :class:`OcrRead`."""
+        ...
     def submit_subtitles(self, worker: int, task: VideoTask) -> Any:
         """Read a video's subtitles on decode worker ``worker`` (a video embedded earlier); the
         handle gives a :class:`TextOutcome` or a :class:`VideoError` (the child crashed or hung)."""
         ...
-    def submit_plan(self, worker: int, task: VideoTask) -> Any: ...
-    def submit_decode(self, worker: int, request: ChunkRequest) -> tuple[Any, Any]:
-        """Handles of the chunk's metadata (fetched by the driver) and of its frames (passed on
-        to an embed call unfetched)."""
+    def submit_plan(self, worker: int, task: VideoTask, ocr: bool = False, ocr_only: bool = False) -> Any:
+        """Plan a video on decode worker ``worker`` (``ocr``: with its OCR candidates; ``ocr_only``:
+        for an OCR-only decode pass); the handle gives a :class:`VideoPlan` or a :class:`VideoError`."""
+        ...
+    def submit_decode(self, worker: int, request: ChunkRequest) -> tuple[Any, Any, Any]:
+        """Handles of the chunk's metadata (fetched by the driver), of its frames (passed on to
+        an embed call unfetched) and of its OCR frames (passed on to an OCR call unfetched)."""
         ...
     def submit_embed(self, worker: int, frames: list[Any]) -> Any:
         """``frames``: handles of CPU-decoded chunks and :class:`GpuKey` of chunks the embed
@@ -185,6 +215,11 @@ class IngestOptions:
     speech_workers: int | None = None      # None: one per GPU, else 1
     speech_threads: int | None = None      # CTranslate2 CPU threads per worker (None: min(4, CPUs / 2))
     retranscribe: bool = False             # transcribe again what another speech model transcribed
+    ocr: bool = False                      # read the text on screen (issue 15)
+    ocr_workers: int | None = None         # None: one per GPU with onnxruntime-gpu, else CPUs / 4 (Ray); 1 (local)
+    ocr_threads: int | None = None         # onnxruntime threads per OCR worker (None: 1; local: min(4, CPUs / 2))
+    ocr_det_side: int | None = None        # detector input long side (None: the library's last, else OcrCfg's)
+    reocr: bool = False                    # read again what was read with other OCR settings
     # Preprocessing overrides of the model (get_model_config's ``sampling``, ``interpolation``), e.g.
     # the official eval's middle sampling + bicubic for `vidsearch eval --msrvtt`. They change the
     # fingerprint: a library keeps the preprocessing it was created with.
@@ -239,10 +274,39 @@ class IngestSummary:
     speech_audio_s: float = 0.0            # audio transcribed
     speech_work_s: float = 0.0             # seconds the speech workers spent on it
     speech_held_out: int = 0               # videos committed before their transcript (pool behind)
+    # On-screen text (issue 15).
+    screen_model: str | None = None        # the OCR engine's id (screen_text.model)
+    screen_status_model: str | None = None  # ... with the settings hash (text_status.model of kind screen)
+    ocr_device: str | None = None
+    ocr_workers: int = 0
+    screen_videos: int = 0                 # videos with text on screen found
+    screen_none: int = 0                   # read, no text on screen
+    screen_failed: int = 0
+    screen_failed_before: int = 0          # failed for good in an earlier run; not retried
+    screen_done_before: int = 0            # read by an earlier run with these settings
+    screen_other_settings: int = 0         # read with other OCR settings; kept (--reocr redoes them)
+    screen_rows: int = 0
+    screen_held_out: int = 0               # videos committed before their screen text (OCR behind)
+    ocr_candidates: int = 0                # candidate frames the decode passes handed out
+    ocr_frames_read: int = 0               # frames OCR read
+    ocr_video_s: float = 0.0               # seconds of video whose screen text was settled
+    ocr_work_s: float = 0.0                # seconds the OCR workers spent reading
+    ocr_decode_s: float = 0.0              # seconds the decode processes spent on change checks + RGB
+    ocr_waiting_peak: int = 0              # most OCR frames decoded and not read yet at one time
 
     @property
     def clips_per_s(self) -> float:
         return self.clips / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def ocr_frames_per_s(self) -> float:
+        """Frames read per second of OCR worker time (one worker's speed)."""
+        return self.ocr_frames_read / self.ocr_work_s if self.ocr_work_s > 0 else 0.0
+
+    @property
+    def ocr_video_h_per_h(self) -> float:
+        """Video hours whose screen text was read per hour of this run's loop."""
+        return self.ocr_video_s / self.loop_s if self.loop_s > 0 else 0.0
 
     @property
     def speech_audio_h_per_h(self) -> float:
@@ -255,13 +319,15 @@ class IngestSummary:
             return 130
         # The same command gives the same answer: inputs that failed earlier still count.
         bad = (self.videos_failed + self.videos_partial + self.videos_quarantined + self.videos_failed_before
-               + self.speech_failed + self.speech_failed_before)
+               + self.speech_failed + self.speech_failed_before + self.screen_failed + self.screen_failed_before)
         return 2 if bad else 0
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["clips_per_s"] = round(self.clips_per_s, 3)
         d["speech_audio_h_per_h"] = round(self.speech_audio_h_per_h, 3)
+        d["ocr_frames_per_s"] = round(self.ocr_frames_per_s, 3)
+        d["ocr_video_h_per_h"] = round(self.ocr_video_h_per_h, 3)
         d["exit_code"] = self.exit_code
         return d
 
@@ -299,6 +365,7 @@ class _DecodeCall:
     job: _ChunkJob
     worker: int
     frames: Any                   # the handle of the chunk's frames, handed to the embed call
+    ocr_frames: Any = None        # the handle of its OCR frames, handed to an OCR call
 
 
 @dataclass(frozen=True)
@@ -325,6 +392,23 @@ class _SpeechCall:
 
 
 @dataclass(frozen=True)
+class _OcrJob:
+    """A decoded chunk's OCR frames, waiting for (or in) an OCR call."""
+
+    video_id: str
+    lo: int                       # the chunk's first clip: its place in the video
+    meta: OcrChunk
+    frames: Any                   # the handle of its OCR frames
+
+
+@dataclass(frozen=True)
+class _OcrCall:
+    pool: ClassVar[str] = "ocr"
+    job: _OcrJob
+    worker: int
+
+
+@dataclass(frozen=True)
 class _SubtitleCall:
     pool: ClassVar[str] = "decode"  # a video embedded earlier: its subtitles, on a decode worker
     video_id: str
@@ -339,7 +423,7 @@ class DecodeUnavailable(Exception):
     """``--decode gpu`` on a machine without a usable GPU decoder (one line: what is missing)."""
 
 
-_Call = _PlanCall | _DecodeCall | _EmbedCall | _GpuDecodeCall | _SpeechCall | _SubtitleCall
+_Call = _PlanCall | _DecodeCall | _EmbedCall | _GpuDecodeCall | _SpeechCall | _SubtitleCall | _OcrCall
 
 
 @dataclass
@@ -370,6 +454,17 @@ class _Video:
     visual_written: bool = False  # its clips and row were handed to the writer
     speech_deaths: int = 0        # speech worker deaths while transcribing it
     origin_s: float | None = None  # the clips' time zero (from the plan; None: read from the file)
+    # On-screen text: its decode pass hands out OCR candidates (ocr), or, embedded earlier, it
+    # gets a decode pass for them alone (ocr_pass, until that pass is over).
+    ocr: bool = False
+    ocr_pass: bool = False
+    ocr_parts: dict[int, tuple[OcrChunk, tuple[Any, ...]]] = field(default_factory=dict)  # chunk lo -> readings
+    ocr_chunks_decoded: int = 0   # chunks whose candidates came back from the decode worker
+    ocr_calls: int = 0            # of those, chunks waiting for (or in) an OCR call
+    ocr_error: tuple[str, str] | None = None   # (error_type, message): the stage failed
+    ocr_done: bool = False        # its screen outcome was made
+    ocr_work_s: float = 0.0       # OCR worker seconds on it
+    ocr_deaths: int = 0           # OCR worker deaths while reading its frames
 
 
 def _fault_spec(var: str = DECODE_FAULT_ENV) -> str | None:
@@ -395,6 +490,7 @@ def run_ingest(inputs: Sequence[str | bytes], library_root: str | os.PathLike[st
         ModelMismatch: the library holds another model's embeddings (and not ``new_index``).
         WeightsNotFoundError: the model's weights are not found (nothing is created).
         SpeechModelNotFoundError: ``--speech`` and the speech model is not found (nothing is created).
+        OcrModelNotFoundError: ``--ocr`` and rapidocr or its models are missing (nothing is created).
         LibraryLocked: another writer holds the library.
         LibraryError: the shard location is unusable (unreachable, no bucket, denied) or differs
             from the one the library was created with.
@@ -411,6 +507,11 @@ def run_ingest(inputs: Sequence[str | bytes], library_root: str | os.PathLike[st
     speech = _speech_cfg(library, opts)
     if speech is not None:
         _check_speech_model(speech, opts)
+    ocr = _ocr_cfg(library, opts)
+    if ocr is not None and not opts.ray_address:  # a cluster's nodes answer for themselves
+        from vidsearch.pipeline.ocr import check_ocr_models
+
+        check_ocr_models()
     if warning:
         _logger.warning("%s", warning)
         summary.warnings.append(warning)
@@ -419,7 +520,7 @@ def run_ingest(inputs: Sequence[str | bytes], library_root: str | os.PathLike[st
     try:
         with library.lock(break_lock=opts.break_lock):
             _ingest_locked(library, paths, cfg, opts, summary, progress, stop, model_name, checkpoint, pp, t_start,
-                           speech)
+                           speech, ocr)
     except BaseException:
         if created and not library.exists():
             # Failed before its first commit (e.g. weights that do not load): leave no empty library.
@@ -455,6 +556,26 @@ def _speech_cfg(library: Library, opts: IngestOptions) -> SpeechCfg | None:
                      device="cpu" if opts.device == "cpu" else "auto", cpu_threads=opts.speech_threads or 0)
 
 
+def _ocr_cfg(library: Library, opts: IngestOptions) -> OcrCfg | None:
+    """The OCR settings of this run (None without ``--ocr``).
+
+    The detector size: the one asked for, else the one the library's last ``--ocr`` run used
+    (from the run records, as the speech model), else :class:`OcrCfg`'s.
+    """
+    if not opts.ocr:
+        return None
+    det = opts.ocr_det_side
+    if det is None and library.exists():
+        for run in reversed(library.read_manifest().runs):
+            used = (run.get("settings") or {}).get("ocr_det_side")
+            if isinstance(used, int) and not isinstance(used, bool):
+                det = used
+                break
+    base = OcrCfg()
+    return replace(base, det_side=det or base.det_side, threads=opts.ocr_threads or 0,
+                   device="cpu" if opts.device == "cpu" else "auto")
+
+
 def _check_speech_model(speech: SpeechCfg, opts: IngestOptions) -> None:
     """The speech model's files, found before anything is created (as the weights are).
 
@@ -470,7 +591,8 @@ def _check_speech_model(speech: SpeechCfg, opts: IngestOptions) -> None:
 
 def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: IngestOptions,
                    summary: IngestSummary, progress: Progress, stop: threading.Event, model_name: str,
-                   checkpoint: str | None, pp: Any, t_start: float, speech: SpeechCfg | None = None) -> None:
+                   checkpoint: str | None, pp: Any, t_start: float, speech: SpeechCfg | None = None,
+                   ocr: OcrCfg | None = None) -> None:
     """:func:`run_ingest` once the writer lock is held."""
     run_id = summary.run_id
     # Before Ray, the model and any decoding: a bad shard location fails in a second.
@@ -499,13 +621,17 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
         from vidsearch.pipeline.local_runner import LocalBackend
 
         progress.say(f"starting {plural(n_decode, 'decode worker')}; loading model {model_name} ..."
-                     + (f" and speech model {speech.model} ..." if speech is not None else ""))
+                     + (f" and speech model {speech.model} ..." if speech is not None else "")
+                     + (" and OCR ..." if ocr is not None else ""))
         if speech is not None and not speech.cpu_threads:
             speech = replace(speech, cpu_threads=max(1, min(4, (os.cpu_count() or 2) // 2)))
+        if ocr is not None and not ocr.threads:
+            ocr = replace(ocr, threads=max(1, min(4, (os.cpu_count() or 2) // 2)))
         backend = LocalBackend(cfg, pp, embedder_kwargs, n_decode, _fault_spec(),
                                nvdec_sessions=opts.nvdec_sessions if gpu_decode else 0,
                                gpu_device="cpu" if nvdec_cpu else None, speech=speech,
-                               speech_fault=_fault_spec(SPEECH_FAULT_ENV))
+                               speech_fault=_fault_spec(SPEECH_FAULT_ENV), ocr=ocr,
+                               ocr_fault=_fault_spec(OCR_FAULT_ENV))
     else:
         from vidsearch.pipeline.ray_runner import RayBackend
 
@@ -513,7 +639,8 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
                              _fault_spec(), opts.ray_address, say=progress.say,
                              nvdec_sessions=opts.nvdec_sessions if gpu_decode else 0,
                              gpu_device="cpu" if nvdec_cpu else None, speech=speech,
-                             n_speech=opts.speech_workers, speech_fault=_fault_spec(SPEECH_FAULT_ENV))
+                             n_speech=opts.speech_workers, speech_fault=_fault_spec(SPEECH_FAULT_ENV),
+                             ocr=ocr, n_ocr=opts.ocr_workers, ocr_fault=_fault_spec(OCR_FAULT_ENV))
         t_model = time.monotonic()  # the embed actor has been loading it meanwhile
         progress.say(f"loading model {model_name} ...")
     summary.decode_nodes = len(set(getattr(backend, "nodes", ()))) or 1
@@ -525,6 +652,12 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
             summary.speech_model, summary.speech_device = speech_info["model_id"], speech_info["device"]
             progress.say(f"speech model {speech_info['model_id']} ready on {speech_info['device']} "
                          f"({speech_info['compute_type']}; {plural(backend.n_speech, 'worker')})")
+        ocr_info = backend.ocr_info()
+        if ocr_info is not None:
+            summary.screen_model, summary.screen_status_model = ocr_info["model_id"], ocr_info["status_model"]
+            summary.ocr_device, summary.ocr_workers = ocr_info["device"], backend.n_ocr
+            progress.say(f"OCR {ocr_info['model_id']} ready on {ocr_info['device']} "
+                         f"({plural(backend.n_ocr, 'worker')} of {plural(ocr_info['threads'] or 1, 'thread')})")
         gpu_caps = _gpu_decoders(backend, opts, summary, progress)
         if model.preprocess and tuple(model.preprocess.get("mean", ())) != tuple(pp.mean):
             _logger.warning("embedder preprocessing differs from the registry's")
@@ -532,6 +665,9 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
         if speech is not None:
             settings.update(speech_model=speech.model, speech_model_id=summary.speech_model,
                             speech_language=speech.language)
+        if ocr is not None:
+            settings.update(ocr_model_id=summary.screen_status_model, ocr_det_side=ocr.det_side,
+                            ocr_settings=ocr.settings())
         library.init(model, settings, allow_new_model=opts.new_index)
         writer = ShardWriter(library, model, run_id, cfg.shard_rows, cfg.commit_interval_s)
         started = utcnow()
@@ -547,12 +683,17 @@ def _ingest_locked(library: Library, paths: list[bytes], cfg: IngestCfg, opts: I
             selection = select_work(found.tasks, found.failures, *read_state(library), run_id=run_id,
                                     retry_failed=opts.retry_failed, max_attempts=opts.max_attempts,
                                     now=utcnow())
-            stages = {"speech": summary.speech_model} if speech is not None else {}
+            stages: dict[str, str | None] = {}
+            if speech is not None:
+                stages["speech"] = summary.speech_model
+            if ocr is not None:
+                stages["screen"] = summary.screen_status_model
+            redo = {k for k, asked in (("speech", opts.retranscribe), ("screen", opts.reocr)) if asked}
             text = select_text_work(selection, read_text_state(library), stages=stages,
-                                    redo_other_model=opts.retranscribe, retry_failed=opts.retry_failed,
+                                    redo_other_model=frozenset(redo), retry_failed=opts.retry_failed,
                                     max_attempts=opts.max_attempts)
             _note_other_models(text, summary)
-            _Driver(backend, writer, cfg, opts, summary, stop, progress, gpu_caps).run(selection, text)
+            _Driver(backend, writer, cfg, opts, summary, stop, progress, gpu_caps, ocr).run(selection, text)
             writer.flush()
         finally:
             if old_handler is not None:
@@ -582,6 +723,16 @@ def _note_other_models(text: TextSelection, summary: IngestSummary) -> None:
         models = ", ".join(f"{m} ({n})" for m, n in sorted(c.other_models.items()))
         line = (f"{plural(c.other_model, 'video')} keep transcripts of another speech model ({models}); "
                 f"pass --retranscribe to transcribe them again with {summary.speech_model}")
+        _logger.warning("%s", line)
+        summary.warnings.append(line)
+    o = text.of("screen")
+    summary.screen_done_before = o.done_before
+    summary.screen_other_settings = o.other_model
+    summary.screen_failed_before = o.failed_before
+    if o.other_model:
+        models = ", ".join(f"{m} ({n})" for m, n in sorted(o.other_models.items()))
+        line = (f"{plural(o.other_model, 'video')} keep screen text read with other OCR settings ({models}); "
+                f"pass --reocr to read them again with {summary.screen_status_model}")
         _logger.warning("%s", line)
         summary.warnings.append(line)
 
@@ -688,6 +839,12 @@ def _run_record(s: IngestSummary, started: dt.datetime, ended: dt.datetime | Non
                            "segments": s.speech_segments, "audio_s": round(s.speech_audio_s, 3),
                            "work_s": round(s.speech_work_s, 3),
                            "audio_h_per_h": round(s.speech_audio_h_per_h, 3)}} if s.speech_model else {}),
+            **({"ocr": {"model": s.screen_status_model, "device": s.ocr_device, "workers": s.ocr_workers,
+                        "videos": s.screen_videos, "none": s.screen_none, "failed": s.screen_failed,
+                        "rows": s.screen_rows, "candidates": s.ocr_candidates, "read": s.ocr_frames_read,
+                        "video_s": round(s.ocr_video_s, 3), "work_s": round(s.ocr_work_s, 3),
+                        "decode_s": round(s.ocr_decode_s, 3), "frames_per_s": round(s.ocr_frames_per_s, 3),
+                        "video_h_per_h": round(s.ocr_video_h_per_h, 3)}} if s.screen_model else {}),
             "subtitles": {"videos": s.subtitle_videos, "segments": s.subtitle_segments}}
 
 
@@ -704,13 +861,29 @@ def _update_index(library: Library) -> str:
     return f"{r.action} {r.factory}: {plural(r.vectors, 'vector')}{words}"
 
 
+def _chunk_jobs(video_id: str, clips: Sequence[ClipSpan], step: int, ocr: bool) -> list[_ChunkJob]:
+    """A video's decode chunks: ``step`` clips each; with OCR also at most ``OCR_CHUNK_S`` seconds
+    of video (at least one clip), since the chunk's OCR frames travel with it."""
+    from vidsearch.pipeline.ocr import OCR_CHUNK_S
+
+    jobs, lo, n = [], 0, len(clips)
+    while lo < n:
+        hi = min(n, lo + step)
+        while ocr and hi - lo > 1 and clips[hi - 1].end_s - clips[lo].start_s > OCR_CHUNK_S:
+            hi -= 1
+        jobs.append(_ChunkJob(video_id, lo, hi))
+        lo = hi
+    return jobs
+
+
 class _Driver:
     """The scheduling loop (module docstring)."""
 
     def __init__(self, backend: Backend, writer: ShardWriter, cfg: IngestCfg, opts: IngestOptions,
                  summary: IngestSummary, stop: threading.Event, progress: Progress,
-                 gpu_caps: list[Any] | None = None) -> None:
+                 gpu_caps: list[Any] | None = None, ocr: OcrCfg | None = None) -> None:
         self.backend, self.writer, self.cfg, self.opts = backend, writer, cfg, opts
+        self.ocr_cfg = ocr
         # GPU decode (issue 13): per embed worker, its NVDEC capabilities (None: none) and sessions.
         self.gpu_caps: list[Any] = list(gpu_caps or [None] * backend.n_embed)
         n_sessions = backend.gpu_sessions() if any(c is not None for c in self.gpu_caps) else 0
@@ -736,7 +909,13 @@ class _Driver:
         self.speech_queue: collections.deque[str] = collections.deque()
         self.subtitle_jobs: collections.deque[str] = collections.deque()
         self.held: collections.OrderedDict[str, PendingVideo] = collections.OrderedDict()
-        self.held_max = _HELD_MAX * max(1, backend.n_speech)
+        self.held_max = _HELD_MAX * max(1, backend.n_speech + backend.n_ocr)
+        # OCR: chunks' frames waiting for an OCR worker, and how many frames they hold.
+        self.ocr_load = [0] * backend.n_ocr
+        self.ocr_queue: collections.deque[_OcrJob] = collections.deque()
+        self.ocr_waiting = 0
+        self.ocr_soft = _OCR_FRAMES_PER_WORKER * max(1, backend.n_ocr)
+        self.ocr_read = 0             # frames read so far (progress)
         self.pending_clips = 0
         self.max_pending_clips = max(4 * cfg.batch_size * backend.n_embed,
                                      2 * opts.decode_chunk_clips * (backend.n_decode + sum(self.gpu_sessions)))
@@ -760,7 +939,9 @@ class _Driver:
 
     def _run(self, selection: Selection, text: TextSelection) -> None:
         self._take(selection, text)
-        queue = collections.deque(t.task for t in selection.todo)
+        # Videos embedded earlier that get an OCR-only decode pass are planned after the new ones.
+        queue = collections.deque([*(t.task for t in selection.todo),
+                                   *(v.task for v in self.videos.values() if v.ocr_pass)])
         n_text = sum(1 for v in self.videos.values() if v.text_only)
         self.total = len(queue) + n_text
         c = selection.counts
@@ -776,7 +957,7 @@ class _Driver:
                 self._schedule(queue)
                 if not self.inflight:
                     if (queue or any(self.chunk_jobs) or self.embed_ready or self._gpu_jobs_left()
-                            or self.speech_queue or self.subtitle_jobs):
+                            or self.speech_queue or self.subtitle_jobs or self.ocr_queue):
                         continue
                     break
                 for h in self.backend.wait(list(self.inflight), timeout=0.5):
@@ -793,7 +974,8 @@ class _Driver:
 
     def _text_only_what(self) -> str:
         kinds = {k for v in self.videos.values() if v.text_only for k in v.text_want}
-        return " and ".join(x for k, x in (("speech", "speech"), ("subtitle", "subtitles")) if k in kinds) + " only"
+        return " and ".join(x for k, x in (("speech", "speech"), ("subtitle", "subtitles"),
+                                           ("screen", "on-screen text")) if k in kinds) + " only"
 
     def _take(self, sel: Selection, text: TextSelection) -> None:
         """Adopt the resume selection: its counts, its rows, its work (text stages included)."""
@@ -811,15 +993,18 @@ class _Driver:
             else:
                 self.writer.add(PendingVideo(row=row))
         for todo in sel.todo:
+            want = dict(text.work.get(todo.task.video_id, {}))
             self.videos[todo.task.video_id] = _Video(
                 task=todo.task, worker=0, extra_rows=[todo.replaces] if todo.replaces else [],
-                text_want=dict(text.work.get(todo.task.video_id, {})))
+                text_want=want, ocr="screen" in want)
         for t in sel.searchable:
-            want = text.work.get(t.video_id)
-            if not want or t.video_id in self.videos:
+            got = text.work.get(t.video_id)
+            if not got or t.video_id in self.videos:
                 continue
-            self.videos[t.video_id] = _Video(task=t, worker=0, text_want=dict(want), text_only=True, settled=True)
-            if "subtitle" in want:
+            want = dict(got)
+            self.videos[t.video_id] = _Video(task=t, worker=0, text_want=want, text_only=True, settled=True,
+                                             ocr_pass="screen" in want)
+            if "subtitle" in want and "screen" not in want:  # an OCR pass's plan reads them
                 self.subtitle_jobs.append(t.video_id)
             if "speech" in want:
                 self.speech_queue.append(t.video_id)
@@ -838,7 +1023,8 @@ class _Driver:
 
     def _load(self, pool: str) -> list[int]:
         """Calls in flight per worker of ``pool``."""
-        return {"decode": self.decode_load, "gpu": self.gpu_load, "speech": self.speech_load}.get(pool, self.embed_load)
+        return {"decode": self.decode_load, "gpu": self.gpu_load, "speech": self.speech_load,
+                "ocr": self.ocr_load}.get(pool, self.embed_load)
 
     def _schedule_speech(self) -> None:
         """Speech calls: at most ``_SPEECH_PER_WORKER`` per worker, videos in the order they came."""
@@ -851,11 +1037,28 @@ class _Driver:
                     continue
                 self._track(self.backend.submit_speech(w, v.task, v.origin_s), _SpeechCall(v.task.video_id, w))
 
+    def _schedule_ocr(self) -> None:
+        """OCR calls: at most ``_OCR_PER_WORKER`` per worker, chunks in the order they were decoded."""
+        if not self.ocr_queue:
+            return
+        for w in sorted(self._live("ocr", self.backend.n_ocr), key=lambda i: self.ocr_load[i]):
+            while self.ocr_queue and self.ocr_load[w] < _OCR_PER_WORKER:
+                job = self.ocr_queue.popleft()
+                v = self.videos[job.video_id]
+                if v.dropped or v.ocr_error is not None:  # nothing of its reading will be used
+                    self._ocr_resolved(v, job, ())
+                    continue
+                self._track(self.backend.submit_ocr(w, v.task, job.frames), _OcrCall(job, w))
+
+    def _ocr_backlogged(self, hard: bool = False) -> bool:
+        """Too many OCR frames wait: no new video starts (``hard``: no chunk of an OCR video is decoded)."""
+        return bool(self.backend.n_ocr) and self.ocr_waiting >= self.ocr_soft * (2 if hard else 1)
+
     def _submit_plan(self, w: int, video_id: str) -> None:
         v = self.videos[video_id]
         v.worker = w
         self.plans_inflight += 1
-        self._track(self.backend.submit_plan(w, v.task), _PlanCall(video_id, w))
+        self._track(self.backend.submit_plan(w, v.task, ocr=v.ocr, ocr_only=v.ocr_pass), _PlanCall(video_id, w))
 
     def _submit_gpu(self, e: int, v: _Video, job: _ChunkJob) -> None:
         assert v.plan is not None
@@ -884,7 +1087,7 @@ class _Driver:
         need = gpu_room([len(x) for x in self.gpu_videos], self.gpu_sessions) - self.plans_inflight
         live = self._live("decode", self.backend.n_decode)
         for w in sorted(live, key=lambda i: self.decode_load[i]):
-            if need <= 0 or not queue:
+            if need <= 0 or not queue or self._ocr_backlogged():
                 break
             if self.decode_load[w] < _PER_WORKER:
                 self._submit_plan(w, queue.popleft().video_id)
@@ -893,8 +1096,9 @@ class _Driver:
     def _submit_decode(self, w: int, job: _ChunkJob) -> None:
         v = self.videos[job.video_id]
         assert v.plan is not None  # chunk jobs exist only once the plan came back
-        meta, frames = self.backend.submit_decode(w, ChunkRequest(v.task, job.lo, job.hi, len(v.plan.clips)))
-        self._track(meta, _DecodeCall(job, w, frames))
+        request = ChunkRequest(v.task, job.lo, job.hi, len(v.plan.clips), ocr=v.ocr or v.ocr_pass, ocr_only=v.ocr_pass)
+        meta, frames, ocr_frames = self.backend.submit_decode(w, request)
+        self._track(meta, _DecodeCall(job, w, frames, ocr_frames))
 
     def _submit_embed(self, e: int, batch: tuple[_Decoded, ...], deaths: int = 0) -> None:
         h = self.backend.submit_embed(e, [d.frames for d in batch])
@@ -905,19 +1109,24 @@ class _Driver:
             self._schedule_gpu(queue)
         for w in sorted(self._live("decode", self.backend.n_decode), key=lambda i: self.decode_load[i]):
             while self.decode_load[w] < _PER_WORKER:
-                if self.chunk_jobs[w] and self.pending_clips < self.max_pending_clips:
+                head = self.videos[self.chunk_jobs[w][0].video_id] if self.chunk_jobs[w] else None
+                if (head is not None and self.pending_clips < self.max_pending_clips
+                        and not ((head.ocr or head.ocr_pass) and self._ocr_backlogged(hard=True))):
                     job = self.chunk_jobs[w].popleft()
-                    if self.videos[job.video_id].settled:
+                    if head.settled and not head.ocr_pass:
                         continue
+                    if head.ocr_pass and head.ocr_error is not None:
+                        continue  # its OCR-only pass failed: nothing more to decode
                     self._submit_decode(w, job)
                 elif self.subtitle_jobs:  # milliseconds each: before new plans
                     vid = self.subtitle_jobs.popleft()
                     self._track(self.backend.submit_subtitles(w, self.videos[vid].task), _SubtitleCall(vid, w))
-                elif queue and not self.chunk_jobs[w]:
+                elif queue and not self.chunk_jobs[w] and not self._ocr_backlogged():
                     self._submit_plan(w, queue.popleft().video_id)
                 else:
                     break
         self._schedule_speech()
+        self._schedule_ocr()
         decoding = (any(c.pool in ("decode", "gpu") for c in self.inflight.values()) or any(self.chunk_jobs)
                     or self._gpu_jobs_left())
         for e in sorted(self._live("embed", self.backend.n_embed), key=lambda i: self.embed_load[i]):
@@ -971,17 +1180,24 @@ class _Driver:
             if isinstance(out, VideoError):  # the decode child crashed or hung on the file
                 out = failed_outcome(call.video_id, "subtitle", out.error_type, out.message)
             self._on_text(self.videos[call.video_id], out)
+        elif isinstance(call, _OcrCall):
+            self._on_ocr(call, out)
         else:
             self._on_embedded(call, out)
 
     def _on_plan(self, v: _Video, out: VideoPlan | VideoError) -> None:
         if isinstance(out, VideoError):
-            self._fail(v, out)
+            self._fail_any(v, out)
             return
         for t in out.text:  # subtitles read while planning
             if t.kind in v.text_want:
                 v.text[t.kind] = t
         out = replace(out, text=())
+        if v.ocr_pass:  # embedded earlier: a decode pass for OCR only, one window per chunk
+            v.plan = out
+            v.chunks_total = len(out.clips)
+            self.chunk_jobs[v.worker].extend(_ChunkJob(v.task.video_id, i, i + 1) for i in range(len(out.clips)))
+            return
         v.origin_s = out.probe.origin_s
         if "speech" in v.text_want and "speech" not in v.text:
             if out.probe.audio_streams == 0:
@@ -993,8 +1209,7 @@ class _Driver:
         self.planned += 1
         self.clips_planned += n
         self.clips_left += n
-        step = max(1, self.opts.decode_chunk_clips)
-        jobs = [_ChunkJob(v.task.video_id, lo, min(n, lo + step)) for lo in range(0, n, step)]
+        jobs = _chunk_jobs(v.task.video_id, out.clips, max(1, self.opts.decode_chunk_clips), v.ocr)
         v.chunks_total = len(jobs)
         e = self._gpu_side(v, out)
         if e is None:
@@ -1006,8 +1221,9 @@ class _Driver:
             self.summary.gpu_videos += 1
 
     def _gpu_side(self, v: _Video, plan: VideoPlan) -> int | None:
-        """The embed worker whose GPU decodes this video, or None for the CPU path."""
-        if not any(self.gpu_sessions):
+        """The embed worker whose GPU decodes this video, or None for the CPU path (always for a
+        video with OCR: the GPU decoder hands out no OCR candidates)."""
+        if not any(self.gpu_sessions) or v.ocr:
             return None
         if self.opts.decode == "auto" and not worth_gpu(plan.probe.coded_width, plan.probe.coded_height,
                                                         self.cfg.gpu_decode_min_pixels):
@@ -1071,11 +1287,19 @@ class _Driver:
 
     def _on_decoded(self, call: _DecodeCall, out: FramesChunk | VideoError) -> None:
         v = self.videos[call.job.video_id]
+        if v.ocr_pass:
+            if isinstance(out, VideoError):
+                self._text_pass_failed(v, out)
+            elif v.ocr_error is None:
+                self._take_ocr(v, call.job.lo, out, call.ocr_frames)
+            return
         if v.settled:
             return
         if isinstance(out, VideoError):
             self._fail(v, out)
             return
+        if v.ocr:
+            self._take_ocr(v, call.job.lo, out, call.ocr_frames)
         self._take_chunk(v, out, call.frames)
 
     def _take_chunk(self, v: _Video, out: FramesChunk, frames: Any, owner: int | None = None) -> None:
@@ -1166,6 +1390,9 @@ class _Driver:
         if isinstance(call, (_SpeechCall, _SubtitleCall)):
             self._text_worker_lost(call, running, lost)
             return
+        if isinstance(call, _OcrCall):
+            self._ocr_worker_lost(call, running, lost)
+            return
         if isinstance(call, _EmbedCall):
             deaths = call.deaths + running
             if deaths >= _WORKER_DEATHS_MAX:
@@ -1181,13 +1408,13 @@ class _Driver:
             self._submit_embed(target, call.batch, deaths)
             return
         v = self.videos[call.job.video_id if isinstance(call, _DecodeCall) else call.video_id]
-        if v.settled:
+        if v.settled and not v.ocr_pass:
             return
         v.worker_deaths += running
         if v.worker_deaths >= _WORKER_DEATHS_MAX:
-            self._fail(v, VideoError("WorkerKilled", "probe" if isinstance(call, _PlanCall) else "decode",
-                                     f"the decode worker died {v.worker_deaths} times while handling this video "
-                                     f"(killed, e.g. out of memory); last: {str(lost)[:150]}"))
+            self._fail_any(v, VideoError("WorkerKilled", "probe" if isinstance(call, _PlanCall) else "decode",
+                                         f"the decode worker died {v.worker_deaths} times while handling this video "
+                                         f"(killed, e.g. out of memory); last: {str(lost)[:150]}"))
             return
         _logger.warning("decode worker %d died (%s); retrying %s", worker, str(lost)[:150], v.task.display_path)
         w = v.worker if ("decode", v.worker) not in self.dead else self._live("decode", self.backend.n_decode)[0]
@@ -1273,6 +1500,91 @@ class _Driver:
         self._advance(v)
         v.embeddings.clear()
 
+    # ---- on-screen text ------------------------------------------------------------------------
+    def _take_ocr(self, v: _Video, lo: int, out: FramesChunk, frames: Any) -> None:
+        """A decoded chunk's OCR candidates: to an OCR worker when it has frames to read."""
+        meta = out.ocr if out.ocr is not None else OcrChunk((), "")
+        v.ocr_chunks_decoded += 1
+        self.summary.ocr_candidates += len(meta.times)
+        self.summary.ocr_decode_s += meta.gate_s + meta.convert_s
+        if meta.error is not None and v.ocr_error is None:
+            v.ocr_error = ("OcrDecodeError", meta.error)
+        v.ocr_calls += 1
+        job = _OcrJob(v.task.video_id, lo, meta, frames)
+        if meta.n_read and v.ocr_error is None:
+            self.ocr_queue.append(job)
+            self.ocr_waiting += meta.n_read
+            self.summary.ocr_waiting_peak = max(self.summary.ocr_waiting_peak, self.ocr_waiting)
+        else:
+            self._ocr_resolved(v, job, (), queued=False)
+
+    def _ocr_resolved(self, v: _Video, job: _OcrJob, boxes: tuple[Any, ...], queued: bool = True) -> None:
+        """A chunk's readings are in (``boxes``: the lines of each frame read)."""
+        if queued:
+            self.ocr_waiting -= job.meta.n_read
+        v.ocr_calls -= 1
+        if not v.ocr_done:
+            v.ocr_parts[job.lo] = (job.meta, boxes)
+        self._settle_ocr(v)
+
+    def _settle_ocr(self, v: _Video) -> None:
+        """The video's screen text, once every chunk is decoded and read (or, after an error, once
+        no OCR call of it is pending: the rest of its chunks are not read)."""
+        if v.dropped or v.ocr_done or v.ocr_calls or v.plan is None:
+            return
+        if v.ocr_error is None and v.ocr_chunks_decoded < v.chunks_total:
+            return
+        v.ocr_done = True
+        plan = v.plan
+        if v.ocr_error is not None:
+            etype, msg = v.ocr_error
+            out = failed_outcome(v.task.video_id, "screen", etype, msg, self.summary.screen_status_model)
+            out = replace(out, work_s=v.ocr_work_s)
+        else:
+            assert self.ocr_cfg is not None
+            parts = [v.ocr_parts[k] for k in sorted(v.ocr_parts)]
+            out = screen_outcome(v.task.video_id, parts, self.ocr_cfg, model_id=self.summary.screen_model,
+                                 status_model=self.summary.screen_status_model, duration_s=plan.probe.duration_s,
+                                 work_s=v.ocr_work_s)
+        v.ocr_parts.clear()
+        v.ocr_pass = False
+        self._on_text(v, out)
+
+    def _on_ocr(self, call: _OcrCall, out: OcrRead) -> None:
+        job = call.job
+        v = self.videos[job.video_id]
+        v.ocr_work_s += out.work_s
+        self.summary.ocr_work_s += out.work_s
+        if out.error_type is None:
+            self.summary.ocr_frames_read += len(out.boxes)
+            self.ocr_read += len(out.boxes)
+        elif v.ocr_error is None:
+            v.ocr_error = (out.error_type, out.error_message or "text recognition failed")
+        self._ocr_resolved(v, job, out.boxes)
+
+    def _text_pass_failed(self, v: _Video, err: VideoError) -> None:
+        """The OCR-only decode pass of a video embedded earlier failed (the file is unreadable now,
+        the decoder crashed...): its text stages fail, the video and its clips stay."""
+        if not v.ocr_pass:
+            return
+        v.ocr_pass = False
+        vid = v.task.video_id
+        self.chunk_jobs[v.worker] = collections.deque(j for j in self.chunk_jobs[v.worker] if j.video_id != vid)
+        msg = f"decoding its frames for OCR failed ({err.error_type}: {err.message})"
+        v.ocr_error = ("OcrDecodeError", msg)
+        v.ocr_done = True
+        if "subtitle" in v.text_want and "subtitle" not in v.text:  # its subtitles were to come with the plan
+            self._on_text(v, failed_outcome(vid, "subtitle", err.error_type, err.message))
+        out = failed_outcome(vid, "screen", "OcrDecodeError", msg, self.summary.screen_status_model)
+        self._on_text(v, replace(out, work_s=v.ocr_work_s))
+
+    def _fail_any(self, v: _Video, err: VideoError) -> None:
+        """A decode worker's error on ``v``: the video fails, or, for an OCR-only pass, its text stages."""
+        if v.text_only:
+            self._text_pass_failed(v, err)
+        else:
+            self._fail(v, err)
+
     # ---- text stages -------------------------------------------------------------------------
     @staticmethod
     def _text_missing(v: _Video) -> bool:
@@ -1306,8 +1618,10 @@ class _Driver:
         the next run transcribes them: the video is done and has no speech status)."""
         while len(self.held) > limit:
             vid, pending = self.held.popitem(last=False)
-            self.summary.speech_held_out += 1
-            self._commit(self.videos[vid], pending)
+            v = self.videos[vid]
+            self.summary.speech_held_out += "speech" in v.text_want and "speech" not in v.text
+            self.summary.screen_held_out += "screen" in v.text_want and "screen" not in v.text
+            self._commit(v, pending)
 
     def _commit(self, v: _Video, pending: PendingVideo) -> None:
         """Hand ``pending`` to the writer with every text outcome of ``v`` not written yet."""
@@ -1329,11 +1643,14 @@ class _Driver:
         if out.status == TEXT_FAILED:
             if out.kind == "speech":
                 s.speech_failed += 1
+            elif out.kind == "screen":
+                s.screen_failed += 1
             msg = f"{v.task.display_path!r}: {out.error_message}"
+            stage = KIND_STAGE.get(out.kind, out.kind)
             if len(s.failures) < 1000:
-                s.failures.append({"path": v.task.display_path, "stage": out.kind,
+                s.failures.append({"path": v.task.display_path, "stage": stage,
                                    "error_type": out.error_type, "error_message": msg})
-            _logger.warning("%s failed (the clips stay): %s", out.kind, msg)
+            _logger.warning("%s failed (the clips stay): %s", stage, msg)
         elif out.kind == "subtitle" and out.status == TEXT_OK:
             s.subtitle_videos += 1
             s.subtitle_segments += len(out.rows)
@@ -1342,6 +1659,11 @@ class _Driver:
             s.speech_silent += out.status == TEXT_SILENT
             s.speech_no_audio += out.status == TEXT_NO_AUDIO
             s.speech_segments += len(out.rows)
+        elif out.kind == "screen":
+            s.screen_videos += out.status == TEXT_OK
+            s.screen_none += out.status == TEXT_NONE
+            s.screen_rows += len(out.rows)
+            s.ocr_video_s += out.media_s or 0.0
         if out.kind == "speech":
             s.speech_audio_s += out.media_s or 0.0
             s.speech_work_s += out.work_s or 0.0
@@ -1368,6 +1690,22 @@ class _Driver:
             self._track(self.backend.submit_speech(w, v.task, v.origin_s), _SpeechCall(v.task.video_id, w))
         else:
             self._track(self.backend.submit_subtitles(w, v.task), _SubtitleCall(v.task.video_id, w))
+
+    def _ocr_worker_lost(self, call: _OcrCall, running: bool, lost: WorkerLost) -> None:
+        """An OCR worker died under this call: read the chunk again on a live worker (its frames are
+        still in the object store), or after repeated deaths fail the video's OCR (the clips stay)."""
+        job = call.job
+        v = self.videos[job.video_id]
+        v.ocr_deaths += running
+        if v.dropped or v.ocr_error is not None or v.ocr_deaths >= _WORKER_DEATHS_MAX:
+            if not v.dropped and v.ocr_error is None:
+                v.ocr_error = ("WorkerKilled", f"the ocr worker died {v.ocr_deaths} times on this video (killed, "
+                                               f"e.g. out of memory); last: {str(lost)[:150]}")
+            self._ocr_resolved(v, job, ())
+            return
+        _logger.warning("ocr worker %d died (%s); retrying %s", call.worker, str(lost)[:150], v.task.display_path)
+        w = call.worker if ("ocr", call.worker) not in self.dead else self._live("ocr", self.backend.n_ocr)[0]
+        self._track(self.backend.submit_ocr(w, v.task, job.frames), _OcrCall(job, w))
 
     @staticmethod
     def _changed(task: VideoTask) -> bool:
@@ -1397,7 +1735,8 @@ class _Driver:
         self.progress.update(Snapshot(
             videos_settled=min(self.settled, self.total), videos_total=self.total, clips=self.clips_embedded,
             failed=self.summary.videos_failed + self.summary.videos_partial, elapsed_s=elapsed,
-            eta_s=self._eta(elapsed), speech_audio_s=self.speech_audio_s if self.backend.n_speech else None))
+            eta_s=self._eta(elapsed), speech_audio_s=self.speech_audio_s if self.backend.n_speech else None,
+            ocr_read=self.ocr_read if self.backend.n_ocr else None, ocr_waiting=self.ocr_waiting))
 
     def _eta(self, elapsed: float) -> float | None:
         """Seconds left at the clip rate so far: clips of planned videos not embedded yet, plus

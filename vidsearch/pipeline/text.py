@@ -1,4 +1,5 @@
-"""Text stages of ingest: subtitles (always) and speech (``--speech``) -> :class:`TextOutcome` per video.
+"""Text stages of ingest: subtitles (always), speech (``--speech``) and on-screen text (``--ocr``)
+-> :class:`TextOutcome` per video.
 
 Units that the executors run (no Ray here):
 
@@ -8,6 +9,10 @@ Units that the executors run (no Ray here):
 * :class:`SpeechWorker`: one :class:`~vidsearch.pipeline.speech.Transcriber` (model loaded once)
   behind the stage contract ``setup()`` / ``process()`` / ``close()``; a per-video speech error
   becomes a ``failed`` outcome (a failure of the speech stage only), never an exception;
+* :class:`ScreenWorker`: one :class:`~vidsearch.pipeline.ocr.ScreenReader` (models loaded once)
+  reading the frames the decode pass handed out for a video (:class:`OcrRead`: the lines of each
+  frame, or the error as data); :func:`screen_outcome` merges a video's readings, chunk by chunk
+  in time order, into ``screen_text`` rows;
 * :func:`status_row`: the ``text_status`` row of an outcome (the resume state of text stages).
 
 Outcomes travel to the driver, which commits them with the video's clips (or alone, for a
@@ -19,10 +24,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from vidsearch.pipeline.faults import SpeechFaults
-from vidsearch.pipeline.types import TextOutcome, VideoTask
+from vidsearch.pipeline.types import OcrChunk, TextOutcome, VideoTask
+from vidsearch.schemas.ocr_config import OcrCfg
 from vidsearch.schemas.speech_config import SpeechCfg
 from vidsearch.schemas.text_tables import (
     TEXT_FAILED,
@@ -31,6 +39,9 @@ from vidsearch.schemas.text_tables import (
     TEXT_OK,
     TEXT_SILENT,
 )
+
+if TYPE_CHECKING:
+    from vidsearch.pipeline.ocr import TextBox
 
 _logger = logging.getLogger(__name__)
 
@@ -116,6 +127,92 @@ class SpeechWorker:
 
     def close(self) -> None:
         self.transcriber.close()
+
+
+@dataclass(frozen=True)
+class OcrRead:
+    """What an OCR worker read in one chunk's frames (errors as data)."""
+
+    boxes: tuple[tuple[TextBox, ...], ...] = ()   # the lines of each frame read, in order
+    work_s: float = 0.0                           # seconds the worker spent on them
+    error_type: str | None = None                 # OcrError: the engine failed on a frame
+    error_message: str | None = None
+
+
+class ScreenWorker:
+    """OCR of the frames a video's decode pass handed out, in one worker (a Ray actor or a thread
+    of the local run); frames come in chunks, in any order across videos.
+
+    Args:
+        cfg: OCR settings (detector size, confidence floor, threads, device).
+        fault: the test hook's spec (:data:`vidsearch.pipeline.faults.OCR_FAULT_ENV`).
+    """
+
+    def __init__(self, cfg: OcrCfg, fault: str | None = None) -> None:
+        from vidsearch.pipeline.ocr import ScreenReader
+
+        self.cfg = cfg
+        self.reader = ScreenReader(cfg)
+        self.faults = SpeechFaults(fault, kind="ocr")
+
+    def setup(self) -> None:
+        """Load the models. Raises OcrModelNotFoundError, OcrDeviceError."""
+        self.reader.setup()
+
+    def info(self) -> dict[str, Any]:
+        """The loaded engine: ``model_id`` (``screen_text.model``), ``status_model`` (with the
+        settings hash: what resume compares), device and threads."""
+        from vidsearch.pipeline.ocr import status_model_id
+
+        self.setup()
+        return {"model_id": self.reader.model_id, "status_model": status_model_id(self.reader.model_id, self.cfg),
+                "device": self.reader.device, "threads": self.cfg.threads}
+
+    def process(self, task: VideoTask, frames: Any) -> OcrRead:
+        """Read each of ``frames`` (uint8 (n, H, W, 3) RGB): their lines, or the error (never raises)."""
+        import numpy as np
+
+        from vidsearch.pipeline.ocr import OcrError
+
+        self.setup()
+        t0 = time.perf_counter()
+        try:
+            if self.faults.before_video(task.display_path):
+                raise OcrError("OcrError", "text recognition failed (test hook)")
+            out = tuple(tuple(self.reader.read(f)) for f in np.asarray(frames))
+        except OcrError as e:
+            return OcrRead(work_s=time.perf_counter() - t0, error_type=e.error_type, error_message=e.message)
+        except Exception as e:  # noqa: BLE001 - one video's unexpected error must stay that video's
+            _logger.warning("ocr: %s: %s", task.display_path, e, exc_info=True)
+            return OcrRead(work_s=time.perf_counter() - t0, error_type="OcrError",
+                           error_message=f"text recognition failed ({type(e).__name__}: {str(e)[:200]})")
+        return OcrRead(out, work_s=time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def screen_outcome(video_id: str, parts: Sequence[tuple[OcrChunk, Sequence[Sequence[TextBox]]]], cfg: OcrCfg, *,
+                   model_id: str | None, status_model: str | None, duration_s: float | None,
+                   work_s: float = 0.0) -> TextOutcome:
+    """A video's ``screen`` outcome from its chunks' candidates and readings, in time order:
+    ``ok`` with ``screen_text`` rows, or ``none`` (no text on screen; done all the same)."""
+    from vidsearch.pipeline.ocr import FrameText, merge_screen_text
+
+    texts: list[FrameText] = []
+    n = {"o": 0, "s": 0, "k": 0}
+    for meta, boxes in parts:
+        read = iter(boxes)
+        for t, d in zip(meta.times, meta.decisions, strict=True):
+            n[d] += 1
+            if d == "o":
+                texts.append(FrameText(t, tuple(next(read))))
+            elif d == "s":
+                texts.append(FrameText(t, None))
+    rows = merge_screen_text(video_id, texts, cfg=cfg, duration_s=duration_s, model=model_id)
+    notes = f"{sum(n.values())} candidates: {n['o']} read, {n['s']} unchanged, {n['k']} changed too soon"
+    return TextOutcome(video_id=video_id, kind="screen", status=TEXT_OK if rows else TEXT_NONE, rows=tuple(rows),
+                       model=status_model, media_s=duration_s, work_s=work_s, notes=notes)
 
 
 def status_row(outcome: TextOutcome, *, path: str, attempts: int, run_id: str,

@@ -173,6 +173,25 @@ class TextOutcome:
 
 
 @dataclass(frozen=True)
+class OcrPlan:
+    """The OCR candidate frames of one video (``ingest --ocr``, issue 15): the frame nearest each
+    ``OcrCfg.interval_s`` of the clips' timeline (:func:`vidsearch.pipeline.ocr.ocr_sample_indices`).
+
+    The decode worker keeps the indices and times with its plan; the driver's copy carries only
+    their count (one int and one float per half second is ~100 KB per hour of video).
+    """
+
+    count: int                    # candidates
+    size: tuple[int, int]         # (width, height) of the OCR frames, as displayed (rotation applied)
+    indices: tuple[int, ...] = ()  # frame indices, ascending (empty in the driver's copy)
+    times: tuple[float, ...] = ()  # their times (s, 0 = the first frame)
+
+    def summary(self) -> OcrPlan:
+        """This plan without the per-candidate lists (what travels to the driver)."""
+        return OcrPlan(self.count, self.size)
+
+
+@dataclass(frozen=True)
 class VideoPlan:
     """Probe + segmentation result of one video: what the decoder must produce."""
 
@@ -183,6 +202,11 @@ class VideoPlan:
     # The subtitles read while planning (cheapest there: the file is open in the decode worker).
     # The driver takes them out of the plan it keeps, which travels back to GPU decode calls.
     text: tuple[TextOutcome, ...] = ()
+    # OCR candidates (None: no --ocr for this video). An OCR-only plan (a video embedded by an
+    # earlier run) has fixed windows of ``OCR_ONLY_WINDOW_S`` as its clips: a time partition of
+    # the decode pass into chunks, never embedded.
+    ocr: OcrPlan | None = None
+    ocr_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,6 +223,34 @@ class ChunkRequest:
     lo: int
     hi: int
     n_clips: int                  # len(plan.clips) of the driver's plan
+    # The worker's plan (made again if it lacks one) has OCR candidates; ocr_only: a decode pass
+    # for OCR alone (no clip frames, no embedding: a video embedded by an earlier run).
+    ocr: bool = False
+    ocr_only: bool = False
+
+
+# One letter per OCR candidate: read by OCR ("o"), the same picture as the last read ("s"),
+# changed but read too recently ("k": skipped). ChangeGate's decisions, compact for the driver.
+OCR_DECISION_CODES = {"ocr": "o", "same": "s", "skip": "k"}
+
+
+@dataclass(frozen=True)
+class OcrChunk:
+    """The OCR candidates that one decode chunk handed out (decode worker -> driver).
+
+    The frames to read travel apart (``FramesChunk.ocr_frames``: uint8 (n_read, H, W, 3) at the
+    OCR size), straight to an OCR worker; this small part tells the driver what they are.
+    """
+
+    times: tuple[float, ...]      # candidate times (s), ascending
+    decisions: str                # one OCR_DECISION_CODES letter per candidate
+    gate_s: float = 0.0           # decode-process seconds in the change check (grey copy + compare)
+    convert_s: float = 0.0        # decode-process seconds converting the frames to read to RGB
+    error: str | None = None      # the candidates could not be made (the rest of the video has none)
+
+    @property
+    def n_read(self) -> int:
+        return self.decisions.count("o")
 
 
 @dataclass
@@ -218,6 +270,8 @@ class FramesChunk:
     truncated: bool = False       # the decoder stopped early (coverage < 1 for this video)
     decoder: str = "decord"
     error: str | None = None      # why the decoder stopped early
+    ocr: OcrChunk | None = None   # the chunk's OCR candidates (--ocr)
+    ocr_frames: object = None     # uint8 (n_read, H, W, 3) RGB frames to read, or None
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,16 @@ The defaults come from measurements on this project's test frames (``bench/ocr_r
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+# The fields that change what a video's screen_text rows are (not where or how fast they are
+# computed): their hash is part of the OCR status's model id, so resume knows which videos were
+# read with other settings (kept, unless `ingest --reocr`).
+ROW_FIELDS = ("interval_s", "min_ocr_interval_s", "refresh_s", "long_side", "det_side", "use_cls",
+              "min_confidence", "change_tile", "change_threshold", "merge_similarity", "max_gap_s")
 
 
 @dataclass(frozen=True)
@@ -82,3 +90,12 @@ class OcrCfg:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def settings(self) -> dict[str, Any]:
+        """The fields that change the rows (:data:`ROW_FIELDS`), as recorded in a run's settings."""
+        return {k: getattr(self, k) for k in ROW_FIELDS}
+
+    def fingerprint(self) -> str:
+        """8 hex digits of SHA-256 over :meth:`settings` (device and threads do not count)."""
+        blob = json.dumps(self.settings(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:8]

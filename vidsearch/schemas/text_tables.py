@@ -105,6 +105,11 @@ KEYWORD_DOC_SCHEMA = pa.schema(
 TEXT_KINDS: tuple[str, ...] = ("subtitle", "speech", "screen")
 # The table each kind's rows go to, and (transcripts) the ``source`` value they carry there.
 KIND_TABLE: dict[str, str] = {"subtitle": "transcripts", "speech": "transcripts", "screen": "screen_text"}
+# The ``failures.stage`` of a failed text stage: the kind, except OCR, whose stage is named for what
+# failed (reading the picture) rather than for the rows it makes (screen text).
+KIND_STAGE: dict[str, str] = {"subtitle": "subtitle", "speech": "speech", "screen": "ocr"}
+# KIND_STAGE in SQL (constant text: no value read from a file is formatted into it).
+KIND_STAGE_SQL = "CASE kind WHEN 'screen' THEN 'ocr' ELSE kind END"
 TEXT_OK = "ok"              # rows written
 TEXT_NONE = "none"          # nothing to read (no subtitle track, no text on screen)
 TEXT_SILENT = "silent"      # audio without speech (or speech the model wrote nothing for)
