@@ -61,6 +61,9 @@ TIERS: dict[str, str] = {
     # rerun and speech added later (test_ingest_speech.py), the kills are in reliability/.
     "integration/test_ingest_speech.py::test_a_failed_transcription_fails_the_speech_stage_only": "reliability",
     "integration/test_ingest_speech.py::test_clips_go_ahead_of_a_late_transcript_and_it_follows": "reliability",
+    # Likewise a failed OCR and its retry; the default tier keeps ingest --ocr, rerun and OCR added
+    # later (test_ingest_ocr.py), the kills and the slow-pool cases are in reliability/.
+    "integration/test_ingest_ocr.py::test_a_failed_ocr_fails_the_ocr_stage_only": "reliability",
     # A second Ray run (a `vidsearch ingest` child starts its own Ray): the default tier keeps one,
     # test_ingest.py's; this one checks Ray's progress output without a terminal.
     "integration/test_ingest_cli.py::test_ray_ingest_says_what_it_does_and_shows_progress_without_a_terminal":
