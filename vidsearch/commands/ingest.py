@@ -102,8 +102,8 @@ def add_parser(subparsers: Any) -> None:
     oc.add_argument("--ocr-threads", type=int, metavar="N",
                     help="onnxruntime threads per OCR worker (default 1; --executor local: min(4, CPUs / 2))")
     oc.add_argument("--ocr-det-side", type=int, metavar="PX",
-                    help="long side of the text detector's input: 1280 finds smaller print, at about twice the "
-                         "cost (default: the library's last, else 960)")
+                    help="long side of the text detector's input: 1280 finds smaller print (the detector's cost "
+                         "grows with its side squared) (default: the library's last, else 960)")
     oc.add_argument("--reocr", action="store_true",
                     help="read again the videos read with other OCR settings (default: keep their screen text)")
     p.add_argument("--executor", choices=("ray", "local"), default="ray",
