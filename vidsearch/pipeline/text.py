@@ -149,6 +149,13 @@ class ScreenWorker:
     """
 
     def __init__(self, cfg: OcrCfg, fault: str | None = None) -> None:
+        # OpenCV (rapidocr's image library) swaps sys.path while it imports (opencv#18502): a
+        # process spawned meanwhile by another thread (the local executor starts its decode
+        # children while the OCR thread loads) inherits the swapped path and fails to import
+        # the standard library. Importing it here, in the thread that builds the worker, before
+        # any of those threads start, closes that window.
+        import cv2  # noqa: F401
+
         from vidsearch.pipeline.ocr import ScreenReader
 
         self.cfg = cfg
