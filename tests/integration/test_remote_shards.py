@@ -240,7 +240,9 @@ def test_f10_corrupt_object_is_set_aside_and_its_videos_re_ingested(corpus: Path
     assert (s.shards_quarantined, s.videos_failed, s.videos_done + s.videos_skipped) == (1, 0, 3)
     assert s.videos_done >= 1
     aside = s3.client.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/quarantine/")["Contents"]
-    assert sorted(o["Key"].split("-", 1)[1] for o in aside) == sorted([bad.clips_file, bad.videos_file])
+    # Every file of the shard goes aside together: clips, videos and its extra tables (text_status).
+    assert sorted(o["Key"].split("-", 1)[1] for o in aside) == sorted(f for f, _ in bad.files().values())
+    assert {bad.clips_file, bad.videos_file} < {f for f, _ in bad.files().values()}
     check_library(lib)
     assert_same_library(lib, local_lib)
 

@@ -120,22 +120,29 @@ def test_sigkill_while_reading_then_resume(corpus: Path, clean: Path, tmp_path: 
         while time.monotonic() < deadline and not any(marks.iterdir()) and p.poll() is None:
             time.sleep(0.1)
         assert any(marks.iterdir()), "the OCR hook never fired"
-        # The video without text is settled and committed meanwhile (its one read came first);
-        # sign.mp4 waits for its screen text, and slides.mp4 for the one OCR worker.
-        while time.monotonic() < deadline and p.poll() is None:
+        # sign.mp4's read now sleeps 120 s. The video without text is usually settled and
+        # committed meanwhile, but only if its one read was queued before sign.mp4's (the order
+        # of the chunks at the one OCR worker varies): wait for it well inside the sleep, then kill.
+        fired = time.monotonic()
+        while time.monotonic() < fired + 30 and p.poll() is None:
             m = Library(lib).read_manifest() if Library(lib).exists() else None
             if m is not None and sum(s.videos_rows for s in m.shards) >= 1:
                 break
             time.sleep(0.1)
+        assert p.poll() is None, "the run ended before the kill"
         p.kill()
         p.wait(timeout=30)
     finally:
         if p.poll() is None:
             p.kill()
-    with Library(lib).connect_catalog() as con:
-        assert con.execute("SELECT count(*) FROM videos WHERE path LIKE '%sign.mp4'").fetchone() == (0,)
-        assert con.execute("SELECT kind, status FROM text_status WHERE kind = 'screen'").fetchall() == [
-            ("screen", "none")]  # plain.mp4's, committed with its clips
+    if Library(lib).exists() and Library(lib).read_manifest().shards:
+        with Library(lib).connect_catalog() as con:
+            assert con.execute("SELECT count(*) FROM videos WHERE path LIKE '%sign.mp4'").fetchone() == (0,)
+            committed = {r[0].rsplit("/", 1)[-1] for r in con.execute("SELECT path FROM videos").fetchall()}
+            screen = con.execute("SELECT kind, status FROM text_status WHERE kind = 'screen'").fetchall()
+        # plain.mp4's status ('none': no text) is committed with its clips; slides.mp4 may follow it.
+        assert committed <= {"plain.mp4", "slides.mp4"}
+        assert ("plain.mp4" in committed) == (("screen", "none") in screen)
     r = cli(corpus, "--library", lib)
     assert r.returncode == 0, r.stderr[-2000:]
     assert_same(lib, clean)
