@@ -5,6 +5,7 @@ rerun keeps what is there."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from speech_tools import ESPEAK, whisper_test_model
@@ -56,7 +57,11 @@ def test_the_narrator_is_heard(narrated: tuple) -> None:
     t = Transcriber(SpeechCfg(model=str(whisper_test_model()), cpu_threads=2, device="cpu", language="en"))
     r = t.process(os.fsencode(world.root / first), "v0")
     assert r.status == "ok"
-    said = " ".join(s.text.lower() for s in r.segments)
-    assert "recorded in the" in said
-    line = next(ln for ln in n.lines if ln.relpath == first)
-    assert abs(r.segments[0].start_s - line.start_s) < 1.0
+    # Whisper tiny.en mishears a word or two of espeak-ng's voice ("record it in the park", "to red
+    # heart"), so the words are compared by their first four letters, and most must be heard.
+    heard = {w[:4] for w in re.findall(r"[a-z]+", " ".join(s.text.lower() for s in r.segments))}
+    lines = [ln for ln in n.lines if ln.relpath == first]
+    script = {w[:4] for ln in lines for w in re.findall(r"[a-z]+", ln.text.lower())}
+    assert first.split("/")[-2][:4] in heard  # the folder of "Recorded in the <folder>."
+    assert len(script & heard) >= 0.75 * len(script), (sorted(script - heard), [s.text for s in r.segments])
+    assert abs(r.segments[0].start_s - lines[0].start_s) < 1.0
