@@ -41,18 +41,18 @@ _LAZY = {
     "FrameSample": "preprocess", "middle_indices": "preprocess", "preprocess_frames": "preprocess",
     "sample_frame_indices": "preprocess", "uniform_indices": "preprocess",
     "TextTokenizer": "text", "TokenBatch": "text",
-    "checkpoint_filter_fn": "weights", "convert_to_safetensors": "weights", "load_checkpoint": "weights",
+    "checkpoint_filter_fn": "weights", "convert_to_safetensors": "factory", "load_checkpoint": "weights",
     "load_state_dict": "weights",
     "NumpyTextEncoder": "text_numpy", "create_numpy_text_encoder": "text_numpy",
 }  # fmt: skip
 
 if TYPE_CHECKING:
-    from .factory import build_model_skeleton, create_model, create_text_encoder
+    from .factory import build_model_skeleton, convert_to_safetensors, create_model, create_text_encoder
     from .model import InternVideo2Model
     from .preprocess import FrameSample, middle_indices, preprocess_frames, sample_frame_indices, uniform_indices
     from .text import TextTokenizer, TokenBatch
     from .text_numpy import NumpyTextEncoder, create_numpy_text_encoder
-    from .weights import checkpoint_filter_fn, convert_to_safetensors, load_checkpoint, load_state_dict
+    from .weights import checkpoint_filter_fn, load_checkpoint, load_state_dict
 
 
 def __getattr__(name: str) -> Any:

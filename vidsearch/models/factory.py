@@ -12,14 +12,16 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from vidsearch import files
 from vidsearch.schemas.model_config import ModelCfg
 
-from .errors import WeightsNotFoundError
+from .digests import checkpoint_sha256
+from .errors import CheckpointError, WeightsNotFoundError
 from .hub import resolve_checkpoint, resolve_vocab
 from .model import InternVideo2Model
 from .registry import add_model_config, get_model_config, list_models
 from .text import TextTokenizer
-from .weights import load_checkpoint
+from .weights import checkpoint_filter_fn, load_checkpoint, load_state_dict
 
 _logger = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ __all__ = [
     "create_model",
     "create_text_encoder",
     "build_model_skeleton",
+    "convert_to_safetensors",
 ]
 
 def build_model_skeleton(
@@ -201,3 +204,48 @@ def _reset_nonpersistent_buffers(model: InternVideo2Model) -> None:
             buf.zero_()
 
 
+def convert_to_safetensors(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    model_name: str,
+    with_itm: bool = True,
+    **overrides: Any,
+) -> Path:
+    """Convert a checkpoint (e.g. the official ``.pt``) into vidsearch's safetensors layout.
+
+    The model is built on the meta device (no memory, no init) only to know the target keys and
+    shapes. The output keeps the source dtype, carries metadata (model name, source sha256) and is
+    written atomically (temp file in the same folder, fsync, ``os.replace``).
+
+    Returns:
+        The destination path.
+    """
+    from safetensors.torch import save_file
+
+    src, dst = Path(src), Path(dst)
+    cfg = get_model_config(model_name, **overrides)
+    with torch.device("meta"):
+        skeleton = build_model_skeleton(cfg, with_text=True, with_itm=with_itm)
+    raw = load_state_dict(src)
+    sd = checkpoint_filter_fn(raw, skeleton)
+    own = skeleton.state_dict()
+    # Check keys/shapes against the skeleton without copying any data.
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    bad = [k for k in set(sd) & set(own) if sd[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        raise CheckpointError(
+            f"{src} does not fit {model_name}: missing {missing[:8]}, unexpected {unexpected[:8]}, "
+            f"shape mismatches {sorted(bad)[:4]}"
+        )
+    tensors = {k: v.contiguous() for k, v in sorted(sd.items())}
+    metadata = {
+        "format": "vidsearch",
+        "model": cfg.name,
+        "source_file": src.name,
+        "source_sha256": checkpoint_sha256(src),
+        "with_itm": str(with_itm).lower(),
+    }
+    with files.atomic_output(dst) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    _logger.info("wrote %s (%d tensors)", dst, len(tensors))
+    return dst

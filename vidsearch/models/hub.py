@@ -325,10 +325,10 @@ def download_weights(cfg: ModelCfg) -> tuple[Path, Path]:
         except Exception as e:  # noqa: BLE001 - every hub failure becomes one actionable message
             raise _download_error(cfg, repo_id, filename, e) from e
     if pre.sha256:
+        from .digests import checkpoint_sha256
         from .errors import CheckpointError
-        from .weights import sha256_file
 
-        digest = sha256_file(out[0])
+        digest = checkpoint_sha256(out[0])
         if digest != pre.sha256.lower():
             raise CheckpointError(f"{out[0]}: SHA-256 {digest}, the registry expects {pre.sha256}; delete it "
                                   f"and download again")

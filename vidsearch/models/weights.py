@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from vidsearch import files
 from vidsearch.schemas.model_config import ModelCfg
 
 from .digests import checkpoint_sha256
@@ -42,7 +41,6 @@ __all__ = [
     "detect_layout",
     "load_checkpoint",
     "sha256_file",
-    "convert_to_safetensors",
     "OFFICIAL_STAGE2_RENAMES",
     "OFFICIAL_STAGE2_DROP_EXACT",
     "OFFICIAL_STAGE2_DROP_PREFIXES",
@@ -343,52 +341,3 @@ def _safetensors_metadata(path: Path) -> dict[str, str]:
 
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
-
-
-def convert_to_safetensors(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    model_name: str,
-    with_itm: bool = True,
-    **overrides: Any,
-) -> Path:
-    """Convert a checkpoint (e.g. the official ``.pt``) into vidsearch's safetensors layout.
-
-    The model is built on the meta device (no memory, no init) only to know the target keys and
-    shapes. The output keeps the source dtype, carries metadata (model name, source sha256) and is
-    written atomically (temp file in the same folder, fsync, ``os.replace``).
-
-    Returns:
-        The destination path.
-    """
-    from safetensors.torch import save_file
-
-    from .factory import build_model_skeleton, get_model_config
-
-    src, dst = Path(src), Path(dst)
-    cfg = get_model_config(model_name, **overrides)
-    with torch.device("meta"):
-        skeleton = build_model_skeleton(cfg, with_text=True, with_itm=with_itm)
-    raw = load_state_dict(src)
-    sd = checkpoint_filter_fn(raw, skeleton)
-    own = skeleton.state_dict()
-    # Check keys/shapes against the skeleton without copying any data.
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    bad = [k for k in set(sd) & set(own) if sd[k].shape != own[k].shape]
-    if missing or unexpected or bad:
-        raise CheckpointError(
-            f"{src} does not fit {model_name}: missing {missing[:8]}, unexpected {unexpected[:8]}, "
-            f"shape mismatches {sorted(bad)[:4]}"
-        )
-    tensors = {k: v.contiguous() for k, v in sorted(sd.items())}
-    metadata = {
-        "format": "vidsearch",
-        "model": cfg.name,
-        "source_file": src.name,
-        "source_sha256": sha256_file(src),
-        "with_itm": str(with_itm).lower(),
-    }
-    with files.atomic_output(dst) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    _logger.info("wrote %s (%d tensors)", dst, len(tensors))
-    return dst
