@@ -266,9 +266,9 @@ def test_clips_go_ahead_of_a_late_transcript_and_it_follows(speech_lib: dict[str
                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A speech pool behind the embedder: embedded videos do not wait for their transcript past
     the limit (here 0); it follows in a later commit of the same run, and the tables end the same."""
-    from vidsearch.pipeline import runner
+    from vidsearch.pipeline import driver
 
-    monkeypatch.setattr(runner, "_HELD_MAX", 0)
+    monkeypatch.setattr(driver, "_HELD_MAX", 0)
     monkeypatch.setenv("VIDSEARCH_TEST_SPEECH_FAULT", "slow=5:talk.mp4")  # its clips are embedded first
     lib = tmp_path / "lib"
     s = ingest(corpus["dir"], lib, commit_interval_s=0.0)  # a commit per settled video

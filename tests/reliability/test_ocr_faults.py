@@ -153,9 +153,9 @@ def test_clips_go_ahead_of_late_screen_text_and_it_follows(corpus: Path, clean: 
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """An OCR pool behind the embedder: embedded videos do not wait for their screen text past
     the limit (here 0); it follows in a later commit of the same run, and the tables end the same."""
-    from vidsearch.pipeline import runner
+    from vidsearch.pipeline import driver
 
-    monkeypatch.setattr(runner, "_HELD_MAX", 0)
+    monkeypatch.setattr(driver, "_HELD_MAX", 0)
     monkeypatch.setenv("VIDSEARCH_TEST_OCR_FAULT", "slow=3:sign.mp4")  # its clips are embedded first
     lib = tmp_path / "lib"
     s = ingest(corpus, lib, commit_interval_s=0.0, shard_rows=3)
@@ -173,7 +173,7 @@ def test_ocr_frames_waiting_stay_bounded_when_ocr_is_slow(tmp_path: Path, monkey
     with OCR is decoded: with a slow OCR worker the frames waiting peak at what the videos under
     way handed out (here one video's, 4 reads, plus a chunk queued behind it), where the same run
     without the bound piles up the frames of every video; the rows are the same."""
-    from vidsearch.pipeline import runner
+    from vidsearch.pipeline import driver
 
     src = tmp_path / "v"
     src.mkdir()
@@ -182,7 +182,7 @@ def test_ocr_frames_waiting_stay_bounded_when_ocr_is_slow(tmp_path: Path, monkey
     monkeypatch.setenv("VIDSEARCH_TEST_OCR_FAULT", "slow=0.5:.mp4")
     peaks, tables = [], []
     for bound in (1, 1000):
-        monkeypatch.setattr(runner, "_OCR_FRAMES_PER_WORKER", bound)
+        monkeypatch.setattr(driver, "_OCR_FRAMES_PER_WORKER", bound)
         lib = tmp_path / f"lib{bound}"
         s = ingest(src, lib)
         assert s.exit_code == 0 and s.screen_videos == 6 and s.ocr_frames_read == 24

@@ -28,12 +28,12 @@ from vidsearch.library import Library
 from vidsearch.pipeline import readers
 from vidsearch.pipeline.decode import ChildState, decode_chunk, ocr_bounds, plan_video
 from vidsearch.pipeline.discover import make_task
+from vidsearch.pipeline.driver import _chunk_jobs
 from vidsearch.pipeline.ocr import OCR_CHUNK_S, OCR_ONLY_WINDOW_S, ChangeGate, TextBox, ocr_sample_indices
 from vidsearch.pipeline.progress import Snapshot
 from vidsearch.pipeline.ray_runner import OCR_GPU_SHARE, ocr_pool
 from vidsearch.pipeline.readers import PyAVReader
 from vidsearch.pipeline.resume import Selection, Todo, select_text_work
-from vidsearch.pipeline.runner import _chunk_jobs
 from vidsearch.pipeline.text import screen_outcome
 from vidsearch.pipeline.types import ClipSpan, OcrChunk, TextOutcome, VideoPlan
 from vidsearch.schemas.config import IngestCfg
