@@ -168,6 +168,31 @@ def test_keyword_index_finds_each_text_in_its_video(ocr_lib: dict[str, Any], cor
         assert abs(hits[0].start_s - shown.start_s) <= 1.0, (query, hits[0])
 
 
+def test_search_in_screen_finds_each_text_at_its_time(ocr_lib: dict[str, Any], corpus: dict[str, Any],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``vidsearch search --in screen`` on a real ``ingest --ocr`` library: the right video at the
+    right time, the matched words marked in the snippet; the default search fuses screen text in."""
+    lib = str(ocr_lib["lib"])
+    for query, name, shown in [("grand sale", "sign.mp4", SIGN[1]), ("platform closed", "moving.mp4", MOVING[0]),
+                               ("engineers in lisbon", "slides.mp4",
+                                next(x for x in shown_slides() if "Lisbon" in x.text))]:
+        assert main(["search", query, "--library", lib, "--in", "screen", "--json", "--no-history"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        top = out["hits"][0]
+        assert top["path"].endswith(name) and top["modalities"] == ["screen"], (query, top)
+        assert abs(top["play_s"] - shown.start_s) <= 1.0, (query, top)
+        assert top["start_s"] <= shown.start_s + 1.0 and top["end_s"] >= shown.end_s - 1.0, (query, top)
+        snip = top["snippet"]
+        marked = " ".join(snip["text"][a:b] for a, b in snip["marks"]).lower()
+        assert snip["source"] == "screen" and all(w[:4] in marked for w in query.split() if len(w) > 2), (query, snip)
+    # Without --in, every modality the library has: the pictures and the screen text, fused.
+    assert main(["search", "grand sale", "--library", lib, "--json", "--no-history"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "screen" in out["modalities"] and "visual" in out["modalities"]
+    best = next(h for h in out["hits"] if "screen" in h["modalities"])
+    assert best["path"].endswith("sign.mp4") and abs(best["play_s"] - SIGN[1].start_s) <= 1.0
+
+
 def test_rerun_redoes_nothing(ocr_lib: dict[str, Any], corpus: dict[str, Any], tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     shutil.copytree(ocr_lib["lib"], lib)
