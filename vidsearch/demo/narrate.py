@@ -23,7 +23,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import uuid
 import wave
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 
 from vidsearch.demo.captions import sample_caption
 from vidsearch.demo.world import World, ffmpeg_exe
-from vidsearch.files import atomic_write_text, sha256_file
+from vidsearch.files import atomic_output, atomic_write_text, sha256_file
 
 _logger = logging.getLogger(__name__)
 
@@ -183,12 +182,8 @@ def narrate_world(world: World, *, seed: int = 0, every: int = 4) -> Narration:
                         dur = _say(text, wav)
                         wavs.append(wav)
                     written.append(Line(v.relpath, round(start, 3), round(min(latest, start + dur), 3), text, "speech"))
-                dest = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.mp4")
-                try:
+                with atomic_output(path, suffix=".mp4") as dest:  # ffmpeg picks the muxer by the name
                     _mux(path, dest, written, wavs, work)
-                    os.replace(dest, path)
-                finally:
-                    dest.unlink(missing_ok=True)
             out.lines += written
             out.files[v.relpath] = sha256_file(path)
         elif i % every == 2:
