@@ -72,14 +72,15 @@ def edit_manifest(lib: Library, fn: Any) -> None:
 @pytest.mark.reliability
 def test_s1_reproduction_crafted_shard_id_runs_no_sql(tmp_path: Path) -> None:
     """The review's reproduction: catalog deleted (a rebuildable cache), SQL in shard_id. Read
-    commands refuse the manifest with one line naming the field; nothing is written anywhere."""
+    commands (the web service too: it refuses to start) and writers refuse the manifest with one
+    line naming the field; nothing is written anywhere."""
     lib = small_library(tmp_path / "evil")
     pwned = tmp_path / "PWNED.txt"
     lib.catalog_path.unlink()
     payload = f"1, row_in_shard FROM _clips; COPY (SELECT 'owned') TO '{pwned}' (HEADER false); --"
     edit_manifest(lib, lambda d: d["shards"][0].__setitem__("shard_id", payload))
     before = snapshot(lib.root)
-    for args in (("sql", "SELECT 1"), ("status",), ("search", "x"),
+    for args in (("sql", "SELECT 1"), ("status",), ("search", "x"), ("serve", "--port", "0"),
                  ("index",)):
         r = cli(*args, "--library", lib.root)
         assert r.returncode == 1, (args, r.stderr[-2000:])
