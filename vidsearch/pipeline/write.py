@@ -45,6 +45,7 @@ from vidsearch.schemas.text_tables import (
     screen_text_table,
     transcripts_table,
 )
+from vidsearch.schemas.times import round_ms
 
 _logger = logging.getLogger(__name__)
 
@@ -213,12 +214,12 @@ class ShardWriter:
                 cols["video_id"].append(v.row["video_id"])
                 cols["path"].append(v.row["path"])
                 cols["clip_index"].append(c.clip_index)
-                cols["start_s"].append(c.start_s)
-                cols["end_s"].append(c.end_s)
+                cols["start_s"].append(round_ms(c.start_s))
+                cols["end_s"].append(round_ms(c.end_s))
                 cols["start_frame"].append(c.start_frame)
                 cols["end_frame"].append(c.end_frame)
                 cols["frame_indices"].append(list(c.frame_indices))
-                cols["frame_times_s"].append(list(c.frame_times_s))
+                cols["frame_times_s"].append([round_ms(t) for t in c.frame_times_s])
                 cols["padded"].append(c.padded)
                 cols["segment"].append(c.segment)
                 cols["shot_index"].append(c.shot_index)

@@ -22,6 +22,7 @@ from typing import Literal
 import pyarrow as pa  # type: ignore[import-untyped]
 
 from vidsearch.schemas.tag_tables import TAG_TABLES
+from vidsearch.schemas.times import round_ms
 
 TEXT_SCHEMA_VERSION = 1
 
@@ -264,7 +265,8 @@ class ScreenTextRow:
 def _words_value(words: tuple[Word, ...] | None) -> list[dict[str, object]] | None:
     if words is None:
         return None
-    return [{"start_s": w.start_s, "end_s": w.end_s, "word": w.word, "prob": w.prob} for w in words]
+    return [{"start_s": round_ms(w.start_s), "end_s": round_ms(w.end_s), "word": w.word, "prob": w.prob}
+            for w in words]
 
 
 def transcripts_table(rows: Iterable[TranscriptSegment], run_id: str) -> pa.Table:
@@ -277,6 +279,8 @@ def transcripts_table(rows: Iterable[TranscriptSegment], run_id: str) -> pa.Tabl
                 cols[name].append(run_id)
             elif name == "words":
                 cols[name].append(_words_value(r.words))
+            elif name in ("start_s", "end_s"):
+                cols[name].append(round_ms(getattr(r, name)))
             else:
                 cols[name].append(getattr(r, name))
     return pa.Table.from_pydict(cols, schema=TRANSCRIPT_SCHEMA)
@@ -292,6 +296,8 @@ def screen_text_table(rows: Iterable[ScreenTextRow], run_id: str) -> pa.Table:
                 cols[name].append(run_id)
             elif name == "box":
                 cols[name].append(list(r.box) if r.box is not None else None)
+            elif name in ("start_s", "end_s"):
+                cols[name].append(round_ms(getattr(r, name)))
             else:
                 cols[name].append(getattr(r, name))
     return pa.Table.from_pydict(cols, schema=SCREEN_TEXT_SCHEMA)

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vidsearch.search.timefmt import format_hms, format_span, round_ms
+from vidsearch.schemas.times import round_ms
+from vidsearch.search.timefmt import format_hms, format_span
 from vidsearch.search.types import MODALITIES, Hit, SearchResult, TextSnippet
 
 if TYPE_CHECKING:

@@ -16,11 +16,6 @@ class TimeFormatError(ValueError):
     """Text that is not a time of day / offset (the CLI turns it into a usage error, exit 1)."""
 
 
-def round_ms(seconds: float) -> float:
-    """``seconds`` rounded to the millisecond (NaN and infinities unchanged)."""
-    return round(seconds, 3) if math.isfinite(seconds) else seconds
-
-
 def format_hms(seconds: float) -> str:
     """``83.5`` -> ``00:01:23.500``; always hours, minutes, seconds and milliseconds."""
     if not math.isfinite(seconds) or seconds < 0:

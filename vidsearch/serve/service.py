@@ -47,6 +47,7 @@ from typing import Any
 from vidsearch.library import Library
 from vidsearch.schemas.config import SearchCfg
 from vidsearch.schemas.tables import SEARCHABLE_STATUSES
+from vidsearch.schemas.times import round_ms
 from vidsearch.search.output import hit_json
 from vidsearch.search.sandbox import (
     QueryFailed,
@@ -57,7 +58,7 @@ from vidsearch.search.sandbox import (
     sql_pool,
 )
 from vidsearch.search.searcher import Searcher
-from vidsearch.search.timefmt import format_hms, round_ms
+from vidsearch.search.timefmt import format_hms
 from vidsearch.search.types import Filters, Hit, SearchError, SearchResult
 
 _logger = logging.getLogger(__name__)
