@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vidsearch.search.shaping import ClipHit, limit_per_video, merge_moments, shape
 from vidsearch.schemas.times import round_ms
+from vidsearch.search.shaping import ClipHit, limit_per_video, merge_moments, shape
 from vidsearch.search.timefmt import TimeFormatError, format_hms, format_span, parse_time
 
 
