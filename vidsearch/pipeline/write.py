@@ -64,7 +64,7 @@ def video_row(task: VideoTask | None, *, status: str, run_id: str, attempts: int
         "video_id": task.video_id if task is not None else video_id,
         "path": ids.display_path(pb), "path_bytes": pb,
         "size_bytes": task.size_bytes if task else None, "mtime": task.mtime if task else None,
-        "duration_s": probe.duration_s if probe else None, "fps": probe.fps if probe else None,
+        "duration_s": round_ms(probe.duration_s) if probe else None, "fps": probe.fps if probe else None,
         "frame_count": probe.frame_count if probe else None,
         "width": probe.width if probe else None, "height": probe.height if probe else None,
         "codec": probe.codec if probe else None, "container": probe.container if probe else None,
