@@ -68,6 +68,12 @@ TIERS: dict[str, str] = {
     # test_ingest.py's; this one checks Ray's progress output without a terminal.
     "integration/test_ingest_cli.py::test_ray_ingest_says_what_it_does_and_shows_progress_without_a_terminal":
         "slow",
+    # Likewise the GPU-decode path through Ray (the embed actor's NVDEC group, PyAV standing in):
+    # the default tier runs the same path with the local executor (test_mixed_corpus_gpu_path_...).
+    "integration/test_ingest_gpu_decode.py::test_ray_executor_gpu_path_equals_cpu_path": "slow",
+    # OCR videos under GPU decode go to the CPU path (a third ingest of the OCR corpus, ~7 s); the
+    # default tier keeps ingest --ocr, its search, rerun and OCR added later.
+    "integration/test_ingest_ocr.py::test_videos_with_ocr_are_decoded_on_the_cpu_path": "slow",
     # F12 over HTTP: an ingest while the server answers (also a CLI F12 test in test_faults_storage).
     "integration/test_serve_api.py::test_search_keeps_answering_during_an_ingest": "reliability",
     # The demo model's retrieval quality on a 20-video world (~2 min of ingest and queries); the
