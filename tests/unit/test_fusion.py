@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vidsearch.schemas.text_tables import Snippet
+from vidsearch.schemas.snippet import Snippet
 from vidsearch.search.fusion import ModalityHit, fuse
 
 

@@ -55,7 +55,8 @@ from typing import Any, Literal
 import pyarrow as pa  # type: ignore[import-untyped]
 
 from vidsearch.library import atomic_write_bytes, sha256_file
-from vidsearch.schemas.text_tables import KEYWORD_DOC_SCHEMA, SOURCE_MODALITY, TEXT_SOURCES, Snippet, conform
+from vidsearch.schemas.snippet import Snippet
+from vidsearch.schemas.text_tables import KEYWORD_DOC_SCHEMA, SOURCE_MODALITY, TEXT_SOURCES, conform
 
 _logger = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ probe's origin), so a transcript word and a clip of the same video can be compar
 from __future__ import annotations
 
 import hashlib
-import html
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -181,32 +180,6 @@ def segment_id(video_id: str, source: str, track: str, index: int, start_s: floa
                model: str | None) -> int:
     """Id of a transcript segment: same video, track, position, span and model -> same id."""
     return text_row_id(video_id, source, track, index, round(start_s * 1000), round(end_s * 1000), model or "")
-
-
-@dataclass(frozen=True)
-class Snippet:
-    """Text of a hit with the matched words' character spans (render with «» in text, <mark> in HTML)."""
-
-    text: str
-    marks: tuple[tuple[int, int], ...] = ()
-
-    def render(self, left: str = "«", right: str = "»") -> str:
-        """The text with each mark wrapped in ``left``/``right``."""
-        out, pos = [], 0
-        for a, b in self.marks:
-            out += [self.text[pos:a], left, self.text[a:b], right]
-            pos = b
-        out.append(self.text[pos:])
-        return "".join(out)
-
-    def html(self) -> str:
-        """HTML-escaped text with ``<mark>`` around matches."""
-        out, pos = [], 0
-        for a, b in self.marks:
-            out += [html.escape(self.text[pos:a]), "<mark>", html.escape(self.text[a:b]), "</mark>"]
-            pos = b
-        out.append(html.escape(self.text[pos:]))
-        return "".join(out)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vidsearch.schemas.text_tables import MODALITIES, Snippet
+from vidsearch.schemas.snippet import Snippet
+from vidsearch.schemas.text_tables import MODALITIES
 
 RRF_K = 60.0
 

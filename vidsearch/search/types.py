@@ -11,6 +11,8 @@ import datetime as dt
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from vidsearch.schemas.snippet import Snippet
+
 # What a search can look in (`vidsearch search --in`): the pictures (InternVideo2), what is said
 # (speech transcripts and subtitles) and what is written on screen (OCR).
 MODALITIES: tuple[str, ...] = ("visual", "speech", "screen")
@@ -129,22 +131,11 @@ def parse_modalities(text: str | None) -> tuple[str, ...] | None:
 
 
 @dataclass(frozen=True)
-class TextSnippet:
+class TextSnippet(Snippet):
     """The matched text of a hit: the row's text (maybe cut around the marks) and the character
-    spans (Python string offsets, i.e. code points) of the words that matched."""
+    spans (Python string offsets, i.e. code points) of the words that matched, with the text's source."""
 
-    text: str
-    marks: tuple[tuple[int, int], ...] = ()
     source: str = "speech"        # speech / subtitle / screen
-
-    def render(self, left: str = "«", right: str = "»") -> str:
-        """The text with each marked word wrapped in ``left``/``right``."""
-        out, pos = [], 0
-        for a, b in self.marks:
-            out += [self.text[pos:a], left, self.text[a:b], right]
-            pos = b
-        out.append(self.text[pos:])
-        return "".join(out)
 
 
 @dataclass
