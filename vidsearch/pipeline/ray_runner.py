@@ -152,12 +152,12 @@ class _EmbedActor:
         return self.embedder.process_parts([self.gpu_frames.pop(f) if isinstance(f, str) else f for f in frames])
 
 
-class _SpeechActor:
-    def __init__(self, cfg: SpeechCfg, fault: str | None) -> None:
-        from vidsearch.pipeline.text import SpeechWorker
+class _StageActor:
+    """An actor around a text-stage worker (speech, OCR): set up once at start; a setup error is
+    kept and raised by info(), as _EmbedActor does (Ray loses an __init__ error's type)."""
 
-        self.worker = SpeechWorker(cfg, fault)
-        # Kept and raised by info(), as _EmbedActor does (Ray loses an __init__ error's type).
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
         self.setup_error: Exception | None = None
         try:
             self.worker.setup()
@@ -170,31 +170,24 @@ class _SpeechActor:
     def info(self) -> dict[str, Any]:
         if self.setup_error is not None:
             raise self.setup_error
-        return self.worker.info()
+        return self.worker.info()  # type: ignore[no-any-return]
+
+
+class _SpeechActor(_StageActor):
+    def __init__(self, cfg: SpeechCfg, fault: str | None) -> None:
+        from vidsearch.pipeline.text import SpeechWorker
+
+        super().__init__(SpeechWorker(cfg, fault))
 
     def transcribe(self, task: VideoTask, origin_s: float | None) -> Any:
         return self.worker.process(task, origin_s)
 
 
-class _OcrActor:
+class _OcrActor(_StageActor):
     def __init__(self, cfg: OcrCfg, fault: str | None) -> None:
         from vidsearch.pipeline.text import ScreenWorker
 
-        self.worker = ScreenWorker(cfg, fault)
-        # Kept and raised by info(), as _EmbedActor does (Ray loses an __init__ error's type).
-        self.setup_error: Exception | None = None
-        try:
-            self.worker.setup()
-        except Exception as e:  # noqa: BLE001 - re-raised by info() with its type
-            self.setup_error = e
-
-    def ready(self) -> bool:
-        return True
-
-    def info(self) -> dict[str, Any]:
-        if self.setup_error is not None:
-            raise self.setup_error
-        return self.worker.info()
+        super().__init__(ScreenWorker(cfg, fault))
 
     def read(self, task: VideoTask, frames: Any) -> Any:
         return self.worker.process(task, frames)

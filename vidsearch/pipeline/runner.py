@@ -306,22 +306,20 @@ def _note_other_models(text: TextSelection, summary: IngestSummary) -> None:
     summary.speech_other_model = c.other_model
     summary.speech_failed_before = c.failed_before
     summary.text_only_videos = text.text_only
-    if c.other_model:
-        models = ", ".join(f"{m} ({n})" for m, n in sorted(c.other_models.items()))
-        line = (f"{plural(c.other_model, 'video')} keep transcripts of another speech model ({models}); "
-                f"pass --retranscribe to transcribe them again with {summary.speech_model}")
-        _logger.warning("%s", line)
-        summary.warnings.append(line)
     o = text.of("screen")
     summary.screen_done_before = o.done_before
     summary.screen_other_settings = o.other_model
     summary.screen_failed_before = o.failed_before
-    if o.other_model:
-        models = ", ".join(f"{m} ({n})" for m, n in sorted(o.other_models.items()))
-        line = (f"{plural(o.other_model, 'video')} keep screen text read with other OCR settings ({models}); "
-                f"pass --reocr to read them again with {summary.screen_status_model}")
-        _logger.warning("%s", line)
-        summary.warnings.append(line)
+    for n, by_model, kept, flag, redo in (
+            (c.other_model, c.other_models, "keep transcripts of another speech model", "--retranscribe",
+             f"transcribe them again with {summary.speech_model}"),
+            (o.other_model, o.other_models, "keep screen text read with other OCR settings", "--reocr",
+             f"read them again with {summary.screen_status_model}")):
+        if n:
+            models = ", ".join(f"{m} ({k})" for m, k in sorted(by_model.items()))
+            line = f"{plural(n, 'video')} {kept} ({models}); pass {flag} to {redo}"
+            _logger.warning("%s", line)
+            summary.warnings.append(line)
 
 
 def _check_decode(opts: IngestOptions) -> None:
